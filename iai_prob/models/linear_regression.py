@@ -51,7 +51,7 @@ class LinearRegression(TaskFamily):
             w = pyro.sample(
                 "w", dist.Normal(x.new_zeros(()), self.prior_scale).expand([self.dim]).to_event(1)
             )
-        with pyro.plate(self.data_plate, num_points, dim=-1):
+        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
             return pyro.sample("y", dist.Normal((x * w).sum(-1), self.noise_scale), obs=y)
 
     def _simulate(self, num_tasks, num_points, generator):

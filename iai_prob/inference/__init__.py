@@ -1,0 +1,27 @@
+"""Amortized, iteratively refined inference over task latents (the PyTorch / Pyro side)."""
+
+from iai_prob.inference.checkpoint import CheckpointError
+from iai_prob.inference.encoders import DeepSets, SetTransformer
+from iai_prob.inference.guide import IterativeAmortizedGuide
+from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
+from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
+from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
+from iai_prob.inference.training import FitResult, fit
+
+__all__ = [
+    "CheckpointError",
+    "DatasetCollection",
+    "DeepSets",
+    "DiagonalGaussian",
+    "FamilyTasks",
+    "FitResult",
+    "FullRankGaussian",
+    "IterativeAmortizedGuide",
+    "LowRankGaussian",
+    "PriorPredictiveTasks",
+    "RefinementError",
+    "RefinementInfo",
+    "RefinementState",
+    "SetTransformer",
+    "fit",
+]

@@ -1,0 +1,119 @@
+"""Permutation-invariant set encoders: a dataset ``{h_n}`` ↦ an embedding ``e ∈ ℝ^E``.
+
+* :class:`DeepSets` (Zaheer et al. 2017): ``e = ρ([mean_n φ(h_n), log N])``.
+* :class:`SetTransformer` (Lee et al. 2019): two induced-set-attention blocks (ISAB,
+  ``m`` inducing points, cost ``O(N m)``) and pooling by multi-head attention (PMA).
+
+Both append the count feature ``log N`` (the size of the whole dataset, which may
+exceed the number of points shown) so that the posterior can contract with ``N``.
+Inputs are ``(T, n, F)``; outputs ``(T, E)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["ENCODERS", "DeepSets", "SetTransformer", "get_encoder", "mlp"]
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """A multilayer perceptron with GELU between the linear layers of ``sizes``."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def _count_feature(features: torch.Tensor, total_points) -> torch.Tensor:
+    count = torch.as_tensor(float(total_points), dtype=features.dtype, device=features.device)
+    return (count.log() / math.log(1024.0)).expand(features.shape[0], 1)
+
+
+class DeepSets(nn.Module):
+    """``e = ρ([mean_n φ(h_n), log N / log 1024])``."""
+
+    def __init__(self, feature_dim: int, embed_dim: int = 64, hidden_dim: int = 128):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.phi = mlp([feature_dim, hidden_dim, hidden_dim, hidden_dim])
+        self.rho = mlp([hidden_dim + 1, hidden_dim, embed_dim])
+
+    def forward(self, features: torch.Tensor, total_points: int) -> torch.Tensor:
+        pooled = self.phi(features).mean(dim=-2)
+        return self.rho(torch.cat([pooled, _count_feature(features, total_points)], dim=-1))
+
+
+class _MultiheadAttentionBlock(nn.Module):
+    """MAB(X, Y) = LN(H + FF(H)), H = LN(X + Attention(X, Y, Y))."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_1 = nn.LayerNorm(dim)
+        self.norm_2 = nn.LayerNorm(dim)
+        self.feed_forward = mlp([dim, 2 * dim, dim])
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        attended, _ = self.attention(queries, keys, keys, need_weights=False)
+        hidden = self.norm_1(queries + attended)
+        return self.norm_2(hidden + self.feed_forward(hidden))
+
+
+class _InducedSetAttentionBlock(nn.Module):
+    """ISAB(X) = MAB(X, MAB(I, X)) with ``m`` learned inducing points ``I``."""
+
+    def __init__(self, dim: int, num_heads: int, num_inducing: int):
+        super().__init__()
+        self.inducing = nn.Parameter(torch.randn(1, num_inducing, dim) / math.sqrt(dim))
+        self.summarize = _MultiheadAttentionBlock(dim, num_heads)
+        self.broadcast = _MultiheadAttentionBlock(dim, num_heads)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        inducing = self.inducing.expand(points.shape[0], -1, -1)
+        return self.broadcast(points, self.summarize(inducing, points))
+
+
+class SetTransformer(nn.Module):
+    """Set Transformer encoder: embed → ISAB × ``num_blocks`` → PMA(1 seed) → MLP."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int = 64,
+        hidden_dim: int = 64,
+        num_heads: int = 4,
+        num_inducing: int = 16,
+        num_blocks: int = 2,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.embed = nn.Linear(feature_dim, hidden_dim)
+        self.blocks = nn.ModuleList(
+            _InducedSetAttentionBlock(hidden_dim, num_heads, num_inducing)
+            for _ in range(num_blocks)
+        )
+        self.seed = nn.Parameter(torch.randn(1, 1, hidden_dim) / math.sqrt(hidden_dim))
+        self.pool = _MultiheadAttentionBlock(hidden_dim, num_heads)
+        self.output = mlp([hidden_dim + 1, hidden_dim, embed_dim])
+
+    def forward(self, features: torch.Tensor, total_points: int) -> torch.Tensor:
+        hidden = self.embed(features)
+        for block in self.blocks:
+            hidden = block(hidden)
+        pooled = self.pool(self.seed.expand(hidden.shape[0], -1, -1), hidden).squeeze(-2)
+        return self.output(torch.cat([pooled, _count_feature(features, total_points)], dim=-1))
+
+
+ENCODERS = {"deep_sets": DeepSets, "set_transformer": SetTransformer}
+
+
+def get_encoder(name: str, feature_dim: int, **options) -> nn.Module:
+    """Build the set encoder ``name`` for ``feature_dim``-dimensional per-datum features."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODERS)}")
+    return ENCODERS[name](feature_dim, **options)

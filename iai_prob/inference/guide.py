@@ -1,0 +1,464 @@
+"""``IterativeAmortizedGuide``: an amortized, iteratively refined Pyro guide over task latents.
+
+For a dataset ``D`` the guide computes a Gaussian ``q_λ(z | D)`` over the joint
+unconstrained global latents ``z`` (see :mod:`iai_prob.inference.sites`) by
+
+    λ_0 = init_φ(D),     λ_{k+1} = step_φ(λ_k, B_k),   k = 0 … K−1,
+
+with mini-batches ``B_k`` of ``D`` (:mod:`iai_prob.inference.refinement`), then
+samples ``z ~ q_{λ_K}`` and emits each global site as ``Delta(T(z))`` with the
+Jacobian as log density, like Pyro's ``AutoContinuous``. It is a
+:class:`~pyro.infer.autoguide.AutoGuide`, so it works unchanged with ``SVI``
+(``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO``), ``Predictive``,
+``poutine.trace`` and ``psis_diagnostic``; the model's arguments are the dataset.
+
+Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
+arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
+
+from iai_prob.inference.log_joint import LogJoint
+from iai_prob.inference.objectives import elbo
+from iai_prob.inference.posteriors import get_posterior_family
+from iai_prob.inference.refinement import (
+    SIGNALS,
+    RefinementInfo,
+    RefinementState,
+    Refiner,
+    minibatch_schedule,
+)
+from iai_prob.inference.sites import LatentLayout, discover_layout
+from iai_prob.inference.task_data import TaskData, read_task_data
+from iai_prob.models.base import TaskFamily
+
+__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep"]
+
+
+class PreparedTask(NamedTuple):
+    """A dataset read through the model: layout, data and the log-joint evaluator."""
+
+    layout: LatentLayout
+    data: TaskData
+    log_joint: LogJoint
+
+
+class RefinementStep(NamedTuple):
+    """One entry of :meth:`IterativeAmortizedGuide.refinement_trace`."""
+
+    step: int
+    state: RefinementState
+    info: RefinementInfo | None
+    elbo: torch.Tensor
+
+
+def _uses_enumeration(trace) -> bool:
+    return any(
+        site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
+        for site in trace.nodes.values()
+    )
+
+
+class IterativeAmortizedGuide(AutoGuide):
+    """Amortized guide ``q_φ(θ | D)`` refined over mini-batches of ``D``.
+
+    :param model: a Pyro model whose global latents lie outside the data plate, or a
+        :class:`~iai_prob.models.base.TaskFamily` (its ``model`` is used and it is kept as
+        ``guide.family``).
+    :param str family: ``"full_rank"``, ``"low_rank"`` or ``"diagonal"`` Gaussian.
+    :param str encoder: set encoder, ``"set_transformer"`` or ``"deep_sets"``.
+    :param int num_steps: refinement steps per call; ``None`` = one pass over the data
+        in mini-batches of ``batch_size`` (``0`` = one-shot amortization).
+    :param int batch_size: mini-batch size ``|B|``.
+    :param tuple signals: what each step sees: ``"data"`` (mini-batch embedding) and/or
+        ``"grad"`` (mini-batch ELBO gradient and curvature).
+    :param str data_plate: name of the model's data plate.
+    :param str tasks_plate: name of the optional outer plate over tasks.
+    :param str linearization: ``"sigma_points"``, ``"mean"`` or ``"samples"``.
+    :param int num_particles: draws when ``linearization="samples"``.
+    :param int context_size: at most this many points feed the one-shot encoder.
+    :param int rank: rank of the ``"low_rank"`` family.
+    :param dict encoder_options: keyword arguments of the encoder.
+    :param callable featurize: ``featurize(*args, **kwargs) -> (T?, N, F)`` overrides the
+        per-datum features.
+    :param int seed: seeds the mini-batch order, so a call is a function of its data.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        family: str = "full_rank",
+        encoder: str = "set_transformer",
+        num_steps: int | None = None,
+        batch_size: int = 64,
+        signals: tuple[str, ...] = SIGNALS,
+        data_plate: str = "data",
+        tasks_plate: str = "tasks",
+        linearization: str = "sigma_points",
+        num_particles: int = 8,
+        context_size: int = 256,
+        rank: int = 2,
+        encoder_options: dict | None = None,
+        featurize: Callable | None = None,
+        seed: int = 0,
+    ):
+        task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
+        self.family = task_family if isinstance(task_family, TaskFamily) else None
+        if isinstance(model, TaskFamily):
+            model = model.model
+        if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
+            raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        signals = tuple(signals)
+        if not signals or any(s not in SIGNALS for s in signals):
+            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
+        get_posterior_family(family, 1)  # validates the name
+        super().__init__(model)
+        self.config = {
+            "family": family,
+            "encoder": encoder,
+            "num_steps": num_steps,
+            "batch_size": int(batch_size),
+            "signals": list(signals),
+            "data_plate": data_plate,
+            "tasks_plate": tasks_plate,
+            "linearization": linearization,
+            "num_particles": num_particles,
+            "context_size": context_size,
+            "rank": rank,
+            "encoder_options": dict(encoder_options or {}),
+            "seed": seed,
+        }
+        self.featurize = featurize
+        self.refiner: Refiner | None = None
+        self.layout_signature: list | None = None
+        self.card: dict = {}
+
+    # ------------------------------------------------------------------ setup
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        task = self.prepare(*args, **kwargs)
+        if self.refiner is None:
+            self.build(task.layout.latent_dim, task.data.features.shape[-1])
+            self.layout_signature = task.layout.signature()
+
+    def build(self, latent_dim: int, feature_dim: int) -> Refiner:
+        """Create the learned pieces for a ``latent_dim``-dim latent and ``feature_dim`` features."""
+        config = self.config
+        options = {"rank": config["rank"]} if config["family"] == "low_rank" else {}
+        self.refiner = Refiner(
+            latent_dim,
+            feature_dim,
+            get_posterior_family(config["family"], latent_dim, **options),
+            encoder=config["encoder"],
+            encoder_options=config["encoder_options"],
+            signals=tuple(config["signals"]),
+            linearization=config["linearization"],
+            num_particles=config["num_particles"],
+            context_size=config["context_size"],
+        )
+        return self.refiner
+
+    @property
+    def latent_dim(self) -> int:
+        return self._require_refiner().latent_dim
+
+    def _require_refiner(self) -> Refiner:
+        if self.refiner is None:
+            raise RuntimeError(
+                "the guide has not seen the model yet: call it once with data, or train it with "
+                "iai_prob.inference.fit"
+            )
+        return self.refiner
+
+    def prepare(self, *args, **kwargs) -> PreparedTask:
+        """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
+        config = self.config
+        with poutine.block():
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        layout = discover_layout(
+            trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"]
+        )
+        if self.layout_signature is not None and layout.signature() != self.layout_signature:
+            raise ValueError(
+                f"the model's global latents {layout.signature()} differ from those the guide was "
+                f"built for {self.layout_signature}; was the guide trained for another model?"
+            )
+        data = read_task_data(
+            trace,
+            args,
+            kwargs,
+            data_plate=config["data_plate"],
+            tasks_plate=config["tasks_plate"],
+            featurize=self.featurize,
+        )
+        if self.refiner is not None:
+            expected = self.refiner.feature_dim
+            if data.features.shape[-1] != expected:
+                raise ValueError(
+                    f"the data give {data.features.shape[-1]} features per point but the guide "
+                    f"was built for {expected}; check the covariates' dimension"
+                )
+            data.features = data.features.to(self._device())
+        log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
+        return PreparedTask(layout, data, log_joint)
+
+    def _device(self) -> torch.device:
+        first = next(self._require_refiner().parameters(), None)
+        return torch.device("cpu") if first is None else first.device
+
+    # ------------------------------------------------------------- refinement
+    def schedule(self, num_points: int, num_steps: int | None = None, batch_size: int | None = None):
+        """The mini-batch index tensors of one call (seeded: a call is a function of its data)."""
+        batch_size = batch_size or self.config["batch_size"]
+        if num_steps is None:
+            num_steps = self.config["num_steps"]
+        if num_steps is None:
+            num_steps = math.ceil(num_points / batch_size)
+        generator = torch.Generator().manual_seed(self.config["seed"])
+        return minibatch_schedule(num_points, min(batch_size, num_points), num_steps, generator)
+
+    def initial_state(self, data: TaskData) -> RefinementState:
+        """``λ_0`` from a seeded random context subset of ``data``."""
+        refiner = self._require_refiner()
+        generator = torch.Generator().manual_seed(self.config["seed"] + 1)
+        if data.num_points > refiner.context_size:
+            index = torch.randperm(data.num_points, generator=generator)[: refiner.context_size]
+            data = data.subset(index)
+        return refiner.init(data)
+
+    def trajectory(
+        self,
+        task: PreparedTask,
+        *,
+        num_steps: int | None = None,
+        batch_size: int | None = None,
+        greedy: bool = False,
+    ):
+        """Yield ``(state, info)`` for ``λ_0 … λ_K`` (``info`` is ``None`` for ``λ_0``).
+
+        With ``greedy=True`` every step starts from a detached state (stop-gradient).
+        """
+        refiner = self._require_refiner()
+        state = self.initial_state(task.data)
+        yield state, None
+        for index in self.schedule(task.data.num_points, num_steps, batch_size):
+            if greedy:
+                state = state.detach()
+            state, info = refiner.step(state, task.data.subset(index), task.log_joint)
+            yield state, info
+
+    def final_state(self, task: PreparedTask, **options) -> RefinementState:
+        """``λ_K`` for a prepared task."""
+        state = None
+        for state, _ in self.trajectory(task, **options):
+            pass
+        return state
+
+    def _distribution(self, state: RefinementState, layout: LatentLayout):
+        family = self._require_refiner().family
+        loc = layout.to_joint(state.loc)
+        precision = layout.to_joint(state.precision.flatten(-2)).unflatten(-1, state.precision.shape[-2:])
+        return family.distribution(loc, precision)
+
+    # ------------------------------------------------------------------- Pyro
+    def forward(self, *args, **kwargs):
+        """Sample the global latents for the dataset in ``*args, **kwargs``."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        pyro.module(f"{self._pyro_name}.refiner", self.refiner)
+        task = self.prepare(*args, **kwargs)
+        layout = task.layout
+        posterior = self._distribution(self.final_state(task), layout)
+        plate = (
+            contextlib.nullcontext()
+            if layout.num_tasks is None
+            else pyro.plate(self.config["tasks_plate"], layout.num_tasks, dim=layout.tasks_dim)
+        )
+        result = {}
+        with plate:
+            latent = pyro.sample(
+                f"_{self._pyro_name}_latent", posterior, infer={"is_auxiliary": True}
+            )
+            for site, value, log_jacobian in layout.unpack(latent):
+                log_density = 0.0 if poutine.get_mask() is False else -log_jacobian
+                result[site.name] = pyro.sample(
+                    site.name, dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
+                )
+        return result
+
+    # ------------------------------------------------------------- user API
+    @torch.no_grad()
+    def posterior(self, *args, **kwargs):
+        """``q(z | D)``: a torch distribution over the flattened unconstrained latents.
+
+        Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        task = self.prepare(*args, **kwargs)
+        return self._flat_distribution(self.final_state(task), task.layout)
+
+    def _flat_distribution(self, state: RefinementState, layout: LatentLayout, family=None):
+        family = family or self._require_refiner().family
+        if layout.num_tasks is None:
+            return family.distribution(state.loc[0], state.precision[0])
+        return family.distribution(state.loc, state.precision)
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Posterior median of each global site: ``T(μ)`` (per task when batched)."""
+        posterior = self.posterior(*args, **kwargs)
+        return self._constrained(posterior.mean, *args, **kwargs)
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Marginal quantiles ``T(μ_i + σ_i Φ⁻¹(q))`` of each site, stacked on a new dim 0."""
+        posterior = self.posterior(*args, **kwargs)
+        scale = posterior.variance.sqrt()
+        quantiles = torch.as_tensor(quantiles, dtype=scale.dtype, device=scale.device)
+        normal_quantiles = dist.Normal(0.0, 1.0).icdf(quantiles)
+        shape = (-1,) + (1,) * scale.dim()
+        latent = posterior.mean + scale * normal_quantiles.reshape(shape)
+        return self._constrained(latent, *args, **kwargs)
+
+    def _constrained(self, latent: torch.Tensor, *args, **kwargs) -> dict[str, torch.Tensor]:
+        layout = self.prepare(*args, **kwargs).layout
+        return {site.name: value for site, value, _ in layout.unpack(latent)}
+
+    @torch.no_grad()
+    def refinement_trace(
+        self, *args, num_steps: int | None = None, num_samples: int = 16, **kwargs
+    ) -> list[RefinementStep]:
+        """The state ``λ_k`` and a Monte Carlo ELBO (summed over tasks) after every step."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        task = self.prepare(*args, **kwargs)
+        family = self._require_refiner().family
+        generator = torch.Generator().manual_seed(self.config["seed"] + 2)
+        steps = []
+        for k, (state, info) in enumerate(self.trajectory(task, num_steps=num_steps)):
+            value = elbo(state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator)
+            steps.append(RefinementStep(k, state, info, value))
+        return steps
+
+    @torch.no_grad()
+    def refine(
+        self,
+        x,
+        y=None,
+        *,
+        passes: int = 1,
+        batch_size: int | None = None,
+        num_points: int | None = None,
+    ):
+        """Stream over a dataset, one refinement step per mini-batch, and return ``q``.
+
+        ``x, y`` are tensors (the dataset in memory, split into mini-batches of
+        ``batch_size``) or ``x`` is an iterable of ``(x_b, y_b)`` mini-batches that need not
+        fit in memory; then ``num_points`` (the total ``N``) is required, and for
+        ``passes > 1`` the iterable must be re-iterable (a list, a ``DataLoader``, or a
+        callable returning a fresh iterator). Memory is constant in ``N``.
+        """
+        if int(passes) != passes or passes < 1:
+            raise ValueError(f"passes must be a positive integer, got {passes!r}")
+        if torch.is_tensor(x):
+            if self.prototype_trace is None:
+                self._setup_prototype(x, y)
+            task = self.prepare(x, y)
+            batch_size = batch_size or self.config["batch_size"]
+            num_steps = passes * math.ceil(task.data.num_points / batch_size)
+            state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
+            return self._flat_distribution(state, task.layout)
+        return self._refine_stream(x, passes=passes, num_points=num_points)
+
+    def _refine_stream(self, batches: Iterable, *, passes: int, num_points: int | None):
+        if num_points is None or int(num_points) != num_points or num_points < 1:
+            raise ValueError(
+                "refine() over an iterable of mini-batches needs num_points=N, the dataset's "
+                f"total size (got {num_points!r})"
+            )
+        make_iterator = batches if callable(batches) else lambda: iter(batches)
+        if passes > 1 and not callable(batches) and iter(batches) is batches:
+            raise ValueError(
+                "passes > 1 needs a re-iterable (a list, a DataLoader or a callable returning "
+                "an iterator); got a one-shot iterator"
+            )
+        refiner, state, layout = None, None, None
+        for _ in range(passes):
+            for x_batch, y_batch in make_iterator():
+                if self.prototype_trace is None:
+                    self._setup_prototype(x_batch, y_batch)
+                task = self.prepare(x_batch, y_batch)
+                task.data.total_points = int(num_points)
+                refiner, layout = self.refiner, task.layout
+                if state is None:
+                    state = refiner.init(task.data)
+                state, _ = refiner.step(state, task.data, task.log_joint)
+        if state is None:
+            raise ValueError("refine() got no mini-batches")
+        return self._flat_distribution(state, layout)
+
+    def polish(
+        self,
+        x,
+        y=None,
+        steps: int = 200,
+        *,
+        learning_rate: float = 0.01,
+        num_samples: int = 8,
+        progress: bool = False,
+    ):
+        """Semi-amortized polishing: stochastic VI on ``(μ, L)`` started from ``q_{λ_K}``.
+
+        Maximizes the Monte Carlo ELBO of the full-rank Gaussian with Adam for ``steps``
+        steps (Kim et al. 2018, semi-amortized VI); returns the polished distribution.
+        """
+        from tqdm.auto import trange
+
+        if self.prototype_trace is None:
+            self._setup_prototype(x, y)
+        task = self.prepare(x, y)
+        with torch.no_grad():
+            start = self.final_state(task)
+        loc = start.loc.clone().requires_grad_(True)
+        scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(start.precision)))
+        tril = scale_tril.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([loc, tril], lr=learning_rate)
+        full_rank = get_posterior_family("full_rank", loc.shape[-1])
+        for _ in trange(steps, disable=not progress, desc="polish"):
+            optimizer.zero_grad()
+            state = RefinementState(loc, torch.cholesky_inverse(tril.tril()))
+            loss = -elbo(state, full_rank, task.log_joint, task.data, num_samples=num_samples)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            state = RefinementState(loc.detach(), torch.cholesky_inverse(tril.tril()))
+            return self._flat_distribution(state, task.layout, family=full_rank)
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self, path, **card) -> None:
+        """Write ``path`` (safetensors weights) and its JSON card; see :mod:`.checkpoint`."""
+        from iai_prob.inference.checkpoint import save_guide
+
+        save_guide(self, path, **card)
+
+    @classmethod
+    def load(cls, path, model, *, device=None) -> IterativeAmortizedGuide:
+        """Load a guide saved with :meth:`save` for ``model``; refuses another model."""
+        from iai_prob.inference.checkpoint import load_guide
+
+        return load_guide(path, model, device=device)

@@ -1,0 +1,169 @@
+"""Gaussian posterior families over the joint unconstrained latent ``z ∈ ℝ^D``.
+
+The refinement keeps a Gaussian in natural parameters, precision ``Λ`` and
+linear term ``η = Λμ`` (stored as ``(μ, Λ)``), because a convex combination of two
+natural parameters is again a valid Gaussian (Khan & Lin 2017). A family says
+which structure ``Λ`` keeps:
+
+* ``"diagonal"``: ``Λ = diag(λ)``, the mean-field family of ``AutoNormal``;
+* ``"low_rank"``: ``Λ = diag(λ) + U Uᵀ`` with ``U ∈ ℝ^{D×r}``;
+* ``"full_rank"``: any symmetric positive-definite ``Λ``.
+
+Every family maps raw network outputs to a state (:meth:`GaussianFamily.from_raw`),
+projects an arbitrary positive-definite target onto its structure
+(:meth:`GaussianFamily.project`; for the diagonal family this keeps ``Λᵢᵢ``, which
+makes the mean-field optimum the fixed point of the refinement), and builds the torch
+distribution (:meth:`GaussianFamily.distribution`).
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import distributions as dist
+
+__all__ = [
+    "POSTERIOR_FAMILIES",
+    "DiagonalGaussian",
+    "FullRankGaussian",
+    "GaussianFamily",
+    "LowRankGaussian",
+    "clamp_eigenvalues",
+    "get_posterior_family",
+    "symmetrize",
+]
+
+# log-precisions produced by networks are clamped to this range (precision 1e-6 … 1e8).
+_LOG_PRECISION_RANGE = (-13.8, 18.4)
+
+
+def _diag_embed_exp(raw: torch.Tensor) -> torch.Tensor:
+    return torch.diag_embed(raw.clamp(*_LOG_PRECISION_RANGE).exp())
+
+
+class GaussianFamily:
+    """Structure of the precision matrix of a Gaussian posterior (see module docstring)."""
+
+    name: str = ""
+
+    def __init__(self, latent_dim: int):
+        self.latent_dim = latent_dim
+
+    def config(self) -> dict:
+        return {"family": self.name}
+
+    def num_raw(self) -> int:
+        """How many raw numbers define ``(μ, Λ)``."""
+        raise NotImplementedError
+
+    def from_raw(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map ``(..., num_raw)`` network outputs to ``(μ, Λ)``; zeros give ``N(0, I)``."""
+        raise NotImplementedError
+
+    def project(self, precision: torch.Tensor) -> torch.Tensor:
+        """Project a symmetric positive-definite ``Λ`` onto the family's structure."""
+        return precision
+
+    def distribution(self, loc: torch.Tensor, precision: torch.Tensor):
+        """The torch distribution ``N(μ, Λ⁻¹)`` with event shape ``(D,)``."""
+        return dist.MultivariateNormal(loc, precision_matrix=precision)
+
+
+class DiagonalGaussian(GaussianFamily):
+    """Mean-field Gaussian ``N(μ, diag(λ)⁻¹)``."""
+
+    name = "diagonal"
+
+    def num_raw(self) -> int:
+        return 2 * self.latent_dim
+
+    def from_raw(self, raw):
+        loc, log_precision = raw.split(self.latent_dim, dim=-1)
+        return loc, _diag_embed_exp(log_precision)
+
+    def project(self, precision):
+        return torch.diag_embed(precision.diagonal(dim1=-2, dim2=-1))
+
+    def distribution(self, loc, precision):
+        scale = precision.diagonal(dim1=-2, dim2=-1).rsqrt()
+        return dist.Normal(loc, scale).to_event(1)
+
+
+class LowRankGaussian(GaussianFamily):
+    """``N(μ, (diag(λ) + U Uᵀ)⁻¹)`` with ``U`` of rank ``rank``."""
+
+    name = "low_rank"
+
+    def __init__(self, latent_dim: int, rank: int = 2):
+        super().__init__(latent_dim)
+        if rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        self.rank = min(rank, latent_dim)
+
+    def config(self) -> dict:
+        return {"family": self.name, "rank": self.rank}
+
+    def num_raw(self) -> int:
+        return 2 * self.latent_dim + self.latent_dim * self.rank
+
+    def from_raw(self, raw):
+        d = self.latent_dim
+        loc, log_precision, factor = raw.split([d, d, d * self.rank], dim=-1)
+        factor = factor.reshape(*factor.shape[:-1], d, self.rank)
+        return loc, _diag_embed_exp(log_precision) + factor @ factor.mT
+
+    def project(self, precision):
+        """Keep the top ``rank`` eigen-directions exactly and the rest on the diagonal."""
+        eigenvalues, eigenvectors = torch.linalg.eigh(precision)
+        top_values = eigenvalues[..., -self.rank :]
+        top_vectors = eigenvectors[..., -self.rank :]
+        floor = eigenvalues[..., :1].clamp_min(0).unsqueeze(-1)  # smallest eigenvalue
+        factor = top_vectors * (top_values.unsqueeze(-2) - floor).clamp_min(0).sqrt()
+        low_rank = factor @ factor.mT
+        residual = (precision - low_rank).diagonal(dim1=-2, dim2=-1)
+        return torch.diag_embed(residual.clamp_min(1e-6)) + low_rank
+
+
+class FullRankGaussian(GaussianFamily):
+    """``N(μ, Λ⁻¹)`` with ``Λ = L Lᵀ`` for a lower-triangular ``L``."""
+
+    name = "full_rank"
+
+    def num_raw(self) -> int:
+        d = self.latent_dim
+        return d + d * (d + 1) // 2
+
+    def from_raw(self, raw):
+        d = self.latent_dim
+        loc, entries = raw.split([d, d * (d + 1) // 2], dim=-1)
+        rows, cols = torch.tril_indices(d, d, device=raw.device)
+        tril = raw.new_zeros(*raw.shape[:-1], d, d)
+        tril[..., rows, cols] = entries
+        diagonal = tril.diagonal(dim1=-2, dim2=-1)
+        tril = tril - torch.diag_embed(diagonal) + torch.diag_embed(
+            (0.5 * diagonal).clamp(*_LOG_PRECISION_RANGE).exp()
+        )
+        return loc, tril @ tril.mT
+
+
+POSTERIOR_FAMILIES = {
+    cls.name: cls for cls in (DiagonalGaussian, LowRankGaussian, FullRankGaussian)
+}
+
+
+def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:
+    """Build the posterior family ``name`` for a ``latent_dim``-dimensional latent."""
+    if name not in POSTERIOR_FAMILIES:
+        raise ValueError(f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}")
+    return POSTERIOR_FAMILIES[name](latent_dim, **options)
+
+
+def symmetrize(matrix: torch.Tensor) -> torch.Tensor:
+    """``(A + Aᵀ)/2``."""
+    return 0.5 * (matrix + matrix.mT)
+
+
+def clamp_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
+    """Nearest symmetric matrix with eigenvalues ``≥ floor`` (for non-concave log densities)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(symmetrize(matrix))
+    return (eigenvectors * eigenvalues.clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
+

@@ -1,0 +1,189 @@
+"""The refinement core: a pure ``init`` / ``step`` pair over a Gaussian state.
+
+    λ_0     = init_φ(D_context)                    (one-shot set encoder)
+    λ_{k+1} = step_φ(λ_k, B_k)                     (k = 0 … K−1, B_k mini-batches of D)
+
+with ``λ = (μ, Λ)`` a Gaussian over the joint unconstrained latent per task (Mittal,
+Mahajan, Lajoie, Pezeshki 2025, §3: iterative amortized inference; Marino et al. 2018).
+One-shot amortization is ``K = 0``. The state and per-step diagnostics are NamedTuples
+(as in BlackJAX); :class:`Refiner` holds the learned pieces (encoder, initial head,
+update rule) and never mutates itself in ``init``/``step``. A state that is not finite
+or not positive definite is reported with :class:`RefinementError`, never returned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from iai_prob.inference.encoders import get_encoder
+from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.signals import (
+    LINEARIZATIONS,
+    curvature_signal,
+    linearization_points,
+    natural_gradient_target,
+)
+from iai_prob.inference.task_data import TaskData
+from iai_prob.inference.updates import (
+    LearnedSiteTarget,
+    NaturalGradientUpdate,
+    combine_natural,
+    step_context,
+)
+
+__all__ = [
+    "SIGNALS",
+    "RefinementError",
+    "RefinementInfo",
+    "RefinementState",
+    "Refiner",
+    "minibatch_schedule",
+]
+
+SIGNALS = ("data", "grad")
+_CONTEXT_FEATURES = 5
+
+
+class RefinementState(NamedTuple):
+    """Gaussian state per task: ``loc`` ``(T, D)``, ``precision`` ``(T, D, D)``, the number
+    of steps taken and of data points consumed."""
+
+    loc: torch.Tensor
+    precision: torch.Tensor
+    step: int = 0
+    points_seen: int = 0
+
+    def detach(self) -> RefinementState:
+        return self._replace(loc=self.loc.detach(), precision=self.precision.detach())
+
+
+class RefinementInfo(NamedTuple):
+    """Diagnostics of one step: step size ``ρ_k`` ``(T,)`` and ``E_q f_B`` (summed)."""
+
+    step_size: torch.Tensor
+    batch_log_joint: torch.Tensor
+
+
+class RefinementError(RuntimeError):
+    """A refinement state stopped being finite or positive definite."""
+
+
+def minibatch_schedule(
+    num_points: int, batch_size: int, num_steps: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """``num_steps`` index tensors cycling over a random partition of ``range(num_points)``.
+
+    Each pass draws a fresh permutation and splits it into ``⌈N/batch_size⌉`` batches
+    whose sizes differ by at most one.
+    """
+    batches: list[torch.Tensor] = []
+    num_batches = math.ceil(num_points / batch_size)
+    while len(batches) < num_steps:
+        permutation = torch.randperm(num_points, generator=generator)
+        batches.extend(permutation.tensor_split(num_batches))
+    return batches[:num_steps]
+
+
+def check_state(state: RefinementState) -> RefinementState:
+    """Raise :class:`RefinementError` if any task's state is not finite or not PD."""
+    finite = torch.isfinite(state.loc).all(-1) & torch.isfinite(state.precision).all((-1, -2))
+    positive = torch.linalg.cholesky_ex(torch.nan_to_num(state.precision))[1] == 0
+    bad = (~(finite & positive)).nonzero().flatten().tolist()
+    if bad:
+        raise RefinementError(
+            f"refinement step {state.step}: the posterior state of task(s) {bad[:10]} is not "
+            "finite or not positive definite; check the data for extreme values, lower "
+            "batch sizes' variance (larger batches) or use linearization='sigma_points'"
+        )
+    return state
+
+
+class Refiner(nn.Module):
+    """Learned pieces of the refinement: set encoder, initial head, update rule.
+
+    :param int latent_dim: ``D``.
+    :param int feature_dim: per-datum feature size ``F``.
+    :param GaussianFamily family: structure of the Gaussian state.
+    :param str encoder: ``"set_transformer"`` or ``"deep_sets"``.
+    :param tuple signals: subset of ``("data", "grad")`` fed to each step.
+    :param str linearization: how ``E_q`` is taken for the gradient signal.
+    :param int num_particles: draws for ``linearization="samples"``.
+    :param int context_size: at most this many points go into the one-shot encoder.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        feature_dim: int,
+        family: GaussianFamily,
+        *,
+        encoder: str = "set_transformer",
+        encoder_options: dict | None = None,
+        signals: tuple[str, ...] = SIGNALS,
+        linearization: str = "sigma_points",
+        num_particles: int = 8,
+        context_size: int = 256,
+        min_precision: float = 1e-3,
+    ):
+        super().__init__()
+        signals = tuple(signals)
+        if not signals or any(s not in SIGNALS for s in signals):
+            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
+        if linearization not in LINEARIZATIONS:
+            raise ValueError(f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}")
+        self.latent_dim = latent_dim
+        self.feature_dim = feature_dim
+        self.family = family
+        self.signals = signals
+        self.linearization = linearization
+        self.num_particles = num_particles
+        self.context_size = context_size
+        self.min_precision = min_precision
+        self.encoder = get_encoder(encoder, feature_dim, **(encoder_options or {}))
+        embed_dim = self.encoder.embed_dim
+        self.init_head = nn.Linear(embed_dim, family.num_raw())
+        nn.init.zeros_(self.init_head.weight)
+        nn.init.zeros_(self.init_head.bias)
+        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in signals else 0)
+        self.update = NaturalGradientUpdate(context_dim)
+        self.site_target = None if "grad" in signals else LearnedSiteTarget(embed_dim, family)
+
+    def init(self, data: TaskData) -> RefinementState:
+        """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
+        context = data.features[:, : self.context_size]
+        loc, precision = self.family.from_raw(self.init_head(self.encoder(context, data.total_points)))
+        return check_state(RefinementState(loc, precision))
+
+    def step(
+        self, state: RefinementState, batch: TaskData, log_joint
+    ) -> tuple[RefinementState, RefinementInfo]:
+        """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
+        embedding = None
+        if "data" in self.signals:
+            embedding = self.encoder(batch.features, batch.num_points)
+        if "grad" in self.signals:
+            points = linearization_points(
+                state.loc.detach(), state.precision.detach(), self.linearization, self.num_particles
+            )
+            signal = curvature_signal(log_joint, points, batch)
+            target = natural_gradient_target(signal, state.loc, self.family, self.min_precision)
+            batch_log_joint = signal.log_joint
+        else:
+            target = self.site_target(embedding, batch.likelihood_scale)
+            batch_log_joint = state.loc.new_tensor(float("nan"))
+        context = step_context(
+            state.step, batch.total_points, batch.num_points, state.loc, state.precision, *target
+        ).detach()
+        if embedding is not None:
+            context = torch.cat([context, embedding], dim=-1)
+        step_size = self.update.step_size(state.points_seen, batch.num_points, context)
+        loc, precision = combine_natural(state.loc, state.precision, *target, step_size)
+        new_state = RefinementState(
+            loc, self.family.project(precision), state.step + 1, state.points_seen + batch.num_points
+        )
+        check_state(new_state)
+        return new_state, RefinementInfo(step_size, batch_log_joint)

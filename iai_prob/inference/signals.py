@@ -1,0 +1,112 @@
+"""What a refinement step sees of a mini-batch besides the current state.
+
+* **Curvature signal** (``"grad"``): the mini-batch ELBO gradient with respect to the
+  variational parameters. For a Gaussian ``q = N(μ, Λ⁻¹)`` Bonnet's and Price's
+  theorems give ``∇_μ E_q f_B = E_q ∇f_B`` and ``∇_Σ E_q f_B = ½ E_q ∇²f_B``, so the
+  signal is ``(ḡ, H̄) = (E_q ∇f_B, E_q ∇²f_B)`` with ``f_B`` the mini-batch log joint
+  scaled by ``N/|B|`` (:class:`~iai_prob.inference.log_joint.LogJoint`). The
+  expectations use sigma points ``μ ± √D Σ^{½} e_i`` (exact for quadratic ``f``), the
+  mean alone (a Laplace-style linearization), or ``S`` Monte Carlo draws.
+* **Data signal** (``"data"``): a set-encoder embedding of the raw mini-batch.
+
+:func:`natural_gradient_target` turns the curvature signal into the conjugate-
+computation VI target (Khan & Lin 2017), ``Λ̂ = −H̄`` (projected to be positive
+definite) and ``η̂ = ḡ + Λ̂ μ``, whose fixed point ``ḡ = 0`` is the Gaussian ELBO optimum.
+:func:`preprocess_gradient` is the learned-optimizer input transform of Andrychowicz
+et al. (2016).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from iai_prob.inference.posteriors import GaussianFamily, clamp_eigenvalues
+
+__all__ = [
+    "LINEARIZATIONS",
+    "CurvatureSignal",
+    "curvature_signal",
+    "linearization_points",
+    "natural_gradient_target",
+    "preprocess_gradient",
+]
+
+LINEARIZATIONS = ("sigma_points", "mean", "samples")
+
+
+class CurvatureSignal(NamedTuple):
+    """``E_q ∇f_B`` ``(T, D)``, ``E_q ∇²f_B`` ``(T, D, D)`` and ``Σ E_q f_B`` (a scalar)."""
+
+    grad: torch.Tensor
+    hessian: torch.Tensor
+    log_joint: torch.Tensor
+
+
+def linearization_points(
+    loc: torch.Tensor, precision: torch.Tensor, scheme: str, num_particles: int = 8
+) -> torch.Tensor:
+    """Points ``(S, T, D)`` at which to average gradients and Hessians under ``q``."""
+    if scheme == "mean":
+        return loc.unsqueeze(0)
+    scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
+    if scheme == "sigma_points":
+        dim = loc.shape[-1]
+        offsets = math.sqrt(dim) * scale_tril.mT  # rows: √D Σ^{½} e_i
+        offsets = offsets.movedim(-2, 0)  # (D, T, D)
+        return torch.cat([loc + offsets, loc - offsets], dim=0)
+    if scheme == "samples":
+        noise = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)
+        return loc + (scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    raise ValueError(f"unknown linearization {scheme!r}; choose from {LINEARIZATIONS}")
+
+
+def curvature_signal(log_joint, points: torch.Tensor, batch) -> CurvatureSignal:
+    """Average gradient and Hessian of ``f_B`` over ``points`` ``(S, T, D)``.
+
+    Runs with gradients enabled even under ``torch.no_grad()`` (as in ``Predictive``)
+    and returns detached tensors: the signal is an input to the update, not a path
+    for meta-gradients.
+    """
+    with torch.enable_grad():
+        z = points.detach().requires_grad_(True)
+        value = log_joint(z, batch)
+        (grad,) = torch.autograd.grad(value, z, create_graph=True)
+        rows = [
+            torch.autograd.grad(grad[..., j].sum(), z, retain_graph=True)[0]
+            for j in range(z.shape[-1])
+        ]
+    hessian = torch.stack(rows, dim=-2).mean(0)
+    return CurvatureSignal(
+        grad=grad.detach().mean(0),
+        hessian=(0.5 * (hessian + hessian.mT)).detach(),
+        log_joint=value.detach() / z.shape[0],
+    )
+
+
+def natural_gradient_target(
+    signal: CurvatureSignal,
+    loc: torch.Tensor,
+    family: GaussianFamily,
+    min_precision: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CVI target ``(η̂, Λ̂)``: ``Λ̂ = Π(−H̄)`` (eigenvalues ``≥ min_precision``,
+    projected on the family's structure) and ``η̂ = ḡ + Λ̂ μ``."""
+    precision = family.project(clamp_eigenvalues(-signal.hessian, min_precision))
+    linear = signal.grad + (precision @ loc.unsqueeze(-1)).squeeze(-1)
+    return linear, precision
+
+
+def preprocess_gradient(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """Learned-optimizer gradient preprocessing (Andrychowicz et al. 2016, App. A).
+
+    Each coordinate ``g`` becomes ``(log|g|/p, sign g)`` if ``|g| ≥ e^{−p}`` and
+    ``(−1, e^p g)`` otherwise; the output has a trailing dim of 2.
+    """
+    magnitude = grad.abs()
+    large = magnitude >= math.exp(-p)
+    first = torch.where(large, magnitude.clamp_min(math.exp(-p)).log() / p, -torch.ones_like(grad))
+    second = torch.where(large, grad.sign(), math.exp(p) * grad)
+    return torch.stack([first, second], dim=-1)

@@ -1,0 +1,153 @@
+"""Where meta-training tasks come from: simulators, prior predictives, real datasets.
+
+Every source answers ``sample(num_tasks, num_points, generator) -> TaskBatch``: the
+model's arguments for a batch of ``T`` tasks of ``N`` points (shapes ``(T, N, …)``)
+and, when simulated, the true latents ``θ`` (for the forward-KL objective and for
+measuring calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from pyro import poutine
+
+from iai_prob.models.base import TaskFamily
+
+__all__ = [
+    "DatasetCollection",
+    "FamilyTasks",
+    "PriorPredictiveTasks",
+    "TaskBatch",
+    "TaskSource",
+    "as_task_source",
+]
+
+
+class TaskBatch(NamedTuple):
+    """Model arguments for ``T`` tasks and, if simulated, their latents ``{name: (T, …)}``."""
+
+    args: tuple
+    theta: dict[str, torch.Tensor] | None
+
+    def to(self, device) -> TaskBatch:
+        args = tuple(a.to(device) if torch.is_tensor(a) else a for a in self.args)
+        theta = None if self.theta is None else {k: v.to(device) for k, v in self.theta.items()}
+        return TaskBatch(args, theta)
+
+
+class TaskSource:
+    """A distribution over tasks for :func:`~iai_prob.inference.fit`."""
+
+    has_latents: bool = True
+
+    def sample(self, num_tasks: int, num_points: int, generator: torch.Generator) -> TaskBatch:
+        raise NotImplementedError
+
+
+class FamilyTasks(TaskSource):
+    """Tasks from a :class:`~iai_prob.models.TaskFamily`'s vectorized simulator."""
+
+    def __init__(self, family: TaskFamily):
+        self.family = family
+
+    def sample(self, num_tasks, num_points, generator):
+        theta, x, y = self.family.sample(num_tasks, num_points, generator=generator)
+        return TaskBatch((x, y), theta)
+
+    def __repr__(self) -> str:
+        return f"FamilyTasks({self.family!r})"
+
+
+class PriorPredictiveTasks(TaskSource):
+    """Tasks from any Pyro model's prior predictive.
+
+    :param model: ``model(*covariates, y=None)``, vectorized over an outer ``"tasks"``
+        plate when its covariates have a leading ``T`` dimension.
+    :param covariates: ``covariates(num_tasks, num_points, generator) -> tuple`` of the
+        model's arguments before the observations (e.g. ``(x,)``).
+    :param str observed: the name of the observed site inside the data plate.
+    :param str data_plate: the name of the data plate.
+    """
+
+    def __init__(
+        self, model, covariates: Callable, *, observed: str = "y", data_plate: str = "data"
+    ):
+        self.model = model
+        self.covariates = covariates
+        self.observed = observed
+        self.data_plate = data_plate
+
+    def sample(self, num_tasks, num_points, generator):
+        args = tuple(self.covariates(num_tasks, num_points, generator))
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            trace = poutine.trace(self.model).get_trace(*args)
+        if self.observed not in trace.nodes:
+            raise ValueError(f"the model has no site named {self.observed!r} to observe")
+        theta = {}
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or name == self.observed:
+                continue
+            if all(f.name != self.data_plate for f in site["cond_indep_stack"]):
+                value = site["value"]
+                theta[name] = value.reshape(num_tasks, *site["fn"].event_shape)
+        y = trace.nodes[self.observed]["value"]
+        return TaskBatch((*args, y), theta)
+
+    def __repr__(self) -> str:
+        return f"PriorPredictiveTasks({getattr(self.model, '__qualname__', self.model)!r})"
+
+
+class DatasetCollection(TaskSource):
+    """Tasks drawn from a user's datasets ``[(x, y), …]``: a random dataset, ``N`` random points.
+
+    Real data carry no latents, so only ``objective="reverse_kl"`` applies. A step's ``N``
+    is capped by the smallest dataset drawn in that step.
+    """
+
+    has_latents = False
+
+    def __init__(self, datasets: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+        if len(datasets) == 0:
+            raise ValueError("DatasetCollection needs at least one dataset")
+        for index, (x, y) in enumerate(datasets):
+            if len(x) != len(y) or len(x) < 1:
+                raise ValueError(
+                    f"dataset {index}: x and y must have the same positive length, "
+                    f"got {len(x)} and {len(y)}"
+                )
+        self.datasets = list(datasets)
+
+    def sample(self, num_tasks, num_points, generator):
+        picks = torch.randint(0, len(self.datasets), (num_tasks,), generator=generator).tolist()
+        size = min([num_points] + [len(self.datasets[i][0]) for i in picks])
+        xs, ys = [], []
+        for i in picks:
+            x, y = self.datasets[i]
+            index = torch.randperm(len(x), generator=generator)[:size]
+            xs.append(x[index])
+            ys.append(y[index])
+        return TaskBatch((torch.stack(xs), torch.stack(ys)), None)
+
+    def __repr__(self) -> str:
+        return f"DatasetCollection({len(self.datasets)} datasets)"
+
+
+def as_task_source(tasks) -> TaskSource:
+    """Wrap ``tasks`` (family, source or datasets) as a :class:`TaskSource`."""
+    if isinstance(tasks, TaskSource):
+        return tasks
+    if isinstance(tasks, TaskFamily):
+        return FamilyTasks(tasks)
+    if isinstance(tasks, Sequence) and not isinstance(tasks, str | bytes):
+        return DatasetCollection(tasks)
+    if callable(tasks):
+        raise ValueError(
+            "a bare Pyro model gives no covariates to simulate from: wrap it as "
+            "PriorPredictiveTasks(model, covariates=lambda T, N, generator: (x,))"
+        )
+    raise ValueError(f"cannot draw tasks from {tasks!r}")

@@ -1,0 +1,171 @@
+"""A dataset as the guide sees it: model arguments, plate sizes, per-datum features.
+
+The guide never asks the user to re-shape data: it reads one trace of the model
+called with the user's ``*args, **kwargs`` and finds
+
+* ``N``, the size of the data plate, and ``T``, the size of the tasks plate (if any);
+* the per-datum features ``h_n`` that a set encoder consumes: the observed sites
+  inside the data plate (one-hot for small categorical supports) concatenated with
+  the model's tensor arguments whose leading size is the plate size (after ``T``);
+* how to take a mini-batch ``B ⊂ {1..N}``: every tensor argument with that leading
+  size is indexed along its data axis, so the model must size its data plate from
+  its arguments (``pyro.plate("data", len(x))``), as Pyro models normally do.
+
+A user can override the featurization with ``featurize(*args, **kwargs) -> (T?, N, F)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints
+
+__all__ = ["TaskData", "read_task_data"]
+
+_MAX_ONE_HOT = 64
+
+
+def _data_axis(tensor, num_tasks: int | None, num_points: int) -> int | None:
+    """The axis of ``tensor`` that indexes data points, or ``None`` if it has none."""
+    if not torch.is_tensor(tensor):
+        return None
+    if num_tasks is None:
+        return 0 if tensor.dim() >= 1 and tensor.shape[0] == num_points else None
+    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (num_tasks, num_points):
+        return 1
+    return None
+
+
+def _observed_features(site, num_tasks, tasks_dim, data_dim) -> torch.Tensor:
+    """An observed site's value as ``(T_flat, N, F)`` features."""
+    fn = site["fn"]
+    value = site["value"]
+    event_shape = tuple(fn.event_shape)
+    batch_shape = torch.broadcast_shapes(
+        tuple(fn.batch_shape), tuple(value.shape[: value.dim() - len(event_shape)])
+    )
+    value = value.expand(*batch_shape, *event_shape)
+    num_batch = len(batch_shape)
+    data_axis = num_batch + data_dim
+    order = [data_axis]
+    if tasks_dim is not None:
+        order.insert(0, num_batch + tasks_dim)
+    order += [axis for axis in range(value.dim()) if axis not in order]
+    value = value.permute(*order)
+    if tasks_dim is None:
+        value = value.unsqueeze(0)
+    features = value.reshape(value.shape[0], value.shape[1], -1)
+    support = fn.support
+    if (
+        isinstance(support, constraints.integer_interval)
+        and support.lower_bound == 0
+        and 1 < support.upper_bound < _MAX_ONE_HOT
+        and features.shape[-1] == 1
+    ):
+        features = torch.nn.functional.one_hot(features[..., 0].long(), support.upper_bound + 1)
+    return features.to(torch.get_default_dtype())
+
+
+@dataclass
+class TaskData:
+    """The model's arguments for one dataset (or a batch of tasks) and its per-datum features.
+
+    :ivar features: ``(T_flat, N, F)`` features (``T_flat = 1`` when unbatched).
+    :ivar num_points: size ``N`` of the data plate in these arguments.
+    :ivar total_points: size of the full dataset this (mini-)batch was taken from.
+    """
+
+    args: tuple
+    kwargs: dict
+    features: torch.Tensor
+    num_tasks: int | None
+    num_points: int
+    total_points: int
+
+    @property
+    def likelihood_scale(self) -> float:
+        """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased."""
+        return self.total_points / self.num_points
+
+    def subset(self, index: torch.Tensor) -> TaskData:
+        """The mini-batch ``index`` (a 1-D index into the data plate), as ``TaskData``."""
+
+        def take(value):
+            axis = _data_axis(value, self.num_tasks, self.num_points)
+            return value if axis is None else value.index_select(axis, index.to(value.device))
+
+        return TaskData(
+            args=tuple(take(a) for a in self.args),
+            kwargs={k: take(v) for k, v in self.kwargs.items()},
+            features=self.features.index_select(1, index.to(self.features.device)),
+            num_tasks=self.num_tasks,
+            num_points=len(index),
+            total_points=self.total_points,
+        )
+
+
+def read_task_data(
+    trace,
+    args: tuple,
+    kwargs: dict,
+    *,
+    data_plate: str,
+    tasks_plate: str,
+    featurize: Callable | None = None,
+) -> TaskData:
+    """Build :class:`TaskData` from a trace of the model run on ``*args, **kwargs``."""
+    frames = {}
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            for frame in site["cond_indep_stack"]:
+                frames[frame.name] = frame
+    data_frame = frames[data_plate]
+    tasks_frame = frames.get(tasks_plate)
+    num_points = data_frame.size
+    num_tasks = None if tasks_frame is None else tasks_frame.size
+    tasks_dim = None if tasks_frame is None else tasks_frame.dim
+
+    if featurize is not None:
+        features = featurize(*args, **kwargs)
+        if tasks_frame is None and features.dim() == 2:
+            features = features.unsqueeze(0)
+        expected = (1 if num_tasks is None else num_tasks, num_points)
+        if features.dim() != 3 or tuple(features.shape[:2]) != expected:
+            raise ValueError(
+                f"featurize must return features of shape (T, N, F) or (N, F) with "
+                f"(T, N) = {expected}, got {tuple(features.shape)}"
+            )
+    else:
+        parts, seen = [], set()
+        for site in trace.nodes.values():
+            in_data = any(f.name == data_plate for f in site.get("cond_indep_stack", ()))
+            observed = site["type"] == "sample" and site["is_observed"]
+            if observed and in_data and not site_is_subsample(site):
+                parts.append(_observed_features(site, num_tasks, tasks_dim, data_frame.dim))
+                seen.add(site["value"].data_ptr())
+        if not parts:
+            raise ValueError(
+                f"the model has no observed site inside the data plate {data_plate!r}: an "
+                "amortized guide conditions on the data, so pass the observations (e.g. "
+                "guide(x, y), Predictive(model, guide=guide, ...)(x, y))"
+            )
+        for value in (*args, *kwargs.values()):
+            axis = _data_axis(value, num_tasks, num_points)
+            if axis is None or value.data_ptr() in seen or not value.is_floating_point():
+                continue
+            flat = value.reshape(*value.shape[: axis + 1], -1)
+            parts.append((flat if axis == 1 else flat.unsqueeze(0)).to(torch.get_default_dtype()))
+        features = torch.cat([p.expand(p.shape[0], num_points, p.shape[-1]) for p in parts], -1)
+    if not torch.isfinite(features).all():
+        raise ValueError("the data contain NaN or inf values; clean or mask them first")
+    return TaskData(
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        features=features,
+        num_tasks=num_tasks,
+        num_points=num_points,
+        total_points=num_points,
+    )

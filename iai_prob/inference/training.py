@@ -1,0 +1,235 @@
+"""Meta-training: ``fit`` learns the guide's encoder and update rule across tasks.
+
+Each training step draws ``tasks_per_step`` tasks with ``N ~ U{num_points}`` points
+(from a task family's simulator, a Pyro model's prior predictive, or a collection of
+real datasets), runs the refinement ``λ_0 … λ_K`` on each, and minimizes the mean over
+steps ``k = 0 … K`` of the per-step loss (Mittal et al. 2025, §3: a loss on every
+refinement step). The loss is ``−ELBO(q_{λ_k})`` (``"reverse_kl"``, needs only the
+model), ``−log q_{λ_k}(z_true)`` (``"forward_kl"``, needs simulated latents) or their
+sum (``"mixed"``). Greedy training detaches ``λ_k`` before each step, so memory is
+constant in ``K``; ``greedy=False`` back-propagates through the whole trajectory.
+``K`` itself is drawn from ``1 … max_passes`` passes over the data, so the learned
+step sizes see many step counts.
+
+Checkpoints (safetensors + JSON, :mod:`.checkpoint`) hold the guide, the optimizer
+state and the step; ``resume=True`` continues from the last one, and because every
+step's tasks and noise are seeded by ``(seed, step)`` a resumed run reproduces the
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from iai_prob.inference.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.inference.sources import TaskBatch, as_task_source
+
+__all__ = ["FitResult", "fit"]
+
+_OPTIMIZER_PREFIX = "optimizer."
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-step losses, the KL trace where exact, and the time."""
+
+    losses: list[float] = field(default_factory=list)
+    kls: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+
+
+def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator, num_samples):
+    task = guide.prepare(*batch.args)
+    family = guide.refiner.family
+    true_z = None
+    if objective != "reverse_kl":
+        true_z = task.layout.pack(batch.theta, batch_ndim=1).to(task.data.features.device)
+    passes = int(torch.randint(1, max_passes + 1, (), generator=generator))
+    num_steps = None
+    if guide.config["num_steps"] is None:
+        num_steps = passes * math.ceil(task.data.num_points / guide.config["batch_size"])
+    total, count, state = 0.0, 0, None
+    for state, _ in guide.trajectory(task, num_steps=num_steps, greedy=greedy):
+        loss = 0.0
+        if objective in ("reverse_kl", "mixed"):
+            loss = loss + reverse_kl(
+                state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator
+            )
+        if objective in ("forward_kl", "mixed"):
+            loss = loss + forward_kl(state, family, true_z)
+        total, count = total + loss, count + 1
+    return total / count, task, state
+
+
+def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
+    family = guide.family
+    if family is None or not family.has_exact_posterior or batch.theta is None:
+        return None
+    with torch.no_grad():
+        exact = family.exact_posterior(*batch.args)
+        order = tuple(site.name for site in family.latent_sites)
+        kl = kl_to_exact(state.detach(), guide.refiner.family, task.layout, exact, site_order=order)
+    return float(kl.median())
+
+
+def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict) -> None:
+    tensors = {f"guide.{k}": v for k, v in guide.refiner.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    scalars = {}
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{_OPTIMIZER_PREFIX}{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    card = {
+        "kind": "training",
+        "step": result.steps,
+        "losses": result.losses,
+        "kls": result.kls,
+        "seconds": result.seconds,
+        "skipped": result.skipped,
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "budget": budget,
+    }
+    write_checkpoint(path, tensors, card)
+
+
+def _load_training(path: Path, guide, optimizer, result: FitResult, device) -> None:
+    tensors, card = read_checkpoint(path, device=device)
+    guide_state = {k[len("guide.") :]: v for k, v in tensors.items() if k.startswith("guide.")}
+    guide.refiner.load_state_dict(guide_state)
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPTIMIZER_PREFIX):
+            index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in card["optimizer_scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": card["optimizer_param_groups"]})
+    result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
+    result.kls = [tuple(kl) for kl in card["kls"]]
+    result.skipped = card["skipped"]
+
+
+def fit(
+    guide,
+    tasks,
+    *,
+    steps: int = 1000,
+    tasks_per_step: int = 32,
+    num_points: Sequence[int] = (16, 256),
+    objective: str = "reverse_kl",
+    greedy: bool = True,
+    max_passes: int = 2,
+    optimizer: torch.optim.Optimizer | None = None,
+    learning_rate: float = 1e-3,
+    num_samples: int = 8,
+    clip_norm: float = 10.0,
+    max_skipped: int = 50,
+    device=None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Meta-train ``guide`` on ``tasks`` (see module docstring).
+
+    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`.
+    :param tasks: a :class:`~iai_prob.models.TaskFamily`, a Pyro model with a covariate
+        sampler (:class:`~iai_prob.inference.sources.PriorPredictiveTasks`), or a sequence
+        of real datasets ``[(x, y), …]`` (:class:`~iai_prob.inference.sources.DatasetCollection`).
+    :param int steps: total optimizer steps (including those of a resumed run).
+    :param num_points: ``(lo, hi)``: each step's ``N`` is uniform on ``lo … hi``.
+    :param str objective: ``"reverse_kl"``, ``"forward_kl"`` or ``"mixed"``.
+    :param bool greedy: stop gradients between refinement steps.
+    :param int max_passes: each step refines over ``1 … max_passes`` passes of the data.
+    :param checkpoint_dir: where ``last.safetensors``/``last.json`` (training state) and
+        ``guide.safetensors``/``guide.json`` (the guide) are written every
+        ``checkpoint_every`` steps and at the end.
+    :param bool resume: continue from ``checkpoint_dir/last`` when it exists.
+    :returns: a :class:`FitResult`.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    low, high = num_points
+    if not 1 <= low <= high:
+        raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
+    source = as_task_source(tasks)
+    if objective != "reverse_kl" and not source.has_latents:
+        raise ValueError(f"objective={objective!r} needs simulated latents; {source} has none")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(seed)
+
+    if guide.refiner is None:
+        first = source.sample(1, max(low, 2), generator)
+        guide._setup_prototype(*[a.to(device) if torch.is_tensor(a) else a for a in first.args])
+    guide.refiner.to(device)
+    optimizer = optimizer or torch.optim.Adam(guide.refiner.parameters(), lr=learning_rate)
+    result = FitResult()
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last = checkpoint_dir / "last" if checkpoint_dir is not None else None
+    if resume and last is not None and last.with_suffix(".json").exists():
+        _load_training(last, guide, optimizer, result, device)
+    budget = {
+        "steps": steps,
+        "tasks_per_step": tasks_per_step,
+        "num_points": [low, high],
+        "objective": objective,
+        "greedy": greedy,
+        "max_passes": max_passes,
+        "seed": seed,
+    }
+
+    guide.refiner.train()
+    bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
+    started = time.perf_counter() - result.seconds
+    while result.steps < steps:
+        generator.manual_seed(seed * 1_000_003 + result.steps)
+        size = int(torch.randint(low, high + 1, (), generator=generator))
+        batch = source.sample(tasks_per_step, size, generator).to(device)
+        loss, task, state = _step_loss(
+            guide, batch, objective, greedy, max_passes, generator, num_samples
+        )
+        optimizer.zero_grad()
+        if not torch.isfinite(loss):
+            result.skipped += 1
+            if result.skipped > max_skipped:
+                raise FloatingPointError(
+                    f"fit: {result.skipped} non-finite losses (more than max_skipped="
+                    f"{max_skipped}); lower the learning rate or check the model"
+                )
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
+            optimizer.step()
+        result.steps += 1
+        result.losses.append(float(loss))
+        postfix = {"loss": f"{float(loss):.4g}"}
+        if result.steps % 10 == 0 or result.steps == steps:
+            kl = _exact_kl(guide, batch, task, state)
+            if kl is not None:
+                result.kls.append((result.steps, kl))
+                postfix["kl"] = f"{kl:.3g}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+        result.seconds = time.perf_counter() - started
+        if last is not None and (result.steps % checkpoint_every == 0 or result.steps == steps):
+            _save_training(last, guide, optimizer, result, budget)
+            save_guide(guide, checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
+    bar.close()
+    guide.refiner.eval()
+    return result
