@@ -37,7 +37,7 @@ def _count_feature(features: torch.Tensor, total_points) -> torch.Tensor:
 class DeepSets(nn.Module):
     """``e = ρ([mean_n φ(h_n), log N / log 1024])``."""
 
-    def __init__(self, feature_dim: int, embed_dim: int = 64, hidden_dim: int = 128):
+    def __init__(self, feature_dim: int, embed_dim: int = 32, hidden_dim: int = 64):
         super().__init__()
         self.embed_dim = embed_dim
         self.phi = mlp([feature_dim, hidden_dim, hidden_dim, hidden_dim])
@@ -84,10 +84,10 @@ class SetTransformer(nn.Module):
     def __init__(
         self,
         feature_dim: int,
-        embed_dim: int = 64,
-        hidden_dim: int = 64,
+        embed_dim: int = 32,
+        hidden_dim: int = 32,
         num_heads: int = 4,
-        num_inducing: int = 16,
+        num_inducing: int = 8,
         num_blocks: int = 2,
     ):
         super().__init__()

@@ -75,6 +75,17 @@ class LogJoint:
                 total = total + self._per_task(site["log_prob"], particle_dim)
         return total
 
+    def per_task_mean(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
+        """``f_B`` averaged over the particles, per task ``(T_flat,)``.
+
+        With enumeration the tasks cannot be separated: every entry holds the mean over
+        tasks, so decisions made from it are taken for all tasks together.
+        """
+        if not self.enumerate:
+            return self.per_particle(z, data).mean(0)
+        total = self(z, data) / (z.shape[0] * self.layout.flat_tasks)
+        return total.expand(self.layout.flat_tasks)
+
     def __call__(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``Σ_{particles, tasks} f_B(z)`` for ``z`` of shape ``(S, T_flat, D)``."""
         if self.enumerate:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.signals import (
@@ -28,12 +29,7 @@ from iai_prob.inference.signals import (
     natural_gradient_target,
 )
 from iai_prob.inference.task_data import TaskData
-from iai_prob.inference.updates import (
-    LearnedSiteTarget,
-    NaturalGradientUpdate,
-    combine_natural,
-    step_context,
-)
+from iai_prob.inference.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
 
 __all__ = [
     "SIGNALS",
@@ -158,6 +154,11 @@ class Refiner(nn.Module):
         loc, precision = self.family.from_raw(self.init_head(self.encoder(context, data.total_points)))
         return check_state(RefinementState(loc, precision))
 
+    def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):
+        """The CVI target linearized at the mean alone (a Newton step), the fallback."""
+        signal = curvature_signal(log_joint, state.loc.detach().unsqueeze(0), batch)
+        return natural_gradient_target(signal, state.loc, self.family, self.min_precision)
+
     def step(
         self, state: RefinementState, batch: TaskData, log_joint
     ) -> tuple[RefinementState, RefinementInfo]:
@@ -172,16 +173,22 @@ class Refiner(nn.Module):
             signal = curvature_signal(log_joint, points, batch)
             target = natural_gradient_target(signal, state.loc, self.family, self.min_precision)
             batch_log_joint = signal.log_joint
+            targets = [lambda: target]
+            if self.linearization != "mean":
+                targets.append(lambda: self._mean_target(state, batch, log_joint))
         else:
             target = self.site_target(embedding, batch.likelihood_scale)
             batch_log_joint = state.loc.new_tensor(float("nan"))
+            targets = [lambda: target]
         context = step_context(
             state.step, batch.total_points, batch.num_points, state.loc, state.precision, *target
         ).detach()
         if embedding is not None:
             context = torch.cat([context, embedding], dim=-1)
         step_size = self.update.step_size(state.points_seen, batch.num_points, context)
-        loc, precision = combine_natural(state.loc, state.precision, *target, step_size)
+        loc, precision, step_size = damped_combine(
+            state.loc, state.precision, step_size, targets, batch, log_joint, self.family
+        )
         new_state = RefinementState(
             loc, self.family.project(precision), state.step + 1, state.points_seen + batch.num_points
         )

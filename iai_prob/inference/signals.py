@@ -74,16 +74,31 @@ def curvature_signal(log_joint, points: torch.Tensor, batch) -> CurvatureSignal:
         z = points.detach().requires_grad_(True)
         value = log_joint(z, batch)
         (grad,) = torch.autograd.grad(value, z, create_graph=True)
-        rows = [
-            torch.autograd.grad(grad[..., j].sum(), z, retain_graph=True)[0]
-            for j in range(z.shape[-1])
-        ]
-    hessian = torch.stack(rows, dim=-2).mean(0)
+        hessian = _hessian_rows(grad, z).mean(0)
     return CurvatureSignal(
         grad=grad.detach().mean(0),
         hessian=(0.5 * (hessian + hessian.mT)).detach(),
         log_joint=value.detach() / z.shape[0],
     )
+
+
+def _hessian_rows(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``∂ grad_i / ∂ z_j`` for every particle and task, ``(S, T, D, D)``.
+
+    One vectorized backward pass (``is_grads_batched``) when the model's operations support
+    it, else one backward pass per dimension.
+    """
+    dim = z.shape[-1]
+    basis = torch.eye(dim, dtype=z.dtype, device=z.device).reshape(dim, 1, 1, dim)
+    try:
+        (rows,) = torch.autograd.grad(
+            grad, z, grad_outputs=basis.expand(dim, *grad.shape), is_grads_batched=True,
+            retain_graph=True,
+        )
+        return rows.movedim(0, -2)
+    except RuntimeError:
+        rows = [torch.autograd.grad(grad[..., j].sum(), z, retain_graph=True)[0] for j in range(dim)]
+        return torch.stack(rows, dim=-2)
 
 
 def natural_gradient_target(

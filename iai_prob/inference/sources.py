@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from iai_prob.models.base import TaskFamily
 
@@ -90,7 +91,7 @@ class PriorPredictiveTasks(TaskSource):
             raise ValueError(f"the model has no site named {self.observed!r} to observe")
         theta = {}
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or name == self.observed:
+            if site["type"] != "sample" or name == self.observed or site_is_subsample(site):
                 continue
             if all(f.name != self.data_plate for f in site["cond_indep_stack"]):
                 value = site["value"]

@@ -217,8 +217,9 @@ def fit(
             torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
             optimizer.step()
         result.steps += 1
-        result.losses.append(float(loss))
-        postfix = {"loss": f"{float(loss):.4g}"}
+        loss_value = float(loss.detach())
+        result.losses.append(loss_value)
+        postfix = {"loss": f"{loss_value:.4g}"}
         if result.steps % 10 == 0 or result.steps == steps:
             kl = _exact_kl(guide, batch, task, state)
             if kl is not None:

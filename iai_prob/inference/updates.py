@@ -12,7 +12,8 @@ The step size is learned around the Robbins–Monro schedule,
     ρ_k = σ( log|B_k| − log(n_k + w |B_k|) + δ_φ(u_k) ),
 
 where ``n_k`` is the number of points consumed before step ``k``, ``w > 0`` (learned,
-initially 1) is the weight of the initial state in units of mini-batches, and ``δ_φ``
+initially ``0.01``) is the weight of the initial state in units of mini-batches (the
+initial state serves mostly as the first linearization point), and ``δ_φ``
 (initially 0) reads the step's context ``u_k`` (step index, ``log N``, ``log |B|``, how
 far the target is from the state, and the data embedding). With ``δ = 0`` this is
 ``ρ_k = |B_k| / (n_k + |B_k| + w|B_k|)``, i.e. ``1/(k+1+w)`` for equal batches; with
@@ -51,10 +52,11 @@ def combine_natural(
     new_precision = (1 - rho.unsqueeze(-1)) * precision + rho.unsqueeze(-1) * target_precision
     new_precision = 0.5 * (new_precision + new_precision.mT)
     chol, info = torch.linalg.cholesky_ex(new_precision)
-    if bool((info != 0).any()):
-        return loc.new_full(loc.shape, math.nan), new_precision
+    failed = info != 0
+    eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    chol = torch.where(failed[..., None, None], eye, chol)
     new_loc = torch.cholesky_solve(linear.unsqueeze(-1), chol).squeeze(-1)
-    return new_loc, new_precision
+    return torch.where(failed.unsqueeze(-1), math.nan, new_loc), new_precision
 
 
 def step_context(
@@ -93,9 +95,9 @@ def step_context(
 class NaturalGradientUpdate(nn.Module):
     """Learned step size ``ρ_k = σ(−log(k + w) + δ_φ(u_k))`` (see module docstring)."""
 
-    def __init__(self, context_dim: int, hidden_dim: int = 32):
+    def __init__(self, context_dim: int, hidden_dim: int = 32, init_weight: float = 0.01):
         super().__init__()
-        self.log_init_weight = nn.Parameter(torch.zeros(()))
+        self.log_init_weight = nn.Parameter(torch.tensor(math.log(init_weight)))
         self.correction = mlp([context_dim, hidden_dim, hidden_dim, 1])
         nn.init.zeros_(self.correction[-1].weight)
         nn.init.zeros_(self.correction[-1].bias)

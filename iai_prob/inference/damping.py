@@ -1,0 +1,93 @@
+"""Safeguarded steps: backtracking on the mini-batch ELBO, with a Newton fallback.
+
+A refinement step proposes ``λ' = (1 − ρ)λ + ρλ̂``. For conjugate-exponential models the
+mini-batch ELBO ``L_B(λ) = E_q f_B + H(q)`` increases monotonically along that segment
+(``d/dρ KL(q_{λ(ρ)} ‖ q_λ̂) = −(1−ρ)(λ̂−λ)ᵀF(λ̂−λ) ≤ 0``), so a proposal that lowers
+``L_B`` signals a bad target: one linearized far in the tails of a wide state, where
+``f_B`` is far from quadratic (e.g. ``log σ`` of a scale). Each task then shrinks its
+step, ``ρ ← ρ/4``, up to ``max_backtracks`` times; if no shrunken step is accepted, the
+target linearized at the mean alone (a damped Newton step) is tried the same way; if
+that fails too the task keeps its state for this step. ``L_B`` is evaluated with sigma
+points, so the check is deterministic. Accepted steps keep their gradient path through
+``ρ`` (the shrink factor is a constant), so meta-training sees the damping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.signals import linearization_points
+from iai_prob.inference.updates import combine_natural
+
+__all__ = ["damped_combine", "unscented_batch_elbo"]
+
+
+@torch.no_grad()
+def unscented_batch_elbo(log_joint, family: GaussianFamily, loc, precision, batch) -> torch.Tensor:
+    """``E_q f_B + H(q)`` per task ``(T,)``, with sigma-point quadrature (``−inf`` if invalid)."""
+    valid = torch.isfinite(loc).all(-1) & (torch.linalg.cholesky_ex(precision)[1] == 0)
+    safe_loc = torch.where(valid.unsqueeze(-1), loc, torch.zeros_like(loc))
+    eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    safe_precision = torch.where(valid[:, None, None], precision, eye)
+    points = linearization_points(safe_loc, safe_precision, "sigma_points")
+    try:
+        value = log_joint.per_task_mean(points, batch)
+    except ValueError:  # a distribution refused the parameters: outside its support
+        return torch.full_like(loc[:, 0], -torch.inf)
+    value = value + family.distribution(safe_loc, safe_precision).entropy()
+    value = torch.where(valid, value, torch.full_like(value, -torch.inf))
+    return torch.nan_to_num(value, nan=-torch.inf)
+
+
+def damped_combine(
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    step_size: torch.Tensor,
+    targets: list[Callable[[], tuple[torch.Tensor, torch.Tensor]]],
+    batch,
+    log_joint,
+    family: GaussianFamily,
+    *,
+    max_backtracks: int = 6,
+    shrink: float = 0.25,
+    tolerance: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Combine the state with the first acceptable target (see module docstring).
+
+    ``targets`` are callables returning ``(η̂, Λ̂)``, tried in order (later ones lazily).
+    Returns ``(μ', Λ', ρ_used)``; ``ρ_used = 0`` where no step was accepted.
+    """
+    num_tasks = loc.shape[0]
+    base = unscented_batch_elbo(log_joint, family, loc.detach(), precision.detach(), batch)
+    slack = tolerance * base.abs().clamp_min(1.0)
+    factor = torch.zeros(num_tasks, dtype=loc.dtype, device=loc.device)
+    choice = torch.full((num_tasks,), -1, dtype=torch.long, device=loc.device)
+    computed = []
+    for index, make_target in enumerate(targets):
+        pending = choice < 0
+        if not bool(pending.any()):
+            break
+        target = tuple(t.detach() for t in make_target())
+        computed.append(target)
+        scale = 1.0
+        for _ in range(max_backtracks + 1):
+            rho = (step_size.detach() * scale).clamp(max=1.0)
+            with torch.no_grad():
+                new_loc, new_precision = combine_natural(loc.detach(), precision.detach(), *target, rho)
+            value = unscented_batch_elbo(log_joint, family, new_loc, new_precision, batch)
+            accept = pending & (value >= base - slack)
+            factor = torch.where(accept, torch.full_like(factor, scale), factor)
+            choice = torch.where(accept, torch.full_like(choice, index), choice)
+            pending = pending & ~accept
+            if not bool(pending.any()):
+                break
+            scale *= shrink
+    chosen = choice.clamp_min(0)
+    linear = torch.stack([t[0] for t in computed])[chosen, torch.arange(num_tasks)]
+    target_precision = torch.stack([t[1] for t in computed])[chosen, torch.arange(num_tasks)]
+    used = step_size * factor
+    new_loc, new_precision = combine_natural(loc, precision, linear, target_precision, used)
+    return new_loc, new_precision, used

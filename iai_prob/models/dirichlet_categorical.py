@@ -1,0 +1,89 @@
+"""Dirichlet–categorical draws: the conjugate generative family on ``K`` categories.
+
+    π ~ Dirichlet(α 1_K),   y_n | π ~ Categorical(π)   (n = 1..N, no covariates).
+
+With counts ``c_k = #{n : y_n = k}`` the posterior is ``Dirichlet(α + c)`` and the
+evidence (the Dirichlet-multinomial likelihood of the ordered sequence) is
+
+    log p(y) = log Γ(Kα) − log Γ(Kα + N) + Σ_k [log Γ(α + c_k) − log Γ(α)]
+
+(Gelman et al. 2013, *Bayesian Data Analysis*, §3.4; Murphy 2012, §3.4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from iai_prob.models.base import LatentSite, check_positive, check_positive_int
+from iai_prob.models.beta_bernoulli import GenerativeTaskFamily
+
+__all__ = ["DirichletCategorical"]
+
+
+class DirichletCategorical(GenerativeTaskFamily):
+    """Draws ``y_n ∈ {0, …, K−1}`` from ``π ~ Dirichlet(concentration · 1_K)``.
+
+    :param int num_categories: number of categories ``K``.
+    :param float concentration: symmetric Dirichlet concentration ``α``.
+    """
+
+    name = "dirichlet_categorical"
+    has_exact_posterior = True
+    observation_shape = ()
+
+    def __init__(self, num_categories: int = 4, concentration: float = 1.0):
+        self.num_categories = check_positive_int("num_categories", num_categories)
+        self.concentration = check_positive("concentration", concentration)
+
+    @property
+    def latent_sites(self) -> tuple[LatentSite, ...]:
+        return (LatentSite("probs", (self.num_categories,), constraints.simplex),)
+
+    def config(self) -> dict:
+        return {"num_categories": self.num_categories, "concentration": self.concentration}
+
+    def _prior_concentration(self, like: torch.Tensor) -> torch.Tensor:
+        return like.new_full((self.num_categories,), self.concentration)
+
+    def model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        tasks, num_points, like = self._data_plates(x, y)
+        with tasks:
+            probs = pyro.sample("probs", dist.Dirichlet(self._prior_concentration(like)))
+        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
+            return pyro.sample("y", dist.Categorical(probs), obs=y)
+
+    def _simulate(self, num_tasks, num_points, generator):
+        alpha = torch.full((num_tasks, self.num_categories), self.concentration)
+        probs = torch._sample_dirichlet(alpha, generator=generator)
+        y = torch.multinomial(probs, num_points, replacement=True, generator=generator)
+        return {"probs": probs}, self._no_covariates(num_tasks, num_points), y
+
+    def _counts(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """Category counts ``c`` of shape ``([T,] K)`` in the float dtype of the data."""
+        y = self._observations(x, y)
+        if ((y < 0) | (y >= self.num_categories) | (y != y.round())).any():
+            raise ValueError(
+                f"DirichletCategorical(num_categories={self.num_categories}) expects integer "
+                f"y in [0, {self.num_categories})"
+            )
+        one_hot = torch.nn.functional.one_hot(y.long(), self.num_categories)
+        return one_hot.sum(-2).to(self._float_like(x, y).dtype)
+
+    def exact_posterior(self, x: torch.Tensor | None, y: torch.Tensor) -> dist.Dirichlet:
+        return dist.Dirichlet(self.concentration + self._counts(x, y))
+
+    def log_evidence(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        counts = self._counts(x, y)
+        num_points = y.shape[-1]
+        total = self.num_categories * self.concentration
+        return (
+            math.lgamma(total)
+            - math.lgamma(total + num_points)
+            + (self.concentration + counts).lgamma().sum(-1)
+            - self.num_categories * math.lgamma(self.concentration)
+        )
