@@ -5,91 +5,19 @@
 With ``k = Σ_n y_n`` heads the posterior is ``Beta(α + k, β + N − k)`` and the
 evidence is ``log p(y) = log B(α + k, β + N − k) − log B(α, β)`` with ``B`` the
 beta function (Gelman et al. 2013, *Bayesian Data Analysis*, §2.4).
-
-This module also defines :class:`GenerativeTaskFamily`, the shared convention of
-the families without covariates (this one, :class:`~iai_prob.models.
-dirichlet_categorical.DirichletCategorical` and :class:`~iai_prob.models.
-gaussian_mixture.GaussianMixture`): ``model(x=None, y=None)`` takes a zero-width
-covariate tensor ``x`` of shape ``(N, 0)`` or ``(T, N, 0)`` that gives ``N`` (and
-``T``) when ``y`` is ``None``; when ``x`` is ``None`` they come from ``y``.
 """
 
 from __future__ import annotations
-
-import abc
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from iai_prob.models.base import LatentSite, TaskFamily, check_positive
+from iai_prob.models.base import LatentSite, check_positive
+from iai_prob.models.generative import GenerativeTaskFamily
 
-__all__ = ["BetaBernoulli", "GenerativeTaskFamily"]
-
-
-class GenerativeTaskFamily(TaskFamily):
-    """A task family without covariates; ``x`` is a zero-width ``([T,] N, 0)`` tensor."""
-
-    @property
-    @abc.abstractmethod
-    def observation_shape(self) -> tuple[int, ...]:
-        """Shape of one observation ``y_n``."""
-
-    def _check_data(self, x: torch.Tensor | None, y: torch.Tensor | None) -> None:
-        """Raise a ``ValueError`` naming the shapes unless ``x`` and ``y`` fit together."""
-        obs = tuple(self.observation_shape)
-        if x is None and y is None:
-            raise ValueError(
-                f"{type(self).__name__}.model needs x (a zero-width tensor of shape (N, 0) or "
-                f"(T, N, 0)) or y to know the number of points"
-            )
-        if x is not None and (x.dim() not in (2, 3) or x.shape[-1] != 0):
-            raise ValueError(
-                f"{type(self).__name__} has no covariates: expected x of shape (N, 0) or "
-                f"(T, N, 0), got {tuple(x.shape)}"
-            )
-        if y is None:
-            return
-        points = tuple(y.shape[: y.dim() - len(obs)])
-        if len(points) not in (1, 2) or tuple(y.shape[len(points) :]) != obs:
-            raise ValueError(
-                f"{type(self).__name__} expects y of shape (N, *{obs}) or (T, N, *{obs}), "
-                f"got {tuple(y.shape)}"
-            )
-        if x is not None and tuple(x.shape[:-1]) != points:
-            raise ValueError(
-                f"{type(self).__name__}: x of shape {tuple(x.shape)} does not match "
-                f"y of shape {tuple(y.shape)}"
-            )
-
-    def _data_plates(self, x: torch.Tensor | None, y: torch.Tensor | None):
-        """Return ``(tasks_context, num_points, like)``; ``like`` gives float dtype and device."""
-        self._check_data(x, y)
-        if x is not None:
-            tasks, num_points = self.plates(x, point_dims=1)
-        else:
-            tasks, num_points = self.plates(y, point_dims=len(self.observation_shape))
-        return tasks, num_points, self._float_like(x, y)
-
-    @staticmethod
-    def _float_like(x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
-        """A tensor with the float dtype and device of the data (``x`` first, then ``y``)."""
-        for tensor in (x, y):
-            if tensor is not None and tensor.is_floating_point():
-                return tensor
-        return torch.empty((), device=(x if x is not None else y).device)
-
-    def _observations(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-        """Validate ``y`` (and ``x`` if given) for the exact references; return ``y``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__}: the exact references need observations y")
-        self._check_data(x, y)
-        return y
-
-    @staticmethod
-    def _no_covariates(num_tasks: int, num_points: int) -> torch.Tensor:
-        return torch.empty(num_tasks, num_points, 0)
+__all__ = ["BetaBernoulli"]
 
 
 class BetaBernoulli(GenerativeTaskFamily):

@@ -20,7 +20,7 @@ import torch
 from torch.distributions import constraints
 
 from iai_prob.models.base import LatentSite, check_positive, check_positive_int
-from iai_prob.models.beta_bernoulli import GenerativeTaskFamily
+from iai_prob.models.generative import GenerativeTaskFamily
 
 __all__ = ["DirichletCategorical"]
 

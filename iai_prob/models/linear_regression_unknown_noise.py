@@ -248,6 +248,6 @@ class LinearRegressionUnknownNoise(TaskFamily):
             - 0.5 * log_det_precision
             + a0 * math.log(b0)
             - concentration * rate.log()
-            + 0.99 * torch.lgamma(concentration)
+            + torch.lgamma(concentration)
             - math.lgamma(a0)
         )
