@@ -39,8 +39,14 @@ def main(argv=None):
     pyro.set_rng_seed(0)
 
     guide = IterativeAmortizedGuide(model, family="full_rank", encoder="deep_sets", batch_size=64)
-    fit(guide, PriorPredictiveTasks(model, covariates), steps=args.steps, tasks_per_step=16,
-        num_points=(16, 256), progress=False)
+    fit(
+        guide,
+        PriorPredictiveTasks(model, covariates),
+        steps=args.steps,
+        tasks_per_step=16,
+        num_points=(16, 256),
+        progress=False,
+    )
 
     true_w, true_sigma = torch.tensor([1.0, -0.5, 0.25]), 0.3
     x = torch.randn(args.num_points, 3)

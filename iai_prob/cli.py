@@ -18,10 +18,10 @@ __all__ = ["main"]
 
 
 def _demo(args) -> int:
+    import pyro
     import torch
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoMultivariateNormal
-    import pyro
 
     from iai_prob import pretrained
     from iai_prob.datasets import load_linear_regression_demo
@@ -72,14 +72,24 @@ def _train(args) -> int:
 
     config = json.loads(args.config) if args.config else {}
     if args.family not in FAMILIES:
-        print(f"iai train: unknown family {args.family!r}; known: {sorted(FAMILIES)}", file=sys.stderr)
+        print(
+            f"iai train: unknown family {args.family!r}; known: {sorted(FAMILIES)}", file=sys.stderr
+        )
         return 2
     family = get_family(args.family, **config)
-    guide = IterativeAmortizedGuide(family, family=args.posterior, encoder=args.encoder,
-                                    batch_size=args.batch_size)
-    result = fit(guide, family, steps=args.steps, tasks_per_step=args.tasks_per_step,
-                 num_points=(args.min_points, args.max_points), objective=args.objective,
-                 checkpoint_dir=args.out, seed=args.seed)
+    guide = IterativeAmortizedGuide(
+        family, family=args.posterior, encoder=args.encoder, batch_size=args.batch_size
+    )
+    result = fit(
+        guide,
+        family,
+        steps=args.steps,
+        tasks_per_step=args.tasks_per_step,
+        num_points=(args.min_points, args.max_points),
+        objective=args.objective,
+        checkpoint_dir=args.out,
+        seed=args.seed,
+    )
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; guide in {args.out}/guide.json")
     return 0
 
@@ -89,14 +99,19 @@ def _pretrained(args) -> int:
 
     for name in pretrained.available():
         card = pretrained.card(name)
-        print(f"{name}: {card['model']}\n  command: {card['command']}\n  quality: {card['quality']}")
+        print(
+            f"{name}: {card['model']}\n  command: {card['command']}\n  quality: {card['quality']}"
+        )
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="iai", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="iai",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the shipped guide on the shipped dataset")
@@ -105,7 +120,7 @@ def main(argv=None) -> int:
 
     train = commands.add_parser("train", help="meta-train a guide for a task family")
     train.add_argument("family", help="task family name, e.g. linear_regression")
-    train.add_argument("--config", help='family arguments as JSON, e.g. \'{"dim": 4}\'')
+    train.add_argument("--config", help="family arguments as JSON, e.g. '{\"dim\": 4}'")
     train.add_argument("--posterior", default="full_rank", help="diagonal, low_rank, full_rank")
     train.add_argument("--encoder", default="set_transformer", help="set_transformer, deep_sets")
     train.add_argument("--batch-size", type=int, default=64)

@@ -128,7 +128,9 @@ def load_guide(path, model, *, device=None):
 
     tensors, card = read_checkpoint(path, device=device)
     if card.get("kind") != "IterativeAmortizedGuide":
-        raise CheckpointError(f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide")
+        raise CheckpointError(
+            f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide"
+        )
     guide = IterativeAmortizedGuide(model, **card["guide"])
     expected, found = card["model"], model_identity(guide)
     if expected != found:

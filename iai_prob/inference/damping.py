@@ -51,6 +51,7 @@ def damped_combine(
     log_joint,
     family: GaussianFamily,
     *,
+    base: torch.Tensor | None = None,
     max_backtracks: int = 6,
     shrink: float = 0.25,
     tolerance: float = 1e-4,
@@ -58,10 +59,12 @@ def damped_combine(
     """Combine the state with the first acceptable target (see module docstring).
 
     ``targets`` are callables returning ``(η̂, Λ̂)``, tried in order (later ones lazily).
-    Returns ``(μ', Λ', ρ_used)``; ``ρ_used = 0`` where no step was accepted.
+    ``base`` is the state's ``L_B`` if already known. Returns ``(μ', Λ', ρ_used)``;
+    ``ρ_used = 0`` where no step was accepted.
     """
     num_tasks = loc.shape[0]
-    base = unscented_batch_elbo(log_joint, family, loc.detach(), precision.detach(), batch)
+    if base is None:
+        base = unscented_batch_elbo(log_joint, family, loc.detach(), precision.detach(), batch)
     slack = tolerance * base.abs().clamp_min(1.0)
     factor = torch.zeros(num_tasks, dtype=loc.dtype, device=loc.device)
     choice = torch.full((num_tasks,), -1, dtype=torch.long, device=loc.device)
@@ -76,7 +79,9 @@ def damped_combine(
         for _ in range(max_backtracks + 1):
             rho = (step_size.detach() * scale).clamp(max=1.0)
             with torch.no_grad():
-                new_loc, new_precision = combine_natural(loc.detach(), precision.detach(), *target, rho)
+                new_loc, new_precision = combine_natural(
+                    loc.detach(), precision.detach(), *target, rho
+                )
             value = unscented_batch_elbo(log_joint, family, new_loc, new_precision, batch)
             accept = pending & (value >= base - slack)
             factor = torch.where(accept, torch.full_like(factor, scale), factor)

@@ -11,6 +11,7 @@ Inputs are ``(T, n, F)``; outputs ``(T, E)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -22,7 +23,7 @@ __all__ = ["ENCODERS", "DeepSets", "SetTransformer", "get_encoder", "mlp"]
 def mlp(sizes: list[int]) -> nn.Sequential:
     """A multilayer perceptron with GELU between the linear layers of ``sizes``."""
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(nn.GELU())

@@ -34,6 +34,8 @@ def held_out_kl(
 def evaluate_exact_kl(guide, family: TaskFamily, sizes, *, num_tasks: int = 256) -> dict:
     """Median held-out KL per dataset size (fewer tasks above 4,096 points)."""
     return {
-        str(n): float(held_out_kl(guide, family, n, num_tasks=num_tasks if n <= 4096 else 32).median())
+        str(n): float(
+            held_out_kl(guide, family, n, num_tasks=num_tasks if n <= 4096 else 32).median()
+        )
         for n in sizes
     }

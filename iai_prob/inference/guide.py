@@ -156,7 +156,8 @@ class IterativeAmortizedGuide(AutoGuide):
             self.layout_signature = task.layout.signature()
 
     def build(self, latent_dim: int, feature_dim: int) -> Refiner:
-        """Create the learned pieces for a ``latent_dim``-dim latent and ``feature_dim`` features."""
+        """Create the learned pieces for a ``latent_dim``-dim latent and ``feature_dim``
+        per-datum features."""
         config = self.config
         options = {"rank": config["rank"]} if config["family"] == "low_rank" else {}
         self.refiner = Refiner(
@@ -221,7 +222,9 @@ class IterativeAmortizedGuide(AutoGuide):
         return torch.device("cpu") if first is None else first.device
 
     # ------------------------------------------------------------- refinement
-    def schedule(self, num_points: int, num_steps: int | None = None, batch_size: int | None = None):
+    def schedule(
+        self, num_points: int, num_steps: int | None = None, batch_size: int | None = None
+    ):
         """The mini-batch index tensors of one call (seeded: a call is a function of its data)."""
         batch_size = batch_size or self.config["batch_size"]
         if num_steps is None:
@@ -263,15 +266,15 @@ class IterativeAmortizedGuide(AutoGuide):
 
     def final_state(self, task: PreparedTask, **options) -> RefinementState:
         """``λ_K`` for a prepared task."""
-        state = None
-        for state, _ in self.trajectory(task, **options):
-            pass
-        return state
+        *_, (last, _) = self.trajectory(task, **options)
+        return last
 
     def _distribution(self, state: RefinementState, layout: LatentLayout):
         family = self._require_refiner().family
         loc = layout.to_joint(state.loc)
-        precision = layout.to_joint(state.precision.flatten(-2)).unflatten(-1, state.precision.shape[-2:])
+        precision = layout.to_joint(state.precision.flatten(-2)).unflatten(
+            -1, state.precision.shape[-2:]
+        )
         return family.distribution(loc, precision)
 
     # ------------------------------------------------------------------- Pyro
@@ -351,7 +354,14 @@ class IterativeAmortizedGuide(AutoGuide):
         generator = torch.Generator().manual_seed(self.config["seed"] + 2)
         steps = []
         for k, (state, info) in enumerate(self.trajectory(task, num_steps=num_steps)):
-            value = elbo(state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator)
+            value = elbo(
+                state,
+                family,
+                task.log_joint,
+                task.data,
+                num_samples=num_samples,
+                generator=generator,
+            )
             steps.append(RefinementStep(k, state, info, value))
         return steps
 
@@ -435,7 +445,9 @@ class IterativeAmortizedGuide(AutoGuide):
         with torch.no_grad():
             start = self.final_state(task)
         loc = start.loc.clone().requires_grad_(True)
-        scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(start.precision)))
+        scale_tril = torch.linalg.cholesky(
+            torch.cholesky_inverse(torch.linalg.cholesky(start.precision))
+        )
         tril = scale_tril.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([loc, tril], lr=learning_rate)
         full_rank = get_posterior_family("full_rank", loc.shape[-1])

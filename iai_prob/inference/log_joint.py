@@ -92,7 +92,7 @@ class LogJoint:
             particle_dim = self._particle_dim()
             model = self._conditioned(z, data, particle_dim)
             elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=-particle_dim)
-            with poutine.block():
+            with poutine.block(), pyro.validation_enabled(False):
                 log_p = -elbo.differentiable_loss(model, _no_guide, *data.args, **data.kwargs)
             return log_p + self._log_jacobian(z).sum()
         return self.per_particle(z, data).sum()
@@ -127,7 +127,9 @@ class LogJoint:
 
     def _trace(self, z: torch.Tensor, data: TaskData, particle_dim: int):
         model = self._conditioned(z, data, particle_dim)
-        with poutine.block():
+        # invalid parameters (e.g. a scale of exp(-200) = 0) give non-finite values that the
+        # refinement's safeguard rejects, rather than an exception mid-step
+        with poutine.block(), pyro.validation_enabled(False):
             trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
         trace.compute_log_prob()
         return trace

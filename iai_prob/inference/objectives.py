@@ -52,7 +52,9 @@ def reverse_kl(state, family, log_joint, data, *, num_samples=8, generator=None)
     return -value / state.loc.shape[0]
 
 
-def forward_kl(state: RefinementState, family: GaussianFamily, true_z: torch.Tensor) -> torch.Tensor:
+def forward_kl(
+    state: RefinementState, family: GaussianFamily, true_z: torch.Tensor
+) -> torch.Tensor:
     """``−log q(z_true)`` averaged over tasks; ``true_z`` is ``(T, D)`` unconstrained."""
     return -family.distribution(state.loc, state.precision).log_prob(true_z).mean()
 

@@ -139,8 +139,10 @@ class FullRankGaussian(GaussianFamily):
         tril = raw.new_zeros(*raw.shape[:-1], d, d)
         tril[..., rows, cols] = entries
         diagonal = tril.diagonal(dim1=-2, dim2=-1)
-        tril = tril - torch.diag_embed(diagonal) + torch.diag_embed(
-            (0.5 * diagonal).clamp(*_LOG_PRECISION_RANGE).exp()
+        tril = (
+            tril
+            - torch.diag_embed(diagonal)
+            + torch.diag_embed((0.5 * diagonal).clamp(*_LOG_PRECISION_RANGE).exp())
         )
         return loc, tril @ tril.mT
 
@@ -153,7 +155,9 @@ POSTERIOR_FAMILIES = {
 def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:
     """Build the posterior family ``name`` for a ``latent_dim``-dimensional latent."""
     if name not in POSTERIOR_FAMILIES:
-        raise ValueError(f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}")
+        raise ValueError(
+            f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}"
+        )
     return POSTERIOR_FAMILIES[name](latent_dim, **options)
 
 
@@ -166,4 +170,3 @@ def clamp_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     """Nearest symmetric matrix with eigenvalues ``≥ floor`` (for non-concave log densities)."""
     eigenvalues, eigenvectors = torch.linalg.eigh(symmetrize(matrix))
     return (eigenvectors * eigenvalues.clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
-

@@ -25,7 +25,6 @@ from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.signals import (
     LINEARIZATIONS,
     curvature_signal,
-    linearization_points,
     natural_gradient_target,
 )
 from iai_prob.inference.task_data import TaskData
@@ -58,7 +57,8 @@ class RefinementState(NamedTuple):
 
 
 class RefinementInfo(NamedTuple):
-    """Diagnostics of one step: step size ``ρ_k`` ``(T,)`` and ``E_q f_B`` (summed)."""
+    """Diagnostics of one step: the step size used ``ρ_k`` ``(T,)`` (0 where the safeguard
+    rejected every proposal) and ``E_q f_B`` ``(T,)`` at the state before the step."""
 
     step_size: torch.Tensor
     batch_log_joint: torch.Tensor
@@ -130,7 +130,9 @@ class Refiner(nn.Module):
         if not signals or any(s not in SIGNALS for s in signals):
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
         if linearization not in LINEARIZATIONS:
-            raise ValueError(f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}")
+            raise ValueError(
+                f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}"
+            )
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family
@@ -151,12 +153,14 @@ class Refiner(nn.Module):
     def init(self, data: TaskData) -> RefinementState:
         """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
         context = data.features[:, : self.context_size]
-        loc, precision = self.family.from_raw(self.init_head(self.encoder(context, data.total_points)))
+        loc, precision = self.family.from_raw(
+            self.init_head(self.encoder(context, data.total_points))
+        )
         return check_state(RefinementState(loc, precision))
 
     def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):
         """The CVI target linearized at the mean alone (a Newton step), the fallback."""
-        signal = curvature_signal(log_joint, state.loc.detach().unsqueeze(0), batch)
+        signal = curvature_signal(log_joint, state.loc, state.precision, batch, "mean")
         return natural_gradient_target(signal, state.loc, self.family, self.min_precision)
 
     def step(
@@ -167,10 +171,9 @@ class Refiner(nn.Module):
         if "data" in self.signals:
             embedding = self.encoder(batch.features, batch.num_points)
         if "grad" in self.signals:
-            points = linearization_points(
-                state.loc.detach(), state.precision.detach(), self.linearization, self.num_particles
+            signal = curvature_signal(
+                log_joint, state.loc, state.precision, batch, self.linearization, self.num_particles
             )
-            signal = curvature_signal(log_joint, points, batch)
             target = natural_gradient_target(signal, state.loc, self.family, self.min_precision)
             batch_log_joint = signal.log_joint
             targets = [lambda: target]
@@ -178,8 +181,12 @@ class Refiner(nn.Module):
                 targets.append(lambda: self._mean_target(state, batch, log_joint))
         else:
             target = self.site_target(embedding, batch.likelihood_scale)
-            batch_log_joint = state.loc.new_tensor(float("nan"))
+            batch_log_joint = None
             targets = [lambda: target]
+        base = None
+        if batch_log_joint is not None and self.linearization == "sigma_points":
+            entropy = self.family.distribution(state.loc, state.precision).entropy()
+            base = torch.nan_to_num(batch_log_joint + entropy.detach(), nan=-torch.inf)
         context = step_context(
             state.step, batch.total_points, batch.num_points, state.loc, state.precision, *target
         ).detach()
@@ -187,10 +194,15 @@ class Refiner(nn.Module):
             context = torch.cat([context, embedding], dim=-1)
         step_size = self.update.step_size(state.points_seen, batch.num_points, context)
         loc, precision, step_size = damped_combine(
-            state.loc, state.precision, step_size, targets, batch, log_joint, self.family
+            state.loc, state.precision, step_size, targets, batch, log_joint, self.family, base=base
         )
         new_state = RefinementState(
-            loc, self.family.project(precision), state.step + 1, state.points_seen + batch.num_points
+            loc,
+            self.family.project(precision),
+            state.step + 1,
+            state.points_seen + batch.num_points,
         )
         check_state(new_state)
+        if batch_log_joint is None:
+            batch_log_joint = torch.full_like(step_size, torch.nan)
         return new_state, RefinementInfo(step_size, batch_log_joint)

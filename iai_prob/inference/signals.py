@@ -38,7 +38,7 @@ LINEARIZATIONS = ("sigma_points", "mean", "samples")
 
 
 class CurvatureSignal(NamedTuple):
-    """``E_q ∇f_B`` ``(T, D)``, ``E_q ∇²f_B`` ``(T, D, D)`` and ``Σ E_q f_B`` (a scalar)."""
+    """``E_q ∇f_B`` ``(T, D)``, ``E_q ∇²f_B`` ``(T, D, D)`` and ``E_q f_B`` ``(T,)``."""
 
     grad: torch.Tensor
     hessian: torch.Tensor
@@ -63,22 +63,39 @@ def linearization_points(
     raise ValueError(f"unknown linearization {scheme!r}; choose from {LINEARIZATIONS}")
 
 
-def curvature_signal(log_joint, points: torch.Tensor, batch) -> CurvatureSignal:
-    """Average gradient and Hessian of ``f_B`` over ``points`` ``(S, T, D)``.
+def curvature_signal(
+    log_joint,
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    batch,
+    scheme: str,
+    num_particles: int = 8,
+) -> CurvatureSignal:
+    """Average gradient and Hessian of ``f_B`` under ``q = N(loc, precision⁻¹)``.
 
-    Runs with gradients enabled even under ``torch.no_grad()`` (as in ``Predictive``)
-    and returns detached tensors: the signal is an input to the update, not a path
-    for meta-gradients.
+    With ``scheme="sigma_points"`` only gradients are taken: by Stein's lemma
+    ``E_q ∇²f = Λ E_q[(z − μ) ∇f(z)ᵀ]``, and the sigma-point rule applied to it is exact
+    for quadratic ``f`` (one backward pass for both moments). ``"mean"`` and ``"samples"``
+    differentiate twice. Runs with gradients enabled even under ``torch.no_grad()`` (as
+    in ``Predictive``) and returns detached tensors: the signal is an input to the
+    update, not a path for meta-gradients.
     """
+    loc, precision = loc.detach(), precision.detach()
+    points = linearization_points(loc, precision, scheme, num_particles)
+    stein = scheme == "sigma_points"
     with torch.enable_grad():
-        z = points.detach().requires_grad_(True)
-        value = log_joint(z, batch)
-        (grad,) = torch.autograd.grad(value, z, create_graph=True)
-        hessian = _hessian_rows(grad, z).mean(0)
+        z = points.requires_grad_(True)
+        value = log_joint.per_task_mean(z, batch)
+        (grad,) = torch.autograd.grad(value.sum() * z.shape[0], z, create_graph=not stein)
+        if stein:
+            offsets = (precision.unsqueeze(0) @ (z.detach() - loc).unsqueeze(-1)).squeeze(-1)
+            hessian = (offsets.unsqueeze(-1) * grad.unsqueeze(-2)).mean(0)
+        else:
+            hessian = _hessian_rows(grad, z).mean(0)
     return CurvatureSignal(
         grad=grad.detach().mean(0),
         hessian=(0.5 * (hessian + hessian.mT)).detach(),
-        log_joint=value.detach() / z.shape[0],
+        log_joint=value.detach(),
     )
 
 
@@ -92,12 +109,17 @@ def _hessian_rows(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     basis = torch.eye(dim, dtype=z.dtype, device=z.device).reshape(dim, 1, 1, dim)
     try:
         (rows,) = torch.autograd.grad(
-            grad, z, grad_outputs=basis.expand(dim, *grad.shape), is_grads_batched=True,
+            grad,
+            z,
+            grad_outputs=basis.expand(dim, *grad.shape),
+            is_grads_batched=True,
             retain_graph=True,
         )
         return rows.movedim(0, -2)
     except RuntimeError:
-        rows = [torch.autograd.grad(grad[..., j].sum(), z, retain_graph=True)[0] for j in range(dim)]
+        rows = [
+            torch.autograd.grad(grad[..., j].sum(), z, retain_graph=True)[0] for j in range(dim)
+        ]
         return torch.stack(rows, dim=-2)
 
 

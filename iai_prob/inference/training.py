@@ -63,7 +63,12 @@ def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator
         loss = 0.0
         if objective in ("reverse_kl", "mixed"):
             loss = loss + reverse_kl(
-                state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator
+                state,
+                family,
+                task.log_joint,
+                task.data,
+                num_samples=num_samples,
+                generator=generator,
             )
         if objective in ("forward_kl", "mixed"):
             loss = loss + forward_kl(state, family, true_z)

@@ -76,7 +76,11 @@ def step_context(
     num_tasks, dim = loc.shape
     scale = math.log(1024.0)
     counts = torch.tensor(
-        [math.log(step + 1) / scale, math.log(total_points) / scale, math.log(batch_points) / scale],
+        [
+            math.log(step + 1) / scale,
+            math.log(total_points) / scale,
+            math.log(batch_points) / scale,
+        ],
         dtype=loc.dtype,
         device=loc.device,
     ).expand(num_tasks, 3)

@@ -24,9 +24,7 @@ def _folder():
 def available() -> list[str]:
     """Names of the shipped checkpoints."""
     return sorted(
-        entry.name[: -len(".json")]
-        for entry in _folder().iterdir()
-        if entry.name.endswith(".json")
+        entry.name[: -len(".json")] for entry in _folder().iterdir() if entry.name.endswith(".json")
     )
 
 

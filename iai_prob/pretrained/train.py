@@ -25,7 +25,7 @@ RECIPES = {
         "family": ("linear_regression", {"dim": 8, "noise_scale": 0.5, "prior_scale": 1.0}),
         "guide": {"family": "full_rank", "encoder": "set_transformer", "batch_size": 64},
         "fit": {
-            "steps": 300,
+            "steps": 400,
             "tasks_per_step": 32,
             "num_points": (16, 256),
             "objective": "mixed",
@@ -58,9 +58,12 @@ def train(name: str, *, steps: int | None = None, folder: Path | None = None, se
     folder = folder or Path(__file__).parent
     card = {
         "command": "python -m iai_prob.pretrained.train " + " ".join(sys.argv[1:] or [name]),
-        "budget": {**{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                   "seed": seed, "seconds": round(seconds, 1),
-                   "machine": f"{torch.get_num_threads()} CPU threads"},
+        "budget": {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+            "seed": seed,
+            "seconds": round(seconds, 1),
+            "machine": f"{torch.get_num_threads()} CPU threads",
+        },
         "quality": quality,
         "final_loss": result.losses[-1],
     }
