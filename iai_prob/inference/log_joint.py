@@ -93,7 +93,10 @@ class LogJoint:
             model = self._conditioned(z, data, particle_dim)
             elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=-particle_dim)
             with poutine.block(), pyro.validation_enabled(False):
-                log_p = -elbo.differentiable_loss(model, _no_guide, *data.args, **data.kwargs)
+                if torch.is_grad_enabled() and z.requires_grad:
+                    log_p = -elbo.differentiable_loss(model, _no_guide, *data.args, **data.kwargs)
+                else:
+                    log_p = z.new_tensor(-elbo.loss(model, _no_guide, *data.args, **data.kwargs))
             return log_p + self._log_jacobian(z).sum()
         return self.per_particle(z, data).sum()
 

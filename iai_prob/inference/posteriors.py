@@ -113,11 +113,13 @@ class LowRankGaussian(GaussianFamily):
 
     def project(self, precision):
         """Keep the top ``rank`` eigen-directions exactly and the rest on the diagonal."""
+        if self.rank >= self.latent_dim:
+            return precision
         eigenvalues, eigenvectors = torch.linalg.eigh(precision)
         top_values = eigenvalues[..., -self.rank :]
         top_vectors = eigenvectors[..., -self.rank :]
         floor = eigenvalues[..., :1].clamp_min(0).unsqueeze(-1)  # smallest eigenvalue
-        factor = top_vectors * (top_values.unsqueeze(-2) - floor).clamp_min(0).sqrt()
+        factor = top_vectors * (top_values.unsqueeze(-2) - floor).clamp_min(1e-12).sqrt()
         low_rank = factor @ factor.mT
         residual = (precision - low_rank).diagonal(dim1=-2, dim2=-1)
         return torch.diag_embed(residual.clamp_min(1e-6)) + low_rank

@@ -21,6 +21,7 @@ from torch import nn
 
 from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
+from iai_prob.inference.numerics import flushing_denormals
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.signals import (
     LINEARIZATIONS,
@@ -150,6 +151,7 @@ class Refiner(nn.Module):
         self.update = NaturalGradientUpdate(context_dim)
         self.site_target = None if "grad" in signals else LearnedSiteTarget(embed_dim, family)
 
+    @flushing_denormals
     def init(self, data: TaskData) -> RefinementState:
         """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
         context = data.features[:, : self.context_size]
@@ -163,6 +165,7 @@ class Refiner(nn.Module):
         signal = curvature_signal(log_joint, state.loc, state.precision, batch, "mean")
         return natural_gradient_target(signal, state.loc, self.family, self.min_precision)
 
+    @flushing_denormals
     def step(
         self, state: RefinementState, batch: TaskData, log_joint
     ) -> tuple[RefinementState, RefinementInfo]:

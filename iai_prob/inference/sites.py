@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from pyro.distributions.util import sum_rightmost
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to, constraints, transforms
 
 __all__ = ["GlobalSite", "LatentLayout", "discover_layout"]
 
@@ -46,6 +46,14 @@ class GlobalSite:
     @property
     def transform(self):
         return biject_to(self.support)
+
+    @property
+    def is_elementwise(self) -> bool:
+        """Whether the bijection acts on each coordinate alone (so it is monotone in each)."""
+        transform = self.transform
+        while isinstance(transform, transforms.IndependentTransform):
+            transform = transform.base_transform
+        return transform.domain.event_dim == 0
 
     @property
     def is_real(self) -> bool:

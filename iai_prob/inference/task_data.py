@@ -145,7 +145,7 @@ def read_task_data(
             observed = site["type"] == "sample" and site["is_observed"]
             if observed and in_data and not site_is_subsample(site):
                 parts.append(_observed_features(site, num_tasks, tasks_dim, data_frame.dim))
-                seen.add(site["value"].data_ptr())
+                seen.add(id(site["value"]))
         if not parts:
             raise ValueError(
                 f"the model has no observed site inside the data plate {data_plate!r}: an "
@@ -154,7 +154,7 @@ def read_task_data(
             )
         for value in (*args, *kwargs.values()):
             axis = _data_axis(value, num_tasks, num_points)
-            if axis is None or value.data_ptr() in seen or not value.is_floating_point():
+            if axis is None or id(value) in seen or not value.is_floating_point():
                 continue
             flat = value.reshape(*value.shape[: axis + 1], -1)
             parts.append((flat if axis == 1 else flat.unsqueeze(0)).to(torch.get_default_dtype()))

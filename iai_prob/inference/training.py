@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from iai_prob.inference.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.inference.sources import TaskBatch, as_task_source
 
@@ -200,6 +201,61 @@ def fit(
     }
 
     guide.refiner.train()
+    with flush_denormals():
+        _train_loop(
+            guide,
+            source,
+            optimizer,
+            result,
+            steps=steps,
+            generator=generator,
+            seed=seed,
+            low=low,
+            high=high,
+            tasks_per_step=tasks_per_step,
+            objective=objective,
+            greedy=greedy,
+            max_passes=max_passes,
+            num_samples=num_samples,
+            clip_norm=clip_norm,
+            max_skipped=max_skipped,
+            device=device,
+            last=last,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            budget=budget,
+            progress=progress,
+        )
+    guide.refiner.eval()
+    return result
+
+
+def _train_loop(
+    guide,
+    source,
+    optimizer,
+    result,
+    *,
+    steps,
+    generator,
+    seed,
+    low,
+    high,
+    tasks_per_step,
+    objective,
+    greedy,
+    max_passes,
+    num_samples,
+    clip_norm,
+    max_skipped,
+    device,
+    last,
+    checkpoint_dir,
+    checkpoint_every,
+    budget,
+    progress,
+):
+    """The optimization loop of :func:`fit` (arguments as there)."""
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
     started = time.perf_counter() - result.seconds
     while result.steps < steps:
@@ -237,5 +293,3 @@ def fit(
             _save_training(last, guide, optimizer, result, budget)
             save_guide(guide, checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
     bar.close()
-    guide.refiner.eval()
-    return result
