@@ -27,7 +27,7 @@ __all__ = [
     "FullRankGaussian",
     "GaussianFamily",
     "LowRankGaussian",
-    "clamp_eigenvalues",
+    "absolute_eigenvalues",
     "get_posterior_family",
     "symmetrize",
 ]
@@ -168,7 +168,13 @@ def symmetrize(matrix: torch.Tensor) -> torch.Tensor:
     return 0.5 * (matrix + matrix.mT)
 
 
-def clamp_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
-    """Nearest symmetric matrix with eigenvalues ``≥ floor`` (for non-concave log densities)."""
+def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
+    """``V max(|λ|, floor) Vᵀ`` for ``matrix = V diag(λ) Vᵀ``: a positive-definite curvature.
+
+    Where the log density is not concave (a saddle of ``log σ`` and weights, a mixture),
+    negative curvature is taken with its magnitude, as in saddle-free Newton (Dauphin et
+    al. 2014), rather than clamped to a tiny floor, which would make a huge step along that
+    direction; concave directions are unchanged.
+    """
     eigenvalues, eigenvectors = torch.linalg.eigh(symmetrize(matrix))
-    return (eigenvectors * eigenvalues.clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
+    return (eigenvectors * eigenvalues.abs().clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT

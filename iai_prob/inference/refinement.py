@@ -85,6 +85,15 @@ def minibatch_schedule(
     return batches[:num_steps]
 
 
+def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5) -> bool:
+    """Whether ``KL(q_new ‖ q_old) < tolerance`` nats for every task."""
+    with torch.no_grad():
+        kl = torch.distributions.kl_divergence(
+            family.distribution(new.loc, new.precision), family.distribution(old.loc, old.precision)
+        )
+    return bool((kl < tolerance).all())
+
+
 def check_state(state: RefinementState) -> RefinementState:
     """Raise :class:`RefinementError` if any task's state is not finite or not PD."""
     finite = torch.isfinite(state.loc).all(-1) & torch.isfinite(state.precision).all((-1, -2))
@@ -110,6 +119,12 @@ class Refiner(nn.Module):
     :param str linearization: how ``E_q`` is taken for the gradient signal.
     :param int num_particles: draws for ``linearization="samples"``.
     :param int context_size: at most this many points go into the one-shot encoder.
+    :param int max_relinearizations: a step whose proposal moved the state by more than
+        0.5 nats (KL) recomputes the gradient signal at the proposal and retakes the step
+        from the same state, up to this many times; the target then comes from near where
+        the step lands (a proximal step), which matters for non-conjugate models started
+        far from the posterior and costs nothing for conjugate ones, whose targets do not
+        depend on the linearization point.
     """
 
     def __init__(
@@ -125,6 +140,7 @@ class Refiner(nn.Module):
         num_particles: int = 8,
         context_size: int = 256,
         min_precision: float = 1e-3,
+        max_relinearizations: int = 2,
     ):
         super().__init__()
         signals = tuple(signals)
@@ -142,6 +158,7 @@ class Refiner(nn.Module):
         self.num_particles = num_particles
         self.context_size = context_size
         self.min_precision = min_precision
+        self.max_relinearizations = max_relinearizations
         self.encoder = get_encoder(encoder, feature_dim, **(encoder_options or {}))
         embed_dim = self.encoder.embed_dim
         self.init_head = nn.Linear(embed_dim, family.num_raw())
@@ -173,31 +190,45 @@ class Refiner(nn.Module):
         embedding = None
         if "data" in self.signals:
             embedding = self.encoder(batch.features, batch.num_points)
-        if "grad" in self.signals:
-            signal = curvature_signal(
-                log_joint, state.loc, state.precision, batch, self.linearization, self.num_particles
-            )
-            target = natural_gradient_target(signal, state.loc, self.family, self.min_precision)
-            batch_log_joint = signal.log_joint
-            targets = [lambda: target]
-            if self.linearization != "mean":
-                targets.append(lambda: self._mean_target(state, batch, log_joint))
-        else:
+        if "grad" not in self.signals:
             target = self.site_target(embedding, batch.likelihood_scale)
-            batch_log_joint = None
-            targets = [lambda: target]
-        base = None
-        if batch_log_joint is not None and self.linearization == "sigma_points":
-            entropy = self.family.distribution(state.loc, state.precision).entropy()
-            base = torch.nan_to_num(batch_log_joint + entropy.detach(), nan=-torch.inf)
+            new_state, step_size = self._advance(state, batch, log_joint, [target], embedding)
+            return new_state, RefinementInfo(step_size, torch.full_like(step_size, torch.nan))
+        point, base = state, None
+        for sweep in range(self.max_relinearizations + 1):
+            signal = curvature_signal(
+                log_joint, point.loc, point.precision, batch, self.linearization, self.num_particles
+            )
+            targets = [natural_gradient_target(signal, point.loc, self.family, self.min_precision)]
+            if self.linearization != "mean":
+                targets.append(lambda point=point: self._mean_target(point, batch, log_joint))
+            if sweep == 0:
+                batch_log_joint = signal.log_joint
+                if self.linearization == "sigma_points":
+                    entropy = self.family.distribution(state.loc, state.precision).entropy()
+                    base = torch.nan_to_num(signal.log_joint + entropy.detach(), nan=-torch.inf)
+            new_state, step_size = self._advance(state, batch, log_joint, targets, embedding, base)
+            if sweep == self.max_relinearizations or _moved_less(new_state, point, self.family):
+                break
+            point = new_state.detach()
+        return new_state, RefinementInfo(step_size, batch_log_joint)
+
+    def _advance(self, state, batch, log_joint, targets, embedding, base=None):
+        """Damped step from ``state`` toward the first target (later ones are fallbacks)."""
         context = step_context(
-            state.step, batch.total_points, batch.num_points, state.loc, state.precision, *target
+            state.step,
+            batch.total_points,
+            batch.num_points,
+            state.loc,
+            state.precision,
+            *targets[0],
         ).detach()
         if embedding is not None:
             context = torch.cat([context, embedding], dim=-1)
         step_size = self.update.step_size(state.points_seen, batch.num_points, context)
+        makers = [t if callable(t) else (lambda t=t: t) for t in targets]
         loc, precision, step_size = damped_combine(
-            state.loc, state.precision, step_size, targets, batch, log_joint, self.family, base=base
+            state.loc, state.precision, step_size, makers, batch, log_joint, self.family, base=base
         )
         new_state = RefinementState(
             loc,
@@ -206,6 +237,4 @@ class Refiner(nn.Module):
             state.points_seen + batch.num_points,
         )
         check_state(new_state)
-        if batch_log_joint is None:
-            batch_log_joint = torch.full_like(step_size, torch.nan)
-        return new_state, RefinementInfo(step_size, batch_log_joint)
+        return new_state, step_size

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from iai_prob.inference.posteriors import GaussianFamily, clamp_eigenvalues
+from iai_prob.inference.posteriors import GaussianFamily, absolute_eigenvalues
 
 __all__ = [
     "LINEARIZATIONS",
@@ -131,7 +131,7 @@ def natural_gradient_target(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CVI target ``(η̂, Λ̂)``: ``Λ̂ = Π(−H̄)`` (eigenvalues ``≥ min_precision``,
     projected on the family's structure) and ``η̂ = ḡ + Λ̂ μ``."""
-    precision = family.project(clamp_eigenvalues(-signal.hessian, min_precision))
+    precision = family.project(absolute_eigenvalues(-signal.hessian, min_precision))
     linear = signal.grad + (precision @ loc.unsqueeze(-1)).squeeze(-1)
     return linear, precision
 

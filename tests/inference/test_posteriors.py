@@ -10,7 +10,7 @@ from iai_prob.inference.posteriors import (
     DiagonalGaussian,
     FullRankGaussian,
     LowRankGaussian,
-    clamp_eigenvalues,
+    absolute_eigenvalues,
     get_posterior_family,
 )
 
@@ -147,9 +147,12 @@ def test_family_registry_and_bad_arguments():
         LowRankGaussian(3, rank=0)
 
 
-def test_clamp_eigenvalues():
+def test_absolute_eigenvalues():
     matrix = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues -1 and 3
-    clamped = clamp_eigenvalues(matrix, 0.5)
-    torch.testing.assert_close(torch.linalg.eigvalsh(clamped), torch.tensor([0.5, 3.0]))
+    fixed = absolute_eigenvalues(matrix, 0.5)
+    torch.testing.assert_close(torch.linalg.eigvalsh(fixed), torch.tensor([1.0, 3.0]))
+    tiny = torch.tensor([[0.1, 0.0], [0.0, -0.2]])
+    floored = torch.linalg.eigvalsh(absolute_eigenvalues(tiny, 0.5))
+    torch.testing.assert_close(floored, torch.tensor([0.5, 0.5]))
     spd = random_spd()
-    torch.testing.assert_close(clamp_eigenvalues(spd, 1e-6), spd, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(absolute_eigenvalues(spd, 1e-6), spd, atol=1e-5, rtol=1e-5)

@@ -130,10 +130,11 @@ def test_diagonal_target_has_the_mean_field_optimum_as_fixed_point(linreg, simul
     )
 
 
-def test_non_concave_curvature_is_clamped():
-    signal = CurvatureSignal(torch.zeros(1, 2), torch.diag(torch.tensor([3.0, -2.0]))[None], None)
-    _, precision = natural_gradient_target(signal, torch.zeros(1, 2), FullRankGaussian(2), 0.01)
-    torch.testing.assert_close(precision[0], torch.diag(torch.tensor([0.01, 2.0])))
+def test_non_concave_curvature_is_taken_by_magnitude():
+    hessian = torch.diag(torch.tensor([3.0, -2.0, -1e-4]))[None]  # one convex direction
+    signal = CurvatureSignal(torch.zeros(1, 3), hessian, None)
+    _, precision = natural_gradient_target(signal, torch.zeros(1, 3), FullRankGaussian(3), 0.01)
+    torch.testing.assert_close(precision[0], torch.diag(torch.tensor([3.0, 2.0, 0.01])))
 
 
 def test_preprocess_gradient_formula():
