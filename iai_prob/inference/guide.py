@@ -454,53 +454,25 @@ class IterativeAmortizedGuide(AutoGuide):
         num_samples: int = 8,
         progress: bool = False,
     ):
-        """Semi-amortized polishing: stochastic VI started from the amortized ``q_{λ_K}``.
-
-        Optimizes a full-rank Gaussian ``z = μ_K + L_K (a + B ε)`` over ``(a, B)`` with Adam
-        on the Monte Carlo ELBO (Kim et al. 2018, semi-amortized VI). Working in the frame
-        of the amortized posterior (``a = 0, B = I`` at the start) makes the learning rate a
-        fraction of a posterior standard deviation whatever ``N``. The polished posterior
-        is returned only if a 256-draw ELBO estimate prefers it to the amortized one.
-        """
-        from tqdm.auto import trange
+        """Semi-amortized polishing from the amortized posterior: see
+        :func:`iai_prob.inference.polish.polish`."""
+        from iai_prob.inference.polish import polish
 
         if self.prototype_trace is None:
             self._setup_prototype(x, y)
         task = self.prepare(x, y)
         with torch.no_grad():
             start = self.final_state(task)
-        full_rank = get_posterior_family("full_rank", start.loc.shape[-1])
-        frame = torch.linalg.cholesky(
-            torch.cholesky_inverse(torch.linalg.cholesky(start.precision))
+        best, family = polish(
+            task,
+            start,
+            steps,
+            learning_rate=learning_rate,
+            num_samples=num_samples,
+            progress=progress,
+            seed=self.config["seed"],
         )
-        shift = torch.zeros_like(start.loc, requires_grad=True)
-        factor = torch.eye(start.loc.shape[-1]).expand_as(frame).clone().requires_grad_(True)
-
-        def polished() -> RefinementState:
-            loc = start.loc + (frame @ shift.unsqueeze(-1)).squeeze(-1)
-            return RefinementState(loc, torch.cholesky_inverse(frame @ factor.tril()))
-
-        optimizer = torch.optim.Adam([shift, factor], lr=learning_rate)
-        for _ in trange(steps, disable=not progress, desc="polish"):
-            optimizer.zero_grad()
-            loss = -elbo(polished(), full_rank, task.log_joint, task.data, num_samples=num_samples)
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            candidates = [RefinementState(start.loc, start.precision), polished()]
-            scores = [
-                elbo(
-                    c,
-                    full_rank,
-                    task.log_joint,
-                    task.data,
-                    num_samples=256,
-                    generator=torch.Generator().manual_seed(self.config["seed"]),
-                )
-                for c in candidates
-            ]
-            best = candidates[int(scores[1] > scores[0])]
-            return self._flat_distribution(best, task.layout, family=full_rank)
+        return self._flat_distribution(best, task.layout, family=family)
 
     # ----------------------------------------------------------- checkpoints
     def save(self, path, **card) -> None:
