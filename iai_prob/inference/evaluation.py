@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from iai_prob.inference.objectives import kl_to_exact
+from iai_prob.inference.objectives import elbo, kl_to_exact
 from iai_prob.models.base import TaskFamily
 
 __all__ = [
     "evaluate_exact_kl",
     "evaluate_khat",
+    "held_out_elbo_per_point",
     "held_out_khat",
     "held_out_kl",
     "importance_log_weights",
@@ -95,6 +96,21 @@ def held_out_khat(
     log_weights = importance_log_weights(guide, task, state, num_draws=num_draws)
     khats = [float(az.psislw(log_weights[:, t].double().numpy())[1]) for t in range(num_tasks)]
     return torch.tensor(khats)
+
+
+@torch.no_grad()
+def held_out_elbo_per_point(
+    guide, family: TaskFamily, num_points: int, *, num_tasks: int = 64, seed: int = 34567
+) -> float:
+    """Monte Carlo ELBO per data point, averaged over ``num_tasks`` held-out tasks."""
+    generator = torch.Generator().manual_seed(seed + num_points)
+    _, x, y = family.sample(num_tasks, num_points, generator=generator)
+    task = guide.prepare(x, y)
+    state = guide.final_state(task)
+    value = elbo(
+        state, guide.refiner.family, task.log_joint, task.data, num_samples=64, generator=generator
+    )
+    return float(value) / (num_tasks * num_points)
 
 
 def evaluate_khat(guide, family: TaskFamily, sizes, *, num_tasks: int = 64) -> dict:
