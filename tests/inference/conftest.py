@@ -8,7 +8,6 @@ what a test is about. The helpers reach the tests as fixtures (``make_guide``,
 
 from __future__ import annotations
 
-import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -26,7 +25,6 @@ from iai_prob.models import (
 )
 
 ENCODER_OPTIONS = {"embed_dim": 16, "hidden_dim": 32}
-SEED = 20240611
 
 # Small configurations of the families the inference tests use.
 FAMILY_FACTORIES = {
@@ -75,17 +73,6 @@ def read_task(model, *args, **kwargs):
         for site in trace.nodes.values()
     )
     return layout, data, LogJoint(model, layout, "data", enumerate_)
-
-
-@pytest.fixture(autouse=True)
-def _seeded_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(SEED)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(name="make_family")

@@ -7,9 +7,7 @@ adding a family means adding one row to each table rather than copying tests.
 
 from __future__ import annotations
 
-import pyro
 import pytest
-import torch
 
 from iai_prob.models import FAMILIES, TaskFamily, get_family
 from iai_prob.models.generative import GenerativeTaskFamily
@@ -85,19 +83,6 @@ def pytest_generate_tests(metafunc):
         cases = [(name, kwargs) for name in FAMILY_NAMES for kwargs in BAD_ARGUMENTS[name]]
         ids = [f"{name}-{','.join(f'{k}={v}' for k, v in kw.items())}" for name, kw in cases]
         metafunc.parametrize("bad_argument", cases, ids=ids)
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_single_thread():
-    """Seed every test; run torch on one thread (the suite runs one xdist worker per core,
-    and NUTS's many tiny ops slow down several-fold when intra-op threads contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.set_rng_seed(20240611)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=FAMILY_NAMES)
