@@ -403,7 +403,9 @@ class IterativeAmortizedGuide(AutoGuide):
         ``batch_size``) or ``x`` is an iterable of ``(x_b, y_b)`` mini-batches that need not
         fit in memory; then ``num_points`` (the total ``N``) is required, and for
         ``passes > 1`` the iterable must be re-iterable (a list, a ``DataLoader``, or a
-        callable returning a fresh iterator). Memory is constant in ``N``.
+        callable returning a fresh iterator). Memory is constant in ``N``. A stream's
+        batches are used as they come (``batch_size`` applies to tensors only), and a pass
+        that does not add up to ``num_points`` raises ``ValueError``.
         """
         if int(passes) != passes or passes < 1:
             raise ValueError(f"passes must be a positive integer, got {passes!r}")
@@ -431,6 +433,7 @@ class IterativeAmortizedGuide(AutoGuide):
             )
         refiner, state, layout = None, None, None
         for _ in range(passes):
+            streamed = 0
             for x_batch, y_batch in make_iterator():
                 if self.prototype_trace is None:
                     self._setup_prototype(x_batch, y_batch)
@@ -440,6 +443,12 @@ class IterativeAmortizedGuide(AutoGuide):
                 if state is None:
                     state = refiner.init(task.data)
                 state, _ = refiner.step(state, task.data, task.log_joint)
+                streamed += task.data.num_points
+            if state is not None and streamed != num_points:
+                raise ValueError(
+                    f"refine() streamed {streamed} points in a pass but was told num_points="
+                    f"{num_points}; the N/|B| scaling needs the true dataset size"
+                )
         if state is None:
             raise ValueError("refine() got no mini-batches")
         return self._flat_distribution(state, layout)

@@ -281,11 +281,11 @@ def test_refine_tensors_and_streams_approach_the_exact_posterior(linreg, make_gu
 
 
 def test_refine_stream_scales_the_likelihood_by_num_points(linreg, make_guide, simulate):
-    """One mini-batch standing for N points: the precision grows with N, not with |B|."""
+    """The precision grows with the N streamed, whatever |B|."""
     _, x, y = simulate(linreg, 1, 32)
     guide = make_guide(linreg)
     small = guide.refine([(x[0], y[0])], num_points=32)
-    large = guide.refine([(x[0], y[0])], num_points=3200)
+    large = guide.refine([(x[0], y[0])] * 100, num_points=3200)
     ratio = torch.linalg.det(large.precision_matrix) / torch.linalg.det(small.precision_matrix)
     assert ratio > 50**2
 
@@ -298,8 +298,16 @@ def test_refine_stream_scales_the_likelihood_by_num_points(linreg, make_guide, s
         (lambda g, b: g.refine(iter(b), num_points=32, passes=2), "re-iterable"),
         (lambda g, b: g.refine([], num_points=32), "no mini-batches"),
         (lambda g, b: g.refine(b, num_points=32, passes=0), "passes"),
+        (lambda g, b: g.refine(b, num_points=64), "streamed 32 points"),
     ],
-    ids=["no-num-points", "zero-num-points", "one-shot-iterator", "empty", "zero-passes"],
+    ids=[
+        "no-num-points",
+        "zero-num-points",
+        "one-shot-iterator",
+        "empty",
+        "zero-passes",
+        "wrong-num-points",
+    ],
 )
 def test_refine_rejects_bad_streams(call, pattern, linreg, make_guide, simulate):
     _, x, y = simulate(linreg, 1, 32)
