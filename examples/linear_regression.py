@@ -40,7 +40,7 @@ def svi_baseline(family, x, y, steps: int, learning_rate: float) -> tuple[float,
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=150, help="meta-training steps")
+    parser.add_argument("--steps", type=int, default=120, help="meta-training steps")
     parser.add_argument("--num-points", type=int, default=1024, help="held-out dataset size")
     parser.add_argument("--tasks", type=int, default=64, help="held-out datasets")
     parser.add_argument("--svi-tasks", type=int, default=4, help="datasets given to SVI")
