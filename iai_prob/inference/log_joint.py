@@ -14,6 +14,8 @@ assignments) are marginalized exactly with ``TraceEnum_ELBO``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyro
 import torch
 from pyro import poutine
@@ -78,13 +80,18 @@ class LogJoint:
     def per_task_mean(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``f_B`` averaged over the particles, per task ``(T_flat,)``.
 
-        With enumeration the tasks cannot be separated: every entry holds the mean over
-        tasks, so decisions made from it are taken for all tasks together.
+        Enumeration sums everything into one scalar, so enumerated models are evaluated
+        one task at a time (a task's value never depends on the other tasks in the batch).
         """
         if not self.enumerate:
             return self.per_particle(z, data).mean(0)
-        total = self(z, data) / (z.shape[0] * self.layout.flat_tasks)
-        return total.expand(self.layout.flat_tasks)
+        if self.layout.num_tasks is None:
+            return (self(z, data) / z.shape[0]).reshape(1)
+        single = LogJoint(
+            self.model, replace(self.layout, num_tasks=1), self.data_plate, self.enumerate
+        )
+        values = [single(z[:, t : t + 1], data.task(t)) for t in range(self.layout.num_tasks)]
+        return torch.stack(values) / z.shape[0]
 
     def __call__(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``Σ_{particles, tasks} f_B(z)`` for ``z`` of shape ``(S, T_flat, D)``."""

@@ -90,6 +90,22 @@ class TaskData:
         """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased."""
         return self.total_points / self.num_points
 
+    def task(self, index: int) -> TaskData:
+        """Task ``index`` of a batch of tasks, kept as a batch of one."""
+
+        def take(value):
+            axis = _data_axis(value, self.num_tasks, self.num_points)
+            return value if axis != 1 else value[index : index + 1]
+
+        return TaskData(
+            args=tuple(take(a) for a in self.args),
+            kwargs={k: take(v) for k, v in self.kwargs.items()},
+            features=self.features[index : index + 1],
+            num_tasks=1,
+            num_points=self.num_points,
+            total_points=self.total_points,
+        )
+
     def subset(self, index: torch.Tensor) -> TaskData:
         """The mini-batch ``index`` (a 1-D index into the data plate), as ``TaskData``."""
 

@@ -123,3 +123,27 @@ def test_particle_plate_moves_left_of_active_plates(linreg, simulate, read_task)
         assert log_joint._particle_dim() == -4
         inside = log_joint.per_particle(z, data)
     torch.testing.assert_close(inside, outside)
+
+
+def test_enumerated_per_task_values_do_not_depend_on_the_other_tasks():
+    from pyro import poutine
+
+    from iai_prob.inference.log_joint import LogJoint
+    from iai_prob.inference.sites import discover_layout
+    from iai_prob.inference.task_data import read_task_data
+    from iai_prob.models import GaussianMixture
+
+    family = GaussianMixture(dim=2, num_components=3)
+    _, x, y = family.sample(3, 20, generator=torch.Generator().manual_seed(0))
+
+    def per_task(xs, ys, z):
+        trace = poutine.trace(family.model).get_trace(xs, ys)
+        layout = discover_layout(trace)
+        data = read_task_data(trace, (xs, ys), {}, data_plate="data", tasks_plate="tasks")
+        return LogJoint(family.model, layout, "data", enumerate=True).per_task_mean(z, data)
+
+    z = torch.randn(4, 3, 8)
+    batched = per_task(x, y, z)
+    alone = torch.cat([per_task(x[t : t + 1], y[t : t + 1], z[:, t : t + 1]) for t in range(3)])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-4)
+    assert len(set(batched.tolist())) == 3  # three tasks, three different values
