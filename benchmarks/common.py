@@ -440,3 +440,13 @@ TIMING_HEADERS = (
     "NUTS compile (once per N)",
     "NUTS ÷ guide (one at a time)",
 )
+
+
+def timing_section(results: dict, threads: int, wall_seconds: float) -> str:
+    """The closing "Time per dataset" table of a guide-vs-NUTS benchmark."""
+    timings = {n: comparison.timings() for n, (comparison, _) in results.items()}
+    return (
+        f"\n### Time per dataset ({threads} CPU thread(s))\n\n"
+        + markdown_table(TIMING_HEADERS, timing_rows(timings))
+        + f"\n\nTotal wall time {wall_seconds:.0f} s."
+    )

@@ -38,7 +38,6 @@ import torch
 # run as a script: Python puts this folder first on sys.path
 from common import (
     KHAT_HEADERS,
-    TIMING_HEADERS,
     Comparison,
     NutsReference,
     Report,
@@ -54,7 +53,7 @@ from common import (
     spread,
     stopwatch,
     task_slice,
-    timing_rows,
+    timing_section,
     verdict,
 )
 
@@ -322,12 +321,7 @@ def main(argv=None) -> None:
         f"\nVectorized log joint vs `importance_log_weights` ({settings.check_tasks} tasks × "
         f"{settings.check_draws} draws): {check_notes}."
     )
-    timings = {n: comparison.timings() for n, (comparison, _) in results.items()}
-    report.add(
-        f"\n### Time per dataset ({args.threads} CPU thread(s))\n\n"
-        + markdown_table(TIMING_HEADERS, timing_rows(timings))
-        + f"\n\nTotal wall time {elapsed():.0f} s."
-    )
+    report.add(timing_section(results, args.threads, elapsed()))
     report.save(args.out)
 
 

@@ -32,7 +32,6 @@ import numpy as np
 # run as a script: Python puts this folder first on sys.path
 from common import (
     KHAT_HEADERS,
-    TIMING_HEADERS,
     Comparison,
     NutsReference,
     Report,
@@ -49,7 +48,7 @@ from common import (
     psis_khat,
     spread,
     stopwatch,
-    timing_rows,
+    timing_section,
     verdict,
 )
 
@@ -186,12 +185,7 @@ def main(argv=None) -> None:
     report.add(markdown_table(ACCURACY_HEADERS, accuracy_rows(results)) + "\n")
     khats = {n: metrics.khat for n, (_, metrics) in results.items()}
     report.add("### PSIS k̂ of the guide\n\n" + markdown_table(KHAT_HEADERS, khat_rows(khats)))
-    timings = {n: comparison.timings() for n, (comparison, _) in results.items()}
-    report.add(
-        f"\n### Time per dataset ({args.threads} CPU thread(s))\n\n"
-        + markdown_table(TIMING_HEADERS, timing_rows(timings))
-        + f"\n\nTotal wall time {elapsed():.0f} s."
-    )
+    report.add(timing_section(results, args.threads, elapsed()))
     report.save(args.out)
 
 

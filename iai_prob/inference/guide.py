@@ -65,6 +65,11 @@ class RefinementStep(NamedTuple):
     elbo: torch.Tensor
 
 
+def _constrained(latent: torch.Tensor, layout: LatentLayout) -> dict[str, torch.Tensor]:
+    """The constrained value of each global site for a joint unconstrained ``latent``."""
+    return {site.name: value for site, value, _ in layout.unpack(latent)}
+
+
 def _uses_enumeration(trace) -> bool:
     return any(
         site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
@@ -312,16 +317,23 @@ class IterativeAmortizedGuide(AutoGuide):
         return result
 
     # ------------------------------------------------------------- user API
+    def _prepared(self, *args, **kwargs) -> PreparedTask:
+        """:meth:`prepare`, building the guide from this call first if it is new."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return self.prepare(*args, **kwargs)
+
+    def _posterior_and_layout(self, *args, **kwargs):
+        task = self._prepared(*args, **kwargs)
+        return self._flat_distribution(self.final_state(task), task.layout), task.layout
+
     @torch.no_grad()
     def posterior(self, *args, **kwargs):
         """``q(z | D)``: a torch distribution over the flattened unconstrained latents.
 
         Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
         """
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-        task = self.prepare(*args, **kwargs)
-        return self._flat_distribution(self.final_state(task), task.layout)
+        return self._posterior_and_layout(*args, **kwargs)[0]
 
     def _flat_distribution(self, state: RefinementState, layout: LatentLayout, family=None):
         family = family or self._require_refiner().family
@@ -332,8 +344,8 @@ class IterativeAmortizedGuide(AutoGuide):
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior median of each global site: ``T(μ)`` (per task when batched)."""
-        posterior = self.posterior(*args, **kwargs)
-        return self._constrained(posterior.mean, *args, **kwargs)
+        posterior, layout = self._posterior_and_layout(*args, **kwargs)
+        return _constrained(posterior.mean, layout)
 
     @torch.no_grad()
     def quantiles(
@@ -345,12 +357,11 @@ class IterativeAmortizedGuide(AutoGuide):
         in each coordinate, so the ``q``-quantile is exactly ``T(μ_i + σ_i Φ⁻¹(q))``. For
         the others (simplex, ...) it is estimated from ``num_samples`` seeded draws.
         """
-        posterior = self.posterior(*args, **kwargs)
-        layout = self.prepare(*args, **kwargs).layout
+        posterior, layout = self._posterior_and_layout(*args, **kwargs)
         scale = posterior.variance.sqrt()
         levels = torch.as_tensor(quantiles, dtype=scale.dtype, device=scale.device)
         normal_quantiles = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.dim())
-        result = self._constrained(posterior.mean + scale * normal_quantiles, *args, **kwargs)
+        result = _constrained(posterior.mean + scale * normal_quantiles, layout)
         if not all(site.is_elementwise for site in layout.sites):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config["seed"])
@@ -360,18 +371,12 @@ class IterativeAmortizedGuide(AutoGuide):
                     result[site.name] = torch.quantile(value, levels, dim=0)
         return result
 
-    def _constrained(self, latent: torch.Tensor, *args, **kwargs) -> dict[str, torch.Tensor]:
-        layout = self.prepare(*args, **kwargs).layout
-        return {site.name: value for site, value, _ in layout.unpack(latent)}
-
     @torch.no_grad()
     def refinement_trace(
         self, *args, num_steps: int | None = None, num_samples: int = 16, **kwargs
     ) -> list[RefinementStep]:
         """The state ``λ_k`` and a Monte Carlo ELBO (summed over tasks) after every step."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-        task = self.prepare(*args, **kwargs)
+        task = self._prepared(*args, **kwargs)
         family = self._require_refiner().family
         generator = torch.Generator().manual_seed(self.config["seed"] + 2)
         steps = []
@@ -410,9 +415,7 @@ class IterativeAmortizedGuide(AutoGuide):
         if int(passes) != passes or passes < 1:
             raise ValueError(f"passes must be a positive integer, got {passes!r}")
         if torch.is_tensor(x):
-            if self.prototype_trace is None:
-                self._setup_prototype(x, y)
-            task = self.prepare(x, y)
+            task = self._prepared(x, y)
             batch_size = batch_size or self.config["batch_size"]
             num_steps = passes * math.ceil(task.data.num_points / batch_size)
             state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
@@ -435,9 +438,7 @@ class IterativeAmortizedGuide(AutoGuide):
         for _ in range(passes):
             streamed = 0
             for x_batch, y_batch in make_iterator():
-                if self.prototype_trace is None:
-                    self._setup_prototype(x_batch, y_batch)
-                task = self.prepare(x_batch, y_batch)
+                task = self._prepared(x_batch, y_batch)
                 task.data.total_points = int(num_points)
                 refiner, layout = self.refiner, task.layout
                 if state is None:
@@ -467,9 +468,7 @@ class IterativeAmortizedGuide(AutoGuide):
         :func:`iai_prob.inference.polish.polish`."""
         from iai_prob.inference.polish import polish
 
-        if self.prototype_trace is None:
-            self._setup_prototype(x, y)
-        task = self.prepare(x, y)
+        task = self._prepared(x, y)
         with torch.no_grad():
             start = self.final_state(task)
         best, family = polish(

@@ -14,7 +14,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from iai_prob.inference.log_joint import LogJoint
-from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.posteriors import GaussianFamily, covariance_tril
 from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
@@ -22,10 +22,6 @@ from iai_prob.inference.task_data import TaskData
 __all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "reverse_kl"]
 
 OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
-
-
-def _scale_tril(precision: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
 
 
 def elbo(
@@ -41,7 +37,7 @@ def elbo(
     noise = torch.randn(
         num_samples, *state.loc.shape, generator=generator, dtype=state.loc.dtype
     ).to(state.loc.device)
-    z = state.loc + (_scale_tril(state.precision) @ noise.unsqueeze(-1)).squeeze(-1)
+    z = state.loc + (covariance_tril(state.precision) @ noise.unsqueeze(-1)).squeeze(-1)
     entropy = family.distribution(state.loc, state.precision).entropy().sum()
     return log_joint(z, data) / num_samples + entropy
 

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import trange
 
 from iai_prob.inference.objectives import elbo
-from iai_prob.inference.posteriors import GaussianFamily, get_posterior_family
+from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, get_posterior_family
 from iai_prob.inference.refinement import RefinementState
 
 __all__ = ["polish"]
@@ -35,7 +35,7 @@ def polish(
     256-draw ELBO estimate prefers it to the start (else the start), with its family.
     """
     full_rank = get_posterior_family("full_rank", start.loc.shape[-1])
-    frame = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(start.precision)))
+    frame = covariance_tril(start.precision)
     shift = torch.zeros_like(start.loc, requires_grad=True)
     factor = torch.eye(start.loc.shape[-1]).expand_as(frame).clone().requires_grad_(True)
 

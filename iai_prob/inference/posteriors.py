@@ -28,6 +28,7 @@ __all__ = [
     "GaussianFamily",
     "LowRankGaussian",
     "absolute_eigenvalues",
+    "covariance_tril",
     "get_posterior_family",
     "symmetrize",
 ]
@@ -161,6 +162,11 @@ def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamil
             f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}"
         )
     return POSTERIOR_FAMILIES[name](latent_dim, **options)
+
+
+def covariance_tril(precision: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
 
 
 def symmetrize(matrix: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from iai_prob.inference.posteriors import GaussianFamily, absolute_eigenvalues
+from iai_prob.inference.posteriors import GaussianFamily, absolute_eigenvalues, covariance_tril
 
 __all__ = [
     "LINEARIZATIONS",
@@ -51,7 +51,7 @@ def linearization_points(
     """Points ``(S, T, D)`` at which to average gradients and Hessians under ``q``."""
     if scheme == "mean":
         return loc.unsqueeze(0)
-    scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
+    scale_tril = covariance_tril(precision)
     if scheme == "sigma_points":
         dim = loc.shape[-1]
         offsets = math.sqrt(dim) * scale_tril.mT  # rows: √D Σ^{½} e_i

@@ -76,8 +76,9 @@ class LinearRegression(TaskFamily):
 
     def exact_posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.MultivariateNormal:
         precision, linear = self._posterior_natural(x, y)
-        scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
-        mean = torch.cholesky_solve(linear.unsqueeze(-1), torch.linalg.cholesky(precision))
+        chol = torch.linalg.cholesky(precision)
+        scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(chol))
+        mean = torch.cholesky_solve(linear.unsqueeze(-1), chol)
         return dist.MultivariateNormal(mean.squeeze(-1), scale_tril=scale_tril)
 
     def log_evidence(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
