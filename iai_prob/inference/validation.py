@@ -62,11 +62,20 @@ def _check_arguments(model, args: tuple, kwargs: dict) -> None:
                 f"guide takes torch tensors: pass torch.as_tensor({name}, dtype=torch.float32)"
             )
     for name, value in named:
-        if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == 0:
+        if not torch.is_tensor(value) or value.dim() == 0:
+            continue
+        if value.shape[0] == 0:
             raise ValueError(
                 f"argument {name!r} is empty (shape {tuple(value.shape)}): a dataset needs at "
                 "least one data point"
             )
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(
+                    f"argument {name!r} contains {bad} NaN or inf value(s); the data contain "
+                    "NaN or inf values: clean, impute or mask them first"
+                )
 
 
 @contextlib.contextmanager
