@@ -4,8 +4,19 @@ A checkpoint ``name`` is two files, ``name.safetensors`` (tensors only: nothing 
 code on load) and ``name.json`` (the card: schema version, guide configuration,
 latent layout, the model it was trained for, the SHA-256 of the weights, and whatever
 the trainer adds: budget, command, measured quality). Loading refuses an unknown
-schema version, weights that do not match the card's hash, and a model whose name,
-configuration or latent layout differs from the card's.
+schema version, weights that do not match the card's hash, a card whose guide
+configuration or dimensions do not fit its weights, and a model whose name,
+configuration or latent layout differs from the card's, always with
+:class:`CheckpointError`.
+
+Threat model: loading parses JSON and safetensors only, so a checkpoint can never run
+code (no pickle, no ``torch.load``). The hash catches corruption and edits of the
+weights alone; someone able to rewrite both files can change the weights but not run
+code; to pin a checkpoint, compare the card's ``sha256`` with a trusted value.
+
+Versioned checkpoints (``versioned=True``, used for training state) name their weights
+file in the card, so that a process killed at any instant leaves the previous or the
+new checkpoint, never a mixture (see :func:`write_checkpoint`).
 """
 
 from __future__ import annotations
@@ -96,8 +107,10 @@ def write_checkpoint(
     card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": digest}
     text = json.dumps(card, indent=2, sort_keys=True)
     _atomic_write(stem.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
-    if versioned:  # the new card is committed: older weight versions are garbage
-        for old in stem.parent.glob(f"{stem.name}.*.safetensors"):
+    if versioned:  # the new card is committed: older versions and killed writes' temporaries
+        stale = [*stem.parent.glob(f"{stem.name}.*.safetensors")]
+        stale += stem.parent.glob(f".{stem.name}.*.tmp")
+        for old in stale:
             if old != weights:
                 old.unlink(missing_ok=True)
     return weights
