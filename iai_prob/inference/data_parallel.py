@@ -96,6 +96,15 @@ class DataParallel:
             parameter.grad = flat[offset : offset + numel].view_as(grad).clone()
             offset += numel
 
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (as DDP does at start)."""
+        if self.world_size == 1:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            staged = tensor.detach().cpu() if torch_dist.get_backend() == "gloo" else tensor.data
+            torch_dist.broadcast(staged, src=0)
+            tensor.data.copy_(staged)
+
     def mean(self, value: float) -> float:
         """The mean of a float over processes (for logged losses)."""
         if self.world_size == 1:
