@@ -4,8 +4,19 @@ A checkpoint ``name`` is two files, ``name.safetensors`` (tensors only: nothing 
 code on load) and ``name.json`` (the card: schema version, guide configuration,
 latent layout, the model it was trained for, the SHA-256 of the weights, and whatever
 the trainer adds: budget, command, measured quality). Loading refuses an unknown
-schema version, weights that do not match the card's hash, and a model whose name,
-configuration or latent layout differs from the card's.
+schema version, weights that do not match the card's hash, a card whose guide
+configuration or dimensions do not fit its weights, and a model whose name,
+configuration or latent layout differs from the card's, always with
+:class:`CheckpointError`.
+
+Threat model: loading parses JSON and safetensors only, so a checkpoint can never run
+code (no pickle, no ``torch.load``). The hash catches corruption and edits of the
+weights alone; someone able to rewrite both files can change the weights but not run
+code; to pin a checkpoint, compare the card's ``sha256`` with a trusted value.
+
+Versioned checkpoints (``versioned=True``, used for training state) name their weights
+file in the card, so that a process killed at any instant leaves the previous or the
+new checkpoint, never a mixture (see :func:`write_checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 FORMAT = "iai_prob.checkpoint"
+
+
+_GUIDE_CARD_KEYS = ("guide", "model", "latent_dim", "feature_dim", "layout")
 
 
 class CheckpointError(ValueError):
@@ -65,39 +79,82 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checkpoint(path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
-    """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``."""
+def write_checkpoint(
+    path, tensors: dict[str, torch.Tensor], card: dict, *, versioned: bool = False
+) -> Path:
+    """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``.
+
+    Each file is replaced atomically, but a crash between the two replacements would
+    leave new weights next to the old card (refused by the hash check). With
+    ``versioned=True`` the weights go to ``path.<sha256[:16]>.safetensors``, named in the
+    card's ``weights_file``; the card's replacement is then the single commit point
+    (the previous weights stay until the new card is in place), so the pair on disk is
+    always a consistent checkpoint, the old or the new one. Training state uses this.
+    """
     stem = _stem(path)
-    weights = stem.with_suffix(".safetensors")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-    card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": _sha256(weights)}
+    if versioned:
+        staged = stem.with_name(f"{stem.name}.staged.safetensors")
+        _atomic_write(staged, lambda tmp: save_file(tensors, tmp))
+        digest = _sha256(staged)
+        weights = stem.with_name(f"{stem.name}.{digest[:16]}.safetensors")
+        os.replace(staged, weights)
+        card = {**card, "weights_file": weights.name}
+    else:
+        weights = stem.with_suffix(".safetensors")
+        _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+        digest = _sha256(weights)
+    card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": digest}
     text = json.dumps(card, indent=2, sort_keys=True)
     _atomic_write(stem.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    if versioned:  # the new card is committed: older versions and killed writes' temporaries
+        stale = [*stem.parent.glob(f"{stem.name}.*.safetensors")]
+        stale += stem.parent.glob(f".{stem.name}.*.tmp")
+        for old in stale:
+            if old != weights:
+                old.unlink(missing_ok=True)
     return weights
+
+
+def _weights_path(stem: Path, card: dict, card_path: Path) -> Path:
+    """The weights file a card names (``weights_file``, a bare file name) or ``stem``'s."""
+    name = card.get("weights_file")
+    if name is None:
+        return stem.with_suffix(".safetensors")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise CheckpointError(
+            f"{card_path} names weights_file {name!r}; it must be a .safetensors file name in "
+            "the same folder"
+        )
+    return stem.with_name(name)
 
 
 def read_checkpoint(path, device=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and verify a checkpoint written by :func:`write_checkpoint`."""
     stem = _stem(path)
-    weights, card_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for file in (weights, card_path):
-        if not file.exists():
-            raise CheckpointError(f"checkpoint file {file} does not exist")
+    card_path = stem.with_suffix(".json")
+    if not card_path.exists():
+        raise CheckpointError(f"checkpoint file {card_path} does not exist")
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint card {card_path} is not valid JSON: {error}") from None
-    if card.get("format") != FORMAT:
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path} is not an iai_prob checkpoint card")
     if card.get("schema_version") != SCHEMA_VERSION:
         raise CheckpointError(
             f"{card_path} has schema version {card.get('schema_version')!r}; this iai_prob "
             f"reads version {SCHEMA_VERSION}"
         )
+    weights = _weights_path(stem, card, card_path)
+    if not weights.exists():
+        raise CheckpointError(f"checkpoint file {weights} does not exist")
     if card.get("sha256") != _sha256(weights):
         raise CheckpointError(f"{weights} does not match the hash in its card: modified or corrupt")
-    tensors = load_file(weights, device=str(device) if device is not None else "cpu")
+    try:
+        tensors = load_file(weights, device=str(device) if device is not None else "cpu")
+    except Exception as error:  # safetensors' own parse errors (a file that hashes right)
+        raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
     return tensors, card
 
 
@@ -134,15 +191,28 @@ def load_guide(path, model, *, device=None):
         raise CheckpointError(
             f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide"
         )
-    guide = IterativeAmortizedGuide(model, **card["guide"])
+    missing_keys = [key for key in _GUIDE_CARD_KEYS if key not in card]
+    if missing_keys or not isinstance(card["guide"], dict):
+        raise CheckpointError(f"checkpoint card of {path} lacks {missing_keys or ['guide']}")
+    try:
+        guide = IterativeAmortizedGuide(model, **card["guide"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
     expected, found = card["model"], model_identity(guide)
     if expected != found:
         raise CheckpointError(
             f"checkpoint {path} was trained for model {expected}, not for {found}"
         )
-    refiner = guide.build(card["latent_dim"], card["feature_dim"])
+    try:
+        refiner = guide.build(card["latent_dim"], card["feature_dim"])
+        missing, unexpected = refiner.load_state_dict(tensors, strict=False)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"checkpoint {path}: the weights do not fit the guide its card describes "
+            f"(latent_dim={card['latent_dim']!r}, feature_dim={card['feature_dim']!r}): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
     guide.layout_signature = card["layout"]
-    missing, unexpected = refiner.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit the guide: missing {missing[:5]}, unexpected "

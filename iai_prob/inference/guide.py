@@ -43,6 +43,12 @@ from iai_prob.inference.refinement import (
 from iai_prob.inference.signals import LINEARIZATIONS
 from iai_prob.inference.sites import LatentLayout, discover_layout
 from iai_prob.inference.task_data import TaskData, read_task_data
+from iai_prob.inference.validation import (
+    check_log_prob,
+    explained_failures,
+    layout_difference,
+    trace_model,
+)
 from iai_prob.models.base import TaskFamily
 
 __all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep"]
@@ -68,6 +74,17 @@ class RefinementStep(NamedTuple):
 def _constrained(latent: torch.Tensor, layout: LatentLayout) -> dict[str, torch.Tensor]:
     """The constrained value of each global site for a joint unconstrained ``latent``."""
     return {site.name: value for site, value, _ in layout.unpack(latent)}
+
+
+def _to_device(value, device):
+    """``value`` (nested tuples / dicts of tensors) with every tensor on ``device``."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _uses_enumeration(trace) -> bool:
@@ -162,7 +179,8 @@ class IterativeAmortizedGuide(AutoGuide):
 
     # ------------------------------------------------------------------ setup
     def _setup_prototype(self, *args, **kwargs):
-        super()._setup_prototype(*args, **kwargs)
+        with explained_failures(self.model, args, kwargs):
+            super()._setup_prototype(*args, **kwargs)
         task = self.prepare(*args, **kwargs)
         if self.refiner is None:
             self.build(task.layout.latent_dim, task.data.features.shape[-1])
@@ -201,15 +219,18 @@ class IterativeAmortizedGuide(AutoGuide):
     def prepare(self, *args, **kwargs) -> PreparedTask:
         """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
         config = self.config
-        with poutine.block():
-            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        if self.refiner is not None:  # the data go where the guide's weights are
+            args, kwargs = _to_device((args, kwargs), self._device())
+        trace = trace_model(self.model, args, kwargs)
         layout = discover_layout(
             trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"]
         )
         if self.layout_signature is not None and layout.signature() != self.layout_signature:
             raise ValueError(
                 f"the model's global latents {layout.signature()} differ from those the guide was "
-                f"built for {self.layout_signature}; was the guide trained for another model?"
+                f"built for {self.layout_signature} "
+                f"({layout_difference(self.layout_signature, layout.signature())}); "
+                "was the guide trained for another model, or were sites renamed?"
             )
         data = read_task_data(
             trace,
@@ -219,6 +240,7 @@ class IterativeAmortizedGuide(AutoGuide):
             tasks_plate=config["tasks_plate"],
             featurize=self.featurize,
         )
+        check_log_prob(trace, self.model, args, kwargs)
         if self.refiner is not None:
             expected = self.refiner.feature_dim
             if data.features.shape[-1] != expected:

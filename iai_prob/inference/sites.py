@@ -192,7 +192,14 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
         if not _is_global(site, data_plate):
             continue
         fn = site["fn"]
-        if fn.support.is_discrete:
+        try:
+            discrete = fn.support.is_discrete
+        except NotImplementedError:  # constraints.dependent and other undeclared supports
+            raise ValueError(
+                f"global latent site {name!r} has support {fn.support}, which declares no "
+                "bijection to unconstrained space; give its distribution a concrete support"
+            ) from None
+        if discrete:
             raise ValueError(
                 f"global latent site {name!r} is discrete ({fn.support}); IterativeAmortizedGuide "
                 "infers continuous globals only. Enumerate or marginalize it in the model."

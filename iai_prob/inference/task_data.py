@@ -44,9 +44,16 @@ def _observed_features(site, num_tasks, tasks_dim, data_dim) -> torch.Tensor:
     fn = site["fn"]
     value = site["value"]
     event_shape = tuple(fn.event_shape)
-    batch_shape = torch.broadcast_shapes(
-        tuple(fn.batch_shape), tuple(value.shape[: value.dim() - len(event_shape)])
-    )
+    try:
+        batch_shape = torch.broadcast_shapes(
+            tuple(fn.batch_shape), tuple(value.shape[: value.dim() - len(event_shape)])
+        )
+    except RuntimeError:
+        raise ValueError(
+            f"observed site {site['name']!r} has shape {tuple(value.shape)}, which does not fit "
+            f"its distribution's batch shape {tuple(fn.batch_shape)} and event shape "
+            f"{event_shape}: does it have one entry per data point?"
+        ) from None
     value = value.expand(*batch_shape, *event_shape)
     num_batch = len(batch_shape)
     data_axis = num_batch + data_dim

@@ -29,8 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from iai_prob.inference.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
 
 __all__ = ["FitResult", "fit"]
@@ -98,6 +100,7 @@ def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict
                 tensors[f"{_OPTIMIZER_PREFIX}{index}.{key}"] = value
             else:
                 scalars[f"{index}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()  # for sources that use the global RNG
     card = {
         "kind": "training",
         "step": result.steps,
@@ -109,11 +112,13 @@ def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict
         "optimizer_scalars": scalars,
         "budget": budget,
     }
-    write_checkpoint(path, tensors, card)
+    write_checkpoint(path, tensors, card, versioned=True)  # crash-safe: old or new, never half
 
 
 def _load_training(path: Path, guide, optimizer, result: FitResult, device) -> None:
     tensors, card = read_checkpoint(path, device=device)
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors.pop("rng.torch").cpu())
     guide_state = {k[len("guide.") :]: v for k, v in tensors.items() if k.startswith("guide.")}
     guide.refiner.load_state_dict(guide_state)
     state: dict = {}
@@ -151,6 +156,7 @@ def fit(
     resume: bool = True,
     seed: int = 0,
     progress: bool = True,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
@@ -167,6 +173,13 @@ def fit(
         ``guide.safetensors``/``guide.json`` (the guide) are written every
         ``checkpoint_every`` steps and at the end.
     :param bool resume: continue from ``checkpoint_dir/last`` when it exists.
+    :param float clip_norm: the gradient's global norm is clipped to this.
+    :param int max_skipped: steps whose loss or gradient is not finite, or whose
+        refinement left a non-positive-definite state, are skipped and counted in
+        ``FitResult.skipped``; past this many, ``fit`` raises ``FloatingPointError``.
+    :param parallel: a :class:`~iai_prob.inference.data_parallel.DataParallel` from
+        :func:`~iai_prob.inference.data_parallel.init_from_environment` under ``torchrun``:
+        each process trains on its slice of every step's ``tasks_per_step`` tasks.
     :returns: a :class:`FitResult`.
     """
     if objective not in OBJECTIVES:
@@ -178,6 +191,7 @@ def fit(
     if objective != "reverse_kl" and not source.has_latents:
         raise ValueError(f"objective={objective!r} needs simulated latents; {source} has none")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    parallel.local_tasks(tasks_per_step)
     generator = torch.Generator().manual_seed(seed)
 
     if guide.refiner is None:
@@ -224,7 +238,8 @@ def fit(
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             budget=budget,
-            progress=progress,
+            progress=progress and parallel.is_writer,
+            parallel=parallel,
         )
     guide.refiner.eval()
     return result
@@ -254,6 +269,7 @@ def _train_loop(
     checkpoint_every,
     budget,
     progress,
+    parallel,
 ):
     """The optimization loop of :func:`fit` (arguments as there)."""
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
@@ -261,27 +277,35 @@ def _train_loop(
     while result.steps < steps:
         generator.manual_seed(seed * 1_000_003 + result.steps)
         size = int(torch.randint(low, high + 1, (), generator=generator))
-        batch = source.sample(tasks_per_step, size, generator).to(device)
-        loss, task, state = _step_loss(
-            guide, batch, objective, greedy, max_passes, generator, num_samples
-        )
+        batch = parallel.shard(source.sample(tasks_per_step, size, generator)).to(device)
         optimizer.zero_grad()
-        if not torch.isfinite(loss):
+        try:
+            loss, task, state = _step_loss(
+                guide, batch, objective, greedy, max_passes, generator, num_samples
+            )
+            finite = bool(torch.isfinite(loss))
+        except RefinementError:  # a task's state left the positive-definite cone
+            loss, task, state, finite = torch.tensor(torch.nan), None, None, False
+        if finite:
+            loss.backward()
+            grads = [p.grad for p in guide.refiner.parameters() if p.grad is not None]
+            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if parallel.all_finite(finite):
+            parallel.average_gradients(guide.refiner.parameters())
+            torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
+            optimizer.step()
+        else:
             result.skipped += 1
             if result.skipped > max_skipped:
                 raise FloatingPointError(
-                    f"fit: {result.skipped} non-finite losses (more than max_skipped="
-                    f"{max_skipped}); lower the learning rate or check the model"
+                    f"fit: {result.skipped} steps with a non-finite loss or gradient (more than "
+                    f"max_skipped={max_skipped}); lower the learning rate or check the model"
                 )
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
-            optimizer.step()
         result.steps += 1
-        loss_value = float(loss.detach())
+        loss_value = parallel.mean(float(loss.detach()))
         result.losses.append(loss_value)
         postfix = {"loss": f"{loss_value:.4g}"}
-        if result.steps % 10 == 0 or result.steps == steps:
+        if state is not None and (result.steps % 10 == 0 or result.steps == steps):
             kl = _exact_kl(guide, batch, task, state)
             if kl is not None:
                 result.kls.append((result.steps, kl))
@@ -289,7 +313,8 @@ def _train_loop(
         bar.set_postfix(postfix)
         bar.update(1)
         result.seconds = time.perf_counter() - started
-        if last is not None and (result.steps % checkpoint_every == 0 or result.steps == steps):
+        at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
+        if last is not None and parallel.is_writer and at_checkpoint:
             _save_training(last, guide, optimizer, result, budget)
             save_guide(guide, checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
     bar.close()

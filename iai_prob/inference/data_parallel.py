@@ -1,0 +1,131 @@
+"""Data-parallel meta-training over ``torch.distributed`` processes (launched by ``torchrun``).
+
+Each of the ``W`` processes draws the *same* global batch of ``G`` tasks (every step's
+tasks are seeded by ``(seed, step)``, so no broadcast is needed), keeps its own
+contiguous slice of ``G / W`` tasks, and computes the mean loss over that slice.
+Averaging the gradients over processes then gives exactly the gradient of the mean
+loss over the global batch,
+
+    ∇ (1/G) Σ_t ℓ_t = (1/W) Σ_r ∇ (1/(G/W)) Σ_{t ∈ slice r} ℓ_t,
+
+which is what DistributedDataParallel computes. The guide's refinement is a loop of
+``init``/``step`` calls, not one ``forward``, so the gradients are all-reduced here in
+one flattened bucket after ``backward`` rather than by DDP's forward hooks. The
+decision to skip a step with a non-finite loss or gradient is taken jointly, so the
+processes' weights never diverge, and only rank 0 writes checkpoints.
+
+Single process: :data:`SINGLE_PROCESS` (every method is the identity).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as torch_dist
+
+from iai_prob.inference.sources import TaskBatch
+
+__all__ = ["SINGLE_PROCESS", "DataParallel", "init_from_environment"]
+
+
+class DataParallel:
+    """The ``rank``-th of ``world_size`` training processes.
+
+    :param int rank: this process's index.
+    :param int world_size: number of processes ``W``.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+        self.rank = rank
+        self.world_size = world_size
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    def local_tasks(self, tasks_per_step: int) -> int:
+        """Check that the global batch splits evenly; return ``G``."""
+        if tasks_per_step % self.world_size:
+            raise ValueError(
+                f"tasks_per_step={tasks_per_step} must be divisible by the number of processes "
+                f"({self.world_size}) so that every process gets the same number of tasks"
+            )
+        return tasks_per_step
+
+    def shard(self, batch: TaskBatch) -> TaskBatch:
+        """This process's contiguous slice of a global batch (tasks on dim 0)."""
+        if self.world_size == 1:
+            return batch
+
+        def take(value):
+            size = value.shape[0] // self.world_size
+            return value[self.rank * size : (self.rank + 1) * size]
+
+        args = tuple(take(a) if torch.is_tensor(a) else a for a in batch.args)
+        theta = None if batch.theta is None else {k: take(v) for k, v in batch.theta.items()}
+        return TaskBatch(args, theta)
+
+    def all_finite(self, finite: bool) -> bool:
+        """``True`` when ``finite`` holds on every process."""
+        if self.world_size == 1:
+            return finite
+        flag = torch.tensor([0.0 if finite else 1.0])
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return bool(flag.item() == 0.0)
+
+    def average_gradients(self, parameters) -> None:
+        """Replace every gradient by its mean over processes (one flattened all-reduce)."""
+        if self.world_size == 1:
+            return
+        parameters = [p for p in parameters if p.requires_grad]
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad for p in parameters
+        ]  # a parameter unused on one rank still takes part in the reduction
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        device = flat.device
+        flat = flat.cpu() if torch_dist.get_backend() == "gloo" else flat
+        torch_dist.all_reduce(flat)
+        flat = (flat / self.world_size).to(device)
+        offset = 0
+        for parameter, grad in zip(parameters, grads, strict=True):
+            numel = grad.numel()
+            parameter.grad = flat[offset : offset + numel].view_as(grad).clone()
+            offset += numel
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (as DDP does at start)."""
+        if self.world_size == 1:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            staged = tensor.detach().cpu() if torch_dist.get_backend() == "gloo" else tensor.data
+            torch_dist.broadcast(staged, src=0)
+            tensor.data.copy_(staged)
+
+    def mean(self, value: float) -> float:
+        """The mean of a float over processes (for logged losses)."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch_dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+
+SINGLE_PROCESS = DataParallel()
+
+
+def init_from_environment(device=None) -> DataParallel:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Uses the ``nccl`` backend for CUDA devices and ``gloo`` otherwise; without
+    ``torchrun``'s ``WORLD_SIZE`` it returns :data:`SINGLE_PROCESS`.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return SINGLE_PROCESS
+    if not torch_dist.is_initialized():
+        cuda = device is not None and torch.device(device).type == "cuda"
+        torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DataParallel(torch_dist.get_rank(), torch_dist.get_world_size())

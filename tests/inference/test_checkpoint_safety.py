@@ -1,0 +1,150 @@
+"""Safe checkpoints: nothing runs code on load, tampered files are refused, and versioned
+(training) checkpoints are always a consistent pair even when a write is interrupted."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from iai_prob.inference import CheckpointError, IterativeAmortizedGuide, fit
+from iai_prob.inference import checkpoint as checkpoint_module
+from iai_prob.inference.checkpoint import read_checkpoint, write_checkpoint
+
+
+@pytest.fixture
+def saved(linreg, make_guide, simulate, tmp_path):
+    guide = make_guide(linreg, family="diagonal", batch_size=8)
+    _, x, y = simulate(linreg, 1, 16)
+    guide(x[0], y[0])
+    guide.save(tmp_path / "guide")
+    return tmp_path / "guide"
+
+
+def _rewrite_card(stem, **changes):
+    """An attacker's edit: change the card and re-hash the weights so the hash matches."""
+    card = json.loads(stem.with_suffix(".json").read_text())
+    card.update(changes)
+    weights = stem.parent / card.get("weights_file", stem.name + ".safetensors")
+    card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    stem.with_suffix(".json").write_text(json.dumps(card))
+
+
+class _Payload:
+    """Pickled, this would create ``marker`` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _forbid_code_paths(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load reached pickle / torch.load / eval / exec")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(builtins, "eval", refuse)
+    monkeypatch.setattr(builtins, "exec", refuse)
+
+
+def test_loading_a_guide_and_resuming_training_never_unpickle(
+    monkeypatch, saved, linreg, make_guide, tmp_path
+):
+    torch.manual_seed(0)
+    options = {"tasks_per_step": 2, "num_points": (8, 12), "progress": False}
+    fit(make_guide(linreg), linreg, steps=1, checkpoint_dir=tmp_path / "run", **options)
+    _forbid_code_paths(monkeypatch)
+    guide = IterativeAmortizedGuide.load(saved, linreg)
+    assert guide.refiner is not None
+    torch.manual_seed(0)
+    result = fit(make_guide(linreg), linreg, steps=2, checkpoint_dir=tmp_path / "run", **options)
+    assert result.steps == 2 and len(result.losses) == 2  # resumed from step 1
+
+
+def test_a_pickle_disguised_as_weights_is_refused_without_running(saved, linreg, tmp_path):
+    marker = tmp_path / "pwned"
+    weights = saved.with_suffix(".safetensors")
+    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    _rewrite_card(saved)  # even with a matching hash
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        IterativeAmortizedGuide.load(saved, linreg)
+    assert not marker.exists()
+
+
+TAMPERED_CARDS = {
+    "latent-dim": ({"latent_dim": 5}, "do not fit the guide"),
+    "feature-dim": ({"feature_dim": 9}, "do not fit the guide"),
+    "unknown-guide-option": ({"guide": {"bogus": 1}}, "invalid guide config"),
+    "bad-guide-option": ({"guide": {"family": "bogus"}}, "invalid guide config"),
+    "weights-outside-the-folder": ({"weights_file": "../x.safetensors"}, "weights_file"),
+    "no-layout": ({"layout": None}, None),
+}
+
+
+@pytest.mark.parametrize("row", sorted(TAMPERED_CARDS))
+def test_tampered_cards_are_refused(row, saved, linreg):
+    changes, pattern = TAMPERED_CARDS[row]
+    if row == "no-layout":
+        card = json.loads(saved.with_suffix(".json").read_text())
+        del card["layout"]
+        saved.with_suffix(".json").write_text(json.dumps(card))
+        pattern = r"lacks \['layout'\]"
+    elif row == "weights-outside-the-folder":
+        card = json.loads(saved.with_suffix(".json").read_text())
+        card.update(changes)
+        saved.with_suffix(".json").write_text(json.dumps(card))
+    else:
+        _rewrite_card(saved, **changes)
+    with pytest.raises(CheckpointError, match=pattern):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+def test_weights_of_the_wrong_shape_are_refused(saved, linreg):
+    tensors, _ = read_checkpoint(saved)
+    name = next(iter(tensors))
+    tensors[name] = torch.zeros(*tensors[name].shape, 2)
+    save_file(tensors, str(saved.with_suffix(".safetensors")))
+    _rewrite_card(saved)
+    with pytest.raises(CheckpointError, match="do not fit the guide"):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_unknown_schema_versions_are_refused(version, saved, linreg):
+    _rewrite_card(saved, schema_version=version)
+    with pytest.raises(CheckpointError, match="schema version"):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+def test_an_interrupted_versioned_write_keeps_the_previous_checkpoint(monkeypatch, tmp_path):
+    stem = tmp_path / "last"
+    write_checkpoint(stem, {"a": torch.zeros(3)}, {"step": 1}, versioned=True)
+    write_checkpoint(stem, {"a": torch.ones(3)}, {"step": 2}, versioned=True)
+    original = checkpoint_module._atomic_write
+
+    def die_at_the_card(path, write):  # a crash after the weights, before the card
+        if path.suffix == ".json":
+            raise KeyboardInterrupt("killed")
+        original(path, write)
+
+    monkeypatch.setattr(checkpoint_module, "_atomic_write", die_at_the_card)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(stem, {"a": torch.full((3,), 7.0)}, {"step": 3}, versioned=True)
+    monkeypatch.undo()
+    tensors, card = read_checkpoint(stem)
+    assert card["step"] == 2 and torch.equal(tensors["a"], torch.ones(3))
+    # the next successful write commits and removes every superseded weights file
+    write_checkpoint(stem, {"a": torch.full((3,), 8.0)}, {"step": 4}, versioned=True)
+    tensors, card = read_checkpoint(stem)
+    assert card["step"] == 4 and torch.equal(tensors["a"], torch.full((3,), 8.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.json", card["weights_file"]])

@@ -1,0 +1,100 @@
+"""Numerical guards: ``fit`` skips and counts non-finite steps, stops past a threshold and
+clips gradients; refinement reports a broken state instead of returning it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iai_prob.inference import RefinementError, fit
+from iai_prob.inference import refinement as refinement_module
+from iai_prob.inference import training as training_module
+
+TINY = {"tasks_per_step": 4, "num_points": (8, 16), "progress": False}
+
+
+def _fresh(make_guide, linreg):
+    torch.manual_seed(0)
+    guide = make_guide(linreg, batch_size=8)
+    fit(guide, linreg, steps=1, learning_rate=0.0, **TINY)  # build it
+    return guide
+
+
+def _weights(guide):
+    return {k: v.clone() for k, v in guide.refiner.state_dict().items()}
+
+
+def _fail_on(monkeypatch, steps_to_break, how):
+    """Make the loss of the listed (0-based) steps non-finite in the way ``how`` says."""
+    calls = {"n": 0}
+    original = training_module._step_loss
+
+    def broken(guide, *args):
+        step = calls["n"]
+        calls["n"] += 1
+        loss, task, state = original(guide, *args)
+        if step not in steps_to_break:
+            return loss, task, state
+        if how == "loss":
+            return loss * torch.nan, task, state
+        if how == "gradient":  # finite loss, NaN gradient
+            parameter = next(guide.refiner.parameters())
+            poisoned = torch.sqrt(parameter.flatten()[0] * 0.0)  # value 0, d/dp = inf·0 = NaN
+            assert torch.isfinite(loss + poisoned)
+            return loss + poisoned, task, state
+        raise RefinementError("injected: state not positive definite")
+
+    monkeypatch.setattr(training_module, "_step_loss", broken)
+
+
+@pytest.mark.parametrize("how", ["loss", "gradient", "refinement"])
+def test_non_finite_steps_are_skipped_and_counted(how, monkeypatch, linreg, make_guide):
+    guide = _fresh(make_guide, linreg)
+    _fail_on(monkeypatch, {1, 2}, how)
+    before = _weights(guide)
+    result = fit(guide, linreg, steps=4, **TINY)
+    assert result.steps == 4 and result.skipped == 2
+    assert all(torch.isfinite(v).all() for v in guide.refiner.state_dict().values())
+    assert any(not torch.equal(v, before[k]) for k, v in guide.refiner.state_dict().items())
+
+
+def test_a_skipped_step_leaves_the_weights_alone(monkeypatch, linreg, make_guide):
+    guide = _fresh(make_guide, linreg)
+    _fail_on(monkeypatch, {0}, "gradient")
+    before = _weights(guide)
+    result = fit(guide, linreg, steps=1, **TINY)
+    assert result.skipped == 1
+    for name, value in guide.refiner.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_too_many_non_finite_steps_stop_training(monkeypatch, linreg, make_guide):
+    guide = _fresh(make_guide, linreg)
+    _fail_on(monkeypatch, set(range(10)), "loss")
+    with pytest.raises(FloatingPointError, match=r"3 steps with a non-finite.*max_skipped=2"):
+        fit(guide, linreg, steps=10, max_skipped=2, **TINY)
+
+
+def test_gradients_are_clipped_to_clip_norm(linreg, make_guide):
+    guide = _fresh(make_guide, linreg)
+    before = _weights(guide)
+    optimizer = torch.optim.SGD(guide.refiner.parameters(), lr=1.0)  # step = −clipped grad
+    fit(guide, linreg, steps=1, optimizer=optimizer, clip_norm=1e-3, **TINY)
+    moved = torch.cat([(v - before[k]).flatten() for k, v in guide.refiner.state_dict().items()])
+    assert 0.0 < float(moved.norm()) <= 1e-3 * (1 + 1e-4)
+
+
+def test_refinement_reports_a_broken_state_instead_of_returning_it(
+    monkeypatch, linreg, make_guide, simulate
+):
+    guide = _fresh(make_guide, linreg)
+    _, x, y = simulate(linreg, 1, 24)
+    original = refinement_module.damped_combine
+
+    def broken(*args, **kwargs):
+        loc, precision, step_size = original(*args, **kwargs)
+        return loc, -precision, step_size  # a negative-definite "precision"
+
+    monkeypatch.setattr(refinement_module, "damped_combine", broken)
+    with pytest.raises(RefinementError, match=r"refinement step 1.*not positive definite"):
+        guide.posterior(x[0], y[0])
