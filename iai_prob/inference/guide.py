@@ -51,7 +51,7 @@ from iai_prob.inference.validation import (
 )
 from iai_prob.models.base import TaskFamily
 
-__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep"]
+__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep", "prepare_task"]
 
 
 class PreparedTask(NamedTuple):
@@ -92,6 +92,27 @@ def _uses_enumeration(trace) -> bool:
         site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
         for site in trace.nodes.values()
     )
+
+
+def prepare_task(
+    model,
+    args: tuple,
+    kwargs: dict,
+    *,
+    data_plate: str = "data",
+    tasks_plate: str = "tasks",
+    featurize: Callable | None = None,
+) -> PreparedTask:
+    """Trace ``model(*args, **kwargs)`` once and read its global latent layout, its data
+    and its log-joint evaluator (any posterior over the globals, not only this guide's,
+    is evaluated through it: see :mod:`iai_prob.diagnostics`)."""
+    trace = trace_model(model, args, kwargs)
+    layout = discover_layout(trace, data_plate=data_plate, tasks_plate=tasks_plate)
+    data = read_task_data(
+        trace, args, kwargs, data_plate=data_plate, tasks_plate=tasks_plate, featurize=featurize
+    )
+    check_log_prob(trace, model, args, kwargs)
+    return PreparedTask(layout, data, LogJoint(model, layout, data_plate, _uses_enumeration(trace)))
 
 
 class IterativeAmortizedGuide(AutoGuide):
@@ -221,9 +242,13 @@ class IterativeAmortizedGuide(AutoGuide):
         config = self.config
         if self.refiner is not None:  # the data go where the guide's weights are
             args, kwargs = _to_device((args, kwargs), self._device())
-        trace = trace_model(self.model, args, kwargs)
-        layout = discover_layout(
-            trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"]
+        layout, data, log_joint = prepare_task(
+            self.model,
+            args,
+            kwargs,
+            data_plate=config["data_plate"],
+            tasks_plate=config["tasks_plate"],
+            featurize=self.featurize,
         )
         if self.layout_signature is not None and layout.signature() != self.layout_signature:
             raise ValueError(
@@ -232,15 +257,6 @@ class IterativeAmortizedGuide(AutoGuide):
                 f"({layout_difference(self.layout_signature, layout.signature())}); "
                 "was the guide trained for another model, or were sites renamed?"
             )
-        data = read_task_data(
-            trace,
-            args,
-            kwargs,
-            data_plate=config["data_plate"],
-            tasks_plate=config["tasks_plate"],
-            featurize=self.featurize,
-        )
-        check_log_prob(trace, self.model, args, kwargs)
         if self.refiner is not None:
             expected = self.refiner.feature_dim
             if data.features.shape[-1] != expected:
@@ -249,7 +265,6 @@ class IterativeAmortizedGuide(AutoGuide):
                     f"was built for {expected}; check the covariates' dimension"
                 )
             data.features = data.features.to(self._device())
-        log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
         return PreparedTask(layout, data, log_joint)
 
     def _device(self) -> torch.device:
