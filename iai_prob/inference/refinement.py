@@ -85,13 +85,23 @@ def minibatch_schedule(
     return batches[:num_steps]
 
 
-def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5) -> bool:
-    """Whether ``KL(q_new ‖ q_old) < tolerance`` nats for every task."""
+def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5) -> torch.Tensor:
+    """Per task ``(T,)``: whether ``KL(q_new ‖ q_old) < tolerance`` nats."""
     with torch.no_grad():
         kl = torch.distributions.kl_divergence(
             family.distribution(new.loc, new.precision), family.distribution(old.loc, old.precision)
         )
-    return bool((kl < tolerance).all())
+    return kl < tolerance
+
+
+def _keep_where(done: torch.Tensor, kept, new):
+    """Per task: ``kept`` where ``done`` (a ``(T,)`` mask), else ``new`` (states or tensors)."""
+    if isinstance(kept, RefinementState):
+        return kept._replace(
+            loc=torch.where(done[:, None], kept.loc, new.loc),
+            precision=torch.where(done[:, None, None], kept.precision, new.precision),
+        )
+    return torch.where(done, kept, new)
 
 
 def check_state(state: RefinementState) -> RefinementState:
@@ -194,7 +204,7 @@ class Refiner(nn.Module):
             target = self.site_target(embedding, batch.likelihood_scale)
             new_state, step_size = self._advance(state, batch, log_joint, [target], embedding)
             return new_state, RefinementInfo(step_size, torch.full_like(step_size, torch.nan))
-        point, base = state, None
+        point, base, result, done = state, None, None, None
         for sweep in range(self.max_relinearizations + 1):
             signal = curvature_signal(
                 log_joint, point.loc, point.precision, batch, self.linearization, self.num_particles
@@ -208,10 +218,21 @@ class Refiner(nn.Module):
                     entropy = self.family.distribution(state.loc, state.precision).entropy()
                     base = torch.nan_to_num(signal.log_joint + entropy.detach(), nan=-torch.inf)
             new_state, step_size = self._advance(state, batch, log_joint, targets, embedding, base)
-            if sweep == self.max_relinearizations or _moved_less(new_state, point, self.family):
+            # each task keeps the step of the first sweep that moved it less than the
+            # tolerance, so a task's result never depends on the other tasks of its batch
+            if result is None:
+                result = (new_state, step_size)
+            else:
+                result = (
+                    _keep_where(done, result[0], new_state),
+                    _keep_where(done, result[1], step_size),
+                )
+            moved_less = _moved_less(new_state, point, self.family)
+            done = moved_less if done is None else done | moved_less
+            if sweep == self.max_relinearizations or bool(done.all()):
                 break
             point = new_state.detach()
-        return new_state, RefinementInfo(step_size, batch_log_joint)
+        return result[0], RefinementInfo(result[1], batch_log_joint)
 
     def _advance(self, state, batch, log_joint, targets, embedding, base=None):
         """Damped step from ``state`` toward the first target (later ones are fallbacks)."""

@@ -1,0 +1,227 @@
+"""Batch inference over many groups with Dask distributed: one posterior summary per group.
+
+A table of rows ``(group, x_1 … x_d, y)`` stored as partitioned Parquet holds one small
+dataset per group (per user, per sensor, per school). Each Dask partition is handled by
+:func:`summarize_groups`, which runs the amortized guide ``q_φ(θ | D_g)`` on every group
+``g`` of the partition: groups of equal size ``N`` are stacked into a task batch
+``(T, N, d)`` and go through the model's tasks plate in one refinement, so the cost is a
+few vectorized refinement steps per bucket rather than one call per group. For every
+scalar coordinate ``θ_j`` of every global site it writes the marginal posterior
+quantiles (``q05``, the median ``q50``, ``q95``) in the model's constrained space and
+the number of points.
+
+Each worker process loads the guide once from its safetensors checkpoint (the model is
+rebuilt from the card's task family), so nothing but file paths travels to the workers.
+Groups must not straddle partitions (write the Parquet partitioned by group, or pass
+``shuffle=True`` to let Dask co-locate each group's rows); a group found in two
+partitions is reported with a ``ValueError``. A group larger than the guide's
+mini-batch is refined over its rows in a seeded order of their positions, so its
+summary depends on the order of its rows (as ``guide.posterior`` does), not on the
+other groups it is batched with.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["BatchInferenceResult", "run_batch_inference", "summarize_groups"]
+
+QUANTILES = (0.05, 0.5, 0.95)
+
+# Pyro's effect-handler stack is global to a process, so two threads must not trace models
+# at once: guide calls are serialized per process, and parallelism comes from worker
+# processes (LocalCluster(processes=True, threads_per_worker=1), or many machines).
+_PYRO_LOCK = threading.Lock()
+
+
+class BatchInferenceResult(NamedTuple):
+    """What :func:`run_batch_inference` did."""
+
+    num_groups: int
+    num_rows: int
+    seconds: float
+    workers: int
+
+    @property
+    def groups_per_second(self) -> float:
+        return self.num_groups / self.seconds
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_guide(checkpoint: str, device: str):
+    """The guide of ``checkpoint`` for its card's task family, loaded once per process."""
+    from iai_prob.inference import IterativeAmortizedGuide
+    from iai_prob.inference.checkpoint import read_checkpoint
+    from iai_prob.models import get_family
+
+    _, card = read_checkpoint(checkpoint)
+    identity = card["model"]
+    if "family" not in identity:
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained for the callable {identity.get('callable')!r}, "
+            "not a task family; batch inference rebuilds the model from the card's family"
+        )
+    family = get_family(identity["family"], **identity["config"])
+    return IterativeAmortizedGuide.load(checkpoint, family, device=device)
+
+
+def _columns_for(layout, quantiles: Sequence[float]) -> list[str]:
+    names = []
+    for site in layout.sites:
+        for index in np.ndindex(*site.event_shape):
+            label = site.name + "".join(f"[{i}]" for i in index)
+            names += [f"{label}_q{round(100 * q):02d}" for q in quantiles]
+    return names
+
+
+def _flatten(values: dict[str, torch.Tensor], layout, num_tasks: int) -> np.ndarray:
+    """``{site: (Q, T, *event)}`` → ``(T, Σ_sites numel · Q)`` in :func:`_columns_for` order."""
+    parts = []
+    for site in layout.sites:
+        value = values[site.name].reshape(values[site.name].shape[0], num_tasks, -1)
+        parts.append(value.permute(1, 2, 0).reshape(num_tasks, -1))
+    return torch.cat(parts, dim=-1).cpu().numpy()
+
+
+def summarize_groups(
+    frame: pd.DataFrame,
+    *,
+    checkpoint: str,
+    group: str,
+    x_columns: Sequence[str],
+    y_column: str,
+    quantiles: Sequence[float] = QUANTILES,
+    max_tasks: int = 256,
+    device: str = "cpu",
+    threads: int = 1,
+) -> pd.DataFrame:
+    """One row per group of ``frame``: ``group``, ``num_points`` and posterior quantiles.
+
+    :param frame: rows ``(group, *x_columns, y_column)``, each group complete.
+    :param str checkpoint: the guide's checkpoint (path stem), for a task family.
+    :param int max_tasks: at most this many equal-size groups per batched guide call.
+    """
+    missing = [c for c in (group, *x_columns, y_column) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not found; the table has {list(frame.columns)}")
+    torch.set_num_threads(threads)
+    with _PYRO_LOCK:
+        return _summarize(
+            frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device
+        )
+
+
+def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device):
+    """:func:`summarize_groups` once its columns are checked (under the process lock)."""
+    guide = _cached_guide(str(checkpoint), str(device))
+    dtype = torch.get_default_dtype()
+    order = frame[group].to_numpy()
+    codes, labels = pd.factorize(order, sort=True)
+    sort = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[sort], np.arange(len(labels)))
+    sizes = np.diff(np.append(starts, len(codes)))
+    x_all = torch.as_tensor(frame[list(x_columns)].to_numpy()[sort], dtype=dtype)
+    y_all = torch.as_tensor(frame[y_column].to_numpy()[sort], dtype=dtype)
+    layout = guide.prepare(x_all[:1].to(device), y_all[:1].to(device)).layout
+    rows = [None] * len(labels)
+    for size in np.unique(sizes):
+        members = np.flatnonzero(sizes == size)
+        for chunk in np.array_split(members, int(np.ceil(len(members) / max_tasks))):
+            index = (starts[chunk][:, None] + np.arange(size)[None, :]).reshape(-1)
+            x = x_all[index].reshape(len(chunk), int(size), -1).to(device)
+            y = y_all[index].reshape(len(chunk), int(size)).to(device)
+            values = guide.quantiles(list(quantiles), x, y)
+            for position, row in zip(chunk, _flatten(values, layout, len(chunk)), strict=True):
+                rows[position] = row
+    summary = pd.DataFrame(np.stack(rows), columns=_columns_for(layout, quantiles))
+    summary.insert(0, "num_points", sizes.astype(np.int64))
+    summary.insert(0, group, labels)
+    return summary
+
+
+def _meta(checkpoint, group, group_dtype, quantiles, device) -> pd.DataFrame:
+    """The empty frame with the output's columns and dtypes (Dask's ``meta``)."""
+    with _PYRO_LOCK:
+        return _meta_unlocked(checkpoint, group, group_dtype, quantiles, device)
+
+
+def _meta_unlocked(checkpoint, group, group_dtype, quantiles, device) -> pd.DataFrame:
+    guide = _cached_guide(str(checkpoint), str(device))
+    family = guide.family
+    _, x, y = family.sample(1, 2, generator=torch.Generator().manual_seed(0))
+    columns = _columns_for(guide.prepare(x[0], y[0]).layout, quantiles)
+    meta = pd.DataFrame({c: pd.Series(dtype="float32") for c in columns})
+    meta.insert(0, "num_points", pd.Series(dtype="int64"))
+    meta.insert(0, group, pd.Series(dtype=group_dtype))
+    return meta
+
+
+def run_batch_inference(
+    source,
+    destination,
+    *,
+    checkpoint,
+    client,
+    group: str = "group",
+    x_columns: Sequence[str] | None = None,
+    y_column: str = "y",
+    quantiles: Sequence[float] = QUANTILES,
+    max_tasks: int = 256,
+    shuffle: bool = False,
+    device: str = "cpu",
+) -> BatchInferenceResult:
+    """Summarize every group of the Parquet dataset ``source`` into Parquet ``destination``.
+
+    :param source: a Parquet file, folder or glob (one Dask partition per file).
+    :param destination: output folder (one Parquet file per input partition).
+    :param checkpoint: the guide's checkpoint (path stem; the card names the task family).
+    :param client: a ``dask.distributed.Client``; the work runs on its workers.
+    :param x_columns: covariate columns (default: every column but ``group`` and ``y``).
+    :param bool shuffle: co-locate each group's rows first (when files are not by group).
+    :param str device: where each worker runs the guide (``"cuda"`` for GPU workers).
+    :returns: a :class:`BatchInferenceResult` (groups, rows, wall time, workers).
+    """
+    import dask.dataframe as dd
+
+    frame = dd.read_parquet(source)
+    if group not in frame.columns or y_column not in frame.columns:
+        raise ValueError(
+            f"the table needs columns {group!r} and {y_column!r}; it has {list(frame.columns)}"
+        )
+    if x_columns is None:
+        x_columns = [c for c in frame.columns if c not in (group, y_column)]
+    if shuffle:
+        frame = frame.shuffle(on=group)
+    options = {
+        "checkpoint": str(checkpoint),
+        "group": group,
+        "x_columns": list(x_columns),
+        "y_column": y_column,
+        "quantiles": tuple(quantiles),
+        "max_tasks": max_tasks,
+        "device": device,
+    }
+    meta = _meta(checkpoint, group, frame[group].dtype, tuple(quantiles), "cpu")
+    started = time.perf_counter()
+    summaries = frame.map_partitions(summarize_groups, **options, meta=meta)
+    destination = Path(destination)
+    summaries.to_parquet(destination, write_index=False, compute=True)
+    seconds = time.perf_counter() - started
+    counts = dd.read_parquet(destination, columns=[group, "num_points"]).compute()
+    duplicated = counts[group][counts[group].duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(
+            f"group(s) {list(duplicated[:5])} appear in more than one partition of {source}; "
+            "write the Parquet partitioned by group or pass shuffle=True"
+        )
+    workers = len(client.scheduler_info()["workers"])
+    return BatchInferenceResult(len(counts), int(counts["num_points"].sum()), seconds, workers)
