@@ -33,10 +33,12 @@ def observation_dtype(guide) -> torch.dtype:
 
 
 def _numeric(frame, columns: list[str], source: str) -> np.ndarray:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     values = []
     for column in columns:
         series = frame[column]
-        if not (np.issubdtype(series.dtype, np.number) or series.dtype == bool):
+        if not (is_numeric_dtype(series.dtype) or is_bool_dtype(series.dtype)):
             raise ValueError(
                 f"column {column!r} of {source} holds {series.dtype} values; the model needs "
                 "numbers"
