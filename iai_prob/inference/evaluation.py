@@ -52,25 +52,16 @@ def importance_log_weights(guide, task, state, num_draws: int = 1000, seed: int 
     """``log p(z, D) − log q(z)`` for ``num_draws`` draws per task, ``(num_draws, T)``.
 
     Tasks are evaluated together when the model allows per-task log densities, else
-    (enumerated models) one task at a time.
+    (enumerated models) one task at a time (:func:`iai_prob.diagnostics.log_joint_per_draw`).
     """
+    from iai_prob.diagnostics.adapter import log_joint_per_draw
+
     family = guide.refiner.family
     q = family.distribution(state.loc, state.precision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         z = q.sample((num_draws,))
-    log_q = q.log_prob(z)
-    if not task.log_joint.enumerate:
-        return task.log_joint.per_particle(z, task.data) - log_q
-    columns = []
-    for t in range(z.shape[1]):
-        single = guide.prepare(*[a[t] if torch.is_tensor(a) else a for a in task.data.args])
-        columns.append(
-            torch.stack(
-                [single.log_joint(z[s : s + 1, t : t + 1], single.data) for s in range(num_draws)]
-            )
-        )
-    return torch.stack(columns, dim=-1) - log_q
+    return log_joint_per_draw(task, z) - q.log_prob(z)
 
 
 @torch.no_grad()

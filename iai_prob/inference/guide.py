@@ -45,7 +45,7 @@ from iai_prob.inference.sites import LatentLayout, discover_layout
 from iai_prob.inference.task_data import TaskData, read_task_data
 from iai_prob.models.base import TaskFamily
 
-__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep"]
+__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep", "prepare_task"]
 
 
 class PreparedTask(NamedTuple):
@@ -75,6 +75,27 @@ def _uses_enumeration(trace) -> bool:
         site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
         for site in trace.nodes.values()
     )
+
+
+def prepare_task(
+    model,
+    args: tuple,
+    kwargs: dict,
+    *,
+    data_plate: str = "data",
+    tasks_plate: str = "tasks",
+    featurize: Callable | None = None,
+) -> PreparedTask:
+    """Trace ``model(*args, **kwargs)`` once and read its global latent layout, its data
+    and its log-joint evaluator (any posterior over the globals, not only this guide's,
+    is evaluated through it: see :mod:`iai_prob.diagnostics`)."""
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    layout = discover_layout(trace, data_plate=data_plate, tasks_plate=tasks_plate)
+    data = read_task_data(
+        trace, args, kwargs, data_plate=data_plate, tasks_plate=tasks_plate, featurize=featurize
+    )
+    return PreparedTask(layout, data, LogJoint(model, layout, data_plate, _uses_enumeration(trace)))
 
 
 class IterativeAmortizedGuide(AutoGuide):
@@ -201,24 +222,19 @@ class IterativeAmortizedGuide(AutoGuide):
     def prepare(self, *args, **kwargs) -> PreparedTask:
         """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
         config = self.config
-        with poutine.block():
-            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
-        layout = discover_layout(
-            trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"]
-        )
-        if self.layout_signature is not None and layout.signature() != self.layout_signature:
-            raise ValueError(
-                f"the model's global latents {layout.signature()} differ from those the guide was "
-                f"built for {self.layout_signature}; was the guide trained for another model?"
-            )
-        data = read_task_data(
-            trace,
+        layout, data, log_joint = prepare_task(
+            self.model,
             args,
             kwargs,
             data_plate=config["data_plate"],
             tasks_plate=config["tasks_plate"],
             featurize=self.featurize,
         )
+        if self.layout_signature is not None and layout.signature() != self.layout_signature:
+            raise ValueError(
+                f"the model's global latents {layout.signature()} differ from those the guide was "
+                f"built for {self.layout_signature}; was the guide trained for another model?"
+            )
         if self.refiner is not None:
             expected = self.refiner.feature_dim
             if data.features.shape[-1] != expected:
@@ -227,7 +243,6 @@ class IterativeAmortizedGuide(AutoGuide):
                     f"was built for {expected}; check the covariates' dimension"
                 )
             data.features = data.features.to(self._device())
-        log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
         return PreparedTask(layout, data, log_joint)
 
     def _device(self) -> torch.device:

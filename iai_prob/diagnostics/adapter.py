@@ -1,0 +1,355 @@
+"""One small adapter between an approximate posterior and every diagnostic.
+
+Every diagnostic in :mod:`iai_prob.diagnostics` needs the same few things from an
+approximate posterior ``q(z | D)`` over the joint unconstrained global latents ``z``
+(:mod:`iai_prob.inference.sites`) of a model ``p(θ, D)``, for one dataset or a batch of
+tasks:
+
+* draws ``z_s ~ q`` with ``log q(z_s)`` and the constrained values ``θ_s = T(z_s)``;
+* the log joint ``log p(z_s, D) = log p(D, T(z_s)) + log |det ∂T/∂z|`` (so that the
+  log importance weights are ``log w_s = log p(z_s, D) − log q(z_s)``, Yao et al. 2018);
+* the pointwise log-likelihood ``log p(y_n | θ_s)`` of every observation (for PSIS-LOO,
+  Vehtari, Gelman, Gabry 2017), the posterior predictive ``y_rep ~ p(y | θ_s)``, and the
+  observed and constant data with the names of the plates they live in.
+
+:class:`ApproximatePosterior` provides them for a Pyro model, from an
+:class:`~iai_prob.inference.IterativeAmortizedGuide` or from any callable returning a torch
+distribution over ``z`` (an exact posterior, a shrunk one, another amortizer). Arrays are
+sample-first: ``(S, T, …)`` with the task axis ``T`` kept (``T = 1`` for one dataset).
+
+A NumPyro guide plugs in by providing the same five members (:class:`PosteriorSource`):
+``layout``, ``num_tasks``/``batched``, ``draw``, ``pointwise_log_likelihood``,
+``posterior_predictive`` and ``observed``/``constant``; the diagnostics only read numpy
+arrays from them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+from typing import NamedTuple, Protocol
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from iai_prob.inference.guide import IterativeAmortizedGuide, PreparedTask, prepare_task
+from iai_prob.inference.log_joint import LogJoint
+from iai_prob.inference.sites import LatentLayout
+
+__all__ = [
+    "ApproximatePosterior",
+    "NamedArray",
+    "PosteriorDraws",
+    "PosteriorSource",
+    "approximate_posterior",
+    "log_joint_per_draw",
+]
+
+_PARTICLES = "_iai_diagnostic_draws"
+
+
+class NamedArray(NamedTuple):
+    """A value and the names of its dims (the model's plate names, else ``site_dim_i``)."""
+
+    value: torch.Tensor
+    dims: tuple[str, ...]
+
+
+class PosteriorDraws(NamedTuple):
+    """Draws of ``q`` for ``T`` tasks, sample-first.
+
+    :ivar z: unconstrained joint latents ``(S, T, D)``.
+    :ivar values: constrained value of each global site, ``(S, T, *event_shape)``.
+    :ivar log_q: ``log q(z)``, ``(S, T)``.
+    :ivar log_joint: ``log p(z, D)`` in unconstrained space (Jacobian included), ``(S, T)``.
+    """
+
+    z: torch.Tensor
+    values: dict[str, torch.Tensor]
+    log_q: torch.Tensor
+    log_joint: torch.Tensor
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """Log importance weights ``log p(z, D) − log q(z)``, ``(S, T)``."""
+        return self.log_joint - self.log_q
+
+
+class PosteriorSource(Protocol):
+    """What the diagnostics read from an approximate posterior (PyTorch or NumPyro)."""
+
+    layout: LatentLayout
+
+    @property
+    def num_tasks(self) -> int: ...
+
+    @property
+    def batched(self) -> bool: ...
+
+    def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws: ...
+
+    def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]: ...
+
+    def posterior_predictive(self, z: torch.Tensor, *, seed: int = 0) -> dict[str, NamedArray]: ...
+
+    def observed(self) -> dict[str, NamedArray]: ...
+
+    def constant(self) -> dict[str, NamedArray]: ...
+
+
+def log_joint_per_draw(task: PreparedTask, z: torch.Tensor) -> torch.Tensor:
+    """``log p(z_s, D_t)`` for draws ``z`` of shape ``(S, T_flat, D)``; returns ``(S, T_flat)``.
+
+    Vectorized over draws and tasks, except for models with enumerated discrete sites
+    (their marginal log joint is one scalar per call), evaluated one draw and task at a time.
+    """
+    log_joint, data = task.log_joint, task.data
+    if not log_joint.enumerate:
+        return log_joint.per_particle(z, data)
+    if task.layout.num_tasks is None:
+        return torch.stack([log_joint(z[s : s + 1], data) for s in range(z.shape[0])])[:, None]
+    single = LogJoint(
+        log_joint.model, replace(task.layout, num_tasks=1), log_joint.data_plate, True
+    )
+    columns = [
+        torch.stack([single(z[s : s + 1, t : t + 1], data.task(t)) for s in range(z.shape[0])])
+        for t in range(z.shape[1])
+    ]
+    return torch.stack(columns, dim=-1)
+
+
+def _event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:
+    return tuple(f"{name}_dim_{start + i}" for i in range(len(shape)))
+
+
+class ApproximatePosterior:
+    """``q(z | D)`` for a Pyro model's global latents, with the model to check it against.
+
+    :param distribution: a torch distribution over the joint unconstrained latents with
+        batch shape ``(T,)`` (or ``()`` for one dataset) and event shape ``(D,)``.
+    :param PreparedTask task: the model's layout, data and log joint
+        (:func:`~iai_prob.inference.guide.prepare_task`).
+    :param model: the Pyro model.
+    """
+
+    def __init__(self, distribution, task: PreparedTask, model):
+        if tuple(distribution.event_shape) != (task.layout.latent_dim,):
+            raise ValueError(
+                f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
+                f"the model's {task.layout.latent_dim} unconstrained global latents "
+                f"{task.layout.signature()}"
+            )
+        expected = (task.layout.flat_tasks,)
+        if tuple(distribution.batch_shape) == () and expected == (1,):
+            distribution = distribution.expand(expected)
+        if tuple(distribution.batch_shape) != expected:
+            raise ValueError(
+                f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
+                f"the {expected[0]} task(s) in the data"
+            )
+        self.distribution = distribution
+        self.task = task
+        self.layout = task.layout
+        self.model = model
+        self._particle_dim = -(task.layout.max_plate_nesting + 1)
+        with poutine.block():
+            self._trace = poutine.trace(model).get_trace(*task.data.args, **task.data.kwargs)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.layout.flat_tasks
+
+    @property
+    def batched(self) -> bool:
+        return self.layout.num_tasks is not None
+
+    # ---------------------------------------------------------------- draws
+    @torch.no_grad()
+    def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws:
+        """``num_samples`` seeded draws per task with their log densities."""
+        if int(num_samples) != num_samples or num_samples < 2:
+            raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            z = self.distribution.sample((int(num_samples),))
+        values = {site.name: value for site, value, _ in self.layout.unpack(z)}
+        return PosteriorDraws(
+            z, values, self.distribution.log_prob(z), log_joint_per_draw(self.task, z)
+        )
+
+    def site_dims(self) -> dict[str, tuple[str, ...]]:
+        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
+        lead = (self._tasks_name(),) if self.batched else ()
+        return {
+            site.name: lead + _event_dims(site.name, site.event_shape) for site in self.layout.sites
+        }
+
+    def _tasks_name(self) -> str:
+        for site in self._trace.nodes.values():
+            for frame in site.get("cond_indep_stack", ()):
+                if frame.dim == self.layout.tasks_dim and frame.size == self.layout.num_tasks:
+                    return frame.name
+        return "tasks"
+
+    # ---------------------------------------------------- model evaluations
+    def _conditioned(self, z: torch.Tensor, *, resample_observed: bool):
+        model_z = self.layout.particles_to_model(z, self._particle_dim)
+        values = {site.name: value for site, value, _ in self.layout.unpack(model_z)}
+        model = poutine.uncondition(self.model) if resample_observed else self.model
+        model = poutine.condition(model, data=values)
+        num, dim = z.shape[0], self._particle_dim
+
+        def vectorized(*args, **kwargs):
+            with pyro.plate(_PARTICLES, num, dim=dim):
+                return model(*args, **kwargs)
+
+        return vectorized
+
+    def _observed_sites(self, trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            observed = site["is_observed"] or site["infer"].get("was_observed", False)
+            if observed and name not in self.layout.site_names:
+                yield name, site
+
+    def _named(self, name: str, site, value: torch.Tensor, event_dim: int) -> NamedArray:
+        """``value`` with the particle dim first, broadcast plates named, size-1 dims dropped."""
+        batch_dims = -self._particle_dim
+        value = value.reshape((1,) * (batch_dims + event_dim - value.dim()) + value.shape)
+        frames = {frame.dim: frame.name for frame in site["cond_indep_stack"]}
+        dims, keep = [], [0]
+        for position in range(1, batch_dims):
+            dim = position - batch_dims
+            if dim in frames:
+                dims.append(frames[dim])
+                keep.append(position)
+            elif value.shape[position] != 1:
+                dims.append(f"{name}_batch_{position}")
+                keep.append(position)
+        keep += range(batch_dims, value.dim())
+        value = value.squeeze(
+            tuple(p for p in range(1, batch_dims) if p not in keep and value.shape[p] == 1)
+        )
+        event_shape = tuple(value.shape[value.dim() - event_dim :])
+        return NamedArray(value, (*dims, *_event_dims(name, event_shape)))
+
+    @torch.no_grad()
+    def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]:
+        """``log p(y_n | T(z_s))`` of each observed site, ``(S, *plates)`` with named dims.
+
+        With enumerated discrete local sites (mixture assignments) the locals are summed
+        out per data point and the marginal is reported under the first observed site.
+        """
+        model = self._conditioned(z, resample_observed=False)
+        if self.task.log_joint.enumerate:
+            model = poutine.enum(model, first_available_dim=self._particle_dim - 1)
+        with poutine.block(), pyro.validation_enabled(False):
+            trace = poutine.trace(model).get_trace(*self.task.data.args, **self.task.data.kwargs)
+        trace.compute_log_prob()
+        if not self.task.log_joint.enumerate:
+            return {
+                name: self._named(name, site, site["log_prob"], 0)
+                for name, site in self._observed_sites(trace)
+            }
+        return self._enumerated_log_likelihood(trace)
+
+    def _enumerated_log_likelihood(self, trace) -> dict[str, NamedArray]:
+        data_plate = self.task.log_joint.data_plate
+        total, first = 0.0, None
+        for name, site in trace.nodes.items():
+            in_data = any(f.name == data_plate for f in site.get("cond_indep_stack", ()))
+            if site["type"] == "sample" and in_data and not site_is_subsample(site):
+                total = total + site["log_prob"]
+                if first is None and site["is_observed"] and name not in self.layout.site_names:
+                    first = (name, site)
+        enum_dims = tuple(range(total.dim() + self._particle_dim))
+        marginal = total.logsumexp(enum_dims) if enum_dims else total
+        return {first[0]: self._named(first[0], first[1], marginal, 0)}
+
+    @torch.no_grad()
+    def posterior_predictive(self, z: torch.Tensor, *, seed: int = 0) -> dict[str, NamedArray]:
+        """Replicated observations ``y_rep ~ p(y | T(z_s))``, one per draw, named dims."""
+        model = self._conditioned(z, resample_observed=True)
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            torch.manual_seed(seed)
+            trace = poutine.trace(model).get_trace(*self.task.data.args, **self.task.data.kwargs)
+        return {
+            name: self._named(name, site, site["value"], len(site["fn"].event_shape))
+            for name, site in self._observed_sites(trace)
+        }
+
+    # ----------------------------------------------------------------- data
+    def observed(self) -> dict[str, NamedArray]:
+        """The observed sites' values with their plate names (no sample dim)."""
+        result = {}
+        for name, site in self._observed_sites(self._trace):
+            value = site["value"].unsqueeze(0)
+            named = self._named(name, site, value, len(site["fn"].event_shape))
+            result[name] = NamedArray(named.value[0], named.dims)
+        return result
+
+    def constant(self) -> dict[str, NamedArray]:
+        """The model's tensor arguments other than the observations, named by parameter.
+
+        The axes that index tasks and data points are named after the tasks and data plates.
+        """
+        data = self.task.data
+        try:
+            names = list(inspect.signature(self.model).parameters)
+        except (TypeError, ValueError):
+            names = []
+        observed = {id(site["value"]) for _, site in self._observed_sites(self._trace)}
+        named = dict(zip(names, data.args, strict=False)) | dict(data.kwargs)
+        lead = [self._tasks_name()] if self.batched else []
+        lead.append(self.task.log_joint.data_plate)
+        result = {}
+        for index, (name, value) in enumerate(named.items()):
+            if not torch.is_tensor(value) or id(value) in observed:
+                continue
+            name = name if isinstance(name, str) else f"arg_{index}"
+            leading = tuple(value.shape[: len(lead)])
+            sizes = (*([self.layout.num_tasks] if self.batched else []), data.num_points)
+            dims = tuple(lead) if leading == sizes else ()
+            dims += _event_dims(name, tuple(value.shape[len(dims) :]))
+            result[name] = NamedArray(value, dims)
+        return result
+
+
+def approximate_posterior(
+    posterior,
+    model,
+    *args,
+    data_plate: str = "data",
+    tasks_plate: str = "tasks",
+    **kwargs,
+) -> ApproximatePosterior:
+    """Adapt ``posterior`` on the data ``*args, **kwargs`` of ``model`` for the diagnostics.
+
+    :param posterior: an :class:`~iai_prob.inference.IterativeAmortizedGuide` (its ``λ_K``
+        for this data), or a callable ``posterior(*args, **kwargs)`` returning a torch
+        distribution over the joint unconstrained latents, batch ``(T,)`` or ``()``.
+    :param model: the Pyro model (a :class:`~iai_prob.models.base.TaskFamily` or ``None``
+        takes the guide's own model).
+    """
+    if isinstance(posterior, IterativeAmortizedGuide):
+        model = posterior.model if model is None else getattr(model, "model", model)
+        task = posterior._prepared(*args, **kwargs)
+        with torch.no_grad():
+            state = posterior.final_state(task)
+        distribution = posterior.refiner.family.distribution(state.loc, state.precision)
+        return ApproximatePosterior(distribution, task, model)
+    if not callable(posterior):
+        raise ValueError(
+            "posterior must be an IterativeAmortizedGuide or a callable returning a torch "
+            f"distribution over the unconstrained latents, got {type(posterior).__name__}"
+        )
+    if model is None:
+        raise ValueError("model is required when posterior is not an IterativeAmortizedGuide")
+    model = getattr(model, "model", model)
+    task = prepare_task(model, args, kwargs, data_plate=data_plate, tasks_plate=tasks_plate)
+    with torch.no_grad():
+        distribution = posterior(*args, **kwargs)
+    return ApproximatePosterior(distribution, task, model)
