@@ -109,11 +109,11 @@ def run(args) -> int:
     if not args.out.endswith(".nc"):
         raise ValueError(f"--out must name a netCDF file ending in .nc, got {args.out!r}")
     table = Table(args.data, chunk_rows=args.chunk_rows)
-    guide = load_checkpoint(args.checkpoint, model=args.model)
     x_columns = parse_columns(args.x, table, "--x")
     y_columns = parse_columns(args.y, table, "--y")
     if args.group is not None:
         table.require([args.group], option="--group")
+    guide = load_checkpoint(args.checkpoint, model=args.model)
     columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
     first = next(table.chunks(columns.names)).head(2)
     check_fits(guide, *columns.tensors(first, source=table.path.name), args.checkpoint)
