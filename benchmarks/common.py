@@ -3,11 +3,14 @@
 * command line, thread limits and report output (:func:`base_parser`, :func:`limit_threads`,
   :class:`Report`);
 * the guide side: loading, a timed posterior for a batch of tasks, seeded draws, chunked
-  PSIS k̂ (:func:`load_guide`, :func:`guide_state`, :func:`guide_draws`, :func:`psis_khat`);
-* the reference side: a jitted single-chain NUTS for any NumPyro model
-  (:class:`NutsReference`);
-* metrics and tables: classifier two-sample test, Markdown tables, PASS/MISS
-  (:func:`c2st_accuracy`, :func:`markdown_table`, :func:`verdict`).
+  log importance weights (:func:`load_guide`, :func:`guide_state`, :func:`guide_draws`,
+  :func:`chunked_log_weights`);
+* the reference side: NUTS on every task of a batch (:func:`nuts_all`, :func:`compare`);
+* metrics and tables: Markdown tables, PASS/MISS (:func:`markdown_table`, :func:`verdict`).
+
+PSIS k̂, the jitted NumPyro NUTS reference and the classifier two-sample test live in
+:mod:`iai_prob.diagnostics` (``psis_khat``, ``NutsReference``, ``c2st_accuracy``) and are
+re-exported here for the benchmark scripts.
 
 Held-out tasks are seeded from :data:`HELD_OUT_SEED` upwards, far above the seeds that
 :func:`iai_prob.inference.fit` uses for training steps (``seed * 1_000_003 + step``).
@@ -21,7 +24,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# one implementation of k̂, the NUTS reference and C2ST: the library's diagnostics
+from iai_prob.diagnostics import KHAT_THRESHOLD, NutsReference, c2st_accuracy, psis_khat
+
+__all__ = ["KHAT_THRESHOLD", "NutsReference", "c2st_accuracy", "psis_khat"]  # re-exported
+
 HELD_OUT_SEED = 1_000_000_000
 """Base seed of the held-out tasks (training seeds stay far below it)."""
-
-KHAT_THRESHOLD = 0.7
-"""PSIS k̂ below which importance weights are usable (Yao et al. 2018)."""
 
 
 # ------------------------------------------------------------------ command line / output
@@ -182,16 +186,6 @@ def task_slice(state, index: slice):
     return state._replace(loc=state.loc[index], precision=state.precision[index])
 
 
-def psis_khat(log_weights: torch.Tensor) -> np.ndarray:
-    """Pareto k̂ per task (``arviz.psislw``) of log importance weights ``(draws, T)``."""
-    import arviz as az
-
-    weights = log_weights.double().numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns for every k̂ > 0.7; the table reports it
-        return np.array([float(az.psislw(weights[:, t])[1]) for t in range(weights.shape[1])])
-
-
 @torch.no_grad()
 def chunked_log_weights(
     guide, args: Sequence[torch.Tensor], state, num_draws: int, max_elements: int = 2**22
@@ -238,81 +232,6 @@ KHAT_HEADERS = ("N", "tasks", "median k̂", "share k̂ < 0.7", "target", "result
 
 
 # ---------------------------------------------------------------------------- NUTS (JAX)
-class NutsReference:
-    """Single-chain NumPyro NUTS, jitted once per data shape and reused across tasks.
-
-    ``MCMC.run`` rebuilds and recompiles its sampling loop on every call (several seconds
-    each); here one jitted function runs warmup and sampling with ``lax.scan`` for a task's
-    data, so a task costs only its sampling time. Initial values are uniform on
-    ``(-2, 2)`` in unconstrained space, as NumPyro's default ``init_to_uniform``.
-
-    :param model: a NumPyro model taking the task's data as positional arguments.
-    :param int num_warmup: adaptation steps (step size and diagonal mass matrix).
-    :param int num_samples: kept draws.
-    """
-
-    def __init__(self, model: Callable, num_warmup: int, num_samples: int):
-        self.model = model
-        self.num_warmup = num_warmup
-        self.num_samples = num_samples
-        self._compiled: dict = {}
-        self.compile_seconds = 0.0
-
-    def _chain(self, key, template, *args):
-        import jax
-        from numpyro.infer.hmc import hmc
-        from numpyro.infer.util import constrain_fn, potential_energy
-
-        init_key, run_key = jax.random.split(key)
-        keys = jax.random.split(init_key, len(template))
-        init = {
-            name: jax.random.uniform(k, value.shape, minval=-2.0, maxval=2.0)
-            for k, (name, value) in zip(keys, sorted(template.items()), strict=True)
-        }
-        init_kernel, sample_kernel = hmc(
-            potential_fn=lambda z: potential_energy(self.model, args, {}, z), algo="NUTS"
-        )
-        state = init_kernel(init, num_warmup=self.num_warmup, rng_key=run_key)
-
-        def advance(current, _):
-            following = sample_kernel(current)
-            return following, (following.z, following.num_steps)
-
-        state, _ = jax.lax.scan(advance, state, None, length=self.num_warmup)
-        _, (draws, steps) = jax.lax.scan(advance, state, None, length=self.num_samples)
-        constrained = jax.vmap(lambda z: constrain_fn(self.model, args, {}, z))(draws)
-        return constrained, steps
-
-    def _compiled_chain(self, key, args):
-        import jax
-        from numpyro.infer.util import initialize_model
-
-        shapes = tuple(tuple(a.shape) for a in args)
-        if shapes not in self._compiled:
-            with stopwatch() as elapsed:
-                info = initialize_model(jax.random.PRNGKey(0), self.model, model_args=args)[0]
-                template = info.z
-                chain = jax.jit(lambda key, *data: self._chain(key, template, *data))
-                self._compiled[shapes] = chain.lower(key, *args).compile()
-            self.compile_seconds += elapsed()
-        return self._compiled[shapes]
-
-    def run(self, seed: int, *args: np.ndarray) -> tuple[dict[str, np.ndarray], float, float]:
-        """Draws ``{site: (num_samples, ...)}``, seconds taken and mean leapfrog steps.
-
-        The first call for a data shape also compiles; that time goes to
-        :attr:`compile_seconds`, not to the returned seconds.
-        """
-        import jax
-
-        args = tuple(jax.numpy.asarray(a) for a in args)
-        key = jax.random.PRNGKey(seed)
-        chain = self._compiled_chain(key, args)
-        with stopwatch() as elapsed:
-            draws, steps = jax.block_until_ready(chain(key, *args))
-        return {k: np.asarray(v) for k, v in draws.items()}, elapsed(), float(steps.mean())
-
-
 @dataclass
 class NutsResult:
     """NUTS on a batch of tasks: draws ``{site: (T, S, ...)}``, seconds per task ``(T,)``,
@@ -391,30 +310,6 @@ def compare(
 
 
 # ----------------------------------------------------------------------- two-sample test
-def c2st_accuracy(first: np.ndarray, second: np.ndarray, seed: int, folds: int = 5) -> float:
-    """Classifier two-sample test: cross-validated accuracy of telling the samples apart.
-
-    A two-hidden-layer MLP (32 units, early stopping) on standardized draws (Lopez-Paz
-    and Oquab 2017); 0.5 means indistinguishable, 1.0 fully separable.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    features = np.concatenate([first, second]).reshape(len(first) + len(second), -1)
-    labels = np.r_[np.zeros(len(first)), np.ones(len(second))]
-    classifier = make_pipeline(
-        StandardScaler(),
-        MLPClassifier((32, 32), max_iter=300, early_stopping=True, random_state=seed),
-    )
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return float(cross_val_score(classifier, features, labels, cv=split).mean())
-
-
 def timing_rows(timings: dict[int, dict[str, float]]) -> list[list[object]]:
     """Rows ``N | guide batched | guide one dataset | NUTS | NUTS compile | speed-up``."""
     rows = []

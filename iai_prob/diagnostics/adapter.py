@@ -17,10 +17,10 @@ tasks:
 distribution over ``z`` (an exact posterior, a shrunk one, another amortizer). Arrays are
 sample-first: ``(S, T, …)`` with the task axis ``T`` kept (``T = 1`` for one dataset).
 
-A NumPyro guide plugs in by providing the same five members (:class:`PosteriorSource`):
-``layout``, ``num_tasks``/``batched``, ``draw``, ``pointwise_log_likelihood``,
-``posterior_predictive`` and ``observed``/``constant``; the diagnostics only read numpy
-arrays from them.
+A NumPyro guide plugs in by providing the same members (:class:`PosteriorSource`):
+``layout``, ``num_tasks``/``batched``, ``draw``, ``site_dims``, ``pointwise_log_likelihood``,
+``posterior_predictive``, ``observed``/``constant`` (arrays convertible with ``numpy``),
+plus ``distribution``, ``task.data`` and ``model`` for SBC and the NUTS comparison.
 """
 
 from __future__ import annotations
@@ -78,9 +78,18 @@ class PosteriorDraws(NamedTuple):
 
 
 class PosteriorSource(Protocol):
-    """What the diagnostics read from an approximate posterior (PyTorch or NumPyro)."""
+    """What the diagnostics read from an approximate posterior (PyTorch or NumPyro).
+
+    Besides the methods: ``layout`` (site names, event shapes, bijections),
+    ``distribution`` (``sample``, ``mean``, ``variance`` over ``z``; read by :func:`sbc`),
+    ``task.data`` (``args``, ``kwargs``, ``num_points``; read by the NUTS comparison and the
+    report) and ``model`` (run by Pyro NUTS when no NumPyro twin is given).
+    """
 
     layout: LatentLayout
+    distribution: object
+    task: PreparedTask
+    model: object
 
     @property
     def num_tasks(self) -> int: ...
@@ -89,6 +98,8 @@ class PosteriorSource(Protocol):
     def batched(self) -> bool: ...
 
     def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws: ...
+
+    def site_dims(self) -> dict[str, tuple[str, ...]]: ...
 
     def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]: ...
 
@@ -99,15 +110,25 @@ class PosteriorSource(Protocol):
     def constant(self) -> dict[str, NamedArray]: ...
 
 
-def log_joint_per_draw(task: PreparedTask, z: torch.Tensor) -> torch.Tensor:
+def log_joint_per_draw(
+    task: PreparedTask, z: torch.Tensor, *, max_elements: int = 2**22
+) -> torch.Tensor:
     """``log p(z_s, D_t)`` for draws ``z`` of shape ``(S, T_flat, D)``; returns ``(S, T_flat)``.
 
-    Vectorized over draws and tasks, except for models with enumerated discrete sites
-    (their marginal log joint is one scalar per call), evaluated one draw and task at a time.
+    Vectorized over tasks and over chunks of draws holding about ``max_elements``
+    (draws × tasks × points) per model evaluation, so memory stays bounded for large ``N``;
+    models with enumerated discrete sites (their marginal log joint is one scalar per
+    call) are evaluated one draw and task at a time.
     """
     log_joint, data = task.log_joint, task.data
     if not log_joint.enumerate:
-        return log_joint.per_particle(z, data)
+        per_chunk = max(1, max_elements // (z.shape[1] * data.num_points))
+        return torch.cat(
+            [
+                log_joint.per_particle(z[start : start + per_chunk], data)
+                for start in range(0, z.shape[0], per_chunk)
+            ]
+        )
     if task.layout.num_tasks is None:
         return torch.stack([log_joint(z[s : s + 1], data) for s in range(z.shape[0])])[:, None]
     single = LogJoint(

@@ -28,3 +28,10 @@ def shrunk(family, factor):
         )
 
     return posterior
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _headless_matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")

@@ -103,3 +103,22 @@ def test_bad_arguments_are_named(family, dataset):
         )
     with pytest.raises(ValueError, match="model is required"):
         to_inference_data(family.exact_posterior, None, x, y)
+
+
+def test_enumerated_mixture_log_likelihood_sums_out_the_assignments():
+    """For the Gaussian mixture the pointwise log-likelihood is log Σ_k π_k N(y_n | μ_k, σ²)."""
+    from iai_prob.models import GaussianMixture
+
+    family = GaussianMixture(dim=2, num_components=2)
+    _, x, y = family.sample(1, 15, generator=torch.Generator().manual_seed(4))
+    guide = IterativeAmortizedGuide(family, encoder="deep_sets")
+    idata = to_inference_data(guide, None, x[0], y[0], num_samples=8)
+    assert idata.posterior["locs"].dims == ("chain", "draw", "locs_dim_0", "locs_dim_1")
+    assert idata.posterior_predictive["y"].dims == ("chain", "draw", "data", "y_dim_0")
+    weights = torch.as_tensor(idata.posterior["weights"].values[0])  # (S, K)
+    locs = torch.as_tensor(idata.posterior["locs"].values[0])  # (S, K, d)
+    component = torch.distributions.Normal(locs[:, :, None], family.noise_scale)
+    joint = component.log_prob(y[0][None, None]).sum(-1) + weights.log()[:, :, None]
+    expected = joint.logsumexp(1)  # (S, N)
+    np.testing.assert_allclose(idata.log_likelihood["y"].values[0], expected, atol=1e-4)
+    assert np.isfinite(idata.sample_stats["log_importance_weight"].values).all()
