@@ -20,11 +20,11 @@ import argparse
 import shlex
 import sys
 
-from iai_prob.cli import bench, demo, infer, pretrained, train
+from iai_prob.cli import bench, demo, diagnose, infer, pretrained, train
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = (demo, train, infer, bench, pretrained)
+COMMANDS = (demo, train, infer, diagnose, bench, pretrained)
 """The command modules; each has ``add_parser(subparsers)`` and ``run(args)``."""
 
 
