@@ -119,7 +119,12 @@ def _posterior_section(idata, batched: bool, site_names, parts: list):
         summary = summary.head(40)
     parts.append(summary.to_html(float_format=lambda v: f"{v:.3f}"))
     if not batched:
-        axes = az.plot_posterior(idata, var_names=list(site_names), textsize=9)
+        panels = sum(idata.posterior[name][0, 0].size for name in site_names)
+        rows = -(-min(panels, 16) // 4)
+        with az.rc_context({"plot.max_subplots": 16}):
+            axes = az.plot_posterior(
+                idata, var_names=list(site_names), textsize=11, figsize=(14, 2.8 * rows)
+            )
         parts.append(_png(np.ravel(axes)[0].figure))
 
 
@@ -127,7 +132,8 @@ def _predictive_section(idata, findings: dict, notes: list, parts: list):
     import arviz as az
 
     parts.append("<h2>Posterior predictive and PSIS-LOO</h2>")
-    ax = az.plot_ppc(idata, num_pp_samples=100)
+    total = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    ax = az.plot_ppc(idata, num_pp_samples=min(100, total))
     parts.append(_png(np.ravel(ax)[0].figure))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -78,15 +78,14 @@ def held_out_khat(
 
     ``k̂ < 0.5`` good, ``< 0.7`` usable, ``≥ 0.7`` the posterior should not be trusted.
     """
-    import arviz as az
+    from iai_prob.diagnostics.psis import psis_khat
 
     generator = torch.Generator().manual_seed(seed + num_points)
     _, x, y = family.sample(num_tasks, num_points, generator=generator)
     task = guide.prepare(x, y)
     state = guide.final_state(task)
     log_weights = importance_log_weights(guide, task, state, num_draws=num_draws)
-    khats = [float(az.psislw(log_weights[:, t].double().numpy())[1]) for t in range(num_tasks)]
-    return torch.tensor(khats)
+    return torch.tensor(psis_khat(log_weights), dtype=torch.get_default_dtype())
 
 
 @torch.no_grad()

@@ -63,3 +63,23 @@ def test_report_for_a_batch(guide, tmp_path):
     assert "PSIS-LOO" not in result.path.read_text()
     with pytest.raises(ValueError, match="one dataset"):
         report(guide, x, y, path=tmp_path / "x.html", nuts=True)
+
+
+def test_report_with_nuts(tmp_path):
+    guide = pretrained.load("logistic_regression")
+    _, x, y = guide.family.sample(1, 40, generator=torch.Generator().manual_seed(8))
+    result = report(
+        guide,
+        x[0],
+        y[0],
+        path=tmp_path / "nuts.html",
+        num_samples=60,
+        sbc_datasets=0,
+        nuts=True,
+        nuts_warmup=20,
+        progress=False,
+    )
+    text = result.path.read_text()
+    assert "Guide vs NUTS" in text and "sd_ratio" in text
+    assert result.findings["nuts"]["nuts_seconds"] > 0
+    assert 0 <= result.findings["nuts"]["c2st"] <= 1
