@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; an unpinned torch would pull a CUDA build of several GB.
 TORCH := torch==2.13.0
 
-.PHONY: demo test install install-test lint clean
+.PHONY: demo test docs install install-test install-docs lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,19 @@ install-test: $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev,jax]"
 
+install-docs: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[docs]"
+
 demo: install
 	$(BIN)/iai demo
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# The site goes to build/site; --strict turns every warning into an error.
+docs: install-docs
+	$(BIN)/mkdocs build --strict
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -1,8 +1,16 @@
-"""Fixtures for the whole suite."""
+"""Fixtures for the whole suite.
 
+The io, cli and examples tests share the shipped linear-regression guide and grouped
+tables; helpers reach them as fixtures (``make_grouped_frame``, ``x_columns``).
+"""
+
+import numpy as np
+import pandas as pd
 import pyro
 import pytest
 import torch
+
+from iai_prob import pretrained
 
 SEED = 20240611
 
@@ -21,3 +29,46 @@ def _seeded_single_thread():
     yield
     pyro.clear_param_store()
     torch.set_num_threads(threads)
+
+
+X_COLUMNS = [f"x{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def shipped_guide():
+    """The shipped ``linear_regression`` guide (d = 8, trained on N in [16, 256])."""
+    return pretrained.load("linear_regression")
+
+
+def grouped_frame(family, sizes, *, seed: int = 0) -> pd.DataFrame:
+    """One group per entry of ``sizes`` (keys ``g00``, ``g01`` …), rows shuffled."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = []
+    for index, size in enumerate(sizes):
+        _, x, y = family.sample(1, size, generator=generator)
+        frame = pd.DataFrame(x[0].double().numpy(), columns=X_COLUMNS[: x.shape[-1]])
+        frame["y"] = y[0].double().numpy()
+        frame["unit"] = f"g{index:02d}"
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.iloc[np.random.default_rng(seed).permutation(len(frame))]
+
+
+@pytest.fixture
+def make_grouped_frame():
+    """:func:`grouped_frame`."""
+    return grouped_frame
+
+
+@pytest.fixture
+def x_columns():
+    """Covariate columns of the shipped guide's family: ``x0 … x7``."""
+    return list(X_COLUMNS)
+
+
+@pytest.fixture
+def grouped_csv(tmp_path, shipped_guide):
+    """A CSV of 24 groups of 3 distinct sizes drawn from the shipped guide's family."""
+    path = tmp_path / "grouped.csv"
+    grouped_frame(shipped_guide.family, [12, 20, 33] * 8).to_csv(path, index=False)
+    return path

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+"""Version of the card schema this iai_prob writes and reads."""
 FORMAT = "iai_prob.checkpoint"
 
 

@@ -111,6 +111,7 @@ class SetTransformer(nn.Module):
 
 
 ENCODERS = {"deep_sets": DeepSets, "set_transformer": SetTransformer}
+"""Set encoders by name (the guide's ``encoder=`` option)."""
 
 
 def get_encoder(name: str, feature_dim: int, **options) -> nn.Module:

@@ -22,6 +22,7 @@ from iai_prob.inference.task_data import TaskData
 __all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "reverse_kl"]
 
 OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
+"""Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
 
 
 def elbo(

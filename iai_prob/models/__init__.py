@@ -24,6 +24,7 @@ FAMILIES = {
         DirichletCategorical,
     )
 }
+"""Task families by name (what ``iai train NAME`` and checkpoint cards use)."""
 
 
 def get_family(name: str, **config) -> TaskFamily:

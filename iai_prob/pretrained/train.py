@@ -55,6 +55,7 @@ RECIPES = {
         "evaluate": {"num_points": (64, 1024)},
     },
 }
+"""Family, guide and training budget of each shipped guide."""
 
 
 def train(name: str, *, steps: int | None = None, folder: Path | None = None, seed: int = 0):
@@ -99,6 +100,7 @@ def train(name: str, *, steps: int | None = None, folder: Path | None = None, se
 
 
 def main(argv=None) -> None:
+    """``python -m iai_prob.pretrained.train NAME``: train and write a shipped guide."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps")

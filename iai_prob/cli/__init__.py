@@ -1,0 +1,57 @@
+"""The ``iai`` command: train guides, infer posteriors from files, diagnose, benchmark.
+
+Examples::
+
+    iai demo                                         # shipped guide on shipped datasets
+    iai pretrained                                   # the shipped guides and their cards
+    iai train linear_regression --config '{"dim": 4}' --steps 300 --out runs/lr4
+    iai train my_models.py:model --x-dim 3 --steps 300 --out runs/mine
+    iai infer linear_regression schools.csv --x x0:x7 --y y --group school --out post.nc
+    iai diagnose linear_regression schools.csv --x x0:x7 --y y --group school --out report.html
+    iai bench --quick
+
+``iai COMMAND --help`` explains each command. Errors (a missing file, a wrong column,
+a checkpoint that does not fit the data) are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from iai_prob.cli import bench, demo, diagnose, infer, pretrained, train
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS = (demo, train, infer, diagnose, bench, pretrained)
+"""The command modules; each has ``add_parser(subparsers)`` and ``run(args)``."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iai",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run ``iai`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"iai {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"iai {args.command}: interrupted ({shlex.join(argv)})", file=sys.stderr)
+        return 130

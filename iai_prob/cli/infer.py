@@ -1,0 +1,148 @@
+"""``iai infer``: posteriors for a CSV or Parquet file, one per group or one for all rows.
+
+CHECKPOINT is a shipped guide's name (``linear_regression``; see ``iai pretrained``), a
+folder written by ``iai train``, or a checkpoint path. The covariate columns (``--x``,
+none for a model without covariates) and the observed column(s) (``--y``) become the
+model's ``x`` of shape ``(N, d)`` and ``y`` of shape ``(N,)`` (or ``(N, k)``); columns
+are listed with spaces or commas, and ``a:b`` is every column from ``a`` to ``b`` in
+file order.
+
+With ``--group COL`` each distinct value of COL is its own dataset (many small datasets
+in one file: per user, per school, per sensor) and gets its own posterior; groups of
+equal size go through the guide together as a batch of tasks. Without it, all rows are
+one dataset, streamed in mini-batches in constant memory, so the file may be larger
+than memory. The posteriors are written as an ArviZ InferenceData netCDF file (with a
+``group`` dimension when grouped) and summarized on screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+__all__ = ["add_parser", "check_fits", "parse_columns", "run"]
+
+EXAMPLES = """examples:
+  iai infer linear_regression schools.csv --x x0:x7 --y y --group school --out schools.nc
+  iai infer runs/mine big.parquet --x a b c --y target --out big.nc
+  iai infer runs/mixture points.csv --y y0,y1 --out mixture.nc     # no covariates
+"""
+
+
+def add_parser(commands) -> None:
+    """Register ``iai infer``."""
+    parser = commands.add_parser(
+        "infer",
+        help="posteriors for a CSV/Parquet file (one per --group)",
+        description=__doc__.split("\n\n", 1)[1],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="shipped guide name, iai train folder, or checkpoint")
+    parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
+    parser.add_argument("--x", nargs="+", default=[], help="covariate columns")
+    parser.add_argument("--y", nargs="+", required=True, help="observed column(s)")
+    parser.add_argument("--group", help="column whose values name the datasets")
+    parser.add_argument("--out", required=True, help="netCDF file for the InferenceData")
+    parser.add_argument("--model", help="module:function of the model (custom checkpoints)")
+    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
+    parser.add_argument("--batch-size", type=int, help="rows per refinement step (streaming)")
+    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
+    parser.add_argument("--max-tasks", type=int, default=256, help="groups per guide call")
+    parser.add_argument("--show", type=int, default=5, help="groups shown in the summary")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(run=run)
+
+
+def parse_columns(values, table, option: str) -> list[str]:
+    """Column names from ``values`` (spaces, commas, ``a:b`` ranges), checked in ``table``."""
+    known = table.columns
+    columns = []
+    for value in values:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            if item not in known and ":" in item:
+                first, last = item.split(":", 1)
+                start, stop = table.require([first, last], option=option)
+                i, j = known.index(start), known.index(stop)
+                if j < i:
+                    raise ValueError(f"{option}: range {item!r} runs backwards in the file")
+                columns += known[i : j + 1]
+            else:
+                columns += table.require([item], option=option)
+    return columns
+
+
+def check_fits(guide, x, y, checkpoint: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``(x, y)`` fit the checkpoint's model."""
+    family = guide.family
+    if family is not None:
+        import torch
+
+        _, x_like, y_like = family.sample(1, 1, generator=torch.Generator().manual_seed(0))
+        need_x, need_y = x_like.shape[-1], math.prod(y_like.shape[2:])
+        got_y = math.prod(y.shape[1:])
+        if x.shape[-1] != need_x or got_y != need_y:
+            raise ValueError(
+                f"checkpoint {checkpoint!r} is for {family!r}: it needs {need_x} --x column(s) "
+                f"and {need_y} --y column(s), got {x.shape[-1]} and {got_y}"
+            )
+    try:
+        guide.prepare(x, y)
+    except (ValueError, RuntimeError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ValueError(
+            f"checkpoint {checkpoint!r} does not fit these columns ({x.shape[-1]} --x, "
+            f"{math.prod(y.shape[1:]) if y.dim() > 1 else 1} --y): {reason}"
+        ) from None
+
+
+def run(args) -> int:
+    """Infer, write ``--out``, print the summary."""
+    from pathlib import Path
+
+    from iai_prob.cli.loading import load_checkpoint
+    from iai_prob.io import Columns, Table, grouped_posteriors, observation_dtype, stream_posterior
+    from iai_prob.io.export import inference_data, summary_table
+
+    if not args.out.endswith(".nc"):
+        raise ValueError(f"--out must name a netCDF file ending in .nc, got {args.out!r}")
+    table = Table(args.data, chunk_rows=args.chunk_rows)
+    x_columns = parse_columns(args.x, table, "--x")
+    y_columns = parse_columns(args.y, table, "--y")
+    if args.group is not None:
+        table.require([args.group], option="--group")
+    guide = load_checkpoint(args.checkpoint, model=args.model)
+    columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
+    first = next(table.chunks(columns.names)).head(2)
+    check_fits(guide, *columns.tensors(first, source=table.path.name), args.checkpoint)
+
+    progress = not args.no_progress
+    if args.group is not None:
+        result = grouped_posteriors(
+            guide, table, columns, group=args.group, max_tasks=args.max_tasks, progress=progress
+        )
+        print(
+            f"{len(result.keys)} groups of {result.sizes.min()} to {result.sizes.max()} rows "
+            f"from {table.path.name}: read in {result.read_seconds:.2f} s, posteriors in "
+            f"{result.seconds:.2f} s ({result.groups_per_second:.0f} groups/s"
+            f"{', batched as tasks' if result.batched else ', one call per group'})",
+            file=sys.stderr,
+        )
+    else:
+        result = stream_posterior(
+            guide, table, columns, batch_size=args.batch_size, progress=progress
+        )
+        print(
+            f"{result.num_rows} rows of {table.path.name} streamed in {result.seconds:.2f} s",
+            file=sys.stderr,
+        )
+    idata = inference_data(
+        guide, result, table=table, columns=columns, num_samples=args.num_samples, seed=args.seed
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    idata.to_netcdf(args.out)
+    print(summary_table(idata, show=args.show).to_string())
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

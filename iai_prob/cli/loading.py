@@ -1,0 +1,103 @@
+"""What the commands share: importing ``module:function`` and finding a checkpoint.
+
+A checkpoint is named by a shipped guide's name (``linear_regression``, see
+``iai pretrained``), a training folder (``runs/lr4``, holding ``guide.json``), or a
+checkpoint path with or without its suffix (``runs/lr4/guide``,
+``runs/lr4/guide.safetensors``). Its card says which model it was trained for: a task
+family and its configuration, or, for a user's model trained with
+``iai train module:function``, the ``entrypoint`` to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["import_object", "load_checkpoint", "resolve_checkpoint"]
+
+
+def import_object(spec: str, *, option: str = "model"):
+    """Import ``module:name`` (a module on ``sys.path`` or the working directory) or
+    ``path/to/file.py:name``; ``name`` may be dotted (``module:Class.method``)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{option}: expected module:function, got {spec!r}")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{option}: file {module_name!r} does not exist")
+        name = f"_iai_user_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            raise ValueError(f"{option}: cannot import {module_name!r} ({error})") from None
+    value = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise ValueError(f"{option}: {module_name!r} has no attribute {attribute!r}")
+        value = getattr(value, part)
+    if not callable(value):
+        raise ValueError(f"{option}: {spec!r} is not callable")
+    return value
+
+
+def resolve_checkpoint(checkpoint: str) -> tuple[Path | None, str | None]:
+    """``(path, None)`` for a checkpoint on disk, ``(None, name)`` for a shipped guide."""
+    from iai_prob import pretrained
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "guide"
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    if stem.with_suffix(".json").is_file():
+        return stem, None
+    if checkpoint in pretrained.available():
+        return None, checkpoint
+    raise FileNotFoundError(
+        f"checkpoint {checkpoint!r} is neither a file (no {stem.with_suffix('.json')}) nor a "
+        f"shipped guide ({', '.join(pretrained.available())})"
+    )
+
+
+def load_checkpoint(checkpoint: str, *, model: str | None = None):
+    """The guide of ``checkpoint`` (see the module docstring), built for its model.
+
+    :param model: ``module:function`` of the model, for a checkpoint of a user's model
+        whose card has no ``entrypoint`` (or to override it).
+    """
+    from iai_prob import pretrained
+    from iai_prob.inference.checkpoint import CheckpointError, load_guide
+    from iai_prob.models import get_family
+
+    path, name = resolve_checkpoint(checkpoint)
+    if name is not None and model is None:
+        return pretrained.load(name)
+    if path is None:
+        raise ValueError(f"--model applies to checkpoint files, not to the shipped {name!r}")
+    try:
+        card = json.loads(path.with_suffix(".json").read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"checkpoint card {path}.json is not valid JSON: {error}") from None
+    identity = card.get("model", {})
+    if model is not None:
+        target = import_object(model, option="--model")
+    elif "family" in identity:
+        target = get_family(identity["family"], **identity.get("config", {}))
+    elif card.get("entrypoint"):
+        target = import_object(card["entrypoint"], option="the checkpoint's entrypoint")
+    else:
+        raise CheckpointError(
+            f"checkpoint {path} was trained for the custom model {identity}; pass --model "
+            "module:function"
+        )
+    return load_guide(path, target)

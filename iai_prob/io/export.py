@@ -1,0 +1,157 @@
+"""Posteriors read from files, as ArviZ InferenceData and a summary table.
+
+The InferenceData comes from :func:`iai_prob.diagnostics.to_inference_data` (draws
+``θ_s = T(z_s)``, ``z_s ~ q(z | D)``, with ``log q``, ``log p(z_s, D)`` and the log
+importance weights that PSIS k̂ reads), called with the posterior already computed:
+
+* grouped (:class:`~iai_prob.io.grouped.GroupedPosterior`): once per size bucket of
+  groups (a batch of tasks), the buckets concatenated along a ``group`` dimension whose
+  coordinates are the group values; groups ``posterior`` and ``sample_stats``;
+* one dataset (:class:`~iai_prob.io.streaming.StreamedPosterior`): when it has at most
+  ``max_rows_in_memory`` rows, the full InferenceData (posterior, sample statistics,
+  pointwise log-likelihood, posterior predictive, observed data); a larger one was
+  streamed and does not fit in memory, so only its ``posterior`` group is written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from iai_prob.io.columns import Columns
+from iai_prob.io.grouped import GroupedPosterior
+from iai_prob.io.streaming import StreamedPosterior
+from iai_prob.io.tables import Table
+
+__all__ = ["GROUP_DIM", "inference_data", "summary_table"]
+
+GROUP_DIM = "group"
+"""Name of the InferenceData dimension that indexes the groups of a grouped file."""
+
+
+def _fixed(distribution):
+    """A posterior callable for ``to_inference_data`` that returns ``distribution``."""
+
+    def posterior(*args, **kwargs):
+        return distribution
+
+    return posterior
+
+
+def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int):
+    import arviz as az
+    import xarray as xr
+
+    from iai_prob.diagnostics import to_inference_data
+
+    data = result.data
+    order, parts = [], {"posterior": [], "sample_stats": []}
+    for size in np.unique(data.sizes):
+        members = np.flatnonzero(data.sizes == size)
+        posterior = torch.distributions.MultivariateNormal(
+            result.posterior.loc[members], scale_tril=result.posterior.scale_tril[members]
+        )
+        idata = to_inference_data(
+            _fixed(posterior),
+            guide.model,
+            *data.stack(members),
+            num_samples=num_samples,
+            seed=seed,
+            posterior_predictive=False,
+            log_likelihood=False,
+            datatree=False,
+        )
+        tasks = guide.config["tasks_plate"]
+        for group in parts:
+            parts[group].append(idata[group].rename({tasks: GROUP_DIM}).drop_vars(GROUP_DIM))
+        order.append(members)
+    position = np.argsort(np.concatenate(order), kind="stable")
+    groups = {}
+    for group, datasets in parts.items():
+        combined = xr.concat(datasets, dim=GROUP_DIM).isel({GROUP_DIM: position})
+        groups[group] = combined.assign_coords({GROUP_DIM: result.keys})
+    return az.InferenceData(**groups)
+
+
+def _single(
+    guide,
+    result: StreamedPosterior,
+    table: Table,
+    columns: Columns,
+    *,
+    num_samples: int,
+    seed: int,
+    max_rows_in_memory: int,
+):
+    from iai_prob.diagnostics import to_inference_data
+    from iai_prob.io.streaming import minibatches
+
+    rows = min(result.num_rows, max_rows_in_memory)
+    x, y = next(minibatches(table, columns, rows))
+    complete = rows == result.num_rows
+    idata = to_inference_data(
+        _fixed(result.posterior),
+        guide.model,
+        x,
+        y,
+        num_samples=num_samples,
+        seed=seed,
+        posterior_predictive=complete,
+        log_likelihood=complete,
+        datatree=False,
+    )
+    if not complete:  # statistics over the first rows only would mislead: keep the draws
+        import arviz as az
+
+        idata = az.InferenceData(posterior=idata.posterior)
+    return idata
+
+
+def inference_data(
+    guide,
+    result,
+    *,
+    table: Table | None = None,
+    columns: Columns | None = None,
+    num_samples: int = 1000,
+    seed: int = 0,
+    max_rows_in_memory: int = 100_000,
+):
+    """ArviZ InferenceData of ``result`` (see the module docstring).
+
+    :param guide: the guide that produced ``result`` (its model is evaluated).
+    :param result: a :class:`~iai_prob.io.grouped.GroupedPosterior` or a
+        :class:`~iai_prob.io.streaming.StreamedPosterior` (then ``table`` and ``columns``
+        are needed to read the data back).
+    :param int num_samples: posterior draws per dataset.
+    :param int seed: seeds the draws.
+    :param int max_rows_in_memory: a single dataset with more rows gets only its
+        ``posterior`` group.
+    """
+    if isinstance(result, GroupedPosterior):
+        return _grouped(guide, result, num_samples=num_samples, seed=seed)
+    if isinstance(result, StreamedPosterior):
+        if table is None or columns is None:
+            raise ValueError("inference_data of a StreamedPosterior needs table= and columns=")
+        return _single(
+            guide,
+            result,
+            table,
+            columns,
+            num_samples=num_samples,
+            seed=seed,
+            max_rows_in_memory=max_rows_in_memory,
+        )
+    raise ValueError(
+        f"result must be a GroupedPosterior or a StreamedPosterior, got {type(result).__name__}"
+    )
+
+
+def summary_table(idata, *, show: int = 5, hdi_prob: float = 0.9):
+    """``arviz.summary`` statistics (mean, sd, HDI) of the posterior, first ``show`` groups."""
+    import arviz as az
+
+    posterior = idata.posterior
+    if GROUP_DIM in posterior.dims:
+        posterior = posterior.isel({GROUP_DIM: slice(0, show)})
+    return az.summary(posterior, kind="stats", hdi_prob=hdi_prob)

@@ -1,0 +1,81 @@
+"""Streaming and grouped posteriors from files, against exact posteriors and plain calls."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from iai_prob.inference import IterativeAmortizedGuide
+from iai_prob.io import Columns, Table, grouped_posteriors, stream_posterior
+
+
+def _kl(q, exact):
+    return float(torch.distributions.kl_divergence(q, exact))
+
+
+def test_stream_matches_refine_and_the_exact_posterior(
+    tmp_path, shipped_guide, make_grouped_frame, x_columns
+):
+    family = shipped_guide.family
+    frame = make_grouped_frame(family, [1500], seed=3).sort_index()
+    path = tmp_path / "big.parquet"
+    frame.to_parquet(path, row_group_size=500)
+    columns = Columns.of(x_columns, "y", guide=shipped_guide)
+    result = stream_posterior(shipped_guide, Table(path, chunk_rows=300), columns)
+    x = torch.as_tensor(frame[x_columns].to_numpy(copy=True), dtype=torch.float32)
+    y = torch.as_tensor(frame["y"].to_numpy(copy=True), dtype=torch.float32)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 1500, 64)]
+    reference = shipped_guide.refine(batches, num_points=1500)
+    assert result.num_rows == 1500 and [s.name for s in result.layout.sites] == ["w"]
+    assert torch.allclose(result.posterior.mean, reference.mean, atol=1e-5)
+    assert _kl(result.posterior, family.exact_posterior(x, y)) < 0.1
+
+
+def test_grouped_posteriors_equal_one_call_per_group(grouped_csv, shipped_guide, x_columns):
+    family = shipped_guide.family
+    columns = Columns.of(x_columns, "y", guide=shipped_guide)
+    result = grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="unit")
+    assert result.batched and list(result.keys) == [f"g{i:02d}" for i in range(24)]
+    assert sorted(set(result.sizes)) == [12, 20, 33]
+    kls = []
+    for index in range(len(result.keys)):
+        x, y = result.data.group(index)
+        alone = shipped_guide.posterior(x, y)
+        assert torch.allclose(result.posterior.mean[index], alone.mean, atol=1e-4)
+        assert torch.allclose(
+            result.posterior.covariance_matrix[index], alone.covariance_matrix, atol=1e-5
+        )
+        q = torch.distributions.MultivariateNormal(
+            result.posterior.loc[index], scale_tril=result.posterior.scale_tril[index]
+        )
+        kls.append(_kl(q, family.exact_posterior(x, y)))
+    assert np.median(kls) < 0.1
+
+
+def _one_dataset_model(x, y=None):
+    """A model written for one dataset only (no tasks plate)."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Normal((x * w).sum(-1), 0.5), obs=y)
+
+
+def test_a_model_without_tasks_plate_gets_one_call_per_group(
+    tmp_path, shipped_guide, make_grouped_frame, x_columns
+):
+    path = tmp_path / "g.csv"
+    make_grouped_frame(shipped_guide.family, [10, 10, 15], seed=1).to_csv(path, index=False)
+    guide = IterativeAmortizedGuide(_one_dataset_model, encoder="deep_sets")
+    columns = Columns.of(x_columns, "y")
+    result = grouped_posteriors(guide, Table(path), columns, group="unit")
+    assert not result.batched and result.posterior.batch_shape == (3,)
+    x, y = result.data.group(2)
+    assert torch.allclose(result.posterior.mean[2], guide.posterior(x, y).mean, atol=1e-5)
+
+
+def test_group_errors(grouped_csv, shipped_guide, x_columns):
+    columns = Columns.of(x_columns, "y", guide=shipped_guide)
+    with pytest.raises(ValueError, match="group: no column 'school'"):
+        grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="school")
+    with pytest.raises(ValueError, match="max_tasks"):
+        grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="unit", max_tasks=0)
