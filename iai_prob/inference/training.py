@@ -11,6 +11,12 @@ constant in ``K``; ``greedy=False`` back-propagates through the whole trajectory
 ``K`` itself is drawn from ``1 … max_passes`` passes over the data, so the learned
 step sizes see many step counts.
 
+In the explicit regime the model itself has learned parameters (a decoder ``f_γ``,
+:func:`~iai_prob.inference.checkpoint.learnable_model`): they are optimized jointly
+with the guide's on the same loss. An :class:`~iai_prob.inference.implicit.ImplicitPredictor`
+(implicit regime) is trained by the same loop on its own per-step predictive loss
+(its ``training_loss``).
+
 Checkpoints (safetensors + JSON, :mod:`.checkpoint`) hold the guide, the optimizer
 state and the step; ``resume=True`` continues from the last one, and because every
 step's tasks and noise are seeded by ``(seed, step)`` a resumed run reproduces the
@@ -26,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.inference.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.inference.checkpoint import learnable_model, read_checkpoint, write_checkpoint
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.inference.sources import TaskBatch, as_task_source
@@ -49,7 +56,23 @@ class FitResult:
     skipped: int = 0
 
 
+def _trainable(guide) -> nn.ModuleDict:
+    """What ``fit`` optimizes: ``{"guide": …}`` and, if the model learns, ``{"model": …}``."""
+    if hasattr(guide, "training_loss"):  # an ImplicitPredictor is its own learned module
+        return nn.ModuleDict({"guide": guide})
+    modules = {"guide": guide.refiner}
+    learned = learnable_model(guide)
+    if learned is not None:
+        modules["model"] = learned
+    return nn.ModuleDict(modules)
+
+
 def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator, num_samples):
+    if hasattr(guide, "training_loss"):
+        loss = guide.training_loss(
+            batch.args, greedy=greedy, max_passes=max_passes, generator=generator
+        )
+        return loss, None, None
     task = guide.prepare(*batch.args)
     family = guide.refiner.family
     true_z = None
@@ -78,8 +101,8 @@ def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator
 
 
 def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
-    family = guide.family
-    if family is None or not family.has_exact_posterior or batch.theta is None:
+    family = getattr(guide, "family", None)
+    if task is None or family is None or not family.has_exact_posterior or batch.theta is None:
         return None
     with torch.no_grad():
         exact = family.exact_posterior(*batch.args)
@@ -88,8 +111,8 @@ def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
     return float(kl.median())
 
 
-def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict) -> None:
-    tensors = {f"guide.{k}": v for k, v in guide.refiner.state_dict().items()}
+def _save_training(path: Path, trainable, optimizer, result: FitResult, budget: dict) -> None:
+    tensors = dict(trainable.state_dict())
     optimizer_state = optimizer.state_dict()
     scalars = {}
     for index, state in optimizer_state["state"].items():
@@ -112,10 +135,11 @@ def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict
     write_checkpoint(path, tensors, card)
 
 
-def _load_training(path: Path, guide, optimizer, result: FitResult, device) -> None:
+def _load_training(path: Path, trainable, optimizer, result: FitResult, device) -> None:
     tensors, card = read_checkpoint(path, device=device)
-    guide_state = {k[len("guide.") :]: v for k, v in tensors.items() if k.startswith("guide.")}
-    guide.refiner.load_state_dict(guide_state)
+    trainable.load_state_dict(
+        {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    )
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith(_OPTIMIZER_PREFIX):
@@ -154,7 +178,9 @@ def fit(
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
-    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`.
+    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide` (its model's
+        learned parameters, if any, are trained too) or an
+        :class:`~iai_prob.inference.implicit.ImplicitPredictor`.
     :param tasks: a :class:`~iai_prob.models.TaskFamily`, a Pyro model with a covariate
         sampler (:class:`~iai_prob.inference.sources.PriorPredictiveTasks`), or a sequence
         of real datasets ``[(x, y), …]`` (:class:`~iai_prob.inference.sources.DatasetCollection`).
@@ -180,16 +206,16 @@ def fit(
     device = torch.device(device) if device is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
 
-    if guide.refiner is None:
+    if getattr(guide, "refiner", False) is None:
         first = source.sample(1, max(low, 2), generator)
         guide._setup_prototype(*[a.to(device) if torch.is_tensor(a) else a for a in first.args])
-    guide.refiner.to(device)
-    optimizer = optimizer or torch.optim.Adam(guide.refiner.parameters(), lr=learning_rate)
+    trainable = _trainable(guide).to(device)
+    optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
     result = FitResult()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last = checkpoint_dir / "last" if checkpoint_dir is not None else None
     if resume and last is not None and last.with_suffix(".json").exists():
-        _load_training(last, guide, optimizer, result, device)
+        _load_training(last, trainable, optimizer, result, device)
     budget = {
         "steps": steps,
         "tasks_per_step": tasks_per_step,
@@ -200,10 +226,11 @@ def fit(
         "seed": seed,
     }
 
-    guide.refiner.train()
+    trainable.train()
     with flush_denormals():
         _train_loop(
             guide,
+            trainable,
             source,
             optimizer,
             result,
@@ -226,12 +253,13 @@ def fit(
             budget=budget,
             progress=progress,
         )
-    guide.refiner.eval()
+    trainable.eval()
     return result
 
 
 def _train_loop(
     guide,
+    trainable,
     source,
     optimizer,
     result,
@@ -275,7 +303,7 @@ def _train_loop(
                 )
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), clip_norm)
             optimizer.step()
         result.steps += 1
         loss_value = float(loss.detach())
@@ -290,6 +318,6 @@ def _train_loop(
         bar.update(1)
         result.seconds = time.perf_counter() - started
         if last is not None and (result.steps % checkpoint_every == 0 or result.steps == steps):
-            _save_training(last, guide, optimizer, result, budget)
-            save_guide(guide, checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
+            _save_training(last, trainable, optimizer, result, budget)
+            guide.save(checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
     bar.close()
