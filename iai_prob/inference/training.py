@@ -200,6 +200,11 @@ def fit(
     low, high = num_points
     if not 1 <= low <= high:
         raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
+    if hasattr(guide, "training_loss") and objective != "reverse_kl":
+        raise ValueError(
+            "an ImplicitPredictor is trained on its own predictive negative log-likelihood; "
+            f"objective={objective!r} applies to guides only"
+        )
     source = as_task_source(tasks)
     if objective != "reverse_kl" and not source.has_latents:
         raise ValueError(f"objective={objective!r} needs simulated latents; {source} has none")
