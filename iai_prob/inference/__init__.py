@@ -3,6 +3,7 @@
 from iai_prob.inference.checkpoint import CheckpointError
 from iai_prob.inference.encoders import DeepSets, SetTransformer
 from iai_prob.inference.guide import IterativeAmortizedGuide
+from iai_prob.inference.implicit import ImplicitPredictor
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
 from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
@@ -16,6 +17,7 @@ __all__ = [
     "FamilyTasks",
     "FitResult",
     "FullRankGaussian",
+    "ImplicitPredictor",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
     "PriorPredictiveTasks",

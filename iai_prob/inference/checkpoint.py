@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     "SCHEMA_VERSION",
     "CheckpointError",
+    "learnable_model",
     "load_guide",
     "model_identity",
     "read_checkpoint",
@@ -43,6 +44,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 """Version of the card schema this iai_prob writes and reads."""
 FORMAT = "iai_prob.checkpoint"
+_MODEL_PREFIX = "model."
 
 
 _GUIDE_CARD_KEYS = ("guide", "model", "latent_dim", "feature_dim", "layout")
@@ -168,9 +170,34 @@ def model_identity(guide) -> dict:
     return {"callable": getattr(model, "__qualname__", type(model).__name__)}
 
 
+def learnable_model(guide):
+    """The model's learned part, an :class:`torch.nn.Module` (explicit regime), or ``None``.
+
+    It is the guide's task family if that is a module, else the model itself or the
+    object it is a method of, if a module with parameters.
+    """
+    model = guide.model
+    for candidate in (guide.family, model, getattr(model, "__self__", None)):
+        if isinstance(candidate, torch.nn.Module) and any(True for _ in candidate.parameters()):
+            return candidate
+    return None
+
+
+def _prefixed(module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v for k, v in module.state_dict().items()}
+
+
 def save_guide(guide, path, **card) -> Path:
-    """Save a built guide's weights and card (``card`` adds e.g. budget and quality)."""
+    """Save a built guide's weights and card (``card`` adds e.g. budget and quality).
+
+    A learned model (the decoder ``γ`` of the explicit regime, :func:`learnable_model`)
+    is saved with it under the prefix ``model.``.
+    """
     refiner = guide._require_refiner()
+    tensors = dict(refiner.state_dict())
+    learned = learnable_model(guide)
+    if learned is not None:
+        tensors.update(_prefixed(learned, _MODEL_PREFIX))
     full_card = {
         "kind": "IterativeAmortizedGuide",
         "guide": guide.config,
@@ -178,9 +205,10 @@ def save_guide(guide, path, **card) -> Path:
         "feature_dim": refiner.feature_dim,
         "layout": guide.layout_signature,
         "model": model_identity(guide),
+        "learned_model": learned is not None,
         **card,
     }
-    return write_checkpoint(path, refiner.state_dict(), full_card)
+    return write_checkpoint(path, tensors, full_card)
 
 
 def load_guide(path, model, *, device=None):
@@ -204,6 +232,8 @@ def load_guide(path, model, *, device=None):
         raise CheckpointError(
             f"checkpoint {path} was trained for model {expected}, not for {found}"
         )
+    model_keys = [k for k in tensors if k.startswith(_MODEL_PREFIX)]
+    model_tensors = {k[len(_MODEL_PREFIX) :]: tensors.pop(k) for k in model_keys}
     try:
         refiner = guide.build(card["latent_dim"], card["feature_dim"])
         missing, unexpected = refiner.load_state_dict(tensors, strict=False)
@@ -214,6 +244,14 @@ def load_guide(path, model, *, device=None):
             f"{str(error).splitlines()[0]}"
         ) from None
     guide.layout_signature = card["layout"]
+    learned = learnable_model(guide)
+    if card.get("learned_model", False) != (learned is not None):
+        raise CheckpointError(
+            f"checkpoint {path} {'holds' if card.get('learned_model') else 'has no'} learned "
+            f"model weights but the model {'has none' if learned is None else 'has some'}"
+        )
+    if learned is not None:
+        learned.load_state_dict(model_tensors)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {path} does not fit the guide: missing {missing[:5]}, unexpected "

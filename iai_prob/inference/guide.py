@@ -35,6 +35,7 @@ from iai_prob.inference.objectives import elbo
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
     SIGNALS,
+    UPDATE_RULES,
     RefinementInfo,
     RefinementState,
     Refiner,
@@ -138,6 +139,11 @@ class IterativeAmortizedGuide(AutoGuide):
     :param callable featurize: ``featurize(*args, **kwargs) -> (T?, N, F)`` overrides the
         per-datum features.
     :param int seed: seeds the mini-batch order, so a call is a function of its data.
+    :param str update: the update rule: ``"natural_gradient"`` (default; learned damped
+        CVI steps), or the optimization-based baselines ``"maml"`` (learned initial state,
+        plain ELBO gradient steps of size ``inner_lr``) and ``"meta_sgd"`` (learned
+        per-coordinate step sizes); see :mod:`iai_prob.inference.gradient_updates`.
+    :param float inner_lr: step size of the gradient rules (initial value for ``"meta_sgd"``).
     """
 
     def __init__(
@@ -158,9 +164,13 @@ class IterativeAmortizedGuide(AutoGuide):
         encoder_options: dict | None = None,
         featurize: Callable | None = None,
         seed: int = 0,
+        update: str = "natural_gradient",
+        inner_lr: float = 0.1,
     ):
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
-        self.family = task_family if isinstance(task_family, TaskFamily) else None
+        # kept in a tuple: a family that is an nn.Module (explicit regime) must not become a
+        # submodule of the guide (its decoder is the model's, trained and saved as such)
+        self._task_family = (task_family if isinstance(task_family, TaskFamily) else None,)
         if isinstance(model, TaskFamily):
             model = model.model
         if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
@@ -173,6 +183,8 @@ class IterativeAmortizedGuide(AutoGuide):
         get_posterior_family(family, 1)  # validates the name
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODERS)}")
+        if update not in UPDATE_RULES:
+            raise ValueError(f"unknown update {update!r}; choose from {UPDATE_RULES}")
         if linearization not in LINEARIZATIONS:
             raise ValueError(
                 f"unknown linearization {linearization!r}; choose from {LINEARIZATIONS}"
@@ -192,11 +204,18 @@ class IterativeAmortizedGuide(AutoGuide):
             "rank": rank,
             "encoder_options": dict(encoder_options or {}),
             "seed": seed,
+            "update": update,
+            "inner_lr": float(inner_lr),
         }
         self.featurize = featurize
         self.refiner: Refiner | None = None
         self.layout_signature: list | None = None
         self.card: dict = {}
+
+    @property
+    def family(self) -> TaskFamily | None:
+        """The :class:`~iai_prob.models.base.TaskFamily` the guide was built for, if any."""
+        return self._task_family[0]
 
     # ------------------------------------------------------------------ setup
     def _setup_prototype(self, *args, **kwargs):
@@ -222,6 +241,8 @@ class IterativeAmortizedGuide(AutoGuide):
             linearization=config["linearization"],
             num_particles=config["num_particles"],
             context_size=config["context_size"],
+            update=config.get("update", "natural_gradient"),
+            inner_lr=config.get("inner_lr", 0.1),
         )
         return self.refiner
 

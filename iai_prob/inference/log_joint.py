@@ -107,6 +107,17 @@ class LogJoint:
             return log_p + self._log_jacobian(z).sum()
         return self.per_particle(z, data).sum()
 
+    def site(self, z: torch.Tensor, data: TaskData, name: str) -> dict:
+        """The trace site ``name`` of the model run at particles ``z`` ``(S, T_flat, D)``.
+
+        Its ``fn`` has batch dims ``(S, [T,] N)``: the per-point predictive of each
+        posterior draw (discrete local sites, if any, are sampled, not summed out).
+        """
+        trace = self._trace(z, data, self._particle_dim())
+        if name not in trace.nodes:
+            raise ValueError(f"the model has no site named {name!r}")
+        return trace.nodes[name]
+
     # ----------------------------------------------------------------- helpers
     def _particle_dim(self) -> int:
         """A plate dim left of the model's plates and of any plate active around the call

@@ -21,6 +21,7 @@ from torch import nn
 
 from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
+from iai_prob.inference.gradient_updates import GRADIENT_RULES, GradientStepUpdate
 from iai_prob.inference.numerics import flushing_denormals
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.signals import (
@@ -33,6 +34,7 @@ from iai_prob.inference.updates import LearnedSiteTarget, NaturalGradientUpdate,
 
 __all__ = [
     "SIGNALS",
+    "UPDATE_RULES",
     "RefinementError",
     "RefinementInfo",
     "RefinementState",
@@ -42,6 +44,7 @@ __all__ = [
 
 SIGNALS = ("data", "grad")
 """What a refinement step may see: the mini-batch embedding and the ELBO gradient."""
+UPDATE_RULES = ("natural_gradient", *GRADIENT_RULES)
 _CONTEXT_FEATURES = 5
 
 
@@ -152,8 +155,12 @@ class Refiner(nn.Module):
         context_size: int = 256,
         min_precision: float = 1e-3,
         max_relinearizations: int = 2,
+        update: str = "natural_gradient",
+        inner_lr: float = 0.1,
     ):
         super().__init__()
+        if update not in UPDATE_RULES:
+            raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
         signals = tuple(signals)
         if not signals or any(s not in SIGNALS for s in signals):
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
@@ -170,6 +177,10 @@ class Refiner(nn.Module):
         self.context_size = context_size
         self.min_precision = min_precision
         self.max_relinearizations = max_relinearizations
+        self.update_rule = update
+        if update in GRADIENT_RULES:
+            self.gradient_update = GradientStepUpdate(family, update, inner_lr=inner_lr)
+            return
         self.encoder = get_encoder(encoder, feature_dim, **(encoder_options or {}))
         embed_dim = self.encoder.embed_dim
         self.init_head = nn.Linear(embed_dim, family.num_raw())
@@ -182,6 +193,8 @@ class Refiner(nn.Module):
     @flushing_denormals
     def init(self, data: TaskData) -> RefinementState:
         """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
+        if self.update_rule in GRADIENT_RULES:
+            return check_state(RefinementState(*self.gradient_update.init(data.features.shape[0])))
         context = data.features[:, : self.context_size]
         loc, precision = self.family.from_raw(
             self.init_head(self.encoder(context, data.total_points))
@@ -198,6 +211,8 @@ class Refiner(nn.Module):
         self, state: RefinementState, batch: TaskData, log_joint
     ) -> tuple[RefinementState, RefinementInfo]:
         """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
+        if self.update_rule in GRADIENT_RULES:
+            return self._gradient_step(state, batch, log_joint)
         embedding = None
         if "data" in self.signals:
             embedding = self.encoder(batch.features, batch.num_points)
@@ -234,6 +249,19 @@ class Refiner(nn.Module):
                 break
             point = new_state.detach()
         return result[0], RefinementInfo(result[1], batch_log_joint)
+
+    def _gradient_step(self, state, batch, log_joint):
+        """A MAML / Meta-SGD step: ``ψ + α ⊙ ∇ψ ELBO_B / N`` (:mod:`.gradient_updates`)."""
+        signal = curvature_signal(
+            log_joint, state.loc, state.precision, batch, self.linearization, self.num_particles
+        )
+        loc, precision, step_size = self.gradient_update(
+            state.loc, state.precision, signal, batch.total_points
+        )
+        new_state = RefinementState(
+            loc, precision, state.step + 1, state.points_seen + batch.num_points
+        )
+        return check_state(new_state), RefinementInfo(step_size, signal.log_joint)
 
     def _advance(self, state, batch, log_joint, targets, embedding, base=None):
         """Damped step from ``state`` toward the first target (later ones are fallbacks)."""

@@ -53,6 +53,8 @@ class FamilyTasks(TaskSource):
 
     def __init__(self, family: TaskFamily):
         self.family = family
+        # explicit-regime families simulate data but no latents of their own model
+        self.has_latents = getattr(family, "simulates_latents", True)
 
     def sample(self, num_tasks, num_points, generator):
         theta, x, y = self.family.sample(num_tasks, num_points, generator=generator)

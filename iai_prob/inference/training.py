@@ -11,6 +11,12 @@ constant in ``K``; ``greedy=False`` back-propagates through the whole trajectory
 ``K`` itself is drawn from ``1 … max_passes`` passes over the data, so the learned
 step sizes see many step counts.
 
+In the explicit regime the model itself has learned parameters (a decoder ``f_γ``,
+:func:`~iai_prob.inference.checkpoint.learnable_model`): they are optimized jointly
+with the guide's on the same loss. An :class:`~iai_prob.inference.implicit.ImplicitPredictor`
+(implicit regime) is trained by the same loop on its own per-step predictive loss
+(its ``training_loss``).
+
 Checkpoints (safetensors + JSON, :mod:`.checkpoint`) hold the guide, the optimizer
 state and the step; ``resume=True`` continues from the last one, and because every
 step's tasks and noise are seeded by ``(seed, step)`` a resumed run reproduces the
@@ -26,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.inference.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.inference.checkpoint import learnable_model, read_checkpoint, write_checkpoint
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
@@ -51,7 +58,23 @@ class FitResult:
     skipped: int = 0
 
 
+def _trainable(guide) -> nn.ModuleDict:
+    """What ``fit`` optimizes: ``{"guide": …}`` and, if the model learns, ``{"model": …}``."""
+    if hasattr(guide, "training_loss"):  # an ImplicitPredictor is its own learned module
+        return nn.ModuleDict({"guide": guide})
+    modules = {"guide": guide.refiner}
+    learned = learnable_model(guide)
+    if learned is not None:
+        modules["model"] = learned
+    return nn.ModuleDict(modules)
+
+
 def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator, num_samples):
+    if hasattr(guide, "training_loss"):
+        loss = guide.training_loss(
+            batch.args, greedy=greedy, max_passes=max_passes, generator=generator
+        )
+        return loss, None, None
     task = guide.prepare(*batch.args)
     family = guide.refiner.family
     true_z = None
@@ -80,8 +103,8 @@ def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator
 
 
 def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
-    family = guide.family
-    if family is None or not family.has_exact_posterior or batch.theta is None:
+    family = getattr(guide, "family", None)
+    if task is None or family is None or not family.has_exact_posterior or batch.theta is None:
         return None
     with torch.no_grad():
         exact = family.exact_posterior(*batch.args)
@@ -90,8 +113,8 @@ def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
     return float(kl.median())
 
 
-def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict) -> None:
-    tensors = {f"guide.{k}": v for k, v in guide.refiner.state_dict().items()}
+def _save_training(path: Path, trainable, optimizer, result: FitResult, budget: dict) -> None:
+    tensors = dict(trainable.state_dict())
     optimizer_state = optimizer.state_dict()
     scalars = {}
     for index, state in optimizer_state["state"].items():
@@ -115,12 +138,13 @@ def _save_training(path: Path, guide, optimizer, result: FitResult, budget: dict
     write_checkpoint(path, tensors, card, versioned=True)  # crash-safe: old or new, never half
 
 
-def _load_training(path: Path, guide, optimizer, result: FitResult, device) -> None:
+def _load_training(path: Path, trainable, optimizer, result: FitResult, device) -> None:
     tensors, card = read_checkpoint(path, device=device)
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors.pop("rng.torch").cpu())
-    guide_state = {k[len("guide.") :]: v for k, v in tensors.items() if k.startswith("guide.")}
-    guide.refiner.load_state_dict(guide_state)
+    trainable.load_state_dict(
+        {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    )
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith(_OPTIMIZER_PREFIX):
@@ -160,7 +184,9 @@ def fit(
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
-    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`.
+    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide` (its model's
+        learned parameters, if any, are trained too) or an
+        :class:`~iai_prob.inference.implicit.ImplicitPredictor`.
     :param tasks: a :class:`~iai_prob.models.TaskFamily`, a Pyro model with a covariate
         sampler (:class:`~iai_prob.inference.sources.PriorPredictiveTasks`), or a sequence
         of real datasets ``[(x, y), …]`` (:class:`~iai_prob.inference.sources.DatasetCollection`).
@@ -187,6 +213,11 @@ def fit(
     low, high = num_points
     if not 1 <= low <= high:
         raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
+    if hasattr(guide, "training_loss") and objective != "reverse_kl":
+        raise ValueError(
+            "an ImplicitPredictor is trained on its own predictive negative log-likelihood; "
+            f"objective={objective!r} applies to guides only"
+        )
     source = as_task_source(tasks)
     if objective != "reverse_kl" and not source.has_latents:
         raise ValueError(f"objective={objective!r} needs simulated latents; {source} has none")
@@ -194,16 +225,16 @@ def fit(
     parallel.local_tasks(tasks_per_step)
     generator = torch.Generator().manual_seed(seed)
 
-    if guide.refiner is None:
+    if getattr(guide, "refiner", False) is None:
         first = source.sample(1, max(low, 2), generator)
         guide._setup_prototype(*[a.to(device) if torch.is_tensor(a) else a for a in first.args])
-    guide.refiner.to(device)
-    optimizer = optimizer or torch.optim.Adam(guide.refiner.parameters(), lr=learning_rate)
+    trainable = _trainable(guide).to(device)
+    optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
     result = FitResult()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last = checkpoint_dir / "last" if checkpoint_dir is not None else None
     if resume and last is not None and last.with_suffix(".json").exists():
-        _load_training(last, guide, optimizer, result, device)
+        _load_training(last, trainable, optimizer, result, device)
     budget = {
         "steps": steps,
         "tasks_per_step": tasks_per_step,
@@ -214,10 +245,11 @@ def fit(
         "seed": seed,
     }
 
-    guide.refiner.train()
+    trainable.train()
     with flush_denormals():
         _train_loop(
             guide,
+            trainable,
             source,
             optimizer,
             result,
@@ -241,12 +273,13 @@ def fit(
             progress=progress and parallel.is_writer,
             parallel=parallel,
         )
-    guide.refiner.eval()
+    trainable.eval()
     return result
 
 
 def _train_loop(
     guide,
+    trainable,
     source,
     optimizer,
     result,
@@ -288,11 +321,11 @@ def _train_loop(
             loss, task, state, finite = torch.tensor(torch.nan), None, None, False
         if finite:
             loss.backward()
-            grads = [p.grad for p in guide.refiner.parameters() if p.grad is not None]
+            grads = [p.grad for p in trainable.parameters() if p.grad is not None]
             finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         if parallel.all_finite(finite):
-            parallel.average_gradients(guide.refiner.parameters())
-            torch.nn.utils.clip_grad_norm_(guide.refiner.parameters(), clip_norm)
+            parallel.average_gradients(trainable.parameters())
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), clip_norm)
             optimizer.step()
         else:
             result.skipped += 1
@@ -315,6 +348,6 @@ def _train_loop(
         result.seconds = time.perf_counter() - started
         at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
         if last is not None and parallel.is_writer and at_checkpoint:
-            _save_training(last, guide, optimizer, result, budget)
-            save_guide(guide, checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
+            _save_training(last, trainable, optimizer, result, budget)
+            guide.save(checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
     bar.close()

@@ -1,6 +1,9 @@
 """Task families: Pyro models with fast simulators and, where conjugate, exact posteriors.
 
-Every family follows :class:`~iai_prob.models.base.TaskFamily`.
+Every family follows :class:`~iai_prob.models.base.TaskFamily`. :data:`FAMILIES` holds the
+synthetic ones; the real-data tasks (:mod:`.digits`) and the explicit-regime families
+with learned decoders (:mod:`.neural_process`, :mod:`.neural_statistician`) are built
+directly.
 """
 
 from iai_prob.models.base import DATA_PLATE, TASKS_PLATE, LatentSite, TaskFamily
@@ -10,6 +13,7 @@ from iai_prob.models.gaussian_mixture import GaussianMixture
 from iai_prob.models.linear_regression import LinearRegression
 from iai_prob.models.linear_regression_unknown_noise import LinearRegressionUnknownNoise
 from iai_prob.models.logistic_regression import LogisticRegression
+from iai_prob.models.mlp_classification import MLPClassification
 from iai_prob.models.mlp_regression import MLPRegression
 
 FAMILIES = {
@@ -20,6 +24,7 @@ FAMILIES = {
         LogisticRegression,
         GaussianMixture,
         MLPRegression,
+        MLPClassification,
         BetaBernoulli,
         DirichletCategorical,
     )
@@ -45,6 +50,7 @@ __all__ = [
     "LinearRegression",
     "LinearRegressionUnknownNoise",
     "LogisticRegression",
+    "MLPClassification",
     "MLPRegression",
     "TaskFamily",
     "get_family",

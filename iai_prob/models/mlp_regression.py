@@ -88,7 +88,15 @@ class MLPRegression(TaskFamily):
         # data dim, so x.unsqueeze(-2) * w1 has shape (T, N, H, d).
         with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
             mean = self._forward(x, *(params[site.name] for site in self.latent_sites))
-            return pyro.sample("y", dist.Normal(mean, self.noise_scale), obs=y)
+            return pyro.sample("y", self._likelihood(mean), obs=y)
+
+    def _likelihood(self, output: torch.Tensor):
+        """``p(y | f(x))`` for network outputs ``f(x)``."""
+        return dist.Normal(output, self.noise_scale)
+
+    def _observe(self, output: torch.Tensor, generator) -> torch.Tensor:
+        """Simulate ``y`` for network outputs ``f(x)`` of shape ``(T, N)``."""
+        return output + self.noise_scale * torch.randn(output.shape, generator=generator)
 
     def _simulate(self, num_tasks, num_points, generator):
         theta = {
@@ -97,5 +105,4 @@ class MLPRegression(TaskFamily):
         }
         x = torch.randn(num_tasks, num_points, self.dim, generator=generator)
         mean = self._forward(x, *(theta[site.name].unsqueeze(1) for site in self.latent_sites))
-        noise = self.noise_scale * torch.randn(num_tasks, num_points, generator=generator)
-        return theta, x, mean + noise
+        return theta, x, self._observe(mean, generator)

@@ -26,6 +26,7 @@ FAMILY_CONFIGS: dict[str, dict] = {
     "logistic_regression": {"dim": 2, "prior_scale": 1.5},
     "gaussian_mixture": {"dim": 2, "num_components": 3, "noise_scale": 0.5},
     "mlp_regression": {"dim": 2, "hidden": 4, "noise_scale": 0.3},
+    "mlp_classification": {"dim": 2, "hidden": 4, "logit_scale": 2.0},
     "beta_bernoulli": {"concentration1": 2.0, "concentration0": 3.0},
     "dirichlet_categorical": {"num_categories": 3, "concentration": 1.5},
 }
@@ -38,6 +39,7 @@ PERTURBATIONS: dict[str, dict] = {
     "logistic_regression": {"prior_scale": 3.0},
     "gaussian_mixture": {"noise_scale": 1.0},
     "mlp_regression": {"noise_scale": 0.6},
+    "mlp_classification": {"prior_scale": 3.0},
     "beta_bernoulli": {"concentration1": 4.0},
     "dirichlet_categorical": {"concentration": 3.0},
 }
@@ -61,6 +63,7 @@ BAD_ARGUMENTS: dict[str, list[dict]] = {
         {"concentration": 0.0},
     ],
     "mlp_regression": [{"dim": 0}, {"hidden": 0}, {"prior_scale": -1.0}, {"noise_scale": -1.0}],
+    "mlp_classification": [{"dim": 0}, {"hidden": 0}, {"logit_scale": 0.0}],
     "beta_bernoulli": [{"concentration1": 0.0}, {"concentration0": -1.0}],
     "dirichlet_categorical": [{"num_categories": 0}, {"concentration": 0.0}],
 }
