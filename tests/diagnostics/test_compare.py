@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import shrunk
 
 from iai_prob.diagnostics import c2st_accuracy, compare_with_nuts, pyro_nuts
 from iai_prob.diagnostics.plots import plot_nuts_pairs
 from iai_prob.models import LinearRegression
+from tests.diagnostics.conftest import shrunk
 
 
 @pytest.fixture(scope="module")

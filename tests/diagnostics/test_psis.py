@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import shrunk
 
 from iai_prob.diagnostics import (
     ImportanceSamplingError,
@@ -13,6 +12,7 @@ from iai_prob.diagnostics import (
     psis_khat,
     to_inference_data,
 )
+from tests.diagnostics.conftest import shrunk
 
 
 def _batch(family, num_tasks=24, num_points=30):

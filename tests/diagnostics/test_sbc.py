@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import shrunk
 
 from iai_prob import pretrained
 from iai_prob.diagnostics import plots, sbc
 from iai_prob.diagnostics.sbc import ecdf_band, ecdf_difference
+from tests.diagnostics.conftest import shrunk
 
 
 def test_exact_posterior_is_calibrated(family):
