@@ -7,7 +7,10 @@ Writes ``--groups`` linear-regression datasets (``d = 8``, ``N`` uniform on
 ``--min-points … --max-points``) as ``--partitions`` Parquet files partitioned by group,
 then runs :func:`iai_prob.distributed.batch_inference.run_batch_inference` with the
 shipped ``linear_regression`` guide on a ``LocalCluster`` of ``W`` single-threaded worker
-processes for each ``W`` of ``--workers``, and prints groups per second. Each cluster
+processes for each ``W`` of ``--workers``, and prints groups per second of wall time and
+per CPU second the workers used (the latter does not depend on other jobs sharing the
+cores: ``W`` workers on ``W`` free cores give about ``W`` times one worker's wall-time
+throughput when it stays constant). Each cluster
 first has every worker import torch and load the guide, so the timed run measures
 steady-state throughput; the start-up time is printed apart. A sample of groups is
 checked against the exact posterior (median minus exact mean, in posterior sds).
@@ -71,6 +74,14 @@ def _check_sample(family, source: Path, output: Path, count: int = 20) -> float:
     return worst
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of the calling (worker) process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _warm_worker(checkpoint: str) -> None:
     """Import torch and load the guide in a worker (what its first partition would do)."""
     from iai_prob.distributed.batch_inference import _cached_guide
@@ -119,8 +130,9 @@ def main(argv=None) -> int:
             f"{options.groups:,} groups of {options.min_points}–{options.max_points} points, "
             f"{options.partitions} partitions; LocalCluster, 1 thread per worker process.",
             "",
-            "| workers | start-up s | seconds | groups / s | speed-up | max error (sd) |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| workers | start-up s | seconds | groups / s | speed-up | worker CPU s "
+            "| groups / CPU s | max error (sd) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         baseline = None
         for count in workers:
@@ -134,16 +146,18 @@ def main(argv=None) -> int:
                 client.wait_for_workers(count)
                 client.run(_warm_worker, checkpoint)  # every worker imports and loads once
                 startup = time.perf_counter() - started
+                cpu_before = sum(client.run(_cpu_seconds).values())
                 result = run_batch_inference(
                     scratch / "in", scratch / f"out-{count}", checkpoint=checkpoint, client=client
                 )
+                cpu = sum(client.run(_cpu_seconds).values()) - cpu_before
             assert result.num_groups == options.groups and result.workers == count
             error = _check_sample(family, scratch / "in", scratch / f"out-{count}")
             baseline = baseline or result.groups_per_second
             lines.append(
                 f"| {count} | {startup:.1f} | {result.seconds:.1f} | "
                 f"{result.groups_per_second:,.0f} | {result.groups_per_second / baseline:.2f} | "
-                f"{error:.3f} |"
+                f"{cpu:.1f} | {result.num_groups / cpu:,.0f} | {error:.3f} |"
             )
             print(lines[-1], flush=True)
         table = "\n".join(lines)

@@ -75,11 +75,11 @@ def test_a_single_data_point_gives_a_finite_posterior(built, linreg):
     posterior = guide.posterior(x[:1], y[:1])
     assert torch.isfinite(posterior.mean).all()
     torch.linalg.cholesky(posterior.covariance_matrix)  # positive definite
-    # one point carries information along x_1 only: the posterior must not be the prior's
-    # spread in that direction, and it is measured against the exact posterior
+    # the natural-gradient step is exact for a conjugate model at any N, N = 1 included
+    # (measured: 3e-5 nats for this untrained guide)
     exact = linreg.exact_posterior(x[:1], y[:1])
     kl = torch.distributions.kl_divergence(posterior, exact)
-    assert torch.isfinite(kl) and kl < 5.0, float(kl)
+    assert torch.isfinite(kl) and kl < 1e-2, float(kl)
 
 
 def test_float64_inputs_give_the_float32_answer(built):
