@@ -134,7 +134,7 @@ def plot_khat(khat, ax=None):
 def plot_nuts_pairs(comparison, *, max_coordinates: int = 4, max_points: int = 500):
     """Guide (blue) and NUTS (orange) draws overlaid: marginals on the diagonal, pairs below."""
     count = min(max_coordinates, len(comparison.labels))
-    fig, axes = plt.subplots(count, count, figsize=(2.2 * count, 2.2 * count), squeeze=False)
+    fig, axes = plt.subplots(count, count, figsize=(3 * count, 3 * count), squeeze=False)
     guide = comparison.guide_draws[:max_points]
     nuts = comparison.nuts_draws[:max_points]
     for i in range(count):

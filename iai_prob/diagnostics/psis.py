@@ -81,15 +81,21 @@ def _log_weights(source) -> tuple[np.ndarray, bool]:
 
 
 def _psislw(log_weights: np.ndarray):
+    """PSIS of ``(S, T)`` log weights: normalized smoothed log weights ``(S, T)``, k̂ ``(T,)``."""
     import arviz as az
+    from scipy.special import logsumexp
 
-    psislw = getattr(az, "psislw", None)
-    if psislw is None:  # ArviZ ≥ 1.0 moved the statistics to arviz_stats
-        from arviz_stats import psislw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns for every k̂ > 0.7; callers report it
-        smoothed, khat = psislw(log_weights.T)
-    return np.asarray(smoothed).T, np.atleast_1d(np.asarray(khat, dtype=float))
+        if hasattr(az, "psislw"):  # ArviZ 0.x: samples on the last axis
+            smoothed, khat = az.psislw(log_weights.T)
+        else:  # ArviZ ≥ 1.0 (untested here): arviz_stats takes the log-likelihood, −log w
+            from arviz_stats.base import array_stats
+
+            smoothed, khat = array_stats.psislw(-log_weights.T, axis=-1)
+    smoothed = np.asarray(smoothed, dtype=float).T
+    smoothed = smoothed - logsumexp(smoothed, axis=0, keepdims=True)
+    return smoothed, np.atleast_1d(np.asarray(khat, dtype=float))
 
 
 def psis_khat(log_weights):

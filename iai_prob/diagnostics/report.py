@@ -58,6 +58,8 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=72)
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -123,7 +125,7 @@ def _posterior_section(idata, batched: bool, site_names, parts: list):
         rows = -(-min(panels, 16) // 4)
         with az.rc_context({"plot.max_subplots": 16}):
             axes = az.plot_posterior(
-                idata, var_names=list(site_names), textsize=11, figsize=(14, 2.8 * rows)
+                idata, var_names=list(site_names), textsize=11, figsize=(14, 3.2 * rows)
             )
         parts.append(_png(np.ravel(axes)[0].figure))
 

@@ -115,6 +115,7 @@ class DataParallel:
 
 
 SINGLE_PROCESS = DataParallel()
+"""The trivial group of one process: what :func:`fit` uses when not launched by ``torchrun``."""
 
 
 def init_from_environment(device=None) -> DataParallel:

@@ -39,6 +39,7 @@ from iai_prob.inference.refinement import minibatch_schedule
 __all__ = ["PREDICTIVE_LIKELIHOODS", "ImplicitPredictor"]
 
 PREDICTIVE_LIKELIHOODS = ("gaussian", "bernoulli", "categorical")
+"""Likelihoods the implicit predictor's prediction can parameterize."""
 _SCALE = math.log(1024.0)
 
 

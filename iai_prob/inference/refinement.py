@@ -45,6 +45,7 @@ __all__ = [
 SIGNALS = ("data", "grad")
 """What a refinement step may see: the mini-batch embedding and the ELBO gradient."""
 UPDATE_RULES = ("natural_gradient", *GRADIENT_RULES)
+"""Refinement update rules: the learned natural-gradient step, MAML and Meta-SGD."""
 _CONTEXT_FEATURES = 5
 
 

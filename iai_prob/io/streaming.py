@@ -70,6 +70,7 @@ def stream_posterior(
     columns: Columns,
     *,
     batch_size: int | None = None,
+    passes: int = 1,
     progress: bool = False,
 ) -> StreamedPosterior:
     """One pass of ``guide`` over every row of ``table``: ``q(z | D)`` in constant memory.
@@ -78,6 +79,7 @@ def stream_posterior(
     :param table: the data (:class:`~iai_prob.io.tables.Table`).
     :param columns: which columns are ``x`` and ``y`` (:class:`~iai_prob.io.columns.Columns`).
     :param int batch_size: rows per refinement step (default: the guide's ``batch_size``).
+    :param int passes: passes over the file (each reads it again).
     :param bool progress: show a progress bar over rows.
     """
     table.require(columns.names, option="columns")
@@ -86,7 +88,7 @@ def stream_posterior(
     if num_rows < 1:
         raise ValueError(f"data file {table.path.name} has no rows")
     started = time.perf_counter()
-    bar = tqdm(total=num_rows, disable=not progress, desc="refine", unit="row")
+    bar = tqdm(total=passes * num_rows, disable=not progress, desc="refine", unit="row")
 
     first = []
 
@@ -97,7 +99,7 @@ def stream_posterior(
             bar.update(len(x))
             yield x, y
 
-    posterior = guide.refine(batches(), num_points=num_rows)
+    posterior = guide.refine(batches, passes=passes, num_points=num_rows)
     bar.close()
     seconds = time.perf_counter() - started
     layout = guide.prepare(*first[0]).layout

@@ -37,6 +37,7 @@ from iai_prob.models.generative import GenerativeTaskFamily
 __all__ = ["TRAIN_CLASSES", "DigitsFewShot", "DigitsGeneration", "load_digits_tensors"]
 
 TRAIN_CLASSES = (0, 1, 2, 3, 4, 5, 6)
+"""Digit classes seen in meta-training; the others (7, 8, 9) are held out."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ from iai_prob.models.explicit import ExplicitTaskFamily, broadcast_concat
 __all__ = ["LIKELIHOODS", "LatentNeuralProcess"]
 
 LIKELIHOODS = ("gaussian", "bernoulli", "categorical")
+"""Likelihoods of the latent neural process's decoder."""
 
 
 class LatentNeuralProcess(ExplicitTaskFamily):

@@ -27,6 +27,7 @@ from iai_prob.models.generative import GenerativeTaskFamily
 __all__ = ["OBSERVATIONS", "NeuralStatistician"]
 
 OBSERVATIONS = ("gaussian", "bernoulli")
+"""Observation models of the neural statistician's decoder."""
 
 
 class NeuralStatistician(ExplicitTaskFamily, GenerativeTaskFamily):

@@ -1,8 +1,5 @@
 """The CLI's errors are one line on stderr, exit status 2, naming what to fix."""
 
-import subprocess
-import sys
-
 import pytest
 
 from iai_prob.cli import main
@@ -67,30 +64,3 @@ def test_unknown_model_for_train(capsys, tmp_path):
     assert "unknown model 'no_such_family'" in err and "linear_regression" in err
     err = _error(capsys, ["train", "no_such_module:model", "--x-dim", "2", "--out", str(tmp_path)])
     assert "model: cannot import 'no_such_module'" in err
-
-
-def test_console_script_entry_point(grouped_csv):
-    """The installed ``iai`` runs ``iai_prob.cli:main``; ``python -m iai_prob.cli`` too."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iai_prob.cli",
-            "infer",
-            "linear_regression",
-            str(grouped_csv),
-            "--x",
-            "x0:x7",
-            "--y",
-            "nope",
-            "--out",
-            "x.nc",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "iai infer: error: --y: no column 'nope' in grouped.csv (its columns: "
-        "x0, x1, x2, x3, x4, x5, x6, x7, y, unit)"
-    )

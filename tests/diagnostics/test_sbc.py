@@ -6,7 +6,6 @@ import pytest
 from iai_prob import pretrained
 from iai_prob.diagnostics import plots, sbc
 from iai_prob.diagnostics.sbc import ecdf_band, ecdf_difference
-from tests.diagnostics.conftest import shrunk
 
 
 def test_exact_posterior_is_calibrated(family):
@@ -20,7 +19,7 @@ def test_exact_posterior_is_calibrated(family):
     assert (result.contraction > 0).all()
 
 
-def test_overconfident_posterior_is_flagged(family):
+def test_overconfident_posterior_is_flagged(family, shrunk):
     result = sbc(shrunk(family, 0.4), family, 300, num_points=20, khat=True, progress=False)
     assert not result.passed
     assert result.flagged == ["w[0]", "w[1]", "w[2]"]
@@ -31,7 +30,7 @@ def test_overconfident_posterior_is_flagged(family):
     assert "FAILED" in result.summary()
 
 
-def test_underconfident_posterior_is_flagged(family):
+def test_underconfident_posterior_is_flagged(family, shrunk):
     result = sbc(shrunk(family, 2.5), family, 300, num_points=20, progress=False)
     assert not result.passed
     assert result.z_scores.std() < 0.6
@@ -54,7 +53,7 @@ def test_pretrained_linear_regression_guide_passes_sbc():
     assert np.mean(result.khat < 0.7) >= 0.9
 
 
-def test_plots_draw(family):
+def test_plots_draw(family, shrunk):
     result = sbc(shrunk(family, 0.4), family, 50, num_points=10, progress=False)
     for figure in (
         plots.plot_sbc_ecdf(result),

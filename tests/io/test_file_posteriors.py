@@ -79,3 +79,24 @@ def test_group_errors(grouped_csv, shipped_guide, x_columns):
         grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="school")
     with pytest.raises(ValueError, match="max_tasks"):
         grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="unit", max_tasks=0)
+
+
+def test_more_passes_move_grouped_posteriors_toward_the_exact_ones(grouped_csv, shipped_guide):
+    family = shipped_guide.family
+    columns = Columns.of([f"x{i}" for i in range(8)], "y", guide=shipped_guide)
+    medians = []
+    for passes in (1, 5):
+        result = grouped_posteriors(
+            shipped_guide, Table(grouped_csv), columns, group="unit", passes=passes
+        )
+        kls = [
+            _kl(
+                torch.distributions.MultivariateNormal(
+                    result.posterior.loc[i], scale_tril=result.posterior.scale_tril[i]
+                ),
+                family.exact_posterior(*result.data.group(i)),
+            )
+            for i in range(len(result.keys))
+        ]
+        medians.append(np.median(kls))
+    assert medians[1] < 0.5 * medians[0]
