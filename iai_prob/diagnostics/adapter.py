@@ -37,6 +37,7 @@ from pyro.poutine.util import site_is_subsample
 from iai_prob.inference.guide import IterativeAmortizedGuide, PreparedTask, prepare_task
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.sites import LatentLayout
+from iai_prob.models.base import TaskFamily
 
 __all__ = [
     "ApproximatePosterior",
@@ -355,6 +356,13 @@ def approximate_posterior(
     :param model: the Pyro model (a :class:`~iai_prob.models.base.TaskFamily` or ``None``
         takes the guide's own model).
     """
+    if torch.is_tensor(model) or not (
+        model is None or callable(model) or isinstance(model, TaskFamily)
+    ):
+        raise ValueError(
+            f"model must be a Pyro model, a TaskFamily or None, got {type(model).__name__}; "
+            "the data come after it, e.g. to_inference_data(guide, None, x, y)"
+        )
     if isinstance(posterior, IterativeAmortizedGuide):
         model = posterior.model if model is None else getattr(model, "model", model)
         task = posterior._prepared(*args, **kwargs)

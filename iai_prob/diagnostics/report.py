@@ -180,8 +180,9 @@ def _sbc_section(guide, family, settings: dict, findings: dict, notes: list, par
         "band": result.band,
         "min_chi2_pvalue": float(result.chi2_pvalue.min()),
         "z_score_sd": float(result.z_scores.std()),
-        "share_khat_below_0.7": float(np.mean(result.khat < 0.7)),
     }
+    if result.khat is not None:
+        findings["sbc"]["share_khat_below_0.7"] = float(np.mean(result.khat < 0.7))
     notes.append(result.summary() + f" (N = {settings['num_points']} points per dataset).")
     parts.append("<h2>Simulation-based calibration</h2>")
     parts.append(f"<p>{_verdict(result.passed, notes[-1], notes[-1])}</p>")
@@ -272,7 +273,8 @@ def report(
         settings = {
             "num_datasets": sbc_datasets,
             "num_points": points,
-            "khat": True,
+            # k̂ of an enumerated model sums out its discrete sites one draw at a time
+            "khat": not source.task.log_joint.enumerate,
             "seed": seed,
             "progress": progress,
         }
@@ -288,10 +290,11 @@ def report(
         _nuts_section(source, options, findings, notes, parts)
     findings["seconds"] = time.perf_counter() - started
     title = title or "iai_prob posterior diagnostics"
-    shape = "×".join(str(s) for s in source.task.data.args[0].shape)
+    tensors = [*source.task.data.args, *source.task.data.kwargs.values()]
+    shape = next(("×".join(map(str, a.shape)) for a in tensors if torch.is_tensor(a)), "")
     header = (
         f"<h1>{html.escape(title)}</h1><p>Data: {source.num_tasks} dataset(s), "
-        f"N = {source.task.data.num_points} points (first argument {shape}); "
+        f"N = {source.task.data.num_points} points (first tensor argument {shape}); "
         f"{num_samples} posterior draws per dataset; generated in "
         f"{findings['seconds']:.1f} s with torch {torch.__version__}.</p>"
     )

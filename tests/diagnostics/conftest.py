@@ -18,7 +18,7 @@ def dataset(family):
     return {k: v[0] for k, v in theta.items()}, x[0], y[0]
 
 
-def _shrunk(family, factor):
+def shrunk(family, factor):
     """The exact posterior with its scale multiplied by ``factor`` (over-confident if < 1)."""
 
     def posterior(x, y):
@@ -28,12 +28,6 @@ def _shrunk(family, factor):
         )
 
     return posterior
-
-
-@pytest.fixture
-def shrunk():
-    """``shrunk(family, factor)``: the exact posterior with scales times ``factor``."""
-    return _shrunk
 
 
 @pytest.fixture(scope="session", autouse=True)

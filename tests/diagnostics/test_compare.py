@@ -7,6 +7,7 @@ import torch
 from iai_prob.diagnostics import c2st_accuracy, compare_with_nuts, pyro_nuts
 from iai_prob.diagnostics.plots import plot_nuts_pairs
 from iai_prob.models import LinearRegression
+from tests.diagnostics.conftest import shrunk
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_exact_posterior_agrees_with_nuts(small):
     assert len(figure.axes) == 4
 
 
-def test_overconfident_posterior_disagrees_with_nuts(small, shrunk):
+def test_overconfident_posterior_disagrees_with_nuts(small):
     family, x, y, draws, _ = small
     result = compare_with_nuts(
         shrunk(family, 0.4), family, x, y, num_samples=300, reference_draws=draws

@@ -103,6 +103,8 @@ def test_bad_arguments_are_named(family, dataset):
         )
     with pytest.raises(ValueError, match="model is required"):
         to_inference_data(family.exact_posterior, None, x, y)
+    with pytest.raises(ValueError, match="the data come after it"):
+        to_inference_data(family.exact_posterior, x, y)
 
 
 def test_enumerated_mixture_log_likelihood_sums_out_the_assignments():

@@ -12,6 +12,7 @@ from iai_prob.diagnostics import (
     psis_khat,
     to_inference_data,
 )
+from tests.diagnostics.conftest import shrunk
 
 
 def _batch(family, num_tasks=24, num_points=30):
@@ -19,7 +20,7 @@ def _batch(family, num_tasks=24, num_points=30):
     return x, y
 
 
-def test_overconfident_posterior_has_high_khat(family, shrunk):
+def test_overconfident_posterior_has_high_khat(family):
     x, y = _batch(family)
     draws = approximate_posterior(shrunk(family, 0.4), family, x, y).draw(1000, seed=1)
     khat = psis_khat(draws)
@@ -28,13 +29,13 @@ def test_overconfident_posterior_has_high_khat(family, shrunk):
     assert np.median(khat) > 0.7
 
 
-def test_overdispersed_posterior_has_low_khat(family, shrunk):
+def test_overdispersed_posterior_has_low_khat(family):
     x, y = _batch(family)
     draws = approximate_posterior(shrunk(family, 1.3), family, x, y).draw(1000, seed=1)
     assert np.median(psis_khat(draws)) < 0.5
 
 
-def test_khat_input_forms_agree(family, dataset, shrunk):
+def test_khat_input_forms_agree(family, dataset):
     _, x, y = dataset
     source = approximate_posterior(shrunk(family, 0.6), family, x, y)
     draws = source.draw(500, seed=2)
@@ -68,7 +69,7 @@ def test_resampling_moves_q_toward_the_posterior(family, dataset):
     assert ((ratio > 0.85) & (ratio < 1.15)).all()
 
 
-def test_resampling_refuses_heavy_tails(family, shrunk):
+def test_resampling_refuses_heavy_tails(family):
     x, y = _batch(family, num_tasks=4)
     draws = approximate_posterior(shrunk(family, 0.3), family, x, y).draw(1000, seed=5)
     with pytest.raises(ImportanceSamplingError, match=r"k̂ ≥ 0\.7"):

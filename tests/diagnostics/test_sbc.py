@@ -6,6 +6,7 @@ import pytest
 from iai_prob import pretrained
 from iai_prob.diagnostics import plots, sbc
 from iai_prob.diagnostics.sbc import ecdf_band, ecdf_difference
+from tests.diagnostics.conftest import shrunk
 
 
 def test_exact_posterior_is_calibrated(family):
@@ -19,7 +20,7 @@ def test_exact_posterior_is_calibrated(family):
     assert (result.contraction > 0).all()
 
 
-def test_overconfident_posterior_is_flagged(family, shrunk):
+def test_overconfident_posterior_is_flagged(family):
     result = sbc(shrunk(family, 0.4), family, 300, num_points=20, khat=True, progress=False)
     assert not result.passed
     assert result.flagged == ["w[0]", "w[1]", "w[2]"]
@@ -30,7 +31,7 @@ def test_overconfident_posterior_is_flagged(family, shrunk):
     assert "FAILED" in result.summary()
 
 
-def test_underconfident_posterior_is_flagged(family, shrunk):
+def test_underconfident_posterior_is_flagged(family):
     result = sbc(shrunk(family, 2.5), family, 300, num_points=20, progress=False)
     assert not result.passed
     assert result.z_scores.std() < 0.6
@@ -53,7 +54,7 @@ def test_pretrained_linear_regression_guide_passes_sbc():
     assert np.mean(result.khat < 0.7) >= 0.9
 
 
-def test_plots_draw(family, shrunk):
+def test_plots_draw(family):
     result = sbc(shrunk(family, 0.4), family, 50, num_points=10, progress=False)
     for figure in (
         plots.plot_sbc_ecdf(result),
