@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from iai_prob.cli.loading import add_data_arguments
+
 __all__ = ["add_parser", "run", "select_groups"]
 
 EXAMPLES = """examples:
@@ -37,22 +39,14 @@ def add_parser(commands) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="shipped guide name, iai train folder, or checkpoint")
-    parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
-    parser.add_argument("--x", nargs="+", default=[], help="covariate columns")
-    parser.add_argument("--y", nargs="+", required=True, help="observed column(s)")
-    parser.add_argument("--group", help="column whose values name the datasets")
+    add_data_arguments(parser)
     parser.add_argument("--groups", help="comma-separated group values to diagnose")
     parser.add_argument("--max-groups", type=int, default=16, help="groups when --groups is unset")
     parser.add_argument("--out", required=True, help="the HTML file to write")
-    parser.add_argument("--model", help="module:function of the model (custom checkpoints)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
     parser.add_argument("--sbc-datasets", type=int, default=100, help="0 skips SBC")
     parser.add_argument("--nuts", action="store_true", help="compare with Pyro NUTS (one dataset)")
     parser.add_argument("--title", help="title of the report")
-    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
 
 

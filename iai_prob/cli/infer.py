@@ -23,6 +23,8 @@ import argparse
 import math
 import sys
 
+from iai_prob.cli.loading import add_data_arguments
+
 __all__ = ["add_parser", "check_fits", "parse_columns", "run"]
 
 EXAMPLES = """examples:
@@ -41,23 +43,15 @@ def add_parser(commands) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="shipped guide name, iai train folder, or checkpoint")
-    parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
-    parser.add_argument("--x", nargs="+", default=[], help="covariate columns")
-    parser.add_argument("--y", nargs="+", required=True, help="observed column(s)")
-    parser.add_argument("--group", help="column whose values name the datasets")
+    add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="netCDF file for the InferenceData")
-    parser.add_argument("--model", help="module:function of the model (custom checkpoints)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
     parser.add_argument(
         "--passes", type=int, default=1, help="refinement passes over each dataset (default 1)"
     )
     parser.add_argument("--batch-size", type=int, help="rows per refinement step (streaming)")
-    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
     parser.add_argument("--max-tasks", type=int, default=256, help="groups per guide call")
     parser.add_argument("--show", type=int, default=5, help="groups shown in the summary")
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
 
 

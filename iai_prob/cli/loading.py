@@ -1,4 +1,5 @@
-"""What the commands share: importing ``module:function`` and finding a checkpoint.
+"""What the commands share: importing ``module:function``, finding a checkpoint and the
+arguments that name a checkpoint and a data file.
 
 A checkpoint is named by a shipped guide's name (``linear_regression``, see
 ``iai pretrained``), a training folder (``runs/lr4``, holding ``guide.json``), or a
@@ -16,7 +17,21 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["import_object", "load_checkpoint", "resolve_checkpoint"]
+__all__ = ["add_data_arguments", "import_object", "load_checkpoint", "resolve_checkpoint"]
+
+
+def add_data_arguments(parser) -> None:
+    """The arguments of ``iai infer`` and ``iai diagnose`` that name a checkpoint (and its
+    model) and a data file with its columns and groups."""
+    parser.add_argument("checkpoint", help="shipped guide name, iai train folder, or checkpoint")
+    parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
+    parser.add_argument("--x", nargs="+", default=[], help="covariate columns")
+    parser.add_argument("--y", nargs="+", required=True, help="observed column(s)")
+    parser.add_argument("--group", help="column whose values name the datasets")
+    parser.add_argument("--model", help="module:function of the model (custom checkpoints)")
+    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
+    parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def import_object(spec: str, *, option: str = "model"):
