@@ -10,16 +10,23 @@ configuration or latent layout differs from the card's.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from iai_prob.checkpoint_format import (
+    FORMAT,
+    SCHEMA_VERSION,
+    CheckpointError,
+    atomic_write,
+    checkpoint_paths,
+    read_card,
+    write_card,
+)
+
 __all__ = [
+    "FORMAT",
     "SCHEMA_VERSION",
     "CheckpointError",
     "load_guide",
@@ -29,74 +36,18 @@ __all__ = [
     "write_checkpoint",
 ]
 
-SCHEMA_VERSION = 1
-FORMAT = "iai_prob.checkpoint"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, of an unknown version, or for another model."""
-
-
-def _stem(path) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def write_checkpoint(path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
     """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``."""
-    stem = _stem(path)
-    weights = stem.with_suffix(".safetensors")
+    weights, _ = checkpoint_paths(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-    card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": _sha256(weights)}
-    text = json.dumps(card, indent=2, sort_keys=True)
-    _atomic_write(stem.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
-    return weights
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    return write_card(path, card)
 
 
 def read_checkpoint(path, device=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and verify a checkpoint written by :func:`write_checkpoint`."""
-    stem = _stem(path)
-    weights, card_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for file in (weights, card_path):
-        if not file.exists():
-            raise CheckpointError(f"checkpoint file {file} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"checkpoint card {card_path} is not valid JSON: {error}") from None
-    if card.get("format") != FORMAT:
-        raise CheckpointError(f"{card_path} is not an iai_prob checkpoint card")
-    if card.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{card_path} has schema version {card.get('schema_version')!r}; this iai_prob "
-            f"reads version {SCHEMA_VERSION}"
-        )
-    if card.get("sha256") != _sha256(weights):
-        raise CheckpointError(f"{weights} does not match the hash in its card: modified or corrupt")
+    weights, card = read_card(path)
     tensors = load_file(weights, device=str(device) if device is not None else "cpu")
     return tensors, card
 
