@@ -11,11 +11,13 @@ from iai_prob.numpyro.encoders import DeepSets, SetTransformer
 from iai_prob.numpyro.guide import IterativeAmortizedGuide
 from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
 from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState
+from iai_prob.numpyro.training import FitResult, fit
 
 __all__ = [
     "CheckpointError",
     "DeepSets",
     "DiagonalGaussian",
+    "FitResult",
     "FullRankGaussian",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
@@ -23,4 +25,5 @@ __all__ = [
     "RefinementInfo",
     "RefinementState",
     "SetTransformer",
+    "fit",
 ]

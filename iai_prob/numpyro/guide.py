@@ -9,8 +9,8 @@ global latents by
 (one ``lax.scan``, :mod:`iai_prob.numpyro.refinement`), samples ``z ~ q_{λ_K}`` as an
 auxiliary site and emits each global site as ``Delta(T(z))`` with the Jacobian as log
 density, like NumPyro's ``AutoContinuous``. The networks are an equinox module
-registered with :func:`numpyro.contrib.module.eqx_module`, so the parameters live in
-NumPyro's params dict (``"{prefix}$refiner$params"``) and the object holds no arrays; it
+registered as :func:`numpyro.contrib.module.eqx_module` does (its array leaves under
+``"{prefix}$refiner$params"``, built lazily), so the parameters live in NumPyro's params dict and the object holds no arrays; it
 works with ``SVI`` (``Trace_ELBO``, ``TraceEnum_ELBO``), ``Predictive`` and
 ``psis_diagnostic``. The eager helpers (:meth:`posterior`, :meth:`median`, …) take the
 params dict explicitly, as NumPyro's autoguides do.
@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpyro.contrib.module import eqx_module
 
 from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
@@ -326,9 +325,12 @@ class IterativeAmortizedGuide:
         task = self.prepare(*args, **kwargs) if self._static is not None else None
         if task is None:
             task = self._setup_prototype(*args, **kwargs)
-        fresh = self.build(*self.dims)
-        refiner = eqx_module(self.param_name[: -len("$params")], fresh)
-        params = self.params_of(refiner)
+        # as numpyro.contrib.module.eqx_module registers "{name}$params", but the initial
+        # arrays are only built when NumPyro asks for them (not when params are substituted)
+        arrays = numpyro.param(self.param_name, lambda _: self.params_of(self.build(*self.dims))[
+            self.param_name
+        ])
+        params = {self.param_name: arrays}
         state = self.final_state(params, task)
         layout = task.layout
         posterior = self._batched_distribution(state, layout)
