@@ -21,16 +21,21 @@ new checkpoint, never a mixture (see :func:`write_checkpoint`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from iai_prob.checkpoint_format import (
+    FORMAT,
+    SCHEMA_VERSION,
+    CheckpointError,
+    read_card,
+    write_files,
+)
+
 __all__ = [
+    "FORMAT",
     "SCHEMA_VERSION",
     "CheckpointError",
     "learnable_model",
@@ -41,119 +46,23 @@ __all__ = [
     "write_checkpoint",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the card schema this iai_prob writes and reads."""
-FORMAT = "iai_prob.checkpoint"
 _MODEL_PREFIX = "model."
-
-
 _GUIDE_CARD_KEYS = ("guide", "model", "latent_dim", "feature_dim", "layout")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, of an unknown version, or for another model."""
-
-
-def _stem(path) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_checkpoint(
     path, tensors: dict[str, torch.Tensor], card: dict, *, versioned: bool = False
 ) -> Path:
-    """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``.
-
-    Each file is replaced atomically, but a crash between the two replacements would
-    leave new weights next to the old card (refused by the hash check). With
-    ``versioned=True`` the weights go to ``path.<sha256[:16]>.safetensors``, named in the
-    card's ``weights_file``; the card's replacement is then the single commit point
-    (the previous weights stay until the new card is in place), so the pair on disk is
-    always a consistent checkpoint, the old or the new one. Training state uses this.
-    """
-    stem = _stem(path)
+    """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``
+    (``versioned``: crash-safe training state, see
+    :func:`iai_prob.checkpoint_format.write_files`)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    if versioned:
-        staged = stem.with_name(f"{stem.name}.staged.safetensors")
-        _atomic_write(staged, lambda tmp: save_file(tensors, tmp))
-        digest = _sha256(staged)
-        weights = stem.with_name(f"{stem.name}.{digest[:16]}.safetensors")
-        os.replace(staged, weights)
-        card = {**card, "weights_file": weights.name}
-    else:
-        weights = stem.with_suffix(".safetensors")
-        _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-        digest = _sha256(weights)
-    card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": digest}
-    text = json.dumps(card, indent=2, sort_keys=True)
-    _atomic_write(stem.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
-    if versioned:  # the new card is committed: older versions and killed writes' temporaries
-        stale = [*stem.parent.glob(f"{stem.name}.*.safetensors")]
-        stale += stem.parent.glob(f".{stem.name}.*.tmp")
-        for old in stale:
-            if old != weights:
-                old.unlink(missing_ok=True)
-    return weights
-
-
-def _weights_path(stem: Path, card: dict, card_path: Path) -> Path:
-    """The weights file a card names (``weights_file``, a bare file name) or ``stem``'s."""
-    name = card.get("weights_file")
-    if name is None:
-        return stem.with_suffix(".safetensors")
-    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-        raise CheckpointError(
-            f"{card_path} names weights_file {name!r}; it must be a .safetensors file name in "
-            "the same folder"
-        )
-    return stem.with_name(name)
+    return write_files(path, lambda tmp: save_file(tensors, tmp), card, versioned=versioned)
 
 
 def read_checkpoint(path, device=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and verify a checkpoint written by :func:`write_checkpoint`."""
-    stem = _stem(path)
-    card_path = stem.with_suffix(".json")
-    if not card_path.exists():
-        raise CheckpointError(f"checkpoint file {card_path} does not exist")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"checkpoint card {card_path} is not valid JSON: {error}") from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise CheckpointError(f"{card_path} is not an iai_prob checkpoint card")
-    if card.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{card_path} has schema version {card.get('schema_version')!r}; this iai_prob "
-            f"reads version {SCHEMA_VERSION}"
-        )
-    weights = _weights_path(stem, card, card_path)
-    if not weights.exists():
-        raise CheckpointError(f"checkpoint file {weights} does not exist")
-    if card.get("sha256") != _sha256(weights):
-        raise CheckpointError(f"{weights} does not match the hash in its card: modified or corrupt")
+    weights, card = read_card(path)
     try:
         tensors = load_file(weights, device=str(device) if device is not None else "cpu")
     except Exception as error:  # safetensors' own parse errors (a file that hashes right)

@@ -1,0 +1,141 @@
+"""Checkpoints for the NumPyro guide, in the format the PyTorch guide writes and reads.
+
+Weights are safetensors under the PyTorch ``state_dict`` names of the refiner
+(``encoder.blocks.0.summarize.attention.in_proj_weight``, ``update.correction.0.weight``,
+…; an equinox ``MLP``'s ``layers[i]`` is torch's ``Sequential`` entry ``2i``, the GELUs
+taking the odd slots), the card is the same JSON (guide configuration, latent layout,
+model identity, SHA-256 of the weights). So a checkpoint written by either backend loads
+in the other; loading refuses another model, a changed layout, missing or unexpected
+tensors and tensors of the wrong shape. Never pickled; no torch import.
+"""
+
+from __future__ import annotations
+
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from iai_prob.checkpoint_format import (
+    CheckpointError,
+    atomic_write,
+    checkpoint_paths,
+    read_card,
+    write_card,
+)
+
+__all__ = [
+    "CheckpointError",
+    "load_guide",
+    "load_refiner",
+    "model_identity",
+    "read_checkpoint",
+    "refiner_tensors",
+    "save_guide",
+    "write_checkpoint",
+]
+
+
+def _torch_name(path) -> str:
+    parts = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            parts.append(entry.name)
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        else:  # pragma: no cover - equinox modules only hold attributes and tuples
+            raise TypeError(f"unexpected pytree key {entry!r}")
+    name = ".".join(parts)
+    return re.sub(r"layers\.(\d+)", lambda match: str(2 * int(match[1])), name)
+
+
+def refiner_tensors(refiner) -> dict[str, np.ndarray]:
+    """The refiner's arrays under PyTorch ``state_dict`` names."""
+    params = eqx.filter(refiner, eqx.is_inexact_array)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return {_torch_name(path): np.asarray(leaf, np.float32) for path, leaf in leaves}
+
+
+def load_refiner(refiner, tensors: dict, *, source: str = "checkpoint"):
+    """``refiner`` with its arrays replaced by ``tensors`` (PyTorch names)."""
+    params, static = eqx.partition(refiner, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [_torch_name(path) for path, _ in leaves]
+    missing = [n for n in names if n not in tensors]
+    unexpected = [n for n in tensors if n not in set(names)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit the guide: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    new_leaves = []
+    for (_, leaf), name in zip(leaves, names, strict=True):
+        value = np.asarray(tensors[name])
+        if value.shape != leaf.shape:
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {value.shape}, the guide expects "
+                f"{tuple(leaf.shape)}"
+            )
+        new_leaves.append(jnp.asarray(value, leaf.dtype))
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, new_leaves), static)
+
+
+def write_checkpoint(path, tensors: dict[str, np.ndarray], card: dict):
+    """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``."""
+    weights, _ = checkpoint_paths(path)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    atomic_write(weights, lambda tmp: save_file(arrays, tmp))
+    return write_card(path, card)
+
+
+def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and verify a checkpoint (either backend's)."""
+    weights, card = read_card(path)
+    return load_file(str(weights)), card
+
+
+def model_identity(guide) -> dict:
+    """What the card records about the model: the task family and its configuration."""
+    if guide.family is not None:
+        return {"family": guide.family.name, "config": guide.family.config()}
+    model = getattr(guide.model, "fn", guide.model)
+    return {"callable": getattr(model, "__qualname__", type(model).__name__)}
+
+
+def save_guide(guide, params: dict, path, **card):
+    """Save a built guide's weights (from NumPyro's ``params``) and its card."""
+    refiner = guide.refiner(params)
+    full_card = {
+        "kind": "IterativeAmortizedGuide",
+        "guide": guide.config,
+        "latent_dim": refiner.latent_dim,
+        "feature_dim": refiner.feature_dim,
+        "layout": guide.layout_signature,
+        "model": model_identity(guide),
+        **card,
+    }
+    return write_checkpoint(path, refiner_tensors(refiner), full_card)
+
+
+def load_guide(path, model):
+    """``(guide, params)`` from a checkpoint of either backend, for ``model``."""
+    from iai_prob.numpyro.guide import IterativeAmortizedGuide
+
+    tensors, card = read_checkpoint(path)
+    if card.get("kind") != "IterativeAmortizedGuide":
+        raise CheckpointError(
+            f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide"
+        )
+    guide = IterativeAmortizedGuide(model, **card["guide"])
+    expected, found = card["model"], model_identity(guide)
+    if expected != found:
+        raise CheckpointError(
+            f"checkpoint {path} was trained for model {expected}, not for {found}"
+        )
+    refiner = guide.build(card["latent_dim"], card["feature_dim"])
+    guide.layout_signature = card["layout"]
+    refiner = load_refiner(refiner, tensors, source=f"checkpoint {path}")
+    guide.card = card
+    return guide, guide.params_of(refiner)

@@ -1,0 +1,421 @@
+"""``IterativeAmortizedGuide`` for NumPyro: an amortized, iteratively refined guide.
+
+The twin of :class:`iai_prob.inference.IterativeAmortizedGuide` with the same keyword
+arguments. For a dataset ``D`` it computes ``q_λ(z | D)`` over the joint unconstrained
+global latents by
+
+    λ_0 = init_φ(D),     λ_{k+1} = step_φ(λ_k, B_k),   k = 0 … K−1,
+
+(one ``lax.scan``, :mod:`iai_prob.numpyro.refinement`), samples ``z ~ q_{λ_K}`` as an
+auxiliary site and emits each global site as ``Delta(T(z))`` with the Jacobian as log
+density, like NumPyro's ``AutoContinuous``. The networks are an equinox module
+registered as :func:`numpyro.contrib.module.eqx_module` does (its array leaves under
+``"{prefix}$refiner$params"``, built lazily), so the parameters live in NumPyro's params dict and the object holds no arrays; it
+works with ``SVI`` (``Trace_ELBO``, ``TraceEnum_ELBO``), ``Predictive`` and
+``psis_diagnostic``. The eager helpers (:meth:`posterior`, :meth:`median`, …) take the
+params dict explicitly, as NumPyro's autoguides do.
+
+Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
+arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from iai_prob.numpyro.encoders import ENCODERS
+from iai_prob.numpyro.log_joint import LogJoint
+from iai_prob.numpyro.posteriors import get_posterior_family
+from iai_prob.numpyro.refinement import (
+    SIGNALS,
+    RefinementState,
+    Refiner,
+    Schedule,
+    check_state,
+    minibatch_schedule,
+    refine,
+)
+from iai_prob.numpyro.signals import LINEARIZATIONS
+from iai_prob.numpyro.sites import LatentLayout, discover_layout
+from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
+
+__all__ = ["TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
+
+# How often the compiled refinement was traced (a test checks it does not recompile).
+TRACE_COUNTS: Counter = Counter()
+
+
+class PreparedTask(NamedTuple):
+    """A dataset read through the model: layout, data and the log-joint evaluator."""
+
+    layout: LatentLayout
+    data: TaskData
+    log_joint: LogJoint
+
+
+@eqx.filter_jit
+def _compiled_refine(refiner, data, schedule, log_joint, context_index, key, trajectory):
+    TRACE_COUNTS["refine"] += 1
+    return refine(
+        refiner,
+        data,
+        schedule,
+        log_joint,
+        context_index=context_index,
+        key=key,
+        trajectory=trajectory,
+    )
+
+
+def _uses_enumeration(trace) -> bool:
+    return any(
+        site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
+        for site in trace.values()
+    )
+
+
+class IterativeAmortizedGuide:
+    """Amortized guide ``q_φ(θ | D)`` refined over mini-batches of ``D`` (NumPyro).
+
+    :param model: a NumPyro model whose global latents lie outside the data plate, or a
+        :class:`~iai_prob.numpyro.models.TaskFamily` (its ``model`` is used and it is kept
+        as ``guide.family``).
+    :param str prefix: prefix of the parameter name in NumPyro's params dict.
+
+    The other keyword arguments are those of the PyTorch guide: ``family``, ``encoder``,
+    ``num_steps`` (``None`` = one pass over the data), ``batch_size``, ``signals``,
+    ``data_plate``, ``tasks_plate``, ``linearization``, ``num_particles``,
+    ``context_size``, ``rank``, ``encoder_options``, ``featurize`` and ``seed`` (seeds the
+    mini-batch order, so a call is a function of its data).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        family: str = "full_rank",
+        encoder: str = "set_transformer",
+        num_steps: int | None = None,
+        batch_size: int = 64,
+        signals: tuple[str, ...] = SIGNALS,
+        data_plate: str = "data",
+        tasks_plate: str = "tasks",
+        linearization: str = "sigma_points",
+        num_particles: int = 8,
+        context_size: int = 256,
+        rank: int = 2,
+        encoder_options: dict | None = None,
+        featurize: Callable | None = None,
+        seed: int = 0,
+        prefix: str = "iai",
+    ):
+        from iai_prob.numpyro.models.base import TaskFamily
+
+        task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
+        self.family = task_family if isinstance(task_family, TaskFamily) else None
+        if isinstance(model, TaskFamily):
+            model = model.model
+        if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
+            raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        signals = tuple(signals)
+        if not signals or any(s not in SIGNALS for s in signals):
+            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
+        get_posterior_family(family, 1)  # validates the name
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODERS)}")
+        if linearization not in LINEARIZATIONS:
+            raise ValueError(
+                f"unknown linearization {linearization!r}; choose from {LINEARIZATIONS}"
+            )
+        self.model = model
+        self.prefix = prefix
+        self.config = {
+            "family": family,
+            "encoder": encoder,
+            "num_steps": num_steps,
+            "batch_size": int(batch_size),
+            "signals": list(signals),
+            "data_plate": data_plate,
+            "tasks_plate": tasks_plate,
+            "linearization": linearization,
+            "num_particles": num_particles,
+            "context_size": context_size,
+            "rank": rank,
+            "encoder_options": dict(encoder_options or {}),
+            "seed": seed,
+        }
+        self.featurize = featurize
+        self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built
+        self.layout_signature: list | None = None
+        self.card: dict = {}
+        self._static = None  # the refiner's non-array part (structure, config)
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def param_name(self) -> str:
+        """The key of the refiner's parameters in NumPyro's params dict."""
+        return f"{self.prefix}$refiner$params"
+
+    def build(self, latent_dim: int, feature_dim: int) -> Refiner:
+        """A freshly initialized refiner (seeded by ``seed``) for these dimensions."""
+        config = self.config
+        options = {"rank": config["rank"]} if config["family"] == "low_rank" else {}
+        refiner = Refiner(
+            latent_dim,
+            feature_dim,
+            get_posterior_family(config["family"], latent_dim, **options),
+            encoder=config["encoder"],
+            encoder_options=config["encoder_options"],
+            signals=tuple(config["signals"]),
+            linearization=config["linearization"],
+            num_particles=config["num_particles"],
+            context_size=config["context_size"],
+            key=jax.random.PRNGKey(config["seed"]),
+        )
+        self.dims = (latent_dim, feature_dim)
+        self._static = eqx.partition(refiner, eqx.is_inexact_array)[1]
+        return refiner
+
+    def params_of(self, refiner: Refiner) -> dict:
+        """NumPyro's params dict holding ``refiner``'s arrays."""
+        return {self.param_name: eqx.filter(refiner, eqx.is_inexact_array)}
+
+    def refiner(self, params: dict) -> Refiner:
+        """The refiner with the arrays of NumPyro's ``params``."""
+        self._require_built()
+        if self.param_name not in params:
+            raise ValueError(
+                f"params has no entry {self.param_name!r}; pass the dict returned by "
+                "SVI / fit / pretrained.load"
+            )
+        return eqx.combine(params[self.param_name], self._static)
+
+    def _require_built(self):
+        if self._static is None:
+            raise RuntimeError(
+                "the guide has not seen the model yet: call init_params(rng_key, *args), run "
+                "it under SVI, or train it with iai_prob.numpyro.fit"
+            )
+
+    def _setup_prototype(self, *args, **kwargs) -> PreparedTask:
+        task = self.prepare(*args, **kwargs)
+        if self._static is None:
+            self.build(task.layout.latent_dim, task.data.features.shape[-1])
+            self.layout_signature = task.layout.signature()
+        return task
+
+    def init_params(self, *args, **kwargs) -> dict:
+        """Build the guide from one dataset and return fresh parameters."""
+        task = self._setup_prototype(*args, **kwargs)
+        return self.params_of(self.build(task.layout.latent_dim, task.data.features.shape[-1]))
+
+    def prepare(self, *args, **kwargs) -> PreparedTask:
+        """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
+        config = self.config
+        data, _, tasks = read_task_data(
+            self.model,
+            args,
+            kwargs,
+            data_plate=config["data_plate"],
+            tasks_plate=config["tasks_plate"],
+            featurize=self.featurize,
+        )
+        task_args, task_kwargs = data.task(0)
+        trace = trace_model(self.model, task_args, task_kwargs)
+        layout = discover_layout(
+            trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"], tasks=tasks
+        )
+        if self.layout_signature is not None and layout.signature() != self.layout_signature:
+            raise ValueError(
+                f"the model's global latents {layout.signature()} differ from those the guide was "
+                f"built for {self.layout_signature}; was the guide trained for another model?"
+            )
+        if self.dims is not None and data.features.shape[-1] != self.dims[1]:
+            raise ValueError(
+                f"the data give {data.features.shape[-1]} features per point but the guide "
+                f"was built for {self.dims[1]}; check the covariates' dimension"
+            )
+        log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
+        return PreparedTask(layout, data, log_joint)
+
+    # ------------------------------------------------------------- refinement
+    def schedule(
+        self, num_points: int, num_steps: int | None = None, batch_size: int | None = None
+    ) -> Schedule:
+        """The mini-batches of one call (seeded: a call is a function of its data)."""
+        batch_size = batch_size or self.config["batch_size"]
+        if num_steps is None:
+            num_steps = self.config["num_steps"]
+        if num_steps is None:
+            num_steps = math.ceil(num_points / batch_size)
+        key = jax.random.PRNGKey(self.config["seed"])
+        return minibatch_schedule(num_points, min(batch_size, num_points), num_steps, key)
+
+    def context_index(self, num_points: int):
+        """The seeded random context subset of the one-shot encoder (``None``: all points)."""
+        context_size = self.config["context_size"]
+        if num_points <= context_size:
+            return None
+        key = jax.random.PRNGKey(self.config["seed"] + 1)
+        return jax.random.permutation(key, num_points)[:context_size]
+
+    def run(
+        self,
+        params: dict,
+        task: PreparedTask,
+        *,
+        schedule: Schedule | None = None,
+        context_index=None,
+        num_steps: int | None = None,
+        batch_size: int | None = None,
+        trajectory: bool = False,
+    ):
+        """``(λ_0, λ_K or λ_1…λ_K, infos)`` for a prepared task (compiled once per shape).
+
+        ``schedule`` and ``context_index`` default to the guide's seeded ones; pass them to
+        reproduce another backend's mini-batch order.
+        """
+        refiner = self.refiner(params)
+        num_points = task.data.size
+        if schedule is None:
+            schedule = self.schedule(num_points, num_steps, batch_size)
+        if context_index is None:
+            context_index = self.context_index(num_points)
+        key = None
+        if self.config["linearization"] == "samples":
+            key = jax.random.PRNGKey(self.config["seed"] + 3)
+        return _compiled_refine(
+            refiner, task.data, schedule, task.log_joint, context_index, key, trajectory
+        )
+
+    def final_state(self, params: dict, task: PreparedTask, **options) -> RefinementState:
+        """``λ_K`` for a prepared task."""
+        return self.run(params, task, **options)[1]
+
+    def _batched_distribution(self, state: RefinementState, layout: LatentLayout):
+        family = self.refiner_family()
+        loc = state.loc.reshape(*layout.batch_shape, -1) if layout.num_tasks else state.loc[0]
+        precision = state.precision
+        precision = (
+            precision.reshape(*layout.batch_shape, *precision.shape[-2:])
+            if layout.num_tasks
+            else precision[0]
+        )
+        return family.distribution(loc, precision)
+
+    def refiner_family(self):
+        self._require_built()
+        return self._static.family
+
+    # ------------------------------------------------------------------ NumPyro
+    def __call__(self, *args, **kwargs):
+        """Sample the global latents for the dataset in ``*args, **kwargs``."""
+        task = self.prepare(*args, **kwargs) if self._static is not None else None
+        if task is None:
+            task = self._setup_prototype(*args, **kwargs)
+        # as numpyro.contrib.module.eqx_module registers "{name}$params", but the initial
+        # arrays are only built when NumPyro asks for them (not when params are substituted)
+        arrays = numpyro.param(self.param_name, lambda _: self.params_of(self.build(*self.dims))[
+            self.param_name
+        ])
+        params = {self.param_name: arrays}
+        state = self.final_state(params, task)
+        layout = task.layout
+        posterior = self._batched_distribution(state, layout)
+        result = {}
+        plate = (
+            numpyro.plate(self.config["tasks_plate"], layout.num_tasks, dim=layout.tasks_dim)
+            if layout.num_tasks
+            else contextlib.nullcontext()
+        )
+        with plate:
+            latent = numpyro.sample(
+                f"_{self.prefix}_latent", posterior, infer={"is_auxiliary": True}
+            )
+            for site, value, log_jacobian in layout.unpack(latent):
+                result[site.name] = numpyro.sample(
+                    site.name,
+                    dist.Delta(value, log_density=-log_jacobian, event_dim=site.event_dim),
+                )
+        return result
+
+    # ------------------------------------------------------------- user API
+    def _posterior_and_layout(self, params, *args, schedule=None, context_index=None, **kwargs):
+        task = self.prepare(*args, **kwargs)
+        state = self.final_state(params, task, schedule=schedule, context_index=context_index)
+        check_state(state)
+        return self._flat_distribution(state, task.layout), task.layout
+
+    def posterior(self, params: dict, *args, schedule=None, context_index=None, **kwargs):
+        """``q(z | D)``: a NumPyro distribution over the flattened unconstrained latents.
+
+        Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
+        Raises :class:`~iai_prob.numpyro.refinement.RefinementError` for a bad state.
+        """
+        return self._posterior_and_layout(
+            params, *args, schedule=schedule, context_index=context_index, **kwargs
+        )[0]
+
+    def _flat_distribution(self, state: RefinementState, layout: LatentLayout):
+        family = self.refiner_family()
+        if layout.num_tasks is None:
+            return family.distribution(state.loc[0], state.precision[0])
+        return family.distribution(state.loc, state.precision)
+
+    def median(self, params: dict, *args, **kwargs) -> dict:
+        """Posterior median of each global site: ``T(μ)`` (per task when batched)."""
+        posterior, layout = self._posterior_and_layout(params, *args, **kwargs)
+        return {site.name: value for site, value, _ in layout.unpack(posterior.mean)}
+
+    def quantiles(self, params: dict, quantiles, *args, **kwargs) -> dict:
+        """Marginal quantiles ``T(μ_i + σ_i Φ⁻¹(q))`` of each global site, stacked on dim 0
+        (exact for elementwise bijections)."""
+        posterior, layout = self._posterior_and_layout(params, *args, **kwargs)
+        scale = jnp.sqrt(posterior.variance)
+        levels = jnp.asarray(quantiles, scale.dtype)
+        normal = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.ndim)
+        return {
+            site.name: value for site, value, _ in layout.unpack(posterior.mean + scale * normal)
+        }
+
+    def sample_posterior(self, rng_key, params: dict, *args, sample_shape=(), **kwargs) -> dict:
+        """Draws of the global sites (constrained), ``sample_shape`` leading dims."""
+        posterior, layout = self._posterior_and_layout(params, *args, **kwargs)
+        latent = posterior.sample(rng_key, sample_shape)
+        return {site.name: value for site, value, _ in layout.unpack(latent)}
+
+    def refinement_trace(self, params: dict, *args, num_steps: int | None = None, **kwargs):
+        """The states ``λ_0 … λ_K`` (a list of :class:`RefinementState`) and the infos."""
+        task = self.prepare(*args, **kwargs)
+        first, states, infos = self.run(params, task, num_steps=num_steps, trajectory=True)
+        steps = [first]
+        for k in range(states.loc.shape[0]):
+            steps.append(jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], states))
+        return steps, infos
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self, params: dict, path, **card):
+        """Write ``path`` (safetensors) and its JSON card, loadable by both backends."""
+        from iai_prob.numpyro.checkpoint import save_guide
+
+        return save_guide(self, params, path, **card)
+
+    @classmethod
+    def load(cls, path, model):
+        """``(guide, params)`` from a checkpoint of either backend, for ``model``."""
+        from iai_prob.numpyro.checkpoint import load_guide
+
+        return load_guide(path, model)
+

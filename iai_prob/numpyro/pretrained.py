@@ -1,0 +1,25 @@
+"""The shipped pretrained guides, loaded into NumPyro.
+
+The checkpoints in :mod:`iai_prob.pretrained` (trained with PyTorch) load unchanged:
+``load(name)`` returns ``(guide, params)`` with the NumPyro twin of the card's task
+family as ``guide.family``, and ``guide.posterior(params, x, y)`` matches the PyTorch
+guide's ``posterior(x, y)`` for the same mini-batch order.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from iai_prob.numpyro.checkpoint import load_guide
+from iai_prob.numpyro.models import get_family
+from iai_prob.pretrained import available, card
+
+__all__ = ["available", "card", "load"]
+
+
+def load(name: str):
+    """``(guide, params)`` of the shipped guide ``name``, built for its task family."""
+    model = card(name)["model"]
+    family = get_family(model["family"], **model["config"])
+    with resources.as_file(resources.files("iai_prob.pretrained") / f"{name}.safetensors") as path:
+        return load_guide(path, family)

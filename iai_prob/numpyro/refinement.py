@@ -1,0 +1,356 @@
+"""The refinement core in JAX: a pure ``init`` / ``step`` pair and a ``lax.scan`` over steps.
+
+    λ_0     = init_φ(D_context)                    (one-shot set encoder)
+    λ_{k+1} = step_φ(λ_k, B_k)                     (k = 0 … K−1, B_k mini-batches of D)
+
+with ``λ = (μ, Λ)`` a Gaussian over the joint unconstrained latent per task (Mittal,
+Mahajan, Lajoie, Pezeshki 2025, §3; Marino et al. 2018): the twin of
+:mod:`iai_prob.inference.refinement`, step for step. :class:`Refiner` is an equinox
+module holding the learned pieces (its parameter names are those of the PyTorch
+``Refiner``); :func:`init`, :func:`step` and :func:`refine` are pure functions of it.
+The data-dependent branches of the PyTorch step (backtracking, the Newton fallback,
+up to ``max_relinearizations`` proximal re-linearizations that stop once the proposal
+moved less than 0.5 nats) are ``lax.cond`` / ``lax.while_loop`` with the same decisions.
+:func:`refine` is one ``lax.scan`` over a padded mini-batch schedule, compiled once per
+data shape. JAX cannot raise inside compiled code, so :func:`check_state` is called on
+the result by the eager entry points and raises :class:`RefinementError` there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
+from iai_prob.numpyro.encoders import Linear, get_encoder
+from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
+from iai_prob.numpyro.signals import (
+    LINEARIZATIONS,
+    curvature_signal,
+    natural_gradient_target,
+)
+from iai_prob.numpyro.task_data import TaskData
+from iai_prob.numpyro.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
+
+__all__ = [
+    "SIGNALS",
+    "RefinementError",
+    "RefinementInfo",
+    "RefinementState",
+    "Refiner",
+    "Schedule",
+    "check_state",
+    "init",
+    "minibatch_schedule",
+    "refine",
+    "step",
+]
+
+SIGNALS = ("data", "grad")
+_CONTEXT_FEATURES = 5
+
+
+class RefinementState(NamedTuple):
+    """Gaussian state per task: ``loc`` ``(T, D)``, ``precision`` ``(T, D, D)``, the number
+    of steps taken and of data points consumed."""
+
+    loc: jax.Array
+    precision: jax.Array
+    step: jax.Array
+    points_seen: jax.Array
+
+
+class RefinementInfo(NamedTuple):
+    """Diagnostics of one step: ``ρ_k`` used ``(T,)`` and ``E_q f_B`` before the step."""
+
+    step_size: jax.Array
+    batch_log_joint: jax.Array
+
+
+class Schedule(NamedTuple):
+    """``K`` mini-batches as padded indices ``(K, B_max)`` and validity ``(K, B_max)``."""
+
+    index: jax.Array
+    mask: jax.Array
+
+
+class RefinementError(RuntimeError):
+    """A refinement state stopped being finite or positive definite."""
+
+
+def _split_sizes(num_points: int, num_batches: int) -> list[int]:
+    """Sizes of ``torch.tensor_split(range(N), num_batches)``: larger chunks first."""
+    base, extra = divmod(num_points, num_batches)
+    return [base + 1] * extra + [base] * (num_batches - extra)
+
+
+def batches_to_schedule(batches) -> Schedule:
+    """Pad a list of index arrays (e.g. PyTorch's ``minibatch_schedule``) to a Schedule."""
+    width = max(len(b) for b in batches)
+    index = np.zeros((len(batches), width), np.int32)
+    mask = np.zeros((len(batches), width), bool)
+    for row, batch in enumerate(batches):
+        index[row, : len(batch)] = np.asarray(batch)
+        mask[row, : len(batch)] = True
+    return Schedule(jnp.asarray(index), jnp.asarray(mask))
+
+
+def minibatch_schedule(num_points: int, batch_size: int, num_steps: int, key) -> Schedule:
+    """``num_steps`` mini-batches cycling over random partitions of ``range(num_points)``.
+
+    Each pass draws a fresh permutation and splits it into ``⌈N/batch_size⌉`` batches
+    whose sizes differ by at most one (as the PyTorch schedule; the permutations come
+    from JAX's generator, so the orders differ between backends).
+    """
+    num_batches = math.ceil(num_points / batch_size)
+    sizes = _split_sizes(num_points, num_batches)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    width = max(sizes)
+    passes = max(1, math.ceil(num_steps / num_batches))
+    keys = jax.random.split(key, passes)
+    permutations = jax.vmap(lambda k: jax.random.permutation(k, num_points))(keys)
+    offsets = np.arange(width)
+    rows = np.minimum(starts[:, None] + offsets, num_points - 1)
+    valid = offsets[None, :] < np.asarray(sizes)[:, None]
+    index = permutations[:, rows].reshape(-1, width)[:num_steps]
+    mask = np.tile(valid, (passes, 1))[:num_steps]
+    return Schedule(jnp.where(mask, index, 0).astype(jnp.int32), jnp.asarray(mask))
+
+
+class Refiner(eqx.Module):
+    """Learned pieces of the refinement: set encoder, initial head, update rule.
+
+    Arguments as :class:`iai_prob.inference.refinement.Refiner`, plus ``key`` for the
+    initialization.
+    """
+
+    encoder: eqx.Module
+    init_head: Linear
+    update: NaturalGradientUpdate
+    site_target: LearnedSiteTarget | None
+    latent_dim: int = eqx.field(static=True)
+    feature_dim: int = eqx.field(static=True)
+    family: GaussianFamily = eqx.field(static=True)
+    signals: tuple = eqx.field(static=True)
+    linearization: str = eqx.field(static=True)
+    num_particles: int = eqx.field(static=True)
+    context_size: int = eqx.field(static=True)
+    min_precision: float = eqx.field(static=True)
+    max_relinearizations: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        latent_dim: int,
+        feature_dim: int,
+        family: GaussianFamily,
+        *,
+        encoder: str = "set_transformer",
+        encoder_options: dict | None = None,
+        signals: tuple[str, ...] = SIGNALS,
+        linearization: str = "sigma_points",
+        num_particles: int = 8,
+        context_size: int = 256,
+        min_precision: float = 1e-3,
+        max_relinearizations: int = 2,
+        key,
+    ):
+        signals = tuple(signals)
+        if not signals or any(s not in SIGNALS for s in signals):
+            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
+        if linearization not in LINEARIZATIONS:
+            raise ValueError(
+                f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}"
+            )
+        encoder_key, head_key, update_key, site_key = jax.random.split(key, 4)
+        self.latent_dim = latent_dim
+        self.feature_dim = feature_dim
+        self.family = family
+        self.signals = signals
+        self.linearization = linearization
+        self.num_particles = num_particles
+        self.context_size = context_size
+        self.min_precision = min_precision
+        self.max_relinearizations = max_relinearizations
+        self.encoder = get_encoder(encoder, feature_dim, key=encoder_key, **(encoder_options or {}))
+        embed_dim = self.encoder.embed_dim
+        self.init_head = Linear(embed_dim, family.num_raw(), key=head_key, zero=True)
+        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in signals else 0)
+        self.update = NaturalGradientUpdate(context_dim, key=update_key)
+        self.site_target = (
+            None if "grad" in signals else LearnedSiteTarget(embed_dim, self.family, key=site_key)
+        )
+
+
+def check_state(state: RefinementState) -> RefinementState:
+    """Raise :class:`RefinementError` if any task's state is not finite or not PD (eager)."""
+    finite = np.isfinite(np.asarray(state.loc)).all(-1) & np.isfinite(
+        np.asarray(state.precision)
+    ).all((-1, -2))
+    chol = np.asarray(jnp.linalg.cholesky(jnp.nan_to_num(state.precision)))
+    positive = np.isfinite(chol).all((-1, -2))
+    bad = np.flatnonzero(~(finite & positive)).tolist()
+    if bad:
+        raise RefinementError(
+            f"refinement step {int(np.max(np.asarray(state.step)))}: the posterior state of "
+            f"task(s) {bad[:10]} is not finite or not positive definite; check the data for "
+            "extreme values, use larger batches or linearization='sigma_points'"
+        )
+    return state
+
+
+def init(refiner: Refiner, context: TaskData) -> RefinementState:
+    """``λ_0`` from the context points (all of ``context``) and the count ``N``."""
+    embedding = refiner.encoder(context.features, context.total_points, context.mask)
+    loc, precision = refiner.family.from_raw(refiner.init_head(embedding))
+    zero = jnp.zeros((), jnp.int32)
+    return RefinementState(loc, precision, zero, jnp.zeros((), loc.dtype))
+
+
+def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5):
+    """Whether ``KL(q_new ‖ q_old) < tolerance`` nats for every task."""
+    new_loc, new_precision = jax.lax.stop_gradient((new.loc, new.precision))
+    old_loc, old_precision = jax.lax.stop_gradient((old.loc, old.precision))
+    kl = gaussian_kl(new_loc, new_precision, old_loc, old_precision)
+    return (kl < tolerance).all()
+
+
+def _advance(refiner, state, batch, log_joint, targets, embedding, base):
+    """Damped step from ``state`` toward the first target (later ones are fallbacks)."""
+    first = targets[0]() if callable(targets[0]) else targets[0]
+    context = step_context(
+        state.step, batch.total_points, batch.num_points, state.loc, state.precision, *first
+    )
+    if embedding is not None:
+        context = jnp.concatenate([context, jax.lax.stop_gradient(embedding)], -1)
+    step_size = refiner.update.step_size(state.points_seen, batch.num_points, context)
+    makers = [t if callable(t) else (lambda t=t: t) for t in targets]
+    loc, precision, used = damped_combine(
+        state.loc,
+        state.precision,
+        step_size,
+        makers,
+        batch,
+        log_joint,
+        refiner.family,
+        base=base,
+    )
+    new_state = RefinementState(
+        loc,
+        refiner.family.project(precision),
+        state.step + 1,
+        state.points_seen + batch.num_points,
+    )
+    return new_state, used
+
+
+def _linearized_targets(refiner, point, batch, log_joint, key):
+    """The CVI target at ``point`` (and, lazily, the one at its mean alone)."""
+    signal = curvature_signal(
+        log_joint,
+        point.loc,
+        point.precision,
+        batch,
+        refiner.linearization,
+        refiner.num_particles,
+        key,
+    )
+    target = natural_gradient_target(signal, point.loc, refiner.family, refiner.min_precision)
+    targets = [target]
+    if refiner.linearization != "mean":
+
+        def mean_target():
+            mean_signal = curvature_signal(log_joint, point.loc, point.precision, batch, "mean")
+            return natural_gradient_target(
+                mean_signal, point.loc, refiner.family, refiner.min_precision
+            )
+
+        targets.append(mean_target)
+    return signal, targets
+
+
+def step(
+    refiner: Refiner, state: RefinementState, batch: TaskData, log_joint, key=None
+) -> tuple[RefinementState, RefinementInfo]:
+    """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
+    embedding = None
+    if "data" in refiner.signals:
+        embedding = refiner.encoder(batch.features, batch.num_points, batch.mask)
+    if "grad" not in refiner.signals:
+        target = refiner.site_target(refiner.family, embedding, batch.likelihood_scale)
+        new_state, used = _advance(refiner, state, batch, log_joint, [target], embedding, None)
+        return new_state, RefinementInfo(used, jnp.full_like(used, jnp.nan))
+    sweeps = refiner.max_relinearizations + 1
+    keys = None if key is None else jax.random.split(key, sweeps)
+    # E_q f_B at the state's sigma points (= the first sweep's signal value): the
+    # reference L_B of the damping and the step's diagnostic
+    batch_log_joint = unscented_batch_elbo(
+        log_joint, refiner.family, state.loc, state.precision, batch
+    ) - gaussian_entropy(jax.lax.stop_gradient(state.precision))
+    base = None
+    if refiner.linearization == "sigma_points":
+        entropy = gaussian_entropy(jax.lax.stop_gradient(state.precision))
+        base = jnp.nan_to_num(batch_log_joint + entropy, nan=-jnp.inf)
+    else:
+        signal = curvature_signal(
+            log_joint, state.loc, state.precision, batch, refiner.linearization,
+            refiner.num_particles, None if keys is None else keys[0],
+        )
+        batch_log_joint = signal.log_joint
+
+    def sweep(carry, sweep_key):
+        # one linearization sweep: the target at ``point``, a damped step from ``state``,
+        # done once the step moved the state less than 0.5 nats from ``point``
+        point, used, done = carry
+
+        def relinearize():
+            fixed = jax.tree_util.tree_map(jax.lax.stop_gradient, point)
+            _, targets = _linearized_targets(refiner, fixed, batch, log_joint, sweep_key)
+            proposal, used = _advance(refiner, state, batch, log_joint, targets, embedding, base)
+            return proposal, used, _moved_less(proposal, fixed, refiner.family)
+
+        point, used, moved_less = jax.lax.cond(
+            done, lambda: (point, used, done), relinearize
+        )
+        return (point, used, done | moved_less), None
+
+    start = (state, jnp.zeros(state.loc.shape[0], state.loc.dtype), jnp.asarray(False))
+    (new_state, used, _), _ = jax.lax.scan(sweep, start, keys, length=sweeps)
+    return new_state, RefinementInfo(used, batch_log_joint)
+
+
+def refine(
+    refiner: Refiner,
+    data: TaskData,
+    schedule: Schedule,
+    log_joint,
+    *,
+    context_index=None,
+    key=None,
+    greedy: bool = True,
+    trajectory: bool = False,
+):
+    """``λ_K`` (or all of ``λ_1 … λ_K`` with ``trajectory=True``) by one ``lax.scan``.
+
+    ``context_index`` picks the points the one-shot encoder sees (all by default).
+    Returns ``(λ_0, λ_K or stacked states, stacked RefinementInfo)``.
+    """
+    context = data if context_index is None else data.subset(context_index)
+    state = init(refiner, context)
+    keys = None
+    if key is not None:
+        keys = jax.random.split(key, schedule.index.shape[0])
+
+    def body(carry, inputs):
+        index, mask, step_key = inputs
+        if greedy:
+            carry = jax.tree_util.tree_map(jax.lax.stop_gradient, carry)
+        new, info = step(refiner, carry, data.subset(index, mask), log_joint, step_key)
+        return new, ((new if trajectory else None), info)
+
+    final, (states, infos) = jax.lax.scan(body, state, (schedule.index, schedule.mask, keys))
+    return state, (states if trajectory else final), infos

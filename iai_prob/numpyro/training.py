@@ -1,0 +1,308 @@
+"""Meta-training in JAX: ``fit`` learns the guide's encoder and update rule with optax.
+
+The twin of :func:`iai_prob.inference.fit` with the same options. Each step draws
+``tasks_per_step`` tasks with ``N ~ U{num_points}`` points from a task family's
+simulator, refines ``λ_0 … λ_K`` over ``1 … max_passes`` passes, and minimizes the mean
+over steps of ``−ELBO(q_{λ_k})`` (``"reverse_kl"``), ``−log q_{λ_k}(z_true)``
+(``"forward_kl"``) or their sum (``"mixed"``) (Mittal et al. 2025, §3: a loss on every
+refinement step; greedy training stops gradients between steps).
+
+One compilation serves the whole run: every step simulates ``hi`` points and masks the
+``hi − N`` extra ones, and the mini-batch schedule is padded to the largest number of
+steps, the missing ones being no-ops (``lax.cond``) that carry no loss. Checkpoints hold
+the guide in the shared format (``guide.safetensors`` + ``.json``, loadable by PyTorch)
+and the training state (``last``: parameters, optax state, step, losses); every step's
+tasks and noise are seeded by ``(seed, step)``, so a resumed run reproduces the
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.numpyro.refinement import RefinementState, init, step
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-step losses, the KL trace where exact, the time and the
+    trained ``params`` (NumPyro's params dict)."""
+
+    losses: list[float] = field(default_factory=list)
+    kls: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+    params: dict | None = None
+
+
+def _padded_schedule(key, num_points, capacity, batch_size, passes, max_steps):
+    """Indices ``(max_steps, B)``, validity and step validity for ``N = num_points`` valid
+    points among ``capacity`` (traced ``N``): per pass a fresh permutation of the valid
+    points split in ``⌈N/B⌉`` batches whose sizes differ by at most one."""
+    num_batches = jnp.ceil(num_points / batch_size).astype(jnp.int32)
+    base, extra = num_points // num_batches, num_points % num_batches
+    steps = jnp.arange(max_steps)
+    pass_index, chunk = steps // num_batches, steps % num_batches
+    keys = jax.random.split(key, max_steps)
+
+    def permutation(k):
+        scores = jax.random.uniform(k, (capacity,))
+        return jnp.argsort(jnp.where(jnp.arange(capacity) < num_points, scores, 2.0))
+
+    permutations = jax.vmap(permutation)(keys)[pass_index]  # one per pass (key per pass)
+    start = chunk * base + jnp.minimum(chunk, extra)
+    size = base + (chunk < extra)
+    offsets = jnp.arange(batch_size)
+    rows = jnp.minimum(start[:, None] + offsets, capacity - 1)
+    index = jnp.take_along_axis(permutations, rows, axis=1)
+    mask = offsets[None, :] < size[:, None]
+    valid_step = steps < passes * num_batches
+    return index.astype(jnp.int32), mask & valid_step[:, None], valid_step
+
+
+def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, max_steps):
+    static = guide._static
+
+    def loss_fn(arrays, data, true_z, num_points, passes, key):
+        refiner = eqx.combine(arrays, static)
+        schedule_key, noise_key = jax.random.split(key)
+        capacity = data.size
+        index, mask, valid_step = _padded_schedule(
+            schedule_key, num_points, capacity, batch_size, passes, max_steps
+        )
+        context = data.subset(jnp.arange(min(capacity, refiner.context_size)))
+        state = init(refiner, context)
+
+        def per_step_loss(state, k):
+            total = 0.0
+            if objective in ("reverse_kl", "mixed"):
+                total = total + reverse_kl(
+                    state.loc,
+                    state.precision,
+                    log_joint,
+                    data,
+                    jax.random.fold_in(noise_key, k),
+                    num_samples=num_samples,
+                )
+            if objective in ("forward_kl", "mixed"):
+                total = total + forward_kl(state.loc, state.precision, true_z)
+            return total
+
+        def body(carry, inputs):
+            state, total, count = carry
+            batch_index, batch_mask, valid, k = inputs
+            if greedy:
+                state = jax.tree_util.tree_map(jax.lax.stop_gradient, state)
+
+            def advance(state):
+                return step(refiner, state, data.subset(batch_index, batch_mask), log_joint)[0]
+
+            new = jax.lax.cond(valid, advance, lambda s: s, state)
+            loss = jnp.where(valid, per_step_loss(new, k + 1), 0.0)
+            return (new, total + loss, count + valid), None
+
+        start = (state, per_step_loss(state, 0), jnp.asarray(1.0))
+        steps = jnp.arange(max_steps)
+        (final, total, count), _ = jax.lax.scan(body, start, (index, mask, valid_step, steps))
+        return total / count, final
+
+    return loss_fn
+
+
+def _training_tensors(params, opt_state) -> dict:
+    tensors = {f"params.{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))}
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
+        tensors[f"optimizer.{i}"] = np.asarray(leaf)
+    return tensors
+
+
+def fit(
+    guide,
+    tasks,
+    *,
+    steps: int = 1000,
+    tasks_per_step: int = 32,
+    num_points: Sequence[int] = (16, 256),
+    objective: str = "reverse_kl",
+    greedy: bool = True,
+    max_passes: int = 2,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 1e-3,
+    num_samples: int = 8,
+    clip_norm: float = 10.0,
+    max_skipped: int = 50,
+    params: dict | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Meta-train ``guide`` on the task family ``tasks`` (see module docstring).
+
+    Options as :func:`iai_prob.inference.fit`; ``optimizer`` is an optax transformation
+    (default ``adam(learning_rate)`` after clipping the global norm to ``clip_norm``) and
+    ``params`` continues from given parameters (e.g. a pretrained guide's). Returns a
+    :class:`FitResult` whose ``params`` are the trained ones.
+    """
+    from iai_prob.numpyro.models.base import TaskFamily
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    low, high = num_points
+    if not 1 <= low <= high:
+        raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
+    if not isinstance(tasks, TaskFamily):
+        raise ValueError(
+            f"tasks must be a task family of iai_prob.numpyro.models (a simulator), got {tasks!r}"
+        )
+    if int(max_passes) != max_passes or max_passes < 1:
+        raise ValueError(f"max_passes must be a positive integer, got {max_passes!r}")
+    batch_size = guide.config["batch_size"]
+    if guide.config["num_steps"] is not None:
+        raise ValueError("fit trains guides with num_steps=None (passes over the data)")
+    root = jax.random.PRNGKey(seed)
+    theta, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
+    task = guide.prepare(x, y)
+    if guide._static is None:
+        guide._setup_prototype(x, y)
+    if params is None:
+        params = guide.params_of(guide.build(*guide.dims))
+    arrays = params[guide.param_name]
+    optimizer = optimizer or optax.chain(
+        optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate)
+    )
+    opt_state = optimizer.init(arrays)
+    result = FitResult()
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last = checkpoint_dir / "last" if checkpoint_dir is not None else None
+    if resume and last is not None and last.with_suffix(".json").exists():
+        arrays, opt_state = _load_training(last, arrays, opt_state, result)
+    budget = {
+        "steps": steps,
+        "tasks_per_step": tasks_per_step,
+        "num_points": [low, high],
+        "objective": objective,
+        "greedy": greedy,
+        "max_passes": max_passes,
+        "seed": seed,
+        "backend": "jax",
+    }
+    max_steps = max_passes * math.ceil(high / batch_size)
+    loss_fn = _make_loss(
+        guide,
+        task.log_joint,
+        objective=objective,
+        greedy=greedy,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        max_steps=max_steps,
+    )
+    exact = tasks.has_exact_posterior and all(site.is_real for site in task.layout.sites)
+
+    @jax.jit
+    def train_step(arrays, opt_state, key):
+        data_key, size_key, pass_key, loss_key = jax.random.split(key, 4)
+        size = jax.random.randint(size_key, (), low, high + 1)
+        passes = jax.random.randint(pass_key, (), 1, max_passes + 1)
+        theta, x, y = tasks.sample(data_key, tasks_per_step, high)
+        data = guide.prepare(x, y).data
+        valid = jnp.arange(high) < size
+        data = eqx.tree_at(lambda d: (d.mask, d.total_points), data, (valid, size.astype(x.dtype)))
+        true_z = task.layout.pack(theta, batch_ndim=1)
+        (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            arrays, data, true_z, size, passes, loss_key
+        )
+        finite = jnp.isfinite(loss)
+        updates, new_opt_state = optimizer.update(grads, opt_state, arrays)
+        new_arrays = optax.apply_updates(arrays, updates)
+        arrays = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_arrays, arrays)
+        opt_state = jax.tree_util.tree_map(
+            lambda n, o: jnp.where(finite, n, o), new_opt_state, opt_state
+        )
+        kl = jnp.nan
+        if exact:
+            x_valid = jnp.where(valid[None, :, None], x, 0.0)
+            y_valid = jnp.where(valid[None, :], y, 0.0)
+            kl = jnp.median(kl_to_exact(final.loc, final.precision, tasks.exact_posterior(x_valid, y_valid)))
+        return arrays, opt_state, loss, kl
+
+    bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
+    started = time.perf_counter() - result.seconds
+    while result.steps < steps:
+        key = jax.random.fold_in(root, result.steps)
+        arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            result.skipped += 1
+            if result.skipped > max_skipped:
+                raise FloatingPointError(
+                    f"fit: {result.skipped} non-finite losses (more than max_skipped="
+                    f"{max_skipped}); lower the learning rate or check the model"
+                )
+        result.steps += 1
+        result.losses.append(loss_value)
+        postfix = {"loss": f"{loss_value:.4g}"}
+        if exact and (result.steps % 10 == 0 or result.steps == steps):
+            result.kls.append((result.steps, float(kl)))
+            postfix["kl"] = f"{float(kl):.3g}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+        result.seconds = time.perf_counter() - started
+        if last is not None and (result.steps % checkpoint_every == 0 or result.steps == steps):
+            result.params = {guide.param_name: arrays}
+            _save_training(last, arrays, opt_state, result, budget)
+            save_guide(
+                guide, result.params, checkpoint_dir / "guide", budget=budget, seconds=result.seconds
+            )
+    bar.close()
+    result.params = {guide.param_name: arrays}
+    return result
+
+
+def _save_training(path: Path, arrays, opt_state, result: FitResult, budget: dict) -> None:
+    card = {
+        "kind": "training",
+        "backend": "jax",
+        "step": result.steps,
+        "losses": result.losses,
+        "kls": result.kls,
+        "seconds": result.seconds,
+        "skipped": result.skipped,
+        "budget": budget,
+    }
+    write_checkpoint(path, _training_tensors(arrays, opt_state), card)
+
+
+def _load_training(path: Path, arrays, opt_state, result: FitResult):
+    tensors, card = read_checkpoint(path)
+    if card.get("kind") != "training" or card.get("backend") != "jax":
+        raise ValueError(f"{path} is not a JAX training checkpoint; remove it or pass resume=False")
+    params_leaves, params_def = jax.tree_util.tree_flatten(arrays)
+    opt_leaves, opt_def = jax.tree_util.tree_flatten(opt_state)
+    arrays = jax.tree_util.tree_unflatten(
+        params_def, [jnp.asarray(tensors[f"params.{i}"]) for i in range(len(params_leaves))]
+    )
+    opt_state = jax.tree_util.tree_unflatten(
+        opt_def, [jnp.asarray(tensors[f"optimizer.{i}"]) for i in range(len(opt_leaves))]
+    )
+    result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
+    result.kls = [tuple(kl) for kl in card["kls"]]
+    result.skipped = card["skipped"]
+    return arrays, opt_state

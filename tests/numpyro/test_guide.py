@@ -1,0 +1,118 @@
+"""The NumPyro guide inside NumPyro's own machinery: SVI, Predictive, ELBOs, PSIS.
+
+The shipped linear-regression guide on one dataset of 150 points reuses the refinement
+compiled by the parity tests (same shapes), so most of these checks cost no compilation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optax
+import pytest
+from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
+from numpyro.infer.importance import psis_diagnostic
+
+from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
+from iai_prob.numpyro.models import GaussianMixture, LinearRegression
+
+NUM_POINTS = 150
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    guide, params = pretrained.load("linear_regression")
+    _, x, y = guide.family.sample(jax.random.PRNGKey(3), 1, NUM_POINTS)
+    return guide, params, x[0], y[0]
+
+
+def test_trace_elbo_is_close_to_the_evidence(shipped):
+    guide, params, x, y = shipped
+    losses = [
+        Trace_ELBO(num_particles=64).loss(jax.random.PRNGKey(k), params, guide.model, guide, x, y)
+        for k in range(2)
+    ]
+    # −ELBO − (−log p(y)) = KL(q ‖ p(w | y)) ≥ 0; the shipped guide is within 0.1 nats
+    gap = np.mean(losses) + float(guide.family.log_evidence(x, y))
+    assert -0.2 < gap < 0.3, gap
+
+
+def test_predictive_draws_the_refined_posterior(shipped):
+    guide, params, x, y = shipped
+    predictive = Predictive(
+        guide.model, guide=guide, params=params, num_samples=400, parallel=True, return_sites=["w"]
+    )
+    draws = predictive(jax.random.PRNGKey(0), x, y)
+    assert draws["w"].shape == (400, 8)
+    exact = guide.family.exact_posterior(x, y)
+    standard_error = np.sqrt(np.diag(np.asarray(exact.covariance_matrix)) / 400)
+    np.testing.assert_array_less(
+        np.abs(draws["w"].mean(0) - np.asarray(exact.mean)), 5 * standard_error + 1e-3
+    )
+    # posterior predictive on new covariates from the guide's draws
+    new_x = jax.random.normal(jax.random.PRNGKey(1), (5, 8))
+    predictions = Predictive(guide.model, posterior_samples={"w": draws["w"]})(
+        jax.random.PRNGKey(2), new_x
+    )
+    assert predictions["y"].shape == (400, 5)
+
+
+def test_psis_diagnostic_accepts_the_guide(shipped):
+    guide, params, x, y = shipped
+    khat = psis_diagnostic(jax.random.PRNGKey(0), params, guide.model, guide, x, y, num_particles=300)
+    assert np.isfinite(khat) and khat < 0.7
+
+
+def test_guide_draws_constrained_sites_and_median(shipped):
+    guide, params, x, y = shipped
+    trace = numpyro.handlers.trace(
+        numpyro.handlers.seed(numpyro.handlers.substitute(guide, data=params), 0)
+    ).get_trace(x, y)
+    assert trace["w"]["fn"].__class__.__name__ == "Delta"
+    assert trace["_iai_latent"]["infer"]["is_auxiliary"]
+    median = guide.median(params, x, y)
+    quantiles = guide.quantiles(params, [0.1, 0.5, 0.9], x, y)
+    np.testing.assert_allclose(quantiles["w"][1], median["w"], atol=1e-6)
+    assert (quantiles["w"][0] < quantiles["w"][2]).all()
+
+
+def test_bad_input_names_the_problem(shipped):
+    guide, params, x, y = shipped
+    with pytest.raises(ValueError, match="NaN or inf"):
+        guide.posterior(params, x, y.at[0].set(jnp.nan))
+    with pytest.raises(ValueError, match="params has no entry"):
+        guide.posterior({}, x, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        IterativeAmortizedGuide(guide.model, batch_size=0)
+    with pytest.raises(ValueError, match="signals"):
+        IterativeAmortizedGuide(guide.model, signals=("nope",))
+
+
+SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
+
+
+@pytest.mark.slow
+def test_svi_trains_a_fresh_guide_and_enum_elbo_marginalizes_the_mixture():
+    family = LinearRegression(dim=2)
+    guide = IterativeAmortizedGuide(family, num_steps=1, batch_size=16, **SMALL)
+    _, x, y = family.sample(jax.random.PRNGKey(0), 1, 32)
+    svi = SVI(family.model, guide, optax.adam(1e-2), Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(1), x[0], y[0])
+    assert set(svi.get_params(state)) == {guide.param_name}
+    state, loss = svi.update(state, x[0], y[0])
+    state, loss = svi.update(state, x[0], y[0])
+    assert np.isfinite(float(loss))
+    before = jax.tree_util.tree_leaves(svi.get_params(svi.init(jax.random.PRNGKey(1), x[0], y[0])))
+    after = jax.tree_util.tree_leaves(svi.get_params(state))
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+    mixture = GaussianMixture(dim=2, num_components=2)
+    mixture_guide = IterativeAmortizedGuide(mixture, num_steps=1, batch_size=16, **SMALL)
+    _, mx, my = mixture.sample(jax.random.PRNGKey(2), 1, 32)
+    params = mixture_guide.init_params(mx[0], my[0])
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(
+        jax.random.PRNGKey(3), params, mixture.model, mixture_guide, mx[0], my[0]
+    )
+    assert np.isfinite(float(loss))
