@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from iai_prob import checkpoint_format
 from iai_prob.inference import CheckpointError, IterativeAmortizedGuide, fit
-from iai_prob.inference import checkpoint as checkpoint_module
 from iai_prob.inference.checkpoint import read_checkpoint, write_checkpoint
 
 
@@ -130,14 +130,14 @@ def test_an_interrupted_versioned_write_keeps_the_previous_checkpoint(monkeypatc
     stem = tmp_path / "last"
     write_checkpoint(stem, {"a": torch.zeros(3)}, {"step": 1}, versioned=True)
     write_checkpoint(stem, {"a": torch.ones(3)}, {"step": 2}, versioned=True)
-    original = checkpoint_module._atomic_write
+    original = checkpoint_format.atomic_write
 
     def die_at_the_card(path, write):  # a crash after the weights, before the card
         if path.suffix == ".json":
             raise KeyboardInterrupt("killed")
         original(path, write)
 
-    monkeypatch.setattr(checkpoint_module, "_atomic_write", die_at_the_card)
+    monkeypatch.setattr(checkpoint_format, "atomic_write", die_at_the_card)
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(stem, {"a": torch.full((3,), 7.0)}, {"step": 3}, versioned=True)
     monkeypatch.undo()
