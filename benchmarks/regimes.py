@@ -135,7 +135,7 @@ def budget(quick: bool) -> Budget:
     if quick:
         steps = {"parametric": 4, "explicit": 4, "implicit": 6, "maml": 3, "meta_sgd": 3}
         return Budget(steps, tasks_per_step=4, eval_tasks=8)
-    steps = {"parametric": 60, "explicit": 60, "implicit": 150, "maml": 40, "meta_sgd": 40}
+    steps = {"parametric": 40, "explicit": 60, "implicit": 150, "maml": 30, "meta_sgd": 30}
     return Budget(steps)
 
 
@@ -165,7 +165,7 @@ def run_family(spec: FamilySpec, plan: Budget, report: Report):
         results = {}
         for regime, learner in learners.items():
             try:
-                results[regime] = evaluate(learner, spec, condition, plan)
+                results[regime] = evaluate(learner, spec, condition, plan, every_step=index == 0)
             except Exception as error:
                 failures[f"{regime}@{index}"] = f"diverged: {type(error).__name__}"
         if index == 0:
