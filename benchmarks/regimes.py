@@ -270,7 +270,7 @@ def signals_section(plan: Budget, report: Report) -> None:
                 steps=plan.steps["parametric"],
                 tasks_per_step=plan.tasks_per_step,
                 num_points=plan.num_points,
-                learning_rate=3e-3,
+                learning_rate=1e-3,
                 progress=False,
             )
             seconds = time.perf_counter() - started

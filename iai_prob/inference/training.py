@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from iai_prob.inference.checkpoint import learnable_model, read_checkpoint, write_checkpoint
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
 
 __all__ = ["FitResult", "fit"]
@@ -295,15 +296,18 @@ def _train_loop(
         generator.manual_seed(seed * 1_000_003 + result.steps)
         size = int(torch.randint(low, high + 1, (), generator=generator))
         batch = source.sample(tasks_per_step, size, generator).to(device)
-        loss, task, state = _step_loss(
-            guide, batch, objective, greedy, max_passes, generator, num_samples
-        )
+        try:
+            loss, task, state = _step_loss(
+                guide, batch, objective, greedy, max_passes, generator, num_samples
+            )
+        except RefinementError:  # a state left the PD cone: skipped like a non-finite loss
+            loss, task, state = torch.tensor(math.nan), None, None
         optimizer.zero_grad()
         if not torch.isfinite(loss):
             result.skipped += 1
             if result.skipped > max_skipped:
                 raise FloatingPointError(
-                    f"fit: {result.skipped} non-finite losses (more than max_skipped="
+                    f"fit: {result.skipped} non-finite losses or failed refinements (more than max_skipped="
                     f"{max_skipped}); lower the learning rate or check the model"
                 )
         else:
