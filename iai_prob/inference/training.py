@@ -307,8 +307,8 @@ def _train_loop(
             result.skipped += 1
             if result.skipped > max_skipped:
                 raise FloatingPointError(
-                    f"fit: {result.skipped} non-finite losses or failed refinements (more than max_skipped="
-                    f"{max_skipped}); lower the learning rate or check the model"
+                    f"fit: {result.skipped} non-finite losses or failed refinements (more than "
+                    f"max_skipped={max_skipped}); lower the learning rate or check the model"
                 )
         else:
             loss.backward()
