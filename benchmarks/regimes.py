@@ -228,13 +228,14 @@ def plot(curves: dict, kinds: dict, path: Path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     for axis, name in zip(axes.flat, names, strict=False):
         for regime, values in curves[name].items():
-            axis.plot(range(len(values)), values, marker=".", label=LABELS[regime])
+            color = f"C{REGIMES.index(regime)}"  # one color per regime in every panel
+            axis.plot(range(len(values)), values, marker=".", color=color, label=LABELS[regime])
+        axis.legend(fontsize=7)
         axis.set_title(name)
         axis.set_xlabel("refinement step k")
         axis.set_ylabel(PRIMARY[kinds[name]])
     for axis in axes.flat[len(names) :]:
         axis.axis("off")
-    axes.flat[0].legend(fontsize=8)
     figure.suptitle("Held-out error after each refinement step (in distribution)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
