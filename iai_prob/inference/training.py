@@ -300,7 +300,8 @@ def _train_loop(
             loss, task, state = _step_loss(
                 guide, batch, objective, greedy, max_passes, generator, num_samples
             )
-        except RefinementError:  # a state left the PD cone: skipped like a non-finite loss
+        except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone:
+            # the step is skipped like a non-finite loss
             loss, task, state = torch.tensor(math.nan), None, None
         optimizer.zero_grad()
         if not torch.isfinite(loss):
