@@ -297,8 +297,13 @@ def step(
         base = jnp.nan_to_num(batch_log_joint + entropy, nan=-jnp.inf)
     else:
         signal = curvature_signal(
-            log_joint, state.loc, state.precision, batch, refiner.linearization,
-            refiner.num_particles, None if keys is None else keys[0],
+            log_joint,
+            state.loc,
+            state.precision,
+            batch,
+            refiner.linearization,
+            refiner.num_particles,
+            None if keys is None else keys[0],
         )
         batch_log_joint = signal.log_joint
 
@@ -313,9 +318,7 @@ def step(
             proposal, used = _advance(refiner, state, batch, log_joint, targets, embedding, base)
             return proposal, used, _moved_less(proposal, fixed, refiner.family)
 
-        point, used, moved_less = jax.lax.cond(
-            done, lambda: (point, used, done), relinearize
-        )
+        point, used, moved_less = jax.lax.cond(done, lambda: (point, used, done), relinearize)
         return (point, used, done | moved_less), None
 
     start = (state, jnp.zeros(state.loc.shape[0], state.loc.dtype), jnp.asarray(False))

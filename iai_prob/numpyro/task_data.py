@@ -200,13 +200,15 @@ def read_task_data(
     if not isinstance(features, jax.core.Tracer) and not bool(jnp.isfinite(features).all()):
         raise ValueError("the data contain NaN or inf values; clean or mask them first")
     if num_tasks is None:  # task-major storage: a leading T = 1
-        leaves = [leaf if axis is None else jnp.asarray(leaf)[None] for leaf, axis in zip(
-            leaves, axes, strict=True
-        )]
+        leaves = [
+            leaf if axis is None else jnp.asarray(leaf)[None]
+            for leaf, axis in zip(leaves, axes, strict=True)
+        ]
     else:
-        leaves = [leaf if axis is None else jnp.asarray(leaf) for leaf, axis in zip(
-            leaves, axes, strict=True
-        )]
+        leaves = [
+            leaf if axis is None else jnp.asarray(leaf)
+            for leaf, axis in zip(leaves, axes, strict=True)
+        ]
     stored_args, stored_kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
     data = TaskData(
         stored_args,
