@@ -12,8 +12,9 @@ density, like NumPyro's ``AutoContinuous``. The networks are an equinox module
 registered as :func:`numpyro.contrib.module.eqx_module` does (its array leaves under
 ``"{prefix}$refiner$params"``, built lazily), so the parameters live in NumPyro's params
 dict and the object holds no arrays; it works with ``SVI`` (``Trace_ELBO``,
-``TraceEnum_ELBO``), ``Predictive`` and ``psis_diagnostic``. The eager helpers (:meth:`posterior`, :meth:`median`, …) take the
-params dict explicitly, as NumPyro's autoguides do.
+``TraceEnum_ELBO``), ``Predictive`` and ``psis_diagnostic``. The eager helpers
+(:meth:`posterior`, :meth:`median`, …) take the params dict explicitly, as NumPyro's
+autoguides do.
 
 Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
 arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
