@@ -191,8 +191,8 @@ def check_state(state: RefinementState) -> RefinementState:
     finite = np.isfinite(np.asarray(state.loc)).all(-1) & np.isfinite(
         np.asarray(state.precision)
     ).all((-1, -2))
-    chol = np.asarray(jnp.linalg.cholesky(jnp.nan_to_num(state.precision)))
-    positive = np.isfinite(chol).all((-1, -2))
+    precision = np.nan_to_num(np.asarray(state.precision, np.float64))
+    positive = np.linalg.eigvalsh(0.5 * (precision + np.swapaxes(precision, -1, -2))).min(-1) > 0
     bad = np.flatnonzero(~(finite & positive)).tolist()
     if bad:
         raise RefinementError(

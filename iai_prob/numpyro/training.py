@@ -40,8 +40,9 @@ __all__ = ["FitResult", "fit"]
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-step losses, the KL trace where exact, the time and the
-    trained ``params`` (NumPyro's params dict)."""
+    """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the wall
+    time of each step of this call (the first includes compilation) and the trained
+    ``params`` (NumPyro's params dict)."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
@@ -49,6 +50,7 @@ class FitResult:
     seconds: float = 0.0
     skipped: int = 0
     params: dict | None = None
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def _padded_schedule(key, num_points, capacity, batch_size, passes, max_steps):
@@ -251,8 +253,10 @@ def fit(
     started = time.perf_counter() - result.seconds
     while result.steps < steps:
         key = jax.random.fold_in(root, result.steps)
+        step_started = time.perf_counter()
         arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
         loss_value = float(loss)
+        result.step_seconds.append(time.perf_counter() - step_started)
         if not math.isfinite(loss_value):
             result.skipped += 1
             if result.skipped > max_skipped:
