@@ -41,7 +41,24 @@ from iai_prob.numpyro.guide import IterativeAmortizedGuide
 from iai_prob.numpyro.models.base import TaskFamily
 from iai_prob.numpyro.task_data import trace_model
 
-__all__ = ["NumPyroPosterior", "numpyro_posterior", "simulate"]
+__all__ = ["NumPyroPosterior", "numpyro_posterior", "simulate", "split_guide"]
+
+
+def split_guide(posterior) -> tuple[IterativeAmortizedGuide, dict]:
+    """``(guide, params)`` of a NumPyro guide passed as that pair, else a ``ValueError``."""
+    if isinstance(posterior, IterativeAmortizedGuide):
+        raise ValueError("a NumPyro guide needs its parameters: pass (guide, params)")
+    if (
+        not isinstance(posterior, tuple)
+        or len(posterior) != 2
+        or not isinstance(posterior[0], IterativeAmortizedGuide)
+        or not isinstance(posterior[1], dict)
+    ):
+        raise ValueError(
+            "a NumPyro guide is passed as the pair (guide, params), e.g. "
+            "to_inference_data((guide, params), None, x, y)"
+        )
+    return posterior
 
 
 def simulate(family: TaskFamily, num_tasks: int, num_points: int, *, seed: int = 0):
@@ -259,21 +276,12 @@ def numpyro_posterior(
     :param model: the NumPyro model or :class:`~iai_prob.numpyro.models.TaskFamily`
         (``None`` takes the guide's own model).
     """
-    if isinstance(posterior, tuple):
-        if len(posterior) != 2 or not isinstance(posterior[0], IterativeAmortizedGuide):
-            raise ValueError(
-                "a NumPyro guide is passed as the pair (guide, params), e.g. "
-                "to_inference_data((guide, params), None, x, y)"
-            )
-        guide, params = posterior
+    if isinstance(posterior, tuple | IterativeAmortizedGuide):
+        guide, params = split_guide(posterior)
         model = guide.model if model is None else getattr(model, "model", model)
         task = guide.prepare(*args, **kwargs)
         distribution = guide.posterior(params, *args, **kwargs)
         return NumPyroPosterior(distribution, task, model, args, kwargs)
-    if isinstance(posterior, IterativeAmortizedGuide):
-        raise ValueError(
-            "a NumPyro guide needs its parameters: pass (guide, params) as the posterior"
-        )
     if not callable(posterior):
         raise ValueError(
             "posterior must be (guide, params) or a callable returning a NumPyro distribution "
