@@ -267,6 +267,8 @@ def report(
     batched = source.batched
     if nuts and batched:
         raise ValueError("nuts=True compares one dataset; pass one dataset or nuts=False")
+    if nuts and type(source).__name__ == "NumPyroPosterior":
+        raise ValueError("nuts=True runs the Pyro model; it is not available for a NumPyro guide")
     # a NumPyro guide comes as the pair (guide, params)
     owner = guide[0] if isinstance(guide, tuple) and guide else guide
     family = family if family is not None else getattr(owner, "family", None)
