@@ -49,10 +49,12 @@ __all__ = [
     "PosteriorDraws",
     "PosteriorSource",
     "approximate_posterior",
+    "checked_distribution",
     "event_dims",
     "is_numpyro",
     "log_joint_per_draw",
     "named_constants",
+    "tasks_plate_name",
 ]
 
 _PARTICLES = "_iai_diagnostic_draws"
@@ -161,6 +163,34 @@ def event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, 
     return tuple(f"{name}_dim_{start + i}" for i in range(len(shape)))
 
 
+def checked_distribution(distribution, layout, num_tasks: int):
+    """``distribution`` with batch ``(num_tasks,)`` (``()`` expanded for one dataset) and
+    event ``(D,)`` over the layout's unconstrained latents, else a ``ValueError``."""
+    if tuple(distribution.event_shape) != (layout.latent_dim,):
+        raise ValueError(
+            f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
+            f"the model's {layout.latent_dim} unconstrained global latents {layout.signature()}"
+        )
+    expected = (num_tasks,)
+    if tuple(distribution.batch_shape) == () and expected == (1,):
+        distribution = distribution.expand(expected)
+    if tuple(distribution.batch_shape) != expected:
+        raise ValueError(
+            f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
+            f"the {num_tasks} task(s) in the data"
+        )
+    return distribution
+
+
+def tasks_plate_name(sites, layout) -> str:
+    """The name of the plate of ``layout``'s tasks dim among the traced ``sites``."""
+    for site in sites:
+        for frame in site.get("cond_indep_stack", ()):
+            if frame.dim == layout.tasks_dim and frame.size == layout.num_tasks:
+                return frame.name
+    return "tasks"
+
+
 def named_constants(
     names, args, kwargs, observed_ids, lead, sizes, *, is_array
 ) -> dict[str, NamedArray]:
@@ -192,21 +222,7 @@ class ApproximatePosterior:
     """
 
     def __init__(self, distribution, task: PreparedTask, model):
-        if tuple(distribution.event_shape) != (task.layout.latent_dim,):
-            raise ValueError(
-                f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
-                f"the model's {task.layout.latent_dim} unconstrained global latents "
-                f"{task.layout.signature()}"
-            )
-        expected = (task.layout.flat_tasks,)
-        if tuple(distribution.batch_shape) == () and expected == (1,):
-            distribution = distribution.expand(expected)
-        if tuple(distribution.batch_shape) != expected:
-            raise ValueError(
-                f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
-                f"the {expected[0]} task(s) in the data"
-            )
-        self.distribution = distribution
+        self.distribution = checked_distribution(distribution, task.layout, task.layout.flat_tasks)
         self.task = task
         self.layout = task.layout
         self.model = model
@@ -257,11 +273,7 @@ class ApproximatePosterior:
         }
 
     def _tasks_name(self) -> str:
-        for site in self._trace.nodes.values():
-            for frame in site.get("cond_indep_stack", ()):
-                if frame.dim == self.layout.tasks_dim and frame.size == self.layout.num_tasks:
-                    return frame.name
-        return "tasks"
+        return tasks_plate_name(self._trace.nodes.values(), self.layout)
 
     # ---------------------------------------------------- model evaluations
     def _conditioned(self, z: torch.Tensor, *, resample_observed: bool):

@@ -36,7 +36,14 @@ from numpyro import handlers
 from numpyro.infer import Predictive, log_likelihood
 from numpyro.infer.util import log_density
 
-from iai_prob.diagnostics.adapter import NamedArray, PosteriorDraws, event_dims, named_constants
+from iai_prob.diagnostics.adapter import (
+    NamedArray,
+    PosteriorDraws,
+    checked_distribution,
+    event_dims,
+    named_constants,
+    tasks_plate_name,
+)
 from iai_prob.numpyro.guide import IterativeAmortizedGuide
 from iai_prob.numpyro.models.base import TaskFamily
 from iai_prob.numpyro.task_data import trace_model
@@ -78,21 +85,7 @@ class NumPyroPosterior:
 
     def __init__(self, distribution, task, model, args: tuple, kwargs: dict):
         layout = task.layout
-        if tuple(distribution.event_shape) != (layout.latent_dim,):
-            raise ValueError(
-                f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
-                f"the model's {layout.latent_dim} unconstrained global latents "
-                f"{layout.signature()}"
-            )
-        expected = (task.data.num_tasks,)
-        if tuple(distribution.batch_shape) == () and expected == (1,):
-            distribution = distribution.expand(expected)
-        if tuple(distribution.batch_shape) != expected:
-            raise ValueError(
-                f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
-                f"the {expected[0]} task(s) in the data"
-            )
-        self.distribution = distribution
+        self.distribution = checked_distribution(distribution, layout, task.data.num_tasks)
         self.task = task
         self.layout = layout
         self.model = model
@@ -114,11 +107,7 @@ class NumPyroPosterior:
         return int(self.task.data.size)
 
     def _tasks_name(self) -> str:
-        for site in self._trace.values():
-            for frame in site.get("cond_indep_stack", ()):
-                if frame.dim == self.layout.tasks_dim and frame.size == self.layout.num_tasks:
-                    return frame.name
-        return "tasks"
+        return tasks_plate_name(self._trace.values(), self.layout)
 
     # ---------------------------------------------------------------- draws
     def sample_latent(self, num_samples: int, *, seed: int = 0) -> np.ndarray:
