@@ -120,10 +120,10 @@ def test_log_joint_and_khat_agree_with_the_pytorch_guide(shipped, source):
 
 def test_exact_posterior_passes_sbc_and_a_shrunk_one_fails(shipped):
     family = shipped[0].family
-    exact = sbc(family.exact_posterior, family, 300, num_points=20, progress=False)
+    exact = sbc(family.exact_posterior, family, 200, num_points=20, progress=False)
     assert exact.passed, exact.summary()
     assert 0.85 < exact.z_scores.std() < 1.15
-    shrunk = sbc(_shrunk(family, 0.4), family, 300, num_points=20, khat=True, progress=False)
+    shrunk = sbc(_shrunk(family, 0.4), family, 200, num_points=20, khat=True, progress=False)
     assert not shrunk.passed
     assert shrunk.z_scores.std() > 2
     assert np.median(shrunk.khat) > 0.7
