@@ -17,15 +17,19 @@ tasks:
 distribution over ``z`` (an exact posterior, a shrunk one, another amortizer). Arrays are
 sample-first: ``(S, T, …)`` with the task axis ``T`` kept (``T = 1`` for one dataset).
 
-A NumPyro guide plugs in by providing the same members (:class:`PosteriorSource`):
-``layout``, ``num_tasks``/``batched``, ``draw``, ``site_dims``, ``pointwise_log_likelihood``,
-``posterior_predictive``, ``observed``/``constant`` (arrays convertible with ``numpy``),
-plus ``distribution``, ``task.data`` and ``model`` for SBC and the NUTS comparison.
+A NumPyro guide, passed as the pair ``(guide, params)``, is adapted by
+:class:`~iai_prob.diagnostics.numpyro_adapter.NumPyroPosterior` (imported, with JAX, only
+when one is passed), which provides the same members (:class:`PosteriorSource`):
+``layout``, ``num_tasks``/``batched``/``num_points``, ``draw``, ``sample_latent``,
+``moments``, ``site_dims``, ``pointwise_log_likelihood``, ``posterior_predictive``,
+``observed``/``constant`` (arrays convertible with ``numpy``), plus ``task`` and ``model``
+for the report and the NUTS comparison.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import replace
 from typing import NamedTuple, Protocol
 
@@ -45,7 +49,12 @@ __all__ = [
     "PosteriorDraws",
     "PosteriorSource",
     "approximate_posterior",
+    "checked_distribution",
+    "event_dims",
+    "is_numpyro",
     "log_joint_per_draw",
+    "named_constants",
+    "tasks_plate_name",
 ]
 
 _PARTICLES = "_iai_diagnostic_draws"
@@ -98,6 +107,13 @@ class PosteriorSource(Protocol):
     @property
     def batched(self) -> bool: ...
 
+    @property
+    def num_points(self) -> int: ...
+
+    def sample_latent(self, num_samples: int, *, seed: int = 0): ...
+
+    def moments(self): ...
+
     def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws: ...
 
     def site_dims(self) -> dict[str, tuple[str, ...]]: ...
@@ -142,8 +158,57 @@ def log_joint_per_draw(
     return torch.stack(columns, dim=-1)
 
 
-def _event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:
+def event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:
+    """ArviZ-style names ``name_dim_i`` of the event dims of ``shape``."""
     return tuple(f"{name}_dim_{start + i}" for i in range(len(shape)))
+
+
+def checked_distribution(distribution, layout, num_tasks: int):
+    """``distribution`` with batch ``(num_tasks,)`` (``()`` expanded for one dataset) and
+    event ``(D,)`` over the layout's unconstrained latents, else a ``ValueError``."""
+    if tuple(distribution.event_shape) != (layout.latent_dim,):
+        raise ValueError(
+            f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
+            f"the model's {layout.latent_dim} unconstrained global latents {layout.signature()}"
+        )
+    expected = (num_tasks,)
+    if tuple(distribution.batch_shape) == () and expected == (1,):
+        distribution = distribution.expand(expected)
+    if tuple(distribution.batch_shape) != expected:
+        raise ValueError(
+            f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
+            f"the {num_tasks} task(s) in the data"
+        )
+    return distribution
+
+
+def tasks_plate_name(sites, layout) -> str:
+    """The name of the plate of ``layout``'s tasks dim among the traced ``sites``."""
+    for site in sites:
+        for frame in site.get("cond_indep_stack", ()):
+            if frame.dim == layout.tasks_dim and frame.size == layout.num_tasks:
+                return frame.name
+    return "tasks"
+
+
+def named_constants(
+    names, args, kwargs, observed_ids, lead, sizes, *, is_array
+) -> dict[str, NamedArray]:
+    """The model's array arguments other than the observations, named by parameter.
+
+    ``names`` are the model's parameter names (positional ``args`` take them in order);
+    an argument whose leading sizes equal ``sizes`` gets the plate names ``lead`` there.
+    """
+    named = dict(zip(names, args, strict=False)) | dict(kwargs)
+    named |= {f"arg_{i}": value for i, value in enumerate(args[len(names) :], len(names))}
+    result = {}
+    for name, value in named.items():
+        if not is_array(value) or id(value) in observed_ids:
+            continue
+        dims = tuple(lead) if tuple(value.shape[: len(lead)]) == tuple(sizes) else ()
+        dims += event_dims(name, tuple(value.shape[len(dims) :]))
+        result[name] = NamedArray(value, dims)
+    return result
 
 
 class ApproximatePosterior:
@@ -157,21 +222,7 @@ class ApproximatePosterior:
     """
 
     def __init__(self, distribution, task: PreparedTask, model):
-        if tuple(distribution.event_shape) != (task.layout.latent_dim,):
-            raise ValueError(
-                f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
-                f"the model's {task.layout.latent_dim} unconstrained global latents "
-                f"{task.layout.signature()}"
-            )
-        expected = (task.layout.flat_tasks,)
-        if tuple(distribution.batch_shape) == () and expected == (1,):
-            distribution = distribution.expand(expected)
-        if tuple(distribution.batch_shape) != expected:
-            raise ValueError(
-                f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
-                f"the {expected[0]} task(s) in the data"
-            )
-        self.distribution = distribution
+        self.distribution = checked_distribution(distribution, task.layout, task.layout.flat_tasks)
         self.task = task
         self.layout = task.layout
         self.model = model
@@ -187,15 +238,28 @@ class ApproximatePosterior:
     def batched(self) -> bool:
         return self.layout.num_tasks is not None
 
+    @property
+    def num_points(self) -> int:
+        return int(self.task.data.num_points)
+
     # ---------------------------------------------------------------- draws
+    @torch.no_grad()
+    def sample_latent(self, num_samples: int, *, seed: int = 0) -> torch.Tensor:
+        """``z ~ q``: ``(S, T, D)``, seeded without touching the global torch RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.distribution.sample((int(num_samples),))
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of ``q`` over ``z``, ``(T, D)`` each."""
+        return self.distribution.mean, self.distribution.variance.sqrt()
+
     @torch.no_grad()
     def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws:
         """``num_samples`` seeded draws per task with their log densities."""
         if int(num_samples) != num_samples or num_samples < 2:
             raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            z = self.distribution.sample((int(num_samples),))
+        z = self.sample_latent(num_samples, seed=seed)
         values = {site.name: value for site, value, _ in self.layout.unpack(z)}
         return PosteriorDraws(
             z, values, self.distribution.log_prob(z), log_joint_per_draw(self.task, z)
@@ -205,15 +269,11 @@ class ApproximatePosterior:
         """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
         lead = (self._tasks_name(),) if self.batched else ()
         return {
-            site.name: lead + _event_dims(site.name, site.event_shape) for site in self.layout.sites
+            site.name: lead + event_dims(site.name, site.event_shape) for site in self.layout.sites
         }
 
     def _tasks_name(self) -> str:
-        for site in self._trace.nodes.values():
-            for frame in site.get("cond_indep_stack", ()):
-                if frame.dim == self.layout.tasks_dim and frame.size == self.layout.num_tasks:
-                    return frame.name
-        return "tasks"
+        return tasks_plate_name(self._trace.nodes.values(), self.layout)
 
     # ---------------------------------------------------- model evaluations
     def _conditioned(self, z: torch.Tensor, *, resample_observed: bool):
@@ -256,7 +316,7 @@ class ApproximatePosterior:
             tuple(p for p in range(1, batch_dims) if p not in keep and value.shape[p] == 1)
         )
         event_shape = tuple(value.shape[value.dim() - event_dim :])
-        return NamedArray(value, (*dims, *_event_dims(name, event_shape)))
+        return NamedArray(value, (*dims, *event_dims(name, event_shape)))
 
     @torch.no_grad()
     def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]:
@@ -324,20 +384,29 @@ class ApproximatePosterior:
         except (TypeError, ValueError):
             names = []
         observed = {id(site["value"]) for _, site in self._observed_sites(self._trace)}
-        named = dict(zip(names, data.args, strict=False)) | dict(data.kwargs)
         lead = [self._tasks_name()] if self.batched else []
         lead.append(self.task.log_joint.data_plate)
-        result = {}
-        for index, (name, value) in enumerate(named.items()):
-            if not torch.is_tensor(value) or id(value) in observed:
-                continue
-            name = name if isinstance(name, str) else f"arg_{index}"
-            leading = tuple(value.shape[: len(lead)])
-            sizes = (*([self.layout.num_tasks] if self.batched else []), data.num_points)
-            dims = tuple(lead) if leading == sizes else ()
-            dims += _event_dims(name, tuple(value.shape[len(dims) :]))
-            result[name] = NamedArray(value, dims)
-        return result
+        sizes = (*([self.layout.num_tasks] if self.batched else []), data.num_points)
+        return named_constants(
+            names, data.args, data.kwargs, observed, lead, sizes, is_array=torch.is_tensor
+        )
+
+
+def is_numpyro(posterior, model=None, args=()) -> bool:
+    """Whether ``posterior`` / ``model`` / the data belong to NumPyro (imports no JAX).
+
+    True for a ``(guide, params)`` pair of a NumPyro guide, a NumPyro task family or data
+    given as JAX arrays. An object can only be one of NumPyro's if the module defining it
+    was imported already, so this looks the classes up in ``sys.modules``.
+    """
+    guide_module = sys.modules.get("iai_prob.numpyro.guide")
+    family_module = sys.modules.get("iai_prob.numpyro.models.base")
+    guide = posterior[0] if isinstance(posterior, tuple) and posterior else posterior
+    if guide_module is not None and isinstance(guide, guide_module.IterativeAmortizedGuide):
+        return True
+    if family_module is not None and isinstance(model, family_module.TaskFamily):
+        return True
+    return any(type(arg).__module__.split(".")[0] in ("jax", "jaxlib") for arg in args)
 
 
 def approximate_posterior(
@@ -355,7 +424,17 @@ def approximate_posterior(
         distribution over the joint unconstrained latents, batch ``(T,)`` or ``()``.
     :param model: the Pyro model (a :class:`~iai_prob.models.base.TaskFamily` or ``None``
         takes the guide's own model).
+
+    NumPyro: pass a NumPyro guide as the pair ``(guide, params)``, or a callable returning
+    a NumPyro distribution with a NumPyro model / task family or JAX data; the result is a
+    :class:`~iai_prob.diagnostics.numpyro_adapter.NumPyroPosterior` (imports JAX).
     """
+    if is_numpyro(posterior, model, args):
+        from iai_prob.diagnostics.numpyro_adapter import numpyro_posterior
+
+        return numpyro_posterior(
+            posterior, model, *args, data_plate=data_plate, tasks_plate=tasks_plate, **kwargs
+        )
     if torch.is_tensor(model) or not (
         model is None or callable(model) or isinstance(model, TaskFamily)
     ):

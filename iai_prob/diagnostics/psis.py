@@ -165,11 +165,12 @@ def importance_resample(
         ],
         axis=1,
     )  # (num_samples, T)
-    index = torch.as_tensor(index)
-    tasks = torch.arange(index.shape[1]).expand_as(index)
+    tasks = np.broadcast_to(np.arange(index.shape[1]), index.shape)
 
-    def take(value: torch.Tensor) -> torch.Tensor:
-        return value[index, tasks]
+    def take(value):  # torch tensors (Pyro) and NumPy arrays (NumPyro) alike
+        if torch.is_tensor(value):
+            return value[torch.as_tensor(index), torch.as_tensor(tasks)]
+        return np.asarray(value)[index, tasks]
 
     return PosteriorDraws(
         take(draws.z),

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from iai_prob.diagnostics.adapter import is_numpyro
 from iai_prob.inference.objectives import kl_to_exact
 
 __all__ = ["RefinementCurve", "refinement_curve", "refinement_plot"]
@@ -39,12 +40,28 @@ def refinement_curve(
 ) -> RefinementCurve:
     """ELBO and, where exact, KL after each refinement step of ``guide`` on the data.
 
-    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`.
+    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`, or a NumPyro
+        guide as the pair ``(guide, params)`` (its ``refinement_trace``; the ELBO's
+        ``log p(z, D)`` from NumPyro, see :mod:`.numpyro_refinement`).
     :param int num_steps: refinement steps (default: the guide's, one pass over the data).
     :param int num_samples: Monte Carlo draws per ELBO estimate.
     :param exact: ``None`` (use ``guide.family``'s closed form when it has one), ``False``
         (no KL), or a distribution over the flattened constrained latents.
     """
+    if is_numpyro(guide):
+        from iai_prob.diagnostics.numpyro_adapter import split_guide
+        from iai_prob.diagnostics.numpyro_refinement import numpyro_refinement_curve
+
+        numpyro_guide, params = split_guide(guide)
+        return numpyro_refinement_curve(
+            numpyro_guide,
+            params,
+            *args,
+            num_steps=num_steps,
+            num_samples=num_samples,
+            exact=exact,
+            **kwargs,
+        )
     trace = guide.refinement_trace(*args, num_steps=num_steps, num_samples=num_samples, **kwargs)
     task = guide.prepare(*args, **kwargs)
     num_tasks = task.layout.flat_tasks

@@ -218,6 +218,15 @@ def _nuts_section(source, nuts_options: dict, findings: dict, notes: list, parts
     parts.append(_png(plot_nuts_pairs(comparison)))
 
 
+def _backend(source) -> str:
+    if type(source).__name__ == "NumPyroPosterior":
+        import jax
+        import numpyro
+
+        return f"NumPyro {numpyro.__version__} (JAX {jax.__version__})"
+    return f"Pyro (torch {torch.__version__})"
+
+
 def report(
     guide,
     *args,
@@ -237,9 +246,10 @@ def report(
 ) -> DiagnosticReport:
     """Write a self-contained HTML report of the guide's posterior for the data ``*args``.
 
-    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide` (or a callable
-        posterior, see :func:`~iai_prob.diagnostics.approximate_posterior`; the refinement
-        section needs the guide).
+    :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide`, a NumPyro guide
+        as the pair ``(guide, params)``, or a callable posterior (see
+        :func:`~iai_prob.diagnostics.approximate_posterior`; the refinement section needs
+        a guide).
     :param args: the model's data: one dataset ``(N, …)`` or a batch ``(T, N, …)``.
     :param path: the HTML file to write.
     :param model: the Pyro model (default: the guide's).
@@ -257,19 +267,23 @@ def report(
     batched = source.batched
     if nuts and batched:
         raise ValueError("nuts=True compares one dataset; pass one dataset or nuts=False")
-    family = family if family is not None else getattr(guide, "family", None)
+    if nuts and type(source).__name__ == "NumPyroPosterior":
+        raise ValueError("nuts=True runs the Pyro model; it is not available for a NumPyro guide")
+    # a NumPyro guide comes as the pair (guide, params)
+    owner = guide[0] if isinstance(guide, tuple) and guide else guide
+    family = family if family is not None else getattr(owner, "family", None)
     idata = to_inference_data(source, num_samples=num_samples, seed=seed)
-    findings: dict = {"num_tasks": source.num_tasks, "num_points": source.task.data.num_points}
+    findings: dict = {"num_tasks": source.num_tasks, "num_points": source.num_points}
     notes: list[str] = []
     parts: list[str] = []
     _importance_section(idata, batched, findings, notes, parts)
     _posterior_section(idata, batched, source.layout.site_names, parts)
     if not batched:
         _predictive_section(idata, findings, notes, parts)
-    if hasattr(guide, "refinement_trace"):
+    if hasattr(owner, "refinement_trace"):
         _refinement_section(guide, args, kwargs, findings, notes, parts)
     if family is not None and sbc_datasets:
-        points = sbc_points or min(source.task.data.num_points, 1024)
+        points = sbc_points or min(source.num_points, 1024)
         settings = {
             "num_datasets": sbc_datasets,
             "num_points": points,
@@ -291,12 +305,12 @@ def report(
     findings["seconds"] = time.perf_counter() - started
     title = title or "iai_prob posterior diagnostics"
     tensors = [*source.task.data.args, *source.task.data.kwargs.values()]
-    shape = next(("×".join(map(str, a.shape)) for a in tensors if torch.is_tensor(a)), "")
+    shape = next(("×".join(map(str, a.shape)) for a in tensors if np.ndim(a) > 0), "")
     header = (
         f"<h1>{html.escape(title)}</h1><p>Data: {source.num_tasks} dataset(s), "
-        f"N = {source.task.data.num_points} points (first tensor argument {shape}); "
+        f"N = {source.num_points} points (first array argument {shape}); "
         f"{num_samples} posterior draws per dataset; generated in "
-        f"{findings['seconds']:.1f} s with torch {torch.__version__}.</p>"
+        f"{findings['seconds']:.1f} s with {_backend(source)}.</p>"
     )
     summary = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     body = header + f'<div class="note"><b>What the diagnostics say</b><ul>{summary}</ul></div>'

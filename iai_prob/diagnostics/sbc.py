@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from iai_prob.diagnostics.adapter import approximate_posterior
+from iai_prob.diagnostics.adapter import approximate_posterior, is_numpyro
 from iai_prob.models.base import TaskFamily
 
 __all__ = ["SBCResult", "ecdf_band", "ecdf_difference", "sbc"]
@@ -150,8 +150,11 @@ def sbc(
 
     :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide` or a callable
         ``(x, y) -> distribution`` over the unconstrained latents with batch ``(T,)``
-        (e.g. ``family.exact_posterior`` for a conjugate family).
-    :param TaskFamily family: simulates ``θ ~ p(θ)`` and ``D ~ p(D | θ)``.
+        (e.g. ``family.exact_posterior`` for a conjugate family); for NumPyro, the pair
+        ``(guide, params)`` or a callable returning a NumPyro distribution.
+    :param TaskFamily family: simulates ``θ ~ p(θ)`` and ``D ~ p(D | θ)``: a Pyro
+        :class:`~iai_prob.models.base.TaskFamily`, or a NumPyro one
+        (:mod:`iai_prob.numpyro.models`, simulated with ``jax.random.PRNGKey(seed)``).
     :param int num_datasets: ``M``.
     :param int num_points: ``N`` points per dataset.
     :param int num_draws: ``L`` posterior draws per dataset (ranks in ``0..L``).
@@ -163,38 +166,46 @@ def sbc(
 
     from iai_prob.diagnostics.psis import psis_khat
 
-    if not isinstance(family, TaskFamily):
-        raise ValueError(f"family must be a TaskFamily, got {type(family).__name__}")
+    numpyro = is_numpyro(guide, family)
+    if not (numpyro or isinstance(family, TaskFamily)):
+        raise ValueError(
+            f"family must be a TaskFamily (Pyro or NumPyro), got {type(family).__name__}"
+        )
     for name, value in (("num_datasets", num_datasets), ("num_draws", num_draws)):
         if int(value) != value or value < 2:
             raise ValueError(f"{name} must be an integer ≥ 2, got {value!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    generator = torch.Generator().manual_seed(seed)
-    theta, x, y = family.sample(num_datasets, num_points, generator=generator)
+    if numpyro:
+        from iai_prob.diagnostics.numpyro_adapter import simulate
+
+        theta, x, y = simulate(family, num_datasets, num_points, seed=seed)
+        prior_theta, _, _ = simulate(family, 4096, 1, seed=seed + 1)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        theta, x, y = family.sample(num_datasets, num_points, generator=generator)
+        prior_theta, _, _ = family.sample(4096, 1, generator=generator)
     ranks, means, sds, khats, layout = [], [], [], [], None
     starts = range(0, num_datasets, chunk)
     for start in tqdm(starts, desc="SBC", disable=not progress, leave=False):
         index = slice(start, start + chunk)
         source = approximate_posterior(guide, family, x[index], y[index])
         layout = source.layout
-        true_z = layout.pack({k: v[index] for k, v in theta.items()}, batch_ndim=1)
-        q = source.distribution
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + start + 1)
-            z = q.sample((int(num_draws),))  # (L, T, D)
+        true_z = np.asarray(layout.pack({k: v[index] for k, v in theta.items()}, batch_ndim=1))
+        z = np.asarray(source.sample_latent(num_draws, seed=seed + start + 1))  # (L, T, D)
         ranks.append((z < true_z).sum(0))
-        means.append(q.mean)
-        sds.append(q.variance.sqrt())
+        mean, sd = source.moments()
+        means.append(np.asarray(mean))
+        sds.append(np.asarray(sd))
         if khat:
             draws = source.draw(max(int(num_draws), 200), seed=seed + start + 2)
             khats.append(psis_khat(draws.log_weights))
-    ranks = torch.cat(ranks).numpy()
-    true_z = layout.pack(theta, batch_ndim=1)
-    z_scores = ((torch.cat(means) - true_z) / torch.cat(sds)).numpy()
-    prior_theta, _, _ = family.sample(4096, 1, generator=generator)
-    prior_var = layout.pack(prior_theta, batch_ndim=1).var(0)
-    contraction = (1 - torch.cat(sds) ** 2 / prior_var).numpy()
+    ranks = np.concatenate(ranks)
+    true_z = np.asarray(layout.pack(theta, batch_ndim=1))
+    sds = np.concatenate(sds)
+    z_scores = (np.concatenate(means) - true_z) / sds
+    prior_var = np.asarray(layout.pack(prior_theta, batch_ndim=1)).var(0, ddof=1)
+    contraction = 1 - sds**2 / prior_var
 
     num_coordinates = ranks.shape[1]
     _, difference = ecdf_difference(ranks, num_draws)
