@@ -85,7 +85,7 @@ def load_refiner(refiner, tensors: dict, *, source: str = "checkpoint"):
 def write_checkpoint(path, tensors: dict[str, np.ndarray], card: dict):
     """Write ``tensors`` and ``card`` atomically as ``path.safetensors`` + ``path.json``."""
     weights, _ = checkpoint_paths(path)
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    arrays = {k: np.array(v, order="C") for k, v in tensors.items()}  # keeps 0-d shapes
     atomic_write(weights, lambda tmp: save_file(arrays, tmp))
     return write_card(path, card)
 

@@ -48,11 +48,11 @@ class Linear(eqx.Module):
     ):
         weight_key, bias_key = jax.random.split(key)
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-        self.weight = jnp.zeros((fan_out, fan_in)) if zero else _uniform(
-            weight_key, (fan_out, fan_in), bound
+        self.weight = (
+            jnp.zeros((fan_out, fan_in)) if zero else _uniform(weight_key, (fan_out, fan_in), bound)
         )
-        self.bias = jnp.zeros((fan_out,)) if zero or zero_bias else _uniform(
-            bias_key, (fan_out,), bound
+        self.bias = (
+            jnp.zeros((fan_out,)) if zero or zero_bias else _uniform(bias_key, (fan_out,), bound)
         )
 
     def __call__(self, x):
@@ -223,8 +223,7 @@ class SetTransformer(eqx.Module):
         self.embed_dim = embed_dim
         self.embed = Linear(feature_dim, hidden_dim, key=keys[0])
         self.blocks = tuple(
-            _InducedSetAttentionBlock(hidden_dim, num_heads, num_inducing, key=k)
-            for k in keys[4:]
+            _InducedSetAttentionBlock(hidden_dim, num_heads, num_inducing, key=k) for k in keys[4:]
         )
         self.seed = jax.random.normal(keys[1], (1, 1, hidden_dim)) / math.sqrt(hidden_dim)
         self.pool = _MultiheadAttentionBlock(hidden_dim, num_heads, key=keys[2])

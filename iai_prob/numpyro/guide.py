@@ -10,10 +10,11 @@ global latents by
 auxiliary site and emits each global site as ``Delta(T(z))`` with the Jacobian as log
 density, like NumPyro's ``AutoContinuous``. The networks are an equinox module
 registered as :func:`numpyro.contrib.module.eqx_module` does (its array leaves under
-``"{prefix}$refiner$params"``, built lazily), so the parameters live in NumPyro's params dict and the object holds no arrays; it
-works with ``SVI`` (``Trace_ELBO``, ``TraceEnum_ELBO``), ``Predictive`` and
-``psis_diagnostic``. The eager helpers (:meth:`posterior`, :meth:`median`, …) take the
-params dict explicitly, as NumPyro's autoguides do.
+``"{prefix}$refiner$params"``, built lazily), so the parameters live in NumPyro's params
+dict and the object holds no arrays; it works with ``SVI`` (``Trace_ELBO``,
+``TraceEnum_ELBO``), ``Predictive`` and ``psis_diagnostic``. The eager helpers
+(:meth:`posterior`, :meth:`median`, …) take the params dict explicitly, as NumPyro's
+autoguides do.
 
 Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
 arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
@@ -327,9 +328,9 @@ class IterativeAmortizedGuide:
             task = self._setup_prototype(*args, **kwargs)
         # as numpyro.contrib.module.eqx_module registers "{name}$params", but the initial
         # arrays are only built when NumPyro asks for them (not when params are substituted)
-        arrays = numpyro.param(self.param_name, lambda _: self.params_of(self.build(*self.dims))[
-            self.param_name
-        ])
+        arrays = numpyro.param(
+            self.param_name, lambda _: self.params_of(self.build(*self.dims))[self.param_name]
+        )
         params = {self.param_name: arrays}
         state = self.final_state(params, task)
         layout = task.layout
@@ -418,4 +419,3 @@ class IterativeAmortizedGuide:
         from iai_prob.numpyro.checkpoint import load_guide
 
         return load_guide(path, model)
-

@@ -84,9 +84,7 @@ class LogJoint:
                 prior = self._prior(trace)
                 data_term = total - prior
             else:
-                trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(
-                    *args, **kwargs
-                )
+                trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
                 prior = self._prior(trace)
                 data_term = sum(
                     self._site_log_prob(site)

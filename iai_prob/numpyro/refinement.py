@@ -191,8 +191,8 @@ def check_state(state: RefinementState) -> RefinementState:
     finite = np.isfinite(np.asarray(state.loc)).all(-1) & np.isfinite(
         np.asarray(state.precision)
     ).all((-1, -2))
-    chol = np.asarray(jnp.linalg.cholesky(jnp.nan_to_num(state.precision)))
-    positive = np.isfinite(chol).all((-1, -2))
+    precision = np.nan_to_num(np.asarray(state.precision, np.float64))
+    positive = np.linalg.eigvalsh(0.5 * (precision + np.swapaxes(precision, -1, -2))).min(-1) > 0
     bad = np.flatnonzero(~(finite & positive)).tolist()
     if bad:
         raise RefinementError(
@@ -297,8 +297,13 @@ def step(
         base = jnp.nan_to_num(batch_log_joint + entropy, nan=-jnp.inf)
     else:
         signal = curvature_signal(
-            log_joint, state.loc, state.precision, batch, refiner.linearization,
-            refiner.num_particles, None if keys is None else keys[0],
+            log_joint,
+            state.loc,
+            state.precision,
+            batch,
+            refiner.linearization,
+            refiner.num_particles,
+            None if keys is None else keys[0],
         )
         batch_log_joint = signal.log_joint
 
@@ -313,9 +318,7 @@ def step(
             proposal, used = _advance(refiner, state, batch, log_joint, targets, embedding, base)
             return proposal, used, _moved_less(proposal, fixed, refiner.family)
 
-        point, used, moved_less = jax.lax.cond(
-            done, lambda: (point, used, done), relinearize
-        )
+        point, used, moved_less = jax.lax.cond(done, lambda: (point, used, done), relinearize)
         return (point, used, done | moved_less), None
 
     start = (state, jnp.zeros(state.loc.shape[0], state.loc.dtype), jnp.asarray(False))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 
@@ -197,16 +198,18 @@ def read_task_data(
         features = jnp.concatenate(
             [jnp.broadcast_to(p, (p.shape[0], num_points, p.shape[-1])) for p in parts], -1
         )
-    if not isinstance(features, jax.core.Tracer) and not bool(jnp.isfinite(features).all()):
+    if not isinstance(features, jax.core.Tracer) and not np.isfinite(np.asarray(features)).all():
         raise ValueError("the data contain NaN or inf values; clean or mask them first")
     if num_tasks is None:  # task-major storage: a leading T = 1
-        leaves = [leaf if axis is None else jnp.asarray(leaf)[None] for leaf, axis in zip(
-            leaves, axes, strict=True
-        )]
+        leaves = [
+            leaf if axis is None else jnp.asarray(leaf)[None]
+            for leaf, axis in zip(leaves, axes, strict=True)
+        ]
     else:
-        leaves = [leaf if axis is None else jnp.asarray(leaf) for leaf, axis in zip(
-            leaves, axes, strict=True
-        )]
+        leaves = [
+            leaf if axis is None else jnp.asarray(leaf)
+            for leaf, axis in zip(leaves, axes, strict=True)
+        ]
     stored_args, stored_kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
     data = TaskData(
         stored_args,

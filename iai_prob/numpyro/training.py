@@ -33,15 +33,16 @@ from tqdm.auto import tqdm
 
 from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
-from iai_prob.numpyro.refinement import RefinementState, init, step
+from iai_prob.numpyro.refinement import init, step
 
 __all__ = ["FitResult", "fit"]
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-step losses, the KL trace where exact, the time and the
-    trained ``params`` (NumPyro's params dict)."""
+    """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the wall
+    time of each step of this call (the first includes compilation) and the trained
+    ``params`` (NumPyro's params dict)."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
@@ -49,6 +50,7 @@ class FitResult:
     seconds: float = 0.0
     skipped: int = 0
     params: dict | None = None
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def _padded_schedule(key, num_points, capacity, batch_size, passes, max_steps):
@@ -126,7 +128,9 @@ def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, 
 
 
 def _training_tensors(params, opt_state) -> dict:
-    tensors = {f"params.{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))}
+    tensors = {
+        f"params.{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))
+    }
     for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
         tensors[f"optimizer.{i}"] = np.asarray(leaf)
     return tensors
@@ -178,7 +182,7 @@ def fit(
     if guide.config["num_steps"] is not None:
         raise ValueError("fit trains guides with num_steps=None (passes over the data)")
     root = jax.random.PRNGKey(seed)
-    theta, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
+    _, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
     task = guide.prepare(x, y)
     if guide._static is None:
         guide._setup_prototype(x, y)
@@ -240,15 +244,19 @@ def fit(
         if exact:
             x_valid = jnp.where(valid[None, :, None], x, 0.0)
             y_valid = jnp.where(valid[None, :], y, 0.0)
-            kl = jnp.median(kl_to_exact(final.loc, final.precision, tasks.exact_posterior(x_valid, y_valid)))
+            kl = jnp.median(
+                kl_to_exact(final.loc, final.precision, tasks.exact_posterior(x_valid, y_valid))
+            )
         return arrays, opt_state, loss, kl
 
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
     started = time.perf_counter() - result.seconds
     while result.steps < steps:
         key = jax.random.fold_in(root, result.steps)
+        step_started = time.perf_counter()
         arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
         loss_value = float(loss)
+        result.step_seconds.append(time.perf_counter() - step_started)
         if not math.isfinite(loss_value):
             result.skipped += 1
             if result.skipped > max_skipped:
@@ -269,7 +277,11 @@ def fit(
             result.params = {guide.param_name: arrays}
             _save_training(last, arrays, opt_state, result, budget)
             save_guide(
-                guide, result.params, checkpoint_dir / "guide", budget=budget, seconds=result.seconds
+                guide,
+                result.params,
+                checkpoint_dir / "guide",
+                budget=budget,
+                seconds=result.seconds,
             )
     bar.close()
     result.params = {guide.param_name: arrays}

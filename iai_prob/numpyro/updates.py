@@ -89,9 +89,7 @@ class NaturalGradientUpdate(eqx.Module):
     log_init_weight: jax.Array
     correction: MLP
 
-    def __init__(
-        self, context_dim: int, hidden_dim: int = 32, init_weight: float = 0.01, *, key
-    ):
+    def __init__(self, context_dim: int, hidden_dim: int = 32, init_weight: float = 0.01, *, key):
         self.log_init_weight = jnp.asarray(math.log(init_weight), jnp.result_type(float))
         self.correction = MLP([context_dim, hidden_dim, hidden_dim, 1], key=key, zero_last=True)
 

@@ -2,9 +2,9 @@
 
 ``load(name)`` returns an :class:`~iai_prob.inference.IterativeAmortizedGuide` with its
 task family as ``guide.family`` (:func:`iai_prob.numpyro.pretrained.load` loads the same
-files into NumPyro; this module imports torch only inside :func:`load`). Each card names the command that trained it
-(``python -m iai_prob.pretrained.train NAME``), its training budget and its measured
-quality.
+files into NumPyro; this module imports torch only inside :func:`load`). Each card names
+the command that trained it (``python -m iai_prob.pretrained.train NAME``), its training
+budget and its measured quality.
 """
 
 from __future__ import annotations

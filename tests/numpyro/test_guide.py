@@ -61,7 +61,9 @@ def test_predictive_draws_the_refined_posterior(shipped):
 
 def test_psis_diagnostic_accepts_the_guide(shipped):
     guide, params, x, y = shipped
-    khat = psis_diagnostic(jax.random.PRNGKey(0), params, guide.model, guide, x, y, num_particles=300)
+    khat = psis_diagnostic(
+        jax.random.PRNGKey(0), params, guide.model, guide, x, y, num_particles=300
+    )
     assert np.isfinite(khat) and khat < 0.7
 
 

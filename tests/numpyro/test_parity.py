@@ -1,8 +1,8 @@
 """Checkpoint parity: every shipped PyTorch checkpoint refines identically in JAX.
 
 On the same data and the same mini-batch order (PyTorch's schedule handed to the JAX
-guide), the initial state and the state after the K steps of one pass must agree: means within 1e-4 and
-precisions within 1e-4 relative to their largest entry, in float32. The Gaussian
+guide), the initial state and the state after the K steps of one pass must agree: means
+within 1e-4 and precisions within 1e-4 relative to their largest entry, in float32. The Gaussian
 mixture is the exception that the float64 run explains: its curvature target has
 eigenvalues near the 1e-3 floor (unused components, saddle-free absolute values), so a
 float32 rounding difference in the gradient (1e-7 relative) moves the target mean by
@@ -113,7 +113,9 @@ def test_posterior_matches_pytorch_and_does_not_recompile():
     x, y = x[0], y[0]  # one dataset, no tasks plate
     expected = torch_guide.posterior(x, y)
     batches = batches_to_schedule([b.numpy() for b in torch_guide.schedule(NUM_POINTS)])
-    found = guide.posterior(params, jnp.asarray(x.numpy()), jnp.asarray(y.numpy()), schedule=batches)
+    found = guide.posterior(
+        params, jnp.asarray(x.numpy()), jnp.asarray(y.numpy()), schedule=batches
+    )
     assert type(found).__name__ == "MultivariateNormal"
     assert found.batch_shape == () and found.event_shape == (8,)
     np.testing.assert_allclose(np.asarray(found.mean), expected.mean.numpy(), atol=1e-4)

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpyro.ops.indexing import Vindex
 from numpyro.distributions import constraints
+from numpyro.ops.indexing import Vindex
 
 from iai_prob.numpyro.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
 
