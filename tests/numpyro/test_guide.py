@@ -1,7 +1,9 @@
 """The NumPyro guide inside NumPyro's own machinery: SVI, Predictive, ELBOs, PSIS.
 
-The shipped linear-regression guide on one dataset of 150 points reuses the refinement
-compiled by the parity tests (same shapes), so most of these checks cost no compilation.
+The shipped linear-regression guide on one dataset of 150 points reuses the compiled
+refinement across these tests (same shapes); the eager NumPyro code around it still
+compiles many small XLA operations on first use (30–70 s per test on the shared 2-core
+machine), hence the ``slow`` marks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def shipped():
     return guide, params, x[0], y[0]
 
 
+@pytest.mark.slow
 def test_trace_elbo_is_close_to_the_evidence(shipped):
     guide, params, x, y = shipped
     losses = [
@@ -39,6 +42,7 @@ def test_trace_elbo_is_close_to_the_evidence(shipped):
     assert -0.2 < gap < 0.3, gap
 
 
+@pytest.mark.slow
 def test_predictive_draws_the_refined_posterior(shipped):
     guide, params, x, y = shipped
     predictive = Predictive(
@@ -59,6 +63,7 @@ def test_predictive_draws_the_refined_posterior(shipped):
     assert predictions["y"].shape == (400, 5)
 
 
+@pytest.mark.slow
 def test_psis_diagnostic_accepts_the_guide(shipped):
     guide, params, x, y = shipped
     khat = psis_diagnostic(
@@ -67,6 +72,7 @@ def test_psis_diagnostic_accepts_the_guide(shipped):
     assert np.isfinite(khat) and khat < 0.7
 
 
+@pytest.mark.slow
 def test_guide_draws_constrained_sites_and_median(shipped):
     guide, params, x, y = shipped
     trace = numpyro.handlers.trace(
