@@ -317,7 +317,7 @@ def _train_loop(
                 guide, batch, objective, greedy, max_passes, generator, num_samples
             )
             finite = bool(torch.isfinite(loss))
-        except RefinementError:  # a task's state left the positive-definite cone
+        except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
             loss, task, state, finite = torch.tensor(torch.nan), None, None, False
         if finite:
             loss.backward()
@@ -331,7 +331,8 @@ def _train_loop(
             result.skipped += 1
             if result.skipped > max_skipped:
                 raise FloatingPointError(
-                    f"fit: {result.skipped} steps with a non-finite loss or gradient (more than "
+                    f"fit: {result.skipped} steps with a non-finite loss or gradient or a failed "
+                    f"refinement (more than "
                     f"max_skipped={max_skipped}); lower the learning rate or check the model"
                 )
         result.steps += 1

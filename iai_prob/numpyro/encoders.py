@@ -239,6 +239,7 @@ class SetTransformer(eqx.Module):
 
 
 ENCODERS = {"deep_sets": DeepSets, "set_transformer": SetTransformer}
+"""Set encoders by name (the guide's ``encoder=`` option)."""
 
 
 def get_encoder(name: str, feature_dim: int, *, key, **options) -> eqx.Module:

@@ -52,8 +52,9 @@ from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
 
 __all__ = ["TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
 
-# How often the compiled refinement was traced (a test checks it does not recompile).
 TRACE_COUNTS: Counter = Counter()
+"""How many times each jitted refinement function was traced (compiled), by name; a
+test checks that datasets of the same shape reuse the compilation."""
 
 
 class PreparedTask(NamedTuple):

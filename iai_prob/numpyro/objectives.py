@@ -18,6 +18,7 @@ from iai_prob.numpyro.posteriors import covariance_tril, gaussian_entropy, gauss
 __all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "reverse_kl"]
 
 OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
+"""Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
 
 
 def elbo(loc, precision, log_joint, data, key, *, num_samples: int = 8):

@@ -211,6 +211,7 @@ class FullRankGaussian(GaussianFamily):
 POSTERIOR_FAMILIES = {
     cls.name: cls for cls in (DiagonalGaussian, LowRankGaussian, FullRankGaussian)
 }
+"""Gaussian posterior families by name (the guide's ``family=`` option)."""
 
 
 def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:

@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 SIGNALS = ("data", "grad")
+"""What a refinement step may see: the mini-batch embedding and the ELBO gradient."""
 _CONTEXT_FEATURES = 5
 
 

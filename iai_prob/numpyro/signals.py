@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 LINEARIZATIONS = ("sigma_points", "mean", "samples")
+"""Where the log-likelihood's gradient and curvature are taken (``linearization=``)."""
 
 
 class CurvatureSignal(NamedTuple):

@@ -103,3 +103,17 @@ def test_meta_sgd_training_lowers_the_held_out_kl_and_round_trips(linreg, make_g
     loaded = IterativeAmortizedGuide.load(tmp_path / "meta_sgd", linreg)
     x, y = linreg.sample(2, 20)[1:]
     torch.testing.assert_close(loaded.posterior(x, y).mean, guide.posterior(x, y).mean)
+
+
+def test_fit_skips_diverging_refinements_and_stops_after_max_skipped(linreg, make_guide):
+    guide = make_guide(linreg, update="maml", inner_lr=1e4)
+    with pytest.raises(FloatingPointError, match="max_skipped"):
+        fit(
+            guide,
+            linreg,
+            steps=5,
+            tasks_per_step=4,
+            num_points=(32, 32),
+            max_skipped=1,
+            progress=False,
+        )

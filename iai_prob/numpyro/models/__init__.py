@@ -6,6 +6,7 @@ from iai_prob.numpyro.models.linear_regression import LinearRegression
 from iai_prob.numpyro.models.logistic_regression import LogisticRegression
 
 FAMILIES = {cls.name: cls for cls in (LinearRegression, LogisticRegression, GaussianMixture)}
+"""The NumPyro task families by name (the same names as :data:`iai_prob.models.FAMILIES`)."""
 
 
 def get_family(name: str, **config) -> TaskFamily:

@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 DATA_PLATE = "data"
+"""Name of the plate over the data points of a task."""
 TASKS_PLATE = "tasks"
+"""Name of the optional outer plate over a batch of tasks (``dim=-2``)."""
 
 
 @dataclass(frozen=True)
