@@ -97,18 +97,20 @@ def write_files(
     old or the new one. Training state uses this.
     """
     weights, card_path = checkpoint_paths(path)
-    if not versioned:
-        atomic_write(weights, save_weights)
-        return _commit_card(weights, card_path, card)
     stem = weights.with_suffix("")
-    staged = stem.with_name(f"{stem.name}.staged.safetensors")
-    atomic_write(staged, save_weights)
-    weights = stem.with_name(f"{stem.name}.{sha256(staged)[:16]}.safetensors")
-    os.replace(staged, weights)
-    _commit_card(weights, card_path, {**card, "weights_file": weights.name})
-    # the new card is committed: remove older versions and killed writes' temporaries
-    stale = [*stem.parent.glob(f"{stem.name}.*.safetensors")]
-    stale += stem.parent.glob(f".{stem.name}.*.tmp")
+    if versioned:
+        staged = stem.with_name(f"{stem.name}.staged.safetensors")
+        atomic_write(staged, save_weights)
+        weights = stem.with_name(f"{stem.name}.{sha256(staged)[:16]}.safetensors")
+        os.replace(staged, weights)
+        card = {**card, "weights_file": weights.name}
+    else:
+        atomic_write(weights, save_weights)
+    _commit_card(weights, card_path, card)
+    # the new card is committed: remove killed writes' temporaries and older versions
+    stale = [*stem.parent.glob(f".{stem.name}.*.tmp")]
+    if versioned:
+        stale += stem.parent.glob(f"{stem.name}.*.safetensors")
     for old in stale:
         if old != weights:
             old.unlink(missing_ok=True)

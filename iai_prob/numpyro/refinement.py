@@ -213,11 +213,18 @@ def init(refiner: Refiner, context: TaskData) -> RefinementState:
 
 
 def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5):
-    """Whether ``KL(q_new ‖ q_old) < tolerance`` nats for every task."""
+    """Per task ``(T,)``: whether ``KL(q_new ‖ q_old) < tolerance`` nats."""
     new_loc, new_precision = jax.lax.stop_gradient((new.loc, new.precision))
     old_loc, old_precision = jax.lax.stop_gradient((old.loc, old.precision))
-    kl = gaussian_kl(new_loc, new_precision, old_loc, old_precision)
-    return (kl < tolerance).all()
+    return gaussian_kl(new_loc, new_precision, old_loc, old_precision) < tolerance
+
+
+def _keep_where(done, kept: RefinementState, new: RefinementState) -> RefinementState:
+    """Per task: ``kept``'s Gaussian where ``done`` (a ``(T,)`` mask), else ``new``'s."""
+    return new._replace(
+        loc=jnp.where(done[:, None], kept.loc, new.loc),
+        precision=jnp.where(done[:, None, None], kept.precision, new.precision),
+    )
 
 
 def _advance(refiner, state, batch, log_joint, targets, embedding, base):
@@ -309,21 +316,29 @@ def step(
         batch_log_joint = signal.log_joint
 
     def sweep(carry, sweep_key):
-        # one linearization sweep: the target at ``point``, a damped step from ``state``,
-        # done once the step moved the state less than 0.5 nats from ``point``
-        point, used, done = carry
+        # one linearization sweep: the target at ``point``, a damped step from ``state``;
+        # each task keeps the step of the first sweep that moved it less than 0.5 nats from
+        # ``point``, so a task's result never depends on the other tasks of its batch
+        point, result, used, done = carry
 
         def relinearize():
             fixed = jax.tree_util.tree_map(jax.lax.stop_gradient, point)
             _, targets = _linearized_targets(refiner, fixed, batch, log_joint, sweep_key)
-            proposal, used = _advance(refiner, state, batch, log_joint, targets, embedding, base)
-            return proposal, used, _moved_less(proposal, fixed, refiner.family)
+            proposal, step_used = _advance(
+                refiner, state, batch, log_joint, targets, embedding, base
+            )
+            moved_less = _moved_less(proposal, fixed, refiner.family)
+            kept = _keep_where(done, result, proposal)
+            return proposal, kept, jnp.where(done, used, step_used), done | moved_less
 
-        point, used, moved_less = jax.lax.cond(done, lambda: (point, used, done), relinearize)
-        return (point, used, done | moved_less), None
+        return jax.lax.cond(done.all(), lambda: carry, relinearize), None
 
-    start = (state, jnp.zeros(state.loc.shape[0], state.loc.dtype), jnp.asarray(False))
-    (new_state, used, _), _ = jax.lax.scan(sweep, start, keys, length=sweeps)
+    num_tasks = state.loc.shape[0]
+    undecided = jnp.zeros(num_tasks, bool)
+    # the first sweep always runs and replaces this placeholder result
+    first = state._replace(step=state.step + 1, points_seen=state.points_seen + batch.num_points)
+    start = (state, first, jnp.zeros(num_tasks, state.loc.dtype), undecided)
+    (_, new_state, used, _), _ = jax.lax.scan(sweep, start, keys, length=sweeps)
     return new_state, RefinementInfo(used, batch_log_joint)
 
 
