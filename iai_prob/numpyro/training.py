@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.numpyro.refinement import init, step
+from iai_prob.numpyro.sharding import task_mesh
 
 __all__ = ["FitResult", "fit"]
 
@@ -157,13 +158,16 @@ def fit(
     resume: bool = True,
     seed: int = 0,
     progress: bool = True,
+    devices=None,
 ) -> FitResult:
     """Meta-train ``guide`` on the task family ``tasks`` (see module docstring).
 
     Options as :func:`iai_prob.inference.fit`; ``optimizer`` is an optax transformation
     (default ``adam(learning_rate)`` after clipping the global norm to ``clip_norm``) and
-    ``params`` continues from given parameters (e.g. a pretrained guide's). Returns a
-    :class:`FitResult` whose ``params`` are the trained ones.
+    ``params`` continues from given parameters (e.g. a pretrained guide's). ``devices``
+    (a number of devices, a list of them or a 1-D mesh) shards each step's tasks over
+    them, data-parallel (:mod:`iai_prob.numpyro.sharding`); default: one device. Returns
+    a :class:`FitResult` whose ``params`` are the trained ones.
     """
     from iai_prob.numpyro.models.base import TaskFamily
 
@@ -181,6 +185,7 @@ def fit(
     batch_size = guide.config["batch_size"]
     if guide.config["num_steps"] is not None:
         raise ValueError("fit trains guides with num_steps=None (passes over the data)")
+    mesh = task_mesh(devices, tasks_per_step)
     root = jax.random.PRNGKey(seed)
     _, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
     task = guide.prepare(x, y)
@@ -198,6 +203,7 @@ def fit(
     last = checkpoint_dir / "last" if checkpoint_dir is not None else None
     if resume and last is not None and last.with_suffix(".json").exists():
         arrays, opt_state = _load_training(last, arrays, opt_state, result)
+    arrays, opt_state = mesh.replicate((arrays, opt_state))
     budget = {
         "steps": steps,
         "tasks_per_step": tasks_per_step,
@@ -226,6 +232,7 @@ def fit(
         size = jax.random.randint(size_key, (), low, high + 1)
         passes = jax.random.randint(pass_key, (), 1, max_passes + 1)
         theta, x, y = tasks.sample(data_key, tasks_per_step, high)
+        theta, x, y = mesh.shard_tasks((theta, x, y))
         data = guide.prepare(x, y).data
         valid = jnp.arange(high) < size
         data = eqx.tree_at(lambda d: (d.mask, d.total_points), data, (valid, size.astype(x.dtype)))
