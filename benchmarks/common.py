@@ -66,7 +66,7 @@ def limit_threads(threads: int) -> None:
     """Use ``threads`` CPU threads in torch, XLA (before JAX starts) and BLAS/OpenMP."""
     torch.set_num_threads(threads)
     if threads == 1:
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        flags = "--xla_cpu_multi_thread_eigen=false"  # a bare token would end XLA_FLAGS parsing
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     from threadpoolctl import threadpool_limits
 
