@@ -6,12 +6,16 @@ The same names and keyword arguments as :mod:`iai_prob.inference`:
 (:mod:`iai_prob.numpyro.pretrained` loads the shipped ones).
 """
 
-from iai_prob.checkpoint_format import CheckpointError
-from iai_prob.numpyro.encoders import DeepSets, SetTransformer
-from iai_prob.numpyro.guide import IterativeAmortizedGuide
-from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
-from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState
-from iai_prob.numpyro.training import FitResult, fit
+from iai_prob.numpyro.xla_guard import XLAMiscompilationError, disable_ynn_reduce_fusion
+
+disable_ynn_reduce_fusion()  # before JAX starts its backend: see iai_prob.numpyro.xla_guard
+
+from iai_prob.checkpoint_format import CheckpointError  # noqa: E402
+from iai_prob.numpyro.encoders import DeepSets, SetTransformer  # noqa: E402
+from iai_prob.numpyro.guide import IterativeAmortizedGuide  # noqa: E402
+from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian  # noqa: E402
+from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState  # noqa: E402
+from iai_prob.numpyro.training import FitResult, fit  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -25,5 +29,6 @@ __all__ = [
     "RefinementInfo",
     "RefinementState",
     "SetTransformer",
+    "XLAMiscompilationError",
     "fit",
 ]

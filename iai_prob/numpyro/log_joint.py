@@ -23,6 +23,7 @@ from numpyro.primitives import Messenger
 
 from iai_prob.numpyro.sites import LatentLayout
 from iai_prob.numpyro.task_data import TaskData
+from iai_prob.numpyro.xla_guard import check_fused_reductions
 
 __all__ = ["LogJoint"]
 
@@ -58,6 +59,9 @@ class LogJoint:
         self.layout = layout
         self.data_plate = data_plate
         self.enumerate = enumerate
+        # every refinement and training step evaluates f_B through this class: refuse to
+        # build it where XLA is known to miscompile its reduction (once per process)
+        check_fused_reductions()
 
     def _key(self):
         return (self.model, self.layout, self.data_plate, self.enumerate)

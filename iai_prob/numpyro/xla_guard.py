@@ -1,0 +1,108 @@
+"""A guard against a known XLA:CPU miscompilation of fused reductions.
+
+jaxlib 0.10.2 offloads a fused ``broadcast → multiply → reduce`` to YNNPACK (an
+``__ynn_fusion``), and that fusion returns wrong sums once the batch is large enough
+(jax-ml/jax#39103; jaxlib 0.10.1 is correct). The log joint of every task family is
+exactly that pattern, vectorized over particles and tasks: in float32, with 16 sigma
+points and more than 32 tasks of 64 points, ``jit`` returned log joints off by hundreds
+of nats, so the damping rejected good steps and the refined means landed up to 56
+posterior standard deviations from the exact ones, silently.
+
+Two defences, both cheap:
+
+* :func:`disable_ynn_reduce_fusion` (run when :mod:`iai_prob.numpyro` is imported) adds
+  ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` to ``XLA_FLAGS`` while JAX's
+  backend is not yet initialized, on jaxlib versions that know the flag;
+* :func:`check_fused_reductions` (run once per process before the first refinement)
+  compiles the failing pattern at a size that triggers it and compares it with NumPy
+  in float64; on a mismatch it raises :class:`XLAMiscompilationError` with the fix,
+  instead of letting a guide return wrong posteriors.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+__all__ = [
+    "YNN_REDUCE_FLAG",
+    "XLAMiscompilationError",
+    "check_fused_reductions",
+    "disable_ynn_reduce_fusion",
+]
+
+YNN_REDUCE_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+"""The ``XLA_FLAGS`` entry that keeps reductions out of YNNPACK fusions."""
+
+_FIRST_WITH_FLAG = (0, 10, 2)
+
+
+class XLAMiscompilationError(RuntimeError):
+    """XLA compiled a reduction that returns wrong numbers on this machine."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def disable_ynn_reduce_fusion() -> bool:
+    """Add :data:`YNN_REDUCE_FLAG` to ``XLA_FLAGS``; returns whether it is in effect.
+
+    Leaves ``XLA_FLAGS`` alone when the user already chose a YNN fusion setting, when the
+    installed jaxlib predates the flag (an unknown flag is fatal to XLA) or when the
+    backend is already initialized (XLA reads the variable once).
+    """
+    import jaxlib
+    from jax._src import xla_bridge
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "ynn_fusion_type" in flags:
+        return YNN_REDUCE_FLAG in flags.split()
+    if _version(jaxlib.__version__) < _FIRST_WITH_FLAG or xla_bridge.backends_are_initialized():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_REDUCE_FLAG}".strip()
+    return True
+
+
+def _canary(particles, points, targets):
+    """``Σ_n (y_n − x_nᵀ z_s)²`` per particle and task: the log joint's reduction pattern."""
+    fitted = (points[None] * particles[:, :, None, :]).sum(-1)
+    return ((targets[None] - fitted) ** 2).sum(-1)
+
+
+@functools.cache
+def check_fused_reductions() -> None:
+    """Raise :class:`XLAMiscompilationError` if XLA miscompiles the log joint's reduction.
+
+    Runs the pattern of jax-ml/jax#39103 once per process at 16 particles × 48 tasks ×
+    64 points × 8 dimensions (the smallest failing sizes start at 33 tasks), in float32,
+    against NumPy in float64.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    particles = rng.normal(size=(16, 48, 8)).astype(np.float32)
+    points = rng.normal(size=(48, 64, 8)).astype(np.float32)
+    targets = (3.0 * rng.normal(size=(48, 64))).astype(np.float32)
+    compiled = np.asarray(
+        jax.jit(_canary)(jnp.asarray(particles), jnp.asarray(points), jnp.asarray(targets))
+    )
+    exact = _canary(particles.astype(np.float64), points.astype(np.float64), targets)
+    error = float(np.max(np.abs(compiled - exact) / np.abs(exact)))
+    if not error < 1e-4:
+        import jaxlib
+
+        raise XLAMiscompilationError(
+            f"jaxlib {jaxlib.__version__} compiles a fused reduction wrongly on this CPU "
+            f"(relative error {error:.2g}; jax-ml/jax#39103), so the guide's log joints would "
+            f"be wrong. Set XLA_FLAGS={YNN_REDUCE_FLAG} before JAX starts (before the first "
+            "JAX computation, e.g. import iai_prob.numpyro first), or install another jaxlib "
+            "(0.10.1 is not affected)"
+        )
