@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.posteriors import GaussianFamily, gaussian_entropy
 from iai_prob.inference.signals import linearization_points
 from iai_prob.inference.updates import combine_natural
 
@@ -37,7 +37,7 @@ def unscented_batch_elbo(log_joint, family: GaussianFamily, loc, precision, batc
         value = log_joint.per_task_mean(points, batch)
     except ValueError:  # a distribution refused the parameters: outside its support
         return torch.full_like(loc[:, 0], -torch.inf)
-    value = value + family.distribution(safe_loc, safe_precision).entropy()
+    value = value + gaussian_entropy(safe_precision)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     return torch.nan_to_num(value, nan=-torch.inf)
 

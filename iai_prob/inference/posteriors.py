@@ -18,6 +18,8 @@ distribution (:meth:`GaussianFamily.distribution`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pyro import distributions as dist
 
@@ -29,6 +31,8 @@ __all__ = [
     "LowRankGaussian",
     "absolute_eigenvalues",
     "covariance_tril",
+    "gaussian_entropy",
+    "gaussian_kl",
     "get_posterior_family",
     "symmetrize",
 ]
@@ -168,6 +172,31 @@ def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamil
 def covariance_tril(precision: torch.Tensor) -> torch.Tensor:
     """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``."""
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
+
+
+def gaussian_entropy(precision: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``N(μ, Λ⁻¹)``: ``D/2 (1 + log 2π) − ½ log det Λ``, shape ``(...,)``.
+
+    From one Cholesky factor of ``Λ``; building a ``MultivariateNormal`` from the
+    precision would also invert it.
+    """
+    dim = precision.shape[-1]
+    half_log_det = torch.linalg.cholesky(precision).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * dim * (1.0 + math.log(2 * math.pi)) - half_log_det
+
+
+def gaussian_kl(loc_p, precision_p, loc_q, precision_q) -> torch.Tensor:
+    """``KL(N(μ_p, Λ_p⁻¹) ‖ N(μ_q, Λ_q⁻¹))`` per batch entry, in natural parameters:
+
+    ``½ [tr(Λ_q Λ_p⁻¹) + (μ_q − μ_p)ᵀ Λ_q (μ_q − μ_p) − D + log det Λ_p − log det Λ_q]``.
+    """
+    chol_p = torch.linalg.cholesky(precision_p)
+    trace = (precision_q * torch.cholesky_inverse(chol_p)).sum((-1, -2))
+    delta = (loc_q - loc_p).unsqueeze(-1)
+    mahalanobis = (delta.mT @ precision_q @ delta)[..., 0, 0]
+    log_det_p = 2 * chol_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    log_det_q = 2 * torch.linalg.cholesky(precision_q).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + mahalanobis - loc_p.shape[-1] + log_det_p - log_det_q)
 
 
 def symmetrize(matrix: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
 from iai_prob.inference.gradient_updates import GRADIENT_RULES, GradientStepUpdate
 from iai_prob.inference.numerics import flushing_denormals
-from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
 from iai_prob.inference.signals import (
     LINEARIZATIONS,
     curvature_signal,
@@ -90,13 +90,10 @@ def minibatch_schedule(
     return batches[:num_steps]
 
 
-def _moved_less(new: RefinementState, old: RefinementState, family, tolerance=0.5) -> torch.Tensor:
+def _moved_less(new: RefinementState, old: RefinementState, tolerance=0.5) -> torch.Tensor:
     """Per task ``(T,)``: whether ``KL(q_new ‖ q_old) < tolerance`` nats."""
     with torch.no_grad():
-        kl = torch.distributions.kl_divergence(
-            family.distribution(new.loc, new.precision), family.distribution(old.loc, old.precision)
-        )
-    return kl < tolerance
+        return gaussian_kl(new.loc, new.precision, old.loc, old.precision) < tolerance
 
 
 def _keep_where(done: torch.Tensor, kept, new):
@@ -232,7 +229,7 @@ class Refiner(nn.Module):
             if sweep == 0:
                 batch_log_joint = signal.log_joint
                 if self.linearization == "sigma_points":
-                    entropy = self.family.distribution(state.loc, state.precision).entropy()
+                    entropy = gaussian_entropy(state.precision)
                     base = torch.nan_to_num(signal.log_joint + entropy.detach(), nan=-torch.inf)
             new_state, step_size = self._advance(state, batch, log_joint, targets, embedding, base)
             # each task keeps the step of the first sweep that moved it less than the
@@ -244,7 +241,7 @@ class Refiner(nn.Module):
                     _keep_where(done, result[0], new_state),
                     _keep_where(done, result[1], step_size),
                 )
-            moved_less = _moved_less(new_state, point, self.family)
+            moved_less = _moved_less(new_state, point)
             done = moved_less if done is None else done | moved_less
             if sweep == self.max_relinearizations or bool(done.all()):
                 break

@@ -17,7 +17,13 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
+from iai_prob.models.base import (
+    LatentSite,
+    TaskFamily,
+    check_positive,
+    check_positive_int,
+    linear_predictor,
+)
 
 __all__ = ["LinearRegression"]
 
@@ -52,7 +58,7 @@ class LinearRegression(TaskFamily):
                 "w", dist.Normal(x.new_zeros(()), self.prior_scale).expand([self.dim]).to_event(1)
             )
         with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Normal((x * w).sum(-1), self.noise_scale), obs=y)
+            return pyro.sample("y", dist.Normal(linear_predictor(x, w), self.noise_scale), obs=y)
 
     def _simulate(self, num_tasks, num_points, generator):
         w = self.prior_scale * torch.randn(num_tasks, self.dim, generator=generator)

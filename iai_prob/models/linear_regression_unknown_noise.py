@@ -29,7 +29,13 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
+from iai_prob.models.base import (
+    LatentSite,
+    TaskFamily,
+    check_positive,
+    check_positive_int,
+    linear_predictor,
+)
 
 __all__ = ["LinearRegressionUnknownNoise", "NormalInverseGamma"]
 
@@ -201,7 +207,7 @@ class LinearRegressionUnknownNoise(TaskFamily):
                 .to_event(1),
             )
         with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Normal((x * w).sum(-1), noise_var.sqrt()), obs=y)
+            return pyro.sample("y", dist.Normal(linear_predictor(x, w), noise_var.sqrt()), obs=y)
 
     def _simulate(self, num_tasks, num_points, generator):
         concentration = torch.full((num_tasks,), self.noise_concentration)

@@ -14,7 +14,13 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
+from iai_prob.models.base import (
+    LatentSite,
+    TaskFamily,
+    check_positive,
+    check_positive_int,
+    linear_predictor,
+)
 
 __all__ = ["LogisticRegression"]
 
@@ -46,7 +52,7 @@ class LogisticRegression(TaskFamily):
                 "w", dist.Normal(x.new_zeros(()), self.prior_scale).expand([self.dim]).to_event(1)
             )
         with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Bernoulli(logits=(x * w).sum(-1)), obs=y)
+            return pyro.sample("y", dist.Bernoulli(logits=linear_predictor(x, w)), obs=y)
 
     def _simulate(self, num_tasks, num_points, generator):
         w = self.prior_scale * torch.randn(num_tasks, self.dim, generator=generator)

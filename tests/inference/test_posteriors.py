@@ -11,6 +11,8 @@ from iai_prob.inference.posteriors import (
     FullRankGaussian,
     LowRankGaussian,
     absolute_eigenvalues,
+    gaussian_entropy,
+    gaussian_kl,
     get_posterior_family,
 )
 
@@ -156,3 +158,22 @@ def test_absolute_eigenvalues():
     torch.testing.assert_close(floored, torch.tensor([0.5, 0.5]))
     spd = random_spd()
     torch.testing.assert_close(absolute_eigenvalues(spd, 1e-6), spd, atol=1e-5, rtol=1e-5)
+
+
+def _random_gaussians(count, generator):
+    loc = torch.randn(count, DIM, generator=generator, dtype=torch.float64)
+    factor = torch.randn(count, DIM, DIM, generator=generator, dtype=torch.float64)
+    precision = factor @ factor.mT + 0.5 * torch.eye(DIM, dtype=torch.float64)
+    return loc, precision
+
+
+def test_entropy_and_kl_from_precisions_match_torch_distributions():
+    generator = torch.Generator().manual_seed(0)
+    (loc_p, precision_p), (loc_q, precision_q) = (_random_gaussians(4, generator) for _ in "pq")
+    p = torch.distributions.MultivariateNormal(loc_p, precision_matrix=precision_p)
+    q = torch.distributions.MultivariateNormal(loc_q, precision_matrix=precision_q)
+    torch.testing.assert_close(gaussian_entropy(precision_p), p.entropy())
+    torch.testing.assert_close(
+        gaussian_kl(loc_p, precision_p, loc_q, precision_q), torch.distributions.kl_divergence(p, q)
+    )
+    assert torch.all(gaussian_kl(loc_p, precision_p, loc_p, precision_p).abs() < 1e-10)
