@@ -13,7 +13,10 @@ implicit predictor, its query NLL):
 
 Scores on held-out tasks split into a context of ``N`` points and 64 query points:
 regression MSE of the predictive mean and NLL; classification error rate and NLL;
-generation NLL of held-out points (``−log (1/S) Σ_s p(y* | z_s)``, nats per point).
+generation NLL of held-out points (``−log (1/S) Σ_s p(y* | z_s)``, nats per point) and
+the unbiased RBF-kernel MMD² (median-heuristic bandwidth; :func:`iai_prob.diagnostics.mmd`)
+between 64 posterior-predictive points per task (point ``q`` generated from draw
+``z_{q mod S}``) and the task's 64 held-out points, averaged over tasks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from pyro import poutine
 
+from iai_prob.diagnostics import mmd
 from iai_prob.inference import ImplicitPredictor, IterativeAmortizedGuide, fit
 from iai_prob.models import GaussianMixture
 from iai_prob.models.neural_process import LatentNeuralProcess
@@ -183,24 +187,42 @@ def _mixture_log_prob(family: GaussianMixture, values: dict, y_query) -> torch.T
     return torch.logsumexp(log_prob + weights.log().unsqueeze(-2), -1)
 
 
+def _predictive_mmd(fn, y_query) -> float:
+    """MMD² between posterior-predictive points and the held-out ``y_query`` ``(T, Q, ...)``.
+
+    ``fn`` is the model's ``y`` site at the posterior draws, batch ``(S, T, Q)``; query slot
+    ``q`` takes its point from draw ``q mod S``, so the ``Q`` generated points of a task mix
+    over the posterior like the posterior predictive.
+    """
+    draws = fn.sample()  # (S, T, Q, *event)
+    num_queries = y_query.shape[1]
+    slots = torch.arange(num_queries)
+    generated = draws[slots % draws.shape[0], :, slots].movedim(0, 1)  # (T, Q, *event)
+    flat = generated.reshape(*generated.shape[:2], -1).to(torch.float64)
+    held_out = y_query.reshape(*y_query.shape[:2], -1).to(torch.float64)
+    return float(mmd(flat, held_out).mean())
+
+
 def _guide_scores(learner: Learner, kind: str, state, x_query, y_query, generator):
     guide = learner.model
     q = guide.refiner.family.distribution(state.loc, state.precision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
         z = q.sample((NUM_DRAWS,))
-    task = guide.prepare(x_query, y_query)
+        task = guide.prepare(x_query, y_query)
+        site = task.log_joint.site(z, task.data, "y")  # discrete locals sampled, not summed
+        fn, value = site["fn"], site["value"]
+        extra = {"mmd": _predictive_mmd(fn, y_query)} if kind == "generation" else {}
     if isinstance(learner.family, GaussianMixture):
         values = {site.name: value for site, value, _ in task.layout.unpack(z)}
-        return _scores(kind, y_query, _mixture_log_prob(learner.family, values, y_query))
-    site = task.log_joint.site(z, task.data, "y")
-    fn, value = site["fn"], site["value"]
+        log_prob = _mixture_log_prob(learner.family, values, y_query)
+        return _scores(kind, y_query, log_prob) | extra
     log_prob = fn.log_prob(value)
     if kind == "regression":
         return _scores(kind, y_query, log_prob, mean=fn.mean.mean(0))
     if kind == "classification":
         return _scores(kind, y_query, log_prob, probs=fn.probs.mean(0))
-    return _scores(kind, y_query, log_prob)
+    return _scores(kind, y_query, log_prob) | extra
 
 
 def _implicit_scores(predictor: ImplicitPredictor, kind: str, state, y_query):

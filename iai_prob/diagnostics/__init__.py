@@ -9,6 +9,7 @@ provides the same members.
 * :func:`psis_khat`, :func:`importance_resample`: Pareto k̂ and PSIS resampling;
 * :func:`sbc`: simulation-based calibration over simulated datasets;
 * :func:`compare_with_nuts`: moments, C2ST and pair plots against NUTS;
+* :func:`mmd`: kernel two-sample discrepancy (e.g. generated vs held-out points);
 * :func:`refinement_plot`: ELBO / exact KL against the refinement step;
 * :func:`report`: all of it in one self-contained HTML file.
 """
@@ -23,6 +24,7 @@ from iai_prob.diagnostics.adapter import (
 )
 from iai_prob.diagnostics.compare import NutsComparison, c2st_accuracy, compare_with_nuts
 from iai_prob.diagnostics.inference_data import to_inference_data
+from iai_prob.diagnostics.mmd import median_bandwidth, mmd
 from iai_prob.diagnostics.nuts import NutsReference, pyro_nuts
 from iai_prob.diagnostics.psis import (
     KHAT_THRESHOLD,
@@ -53,6 +55,8 @@ __all__ = [
     "importance_resample",
     "khat_threshold",
     "log_joint_per_draw",
+    "median_bandwidth",
+    "mmd",
     "psis_khat",
     "pyro_nuts",
     "refinement_curve",

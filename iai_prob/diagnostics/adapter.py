@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import replace
 from typing import NamedTuple, Protocol
 
 import pyro
@@ -39,7 +38,6 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from iai_prob.inference.guide import IterativeAmortizedGuide, PreparedTask, prepare_task
-from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.models.base import TaskFamily
 
@@ -134,28 +132,16 @@ def log_joint_per_draw(
 
     Vectorized over tasks and over chunks of draws holding about ``max_elements``
     (draws × tasks × points) per model evaluation, so memory stays bounded for large ``N``;
-    models with enumerated discrete sites (their marginal log joint is one scalar per
-    call) are evaluated one draw and task at a time.
+    enumerated discrete sites are summed out per draw and task (``LogJoint.per_particle``).
     """
     log_joint, data = task.log_joint, task.data
-    if not log_joint.enumerate:
-        per_chunk = max(1, max_elements // (z.shape[1] * data.num_points))
-        return torch.cat(
-            [
-                log_joint.per_particle(z[start : start + per_chunk], data)
-                for start in range(0, z.shape[0], per_chunk)
-            ]
-        )
-    if task.layout.num_tasks is None:
-        return torch.stack([log_joint(z[s : s + 1], data) for s in range(z.shape[0])])[:, None]
-    single = LogJoint(
-        log_joint.model, replace(task.layout, num_tasks=1), log_joint.data_plate, True
+    per_chunk = max(1, max_elements // (z.shape[1] * data.num_points))
+    return torch.cat(
+        [
+            log_joint.per_particle(z[start : start + per_chunk], data)
+            for start in range(0, z.shape[0], per_chunk)
+        ]
     )
-    columns = [
-        torch.stack([single(z[s : s + 1, t : t + 1], data.task(t)) for s in range(z.shape[0])])
-        for t in range(z.shape[1])
-    ]
-    return torch.stack(columns, dim=-1)
 
 
 def event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:

@@ -51,8 +51,8 @@ def evaluate_exact_kl(guide, family: TaskFamily, sizes, *, num_tasks: int = 256)
 def importance_log_weights(guide, task, state, num_draws: int = 1000, seed: int = 0):
     """``log p(z, D) − log q(z)`` for ``num_draws`` draws per task, ``(num_draws, T)``.
 
-    Tasks are evaluated together when the model allows per-task log densities, else
-    (enumerated models) one task at a time (:func:`iai_prob.diagnostics.log_joint_per_draw`).
+    Draws and tasks are evaluated together, in chunks of bounded memory, with enumerated
+    discrete sites summed out (:func:`iai_prob.diagnostics.log_joint_per_draw`).
     """
     from iai_prob.diagnostics.adapter import log_joint_per_draw
 

@@ -8,21 +8,32 @@ an unbiased estimate of the log joint ``log p(z, D)`` (Hoffman et al. 2013), and
 gradient and Hessian in ``z``. The model is run under ``poutine.condition`` with the
 globals set to ``T(z)``, inside an extra particle plate at dim ``-(P+1)`` so that ``S``
 particles and ``T`` tasks are evaluated in one vectorized pass, and the sites in the
-data plate are scaled by ``N/|B|``. Models with enumerated discrete locals (e.g. mixture
-assignments) are marginalized exactly with ``TraceEnum_ELBO``.
+data plate are scaled by ``N/|B|``.
+
+Models with enumerated discrete locals ``c`` (e.g. mixture assignments) are marginalized
+exactly, still in one vectorized pass: the enumerated sites' factors are contracted with
+Pyro's tensor message passing (``contract_tensor_tree`` in the log-sum-exp ring, as
+``TraceEnum_ELBO`` does; Obermeyer et al. 2019, "Tensor variable elimination for
+plated factor graphs"), which sums out ``c`` but keeps every plate dim, so
+
+    f_B(z_s)_t = Σ_{non-enumerated sites} log p + Σ_{plates} log Σ_c Π p(c, y | z_s)
+
+is read off per particle ``s`` and task ``t`` instead of as one scalar.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.traceenum_elbo import _compute_model_factors
+from pyro.ops import packed
+from pyro.ops.contract import contract_tensor_tree
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
@@ -45,10 +56,6 @@ class _ScaleDataPlate(Messenger):
             msg["scale"] = self.factor * msg["scale"]
 
 
-def _no_guide(*args, **kwargs):
-    return None
-
-
 class LogJoint:
     """``f_B(z)`` for a model, summed over particles and tasks (tasks are independent).
 
@@ -67,8 +74,10 @@ class LogJoint:
     def per_particle(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``f_B`` at particles ``z`` of shape ``(S, T_flat, D)``; returns ``(S, T_flat)``.
 
-        Only for models without enumerated sites (enumeration sums into one scalar).
+        Enumerated discrete sites are summed out exactly (see the module docstring).
         """
+        if self.enumerate:
+            return self._enumerated_per_particle(z, data)
         particle_dim = self._particle_dim()
         trace = self._trace(z, data, particle_dim)
         total = self._log_jacobian(z)
@@ -78,33 +87,11 @@ class LogJoint:
         return total
 
     def per_task_mean(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
-        """``f_B`` averaged over the particles, per task ``(T_flat,)``.
-
-        Enumeration sums everything into one scalar, so enumerated models are evaluated
-        one task at a time (a task's value never depends on the other tasks in the batch).
-        """
-        if not self.enumerate:
-            return self.per_particle(z, data).mean(0)
-        if self.layout.num_tasks is None:
-            return (self(z, data) / z.shape[0]).reshape(1)
-        single = LogJoint(
-            self.model, replace(self.layout, num_tasks=1), self.data_plate, self.enumerate
-        )
-        values = [single(z[:, t : t + 1], data.task(t)) for t in range(self.layout.num_tasks)]
-        return torch.stack(values) / z.shape[0]
+        """``f_B`` averaged over the particles, per task ``(T_flat,)``."""
+        return self.per_particle(z, data).mean(0)
 
     def __call__(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``Σ_{particles, tasks} f_B(z)`` for ``z`` of shape ``(S, T_flat, D)``."""
-        if self.enumerate:
-            particle_dim = self._particle_dim()
-            model = self._conditioned(z, data, particle_dim)
-            elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=-particle_dim)
-            with poutine.block(), pyro.validation_enabled(False):
-                if torch.is_grad_enabled() and z.requires_grad:
-                    log_p = -elbo.differentiable_loss(model, _no_guide, *data.args, **data.kwargs)
-                else:
-                    log_p = z.new_tensor(-elbo.loss(model, _no_guide, *data.args, **data.kwargs))
-            return log_p + self._log_jacobian(z).sum()
         return self.per_particle(z, data).sum()
 
     def site(self, z: torch.Tensor, data: TaskData, name: str) -> dict:
@@ -155,6 +142,43 @@ class LogJoint:
         trace.compute_log_prob()
         return trace
 
+    def _enumerated_per_particle(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
+        """``f_B`` per particle and task ``(S, T_flat)`` with enumerated sites summed out.
+
+        The same factors and contraction as ``TraceEnum_ELBO`` with an empty guide, but
+        each contracted term keeps its plate dims; the particle and task dims are read
+        off by their symbols and every other plate dim is summed (a product of factors).
+        """
+        particle_dim = self._particle_dim()
+        model = EnumMessenger(first_available_dim=particle_dim - 1)(
+            self._conditioned(z, data, particle_dim)
+        )
+        with poutine.block(), pyro.validation_enabled(False):
+            trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
+        trace = prune_subsample_sites(trace)
+        trace.compute_log_prob()
+        trace.pack_tensors()
+        costs, factors, _, sum_dims, scale = _compute_model_factors(trace, poutine.Trace())
+        terms = [term for terms in costs.values() for term in terms]
+        if factors:
+            contracted = contract_tensor_tree(factors, sum_dims)
+            terms += [
+                packed.scale_and_mask(term, scale=scale)
+                for terms_t in contracted.values()
+                for term in terms_t
+            ]
+        dim_to_symbol = {}
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                dim_to_symbol.update(site["infer"]["_dim_to_symbol"])
+        kept = [dim_to_symbol.get(particle_dim)]
+        if self.layout.num_tasks is not None:
+            kept.append(dim_to_symbol.get(self.layout.tasks_dim))
+        total = self._log_jacobian(z) + z.new_zeros(z.shape[:2])
+        for term in terms:
+            total = total + _to_particles_and_tasks(term, kept, total.shape)
+        return total
+
     def _per_task(self, log_prob: torch.Tensor, particle_dim: int) -> torch.Tensor:
         """Sum a site's ``log_prob`` (particles at ``particle_dim``) down to ``(S, T_flat)``."""
         if log_prob.dim() < -particle_dim:
@@ -164,3 +188,26 @@ class LogJoint:
         log_prob = log_prob.movedim(log_prob.dim() + self.layout.tasks_dim, 1)
         log_prob = log_prob.expand(log_prob.shape[0], self.layout.num_tasks, *log_prob.shape[2:])
         return log_prob.reshape(*log_prob.shape[:2], -1).sum(-1)
+
+
+def _to_particles_and_tasks(term: torch.Tensor, kept: list, shape: torch.Size) -> torch.Tensor:
+    """A packed term (``term._pyro_dims`` names its axes) summed over every axis but the
+    particle and task symbols ``kept``, arranged and broadcast to ``shape = (S, T_flat)``.
+
+    A term without a task axis does not vary over tasks (e.g. a site outside the tasks
+    plate), so every task gets it, as when the tasks are evaluated one at a time.
+    """
+    if not isinstance(term, torch.Tensor):  # a constant (e.g. an identically zero factor)
+        return torch.as_tensor(term).expand(shape)
+    dims = getattr(term, "_pyro_dims", "")
+    summed = [axis for axis, symbol in enumerate(dims) if symbol not in kept]
+    if summed:
+        term = term.sum(summed)
+    remaining = [symbol for symbol in dims if symbol in kept]
+    order = [remaining.index(symbol) for symbol in kept if symbol in remaining]
+    term = term.permute(order) if order else term
+    view = [1] * len(shape)
+    for axis, symbol in enumerate(kept):
+        if symbol in remaining:
+            view[axis] = shape[axis]
+    return term.reshape(view).expand(shape)

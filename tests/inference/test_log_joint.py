@@ -70,8 +70,9 @@ def test_minibatch_likelihood_is_scaled_by_n_over_b(linreg, simulate, read_task)
     torch.testing.assert_close(scaled, NUM_POINTS / len(BATCH) * unscaled, rtol=1e-5, atol=1e-4)
 
 
-def _mixture_log_joint(family, z, y):
-    """``Σ_{S,T}`` of the mixture's log joint with the assignments summed out by hand."""
+def _mixture_log_joint(family, z, y, scale=1.0):
+    """``(S, T)``: the mixture's log joint with the assignments summed out by hand, the
+    likelihood scaled by ``scale``."""
     stick = biject_to(constraints.simplex)
     weights = stick(z[..., :1])  # (S, T, K)
     locs = z[..., 1:].reshape(3, 2, 2, 2)  # (S, T, K, d)
@@ -85,7 +86,7 @@ def _mixture_log_joint(family, z, y):
         y.unsqueeze(-2).unsqueeze(0)
     )
     mixture = (weights.log().unsqueeze(-2) + component.sum(-1)).logsumexp(-1).sum(-1)
-    return (prior + mixture).sum()
+    return prior + scale * mixture
 
 
 def _mixture_task(make_family, simulate, read_task):
@@ -101,7 +102,8 @@ def test_enumerated_mixture_marginalizes_assignments(make_family, simulate, read
     family, y, data, log_joint, z = _mixture_task(make_family, simulate, read_task)
     z.requires_grad_(True)
     value = log_joint(z, data)
-    torch.testing.assert_close(value, _mixture_log_joint(family, z, y), rtol=1e-5, atol=1e-3)
+    expected = _mixture_log_joint(family, z, y).sum()
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-3)
     (grad,) = torch.autograd.grad(value, z)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
@@ -110,7 +112,30 @@ def test_enumerated_log_joint_without_gradients(make_family, simulate, read_task
     family, y, data, log_joint, z = _mixture_task(make_family, simulate, read_task)
     with torch.no_grad():
         value = log_joint(z, data)
-    torch.testing.assert_close(value, _mixture_log_joint(family, z, y), rtol=1e-5, atol=1e-3)
+    expected = _mixture_log_joint(family, z, y).sum()
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("minibatch", [False, True], ids=["full", "minibatch"])
+def test_enumerated_per_particle_matches_hand_written(minibatch, make_family, simulate, read_task):
+    """Per particle and task ``(S, T)`` in one vectorized pass, with the gradient of each
+    entry, on the full data and on a mini-batch scaled by ``N/|B|``."""
+    family, y, data, log_joint, z = _mixture_task(make_family, simulate, read_task)
+    scale = 1.0
+    if minibatch:
+        rows = torch.tensor([0, 2, 5])
+        data, y, scale = data.subset(rows), y[:, rows], 6 / 3
+        assert data.likelihood_scale == pytest.approx(scale)
+    z.requires_grad_(True)
+    value = log_joint.per_particle(z, data)
+    expected = _mixture_log_joint(family, z, y, scale)
+    assert value.shape == (3, 2)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-3)
+    (grad,) = torch.autograd.grad(value[1, 0], z)
+    (expected_grad,) = torch.autograd.grad(expected[1, 0], z)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    assert grad[0].abs().sum() == 0 and grad[1, 1].abs().sum() == 0  # only its own entry
+    torch.testing.assert_close(log_joint.per_task_mean(z, data), expected.mean(0))
 
 
 def test_particle_plate_moves_left_of_active_plates(linreg, simulate, read_task):
