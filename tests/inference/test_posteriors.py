@@ -156,3 +156,13 @@ def test_absolute_eigenvalues():
     torch.testing.assert_close(floored, torch.tensor([0.5, 0.5]))
     spd = random_spd()
     torch.testing.assert_close(absolute_eigenvalues(spd, 1e-6), spd, atol=1e-5, rtol=1e-5)
+
+
+def test_absolute_eigenvalues_masks_non_finite_elements_alone():
+    """A non-finite curvature gives NaN for its own batch element only, not an error."""
+    good = torch.stack([torch.tensor([[1.0, 2.0], [2.0, 1.0]]), random_spd()[:2, :2]])
+    bad = torch.tensor([[float("inf"), -float("inf")], [-float("inf"), 1.0]])
+    batch = torch.stack([good[0], bad, good[1]])
+    fixed = absolute_eigenvalues(batch, 0.5)
+    assert torch.isnan(fixed[1]).all()
+    torch.testing.assert_close(fixed[[0, 2]], absolute_eigenvalues(good, 0.5))
