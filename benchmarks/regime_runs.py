@@ -86,7 +86,8 @@ class Learner:
     model: object  # a guide or an ImplicitPredictor
     family: object  # the family whose model the guide runs (None for implicit)
     seconds: float
-    final_loss: float
+    final_loss: float  # mean of the finite losses among the last 10 steps
+    skipped: int  # steps fit skipped (non-finite loss or gradient, failed refinement)
 
 
 def _guide(model, spec: FamilySpec, budget: Budget, **options) -> IterativeAmortizedGuide:
@@ -146,8 +147,9 @@ def train(regime: str, spec: FamilySpec, budget: Budget, seed: int = 0) -> Learn
         progress=False,
     )
     seconds = time.perf_counter() - started
-    final = sum(result.losses[-10:]) / len(result.losses[-10:])
-    return Learner(regime, model, family, seconds, final)
+    finite = [value for value in result.losses[-10:] if math.isfinite(value)]
+    final = sum(finite) / len(finite) if finite else math.nan
+    return Learner(regime, model, family, seconds, final, result.skipped)
 
 
 # ------------------------------------------------------------------------- held-out data

@@ -189,6 +189,7 @@ def run_family(spec: FamilySpec, plan: Budget, report: Report):
             spec.name,
             LABELS[r],
             plan.steps[r],
+            learner.skipped,
             f"{learner.seconds:.0f} s",
             f"{learner.final_loss:.3g}",
         ]
@@ -350,7 +351,9 @@ def main(argv=None) -> None:
         "MAML and Meta-SGD columns are after the same iterative steps.\n"
     )
     report.add("### Training budget per learner\n")
-    report.add(markdown_table(("family", "regime", "steps", "time", "final loss"), budgets))
+    report.add(
+        markdown_table(("family", "regime", "steps", "skipped", "time", "final loss"), budgets)
+    )
     report.add(f"\nwall time {time.perf_counter() - started:.0f} s, {args.threads} thread(s)")
     plot(curves, {s.name: s.kind for s in specs}, args.plot)
     report.save(args.out)

@@ -93,6 +93,13 @@ def damped_combine(
     chosen = choice.clamp_min(0)
     linear = torch.stack([t[0] for t in computed])[chosen, torch.arange(num_tasks)]
     target_precision = torch.stack([t[1] for t in computed])[chosen, torch.arange(num_tasks)]
-    used = step_size * factor
+    # a task with no accepted step combines with its own state at ρ = 0, so a non-finite
+    # target or step size it was offered (and rejected) cannot reach its new state
+    rejected = choice < 0
+    own_precision = precision.detach()
+    own_linear = (own_precision @ loc.detach().unsqueeze(-1)).squeeze(-1)
+    linear = torch.where(rejected.unsqueeze(-1), own_linear, linear)
+    target_precision = torch.where(rejected[:, None, None], own_precision, target_precision)
+    used = torch.where(rejected, torch.zeros_like(step_size), step_size * factor)
     new_loc, new_precision = combine_natural(loc, precision, linear, target_precision, used)
     return new_loc, new_precision, used

@@ -211,6 +211,19 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     negative curvature is taken with its magnitude, as in saddle-free Newton (Dauphin et
     al. 2014), rather than clamped to a tiny floor, which would make a huge step along that
     direction; concave directions are unchanged.
+
+    A batch element with a non-finite entry (the curvature of a log density at the edge
+    of its support, e.g. a mixture weight of 0) gives an all-NaN result for that element
+    alone, which the refinement's safeguard rejects (that task keeps its state), instead
+    of an error for the whole batch.
     """
-    eigenvalues, eigenvectors = torch.linalg.eigh(symmetrize(matrix))
-    return (eigenvectors * eigenvalues.abs().clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
+    finite = torch.isfinite(matrix).flatten(-2).all(-1)[..., None, None]
+    # distinct placeholder eigenvalues keep eigh well conditioned for the masked elements
+    placeholder = torch.diag(
+        torch.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype, device=matrix.device)
+    )
+    eigenvalues, eigenvectors = torch.linalg.eigh(
+        torch.where(finite, symmetrize(matrix), placeholder)
+    )
+    result = (eigenvectors * eigenvalues.abs().clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
+    return torch.where(finite, result, math.nan)

@@ -98,3 +98,36 @@ def test_refinement_reports_a_broken_state_instead_of_returning_it(
     monkeypatch.setattr(refinement_module, "damped_combine", broken)
     with pytest.raises(RefinementError, match=r"refinement step 1.*not positive definite"):
         guide.posterior(x[0], y[0])
+
+
+def test_a_task_with_non_finite_curvature_keeps_its_state_alone(
+    monkeypatch, linreg, make_guide, simulate
+):
+    """A non-finite curvature signal for one task (e.g. a mixture weight at 0) leaves that
+    task's state unchanged for the step; the other tasks refine as without it."""
+    guide = _fresh(make_guide, linreg)
+    _, x, y = simulate(linreg, 3, 24)
+
+    def first_step(guide):
+        task = guide.prepare(x, y)
+        states = [state for state, _ in guide.trajectory(task, num_steps=1)]
+        return states[0], states[1]
+
+    with torch.no_grad():
+        start, clean = first_step(guide)
+        original = refinement_module.curvature_signal
+
+        def poisoned(*args, **kwargs):
+            signal = original(*args, **kwargs)
+            hessian = signal.hessian.clone()
+            hessian[1] = float("inf")
+            return signal._replace(hessian=hessian)
+
+        monkeypatch.setattr(refinement_module, "curvature_signal", poisoned)
+        _, step = first_step(guide)
+    torch.testing.assert_close(step.loc[1], start.loc[1])
+    torch.testing.assert_close(step.precision[1], start.precision[1])
+    assert not torch.allclose(clean.loc[1], start.loc[1])  # it would have moved
+    for index in (0, 2):
+        torch.testing.assert_close(step.loc[index], clean.loc[index])
+        torch.testing.assert_close(step.precision[index], clean.precision[index])

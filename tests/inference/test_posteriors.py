@@ -177,3 +177,13 @@ def test_entropy_and_kl_from_precisions_match_torch_distributions():
         gaussian_kl(loc_p, precision_p, loc_q, precision_q), torch.distributions.kl_divergence(p, q)
     )
     assert torch.all(gaussian_kl(loc_p, precision_p, loc_p, precision_p).abs() < 1e-10)
+
+
+def test_absolute_eigenvalues_masks_non_finite_elements_alone():
+    """A non-finite curvature gives NaN for its own batch element only, not an error."""
+    good = torch.stack([torch.tensor([[1.0, 2.0], [2.0, 1.0]]), random_spd()[:2, :2]])
+    bad = torch.tensor([[float("inf"), -float("inf")], [-float("inf"), 1.0]])
+    batch = torch.stack([good[0], bad, good[1]])
+    fixed = absolute_eigenvalues(batch, 0.5)
+    assert torch.isnan(fixed[1]).all()
+    torch.testing.assert_close(fixed[[0, 2]], absolute_eigenvalues(good, 0.5))
