@@ -215,15 +215,19 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     A batch element with a non-finite entry (the curvature of a log density at the edge
     of its support, e.g. a mixture weight of 0) gives an all-NaN result for that element
     alone, which the refinement's safeguard rejects (that task keeps its state), instead
-    of an error for the whole batch.
+    of an error for the whole batch. Where float32 ``eigh`` fails to converge (an
+    ill-conditioned curvature somewhere in the batch), the batch is decomposed in float64.
     """
     finite = torch.isfinite(matrix).flatten(-2).all(-1)[..., None, None]
     # distinct placeholder eigenvalues keep eigh well conditioned for the masked elements
     placeholder = torch.diag(
         torch.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype, device=matrix.device)
     )
-    eigenvalues, eigenvectors = torch.linalg.eigh(
-        torch.where(finite, symmetrize(matrix), placeholder)
-    )
+    symmetric = torch.where(finite, symmetrize(matrix), placeholder)
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
+    except torch.linalg.LinAlgError:  # float32 eigh can fail to converge; float64 does not
+        eigenvalues, eigenvectors = torch.linalg.eigh(symmetric.double())
+        eigenvalues, eigenvectors = eigenvalues.to(matrix.dtype), eigenvectors.to(matrix.dtype)
     result = (eigenvectors * eigenvalues.abs().clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
     return torch.where(finite, result, math.nan)

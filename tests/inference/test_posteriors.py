@@ -187,3 +187,19 @@ def test_absolute_eigenvalues_masks_non_finite_elements_alone():
     fixed = absolute_eigenvalues(batch, 0.5)
     assert torch.isnan(fixed[1]).all()
     torch.testing.assert_close(fixed[[0, 2]], absolute_eigenvalues(good, 0.5))
+
+
+def test_absolute_eigenvalues_retries_in_float64_when_eigh_fails(monkeypatch):
+    matrix = torch.stack([random_spd(), -random_spd()])
+    expected = absolute_eigenvalues(matrix, 1e-3)
+    eigh = torch.linalg.eigh
+
+    def float32_fails(input):
+        if input.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+        return eigh(input)
+
+    monkeypatch.setattr(torch.linalg, "eigh", float32_fails)
+    found = absolute_eigenvalues(matrix, 1e-3)
+    assert found.dtype == torch.float32
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5)
