@@ -26,6 +26,7 @@ from pyro.poutine.util import site_is_subsample
 from iai_prob import models as torch_models
 from iai_prob.numpyro import models
 from iai_prob.numpyro.models import DATA_PLATE, TASKS_PLATE, GenerativeTaskFamily
+from iai_prob.numpyro.models.bernoulli_logits import BernoulliLogits
 from tests.models.conftest import BAD_ARGUMENTS, FAMILY_CONFIGS, PERTURBATIONS
 
 FAMILY_NAMES = sorted(models.FAMILIES)
@@ -224,3 +225,16 @@ def test_exact_references_reject_values_outside_the_support():
     regression, _ = _pair("linear_regression_unknown_noise")
     with pytest.raises(ValueError, match="expects x of shape"):
         regression.exact_posterior(jnp.ones((5, 3)), jnp.ones(5))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_bernoulli_logits_is_exact_and_has_the_right_gradient_at_zero(value):
+    logits = jnp.array([-100.0, -3.0, 0.0, 3.0, 100.0])
+    expected = torch.distributions.Bernoulli(logits=torch.tensor(np.asarray(logits)))
+    found = BernoulliLogits(logits).log_prob(jnp.full(5, value))
+    np.testing.assert_allclose(
+        np.asarray(found), expected.log_prob(torch.full((5,), value)).numpy(), rtol=1e-6, atol=1e-30
+    )
+    # d/dl log p(y | l) = y − σ(l): ±½ at l = 0 (NumPyro's own Bernoulli gives 1 − y there)
+    gradient = jax.grad(lambda logit: BernoulliLogits(logit).log_prob(value))(0.0)
+    assert float(gradient) == pytest.approx(value - 0.5)

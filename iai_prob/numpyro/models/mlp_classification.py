@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpyro.distributions as dist
 
 from iai_prob.numpyro.models.base import check_positive, check_positive_int
+from iai_prob.numpyro.models.bernoulli_logits import BernoulliLogits
 from iai_prob.numpyro.models.mlp_regression import MLPRegression
 
 __all__ = ["MLPClassification"]
@@ -50,7 +50,7 @@ class MLPClassification(MLPRegression):
         }
 
     def _likelihood(self, output):
-        return dist.Bernoulli(logits=self.logit_scale * output)
+        return BernoulliLogits(self.logit_scale * output)
 
     def _observe(self, key, output):
         probs = jax.nn.sigmoid(self.logit_scale * output)
