@@ -11,7 +11,8 @@ them, so the diagnostic checks the amortized posterior itself.
 On 30 simulated datasets of 16 points the shipped linear-regression guide (KL to the exact
 posterior about 0.02 nats) is calibrated, and the same network refining under a prior that
 is shifted to N(2, 0.3²) (a deliberately biased posterior) is flagged. Each call compiles
-SVI around the refinement scan (about a minute on the shared 2-core machine).
+SVI around the refinement scan (about a minute on the shared 2-core machine). The
+Gaussian mixture is out of reach: NumPyro refuses its discrete (enumerated) latents.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro.handlers import substitute
-from numpyro.infer import Trace_ELBO
+from numpyro.infer import Trace_ELBO, TraceEnum_ELBO
 from numpyro.infer.calibration import vsbc_diagnostic
 
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
@@ -80,3 +81,23 @@ def test_a_guide_refining_under_a_wrong_prior_is_flagged(shipped):
     assert np.median(pvalues) < 1e-6 and pvalues.max() < 0.1, pvalues
     # the draws overshoot θ*: Pr_q(θ < θ*) is small on average
     assert np.asarray(result.probabilities["w"]).mean() < 0.3
+
+
+def test_the_mixture_is_out_of_vsbc_reach_because_of_its_discrete_assignments():
+    """VSBC compares draws with every latent site of the model, the enumerated local
+    assignments included, and NumPyro refuses discrete latents before running SVI."""
+    guide, params = pretrained.load("gaussian_mixture")
+    x = guide.family.sample(jax.random.PRNGKey(0), 1, NUM_POINTS)[1][0]
+    with pytest.raises(ValueError, match=r"only continuous latent.*\['assignment'\]"):
+        vsbc_diagnostic(
+            jax.random.PRNGKey(1),
+            guide.family.model,
+            substitute(guide, data=params),
+            optax.sgd(0.0),
+            TraceEnum_ELBO(),
+            x,
+            observed_sites=["y"],
+            num_simulations=4,
+            num_svi_steps=1,
+            num_samples=10,
+        )
