@@ -50,7 +50,10 @@ from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
 from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
 
-__all__ = ["TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
+__all__ = ["PYTORCH_ONLY_UPDATES", "TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
+
+PYTORCH_ONLY_UPDATES = ("maml", "meta_sgd")
+"""Update rules of the PyTorch guide that the port does not implement (MAML, Meta-SGD)."""
 
 TRACE_COUNTS: Counter = Counter()
 """How many times each jitted refinement function was traced (compiled), by name; a
@@ -97,8 +100,13 @@ class IterativeAmortizedGuide:
     The other keyword arguments are those of the PyTorch guide: ``family``, ``encoder``,
     ``num_steps`` (``None`` = one pass over the data), ``batch_size``, ``signals``,
     ``data_plate``, ``tasks_plate``, ``linearization``, ``num_particles``,
-    ``context_size``, ``rank``, ``encoder_options``, ``featurize`` and ``seed`` (seeds the
-    mini-batch order, so a call is a function of its data).
+    ``context_size``, ``rank``, ``encoder_options``, ``featurize``, ``seed`` (seeds the
+    mini-batch order, so a call is a function of its data), ``update`` and ``inner_lr``.
+
+    ``update`` accepts the PyTorch guide's names so that its checkpoints' cards read here,
+    but the port implements the learned natural-gradient rule only: ``"maml"`` and
+    ``"meta_sgd"`` (the optimization-based baselines of
+    :mod:`iai_prob.inference.gradient_updates`) raise a ``ValueError`` saying so.
     """
 
     def __init__(
@@ -119,6 +127,8 @@ class IterativeAmortizedGuide:
         encoder_options: dict | None = None,
         featurize: Callable | None = None,
         seed: int = 0,
+        update: str = "natural_gradient",
+        inner_lr: float = 0.1,
         prefix: str = "iai",
     ):
         from iai_prob.numpyro.models.base import TaskFamily
@@ -141,6 +151,17 @@ class IterativeAmortizedGuide:
             raise ValueError(
                 f"unknown linearization {linearization!r}; choose from {LINEARIZATIONS}"
             )
+        if update in PYTORCH_ONLY_UPDATES:
+            raise ValueError(
+                f"update={update!r} is implemented in the PyTorch guide only "
+                "(iai_prob.inference.IterativeAmortizedGuide); the NumPyro port implements "
+                "update='natural_gradient'"
+            )
+        if update != "natural_gradient":
+            raise ValueError(
+                f"unknown update {update!r}; choose from "
+                f"{('natural_gradient', *PYTORCH_ONLY_UPDATES)}"
+            )
         self.model = model
         self.prefix = prefix
         self.config = {
@@ -157,6 +178,8 @@ class IterativeAmortizedGuide:
             "rank": rank,
             "encoder_options": dict(encoder_options or {}),
             "seed": seed,
+            "update": update,
+            "inner_lr": float(inner_lr),
         }
         self.featurize = featurize
         self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built

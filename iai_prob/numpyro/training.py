@@ -2,7 +2,8 @@
 
 The twin of :func:`iai_prob.inference.fit` with the same options. Each step draws
 ``tasks_per_step`` tasks with ``N ~ U{num_points}`` points from a task family's
-simulator, refines ``λ_0 … λ_K`` over ``1 … max_passes`` passes, and minimizes the mean
+simulator (or a user model's prior predictive, :mod:`iai_prob.numpyro.sources`),
+refines ``λ_0 … λ_K`` over ``1 … max_passes`` passes, and minimizes the mean
 over steps of ``−ELBO(q_{λ_k})`` (``"reverse_kl"``), ``−log q_{λ_k}(z_true)``
 (``"forward_kl"``) or their sum (``"mixed"``) (Mittal et al. 2025, §3: a loss on every
 refinement step; greedy training stops gradients between steps).
@@ -160,7 +161,11 @@ def fit(
     progress: bool = True,
     devices=None,
 ) -> FitResult:
-    """Meta-train ``guide`` on the task family ``tasks`` (see module docstring).
+    """Meta-train ``guide`` on ``tasks`` (see module docstring).
+
+    ``tasks`` is a task family of :mod:`iai_prob.numpyro.models` or a user model's prior
+    predictive, :class:`~iai_prob.numpyro.sources.PriorPredictiveTasks`. Collections of
+    real datasets (the PyTorch ``DatasetCollection``) are not supported in JAX.
 
     Options as :func:`iai_prob.inference.fit`; ``optimizer`` is an optax transformation
     (default ``adam(learning_rate)`` after clipping the global norm to ``clip_norm``) and
@@ -170,15 +175,18 @@ def fit(
     a :class:`FitResult` whose ``params`` are the trained ones.
     """
     from iai_prob.numpyro.models.base import TaskFamily
+    from iai_prob.numpyro.sources import PriorPredictiveTasks
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     low, high = num_points
     if not 1 <= low <= high:
         raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
-    if not isinstance(tasks, TaskFamily):
+    if not isinstance(tasks, TaskFamily | PriorPredictiveTasks):
         raise ValueError(
-            f"tasks must be a task family of iai_prob.numpyro.models (a simulator), got {tasks!r}"
+            "tasks must be a task family of iai_prob.numpyro.models (a simulator) or "
+            "iai_prob.numpyro.sources.PriorPredictiveTasks(model, covariates); "
+            f"got {tasks!r}"
         )
     if int(max_passes) != max_passes or max_passes < 1:
         raise ValueError(f"max_passes must be a positive integer, got {max_passes!r}")

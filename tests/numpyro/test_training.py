@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 import torch
 
@@ -13,7 +17,9 @@ from iai_prob.models import LinearRegression as TorchLinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
 from iai_prob.numpyro.checkpoint import load_guide
 from iai_prob.numpyro.models import LinearRegression
+from iai_prob.numpyro.objectives import kl_to_exact
 from iai_prob.numpyro.refinement import batches_to_schedule
+from iai_prob.numpyro.sources import PriorPredictiveTasks
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
 OPTIONS = {"tasks_per_step": 4, "num_points": (8, 32), "objective": "mixed", "progress": False}
@@ -62,3 +68,51 @@ def test_fit_rejects_bad_options():
         fit(_guide(), family, num_points=(0, 4))
     with pytest.raises(ValueError, match="tasks must be a task family"):
         fit(_guide(), [(np.zeros((3, 2)), np.zeros(3))])
+
+
+def _user_model(x, y=None):
+    """Bayesian linear regression written as a plain NumPyro model (dim 2, σ = 0.5)."""
+    tasks = numpyro.plate("tasks", x.shape[0], dim=-2) if x.ndim == 3 else nullcontext()
+    with tasks:
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+    with tasks, numpyro.plate("data", x.shape[-2], dim=-1):
+        return numpyro.sample("y", dist.Normal((x * w).sum(-1), 0.5), obs=y)
+
+
+def _covariates(key, num_tasks, num_points):
+    return jax.random.normal(key, (num_tasks, num_points, 2))
+
+
+def test_prior_predictive_tasks_draw_the_model_s_joint():
+    source = PriorPredictiveTasks(_user_model, _covariates)
+    theta, x, y = source.sample(jax.random.PRNGKey(0), 2000, 8)
+    assert theta["w"].shape == (2000, 2) and x.shape == (2000, 8, 2) and y.shape == (2000, 8)
+    residual = np.asarray(y - jnp.einsum("tnd,td->tn", x, theta["w"]))
+    assert abs(residual.std() - 0.5) < 0.01  # y | w, x ~ N(xᵀw, 0.5²)
+    assert abs(float(theta["w"].std()) - 1.0) < 0.03  # w ~ N(0, 1)
+    with pytest.raises(ValueError, match=r"must return x of shape \(3, 4, ...\)"):
+        PriorPredictiveTasks(_user_model, lambda key, t, n: jnp.zeros((n, 2))).sample(
+            jax.random.PRNGKey(0), 3, 4
+        )
+    with pytest.raises(ValueError, match="no site named 'obs'"):
+        PriorPredictiveTasks(_user_model, _covariates, observed="obs").sample(
+            jax.random.PRNGKey(0), 3, 4
+        )
+    with pytest.raises(ValueError, match="PriorPredictiveTasks"):
+        fit(_guide(), [(jnp.zeros((4, 2)), jnp.zeros(4))], steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_fit_trains_on_a_user_model_s_prior_predictive():
+    guide = IterativeAmortizedGuide(_user_model, batch_size=16, **SMALL)
+    source = PriorPredictiveTasks(_user_model, _covariates)
+    result = fit(guide, source, steps=3, **OPTIONS)
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    assert result.kls == []  # no closed form known for a user's model
+    # the model is conjugate, so the trained guide's refinement is exact
+    family = LinearRegression(dim=2)
+    _, x, y = family.sample(jax.random.PRNGKey(9), 1, 40)
+    posterior = guide.posterior(result.params, x[0], y[0])
+    exact = family.exact_posterior(x[0], y[0])
+    kl = float(kl_to_exact(posterior.mean, posterior.precision_matrix, exact))
+    assert kl < 0.05, kl

@@ -17,12 +17,13 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.ops.indexing import Vindex
 
-from iai_prob.numpyro.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
+from iai_prob.numpyro.models.base import LatentSite, check_positive, check_positive_int
+from iai_prob.numpyro.models.generative import GenerativeTaskFamily
 
 __all__ = ["GaussianMixture"]
 
 
-class GaussianMixture(TaskFamily):
+class GaussianMixture(GenerativeTaskFamily):
     """``y_n ~ Σ_k π_k N(μ_k, noise_scale² I)`` with Dirichlet weights, Gaussian means."""
 
     name = "gaussian_mixture"
@@ -57,31 +58,12 @@ class GaussianMixture(TaskFamily):
             "concentration": self.concentration,
         }
 
-    def _check(self, x, y):
-        if x is None and y is None:
-            raise ValueError(
-                "GaussianMixture.model needs x (a zero-width array of shape (N, 0) or "
-                "(T, N, 0)) or y to know the number of points"
-            )
-        if x is not None and (x.ndim not in (2, 3) or x.shape[-1] != 0):
-            raise ValueError(
-                f"GaussianMixture has no covariates: expected x of shape (N, 0) or (T, N, 0), "
-                f"got {tuple(x.shape)}"
-            )
-        if y is not None and (y.ndim not in (2, 3) or y.shape[-1] != self.dim):
-            raise ValueError(
-                f"GaussianMixture(dim={self.dim}) expects y of shape (N, {self.dim}) or "
-                f"(T, N, {self.dim}), got {tuple(y.shape)}"
-            )
-        if x is not None and y is not None and x.shape[:-1] != y.shape[:-1]:
-            raise ValueError(
-                f"GaussianMixture: x of shape {tuple(x.shape)} does not match y of shape "
-                f"{tuple(y.shape)}"
-            )
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
 
     def model(self, x=None, y=None):
-        self._check(x, y)
-        tasks, num_points = self.plates(x if x is not None else y, point_dims=1)
+        tasks, num_points = self._data_plates(x, y)
         k = self.num_components
         with tasks:
             weights = numpyro.sample("weights", dist.Dirichlet(jnp.full(k, self.concentration)))
@@ -108,5 +90,4 @@ class GaussianMixture(TaskFamily):
         )
         chosen = jnp.take_along_axis(locs, assignment[..., None], axis=1)
         y = chosen + self.noise_scale * jax.random.normal(n_key, chosen.shape)
-        x = jnp.zeros((num_tasks, num_points, 0))
-        return {"weights": weights, "locs": locs}, x, y
+        return {"weights": weights, "locs": locs}, self._no_covariates(num_tasks, num_points), y

@@ -14,6 +14,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from iai_prob.numpyro.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
+from iai_prob.numpyro.models.bernoulli_logits import BernoulliLogits
 
 __all__ = ["LogisticRegression"]
 
@@ -41,7 +42,7 @@ class LogisticRegression(TaskFamily):
                 "w", dist.Normal(0.0, self.prior_scale).expand([self.dim]).to_event(1)
             )
         with tasks, numpyro.plate(self.data_plate, num_points, dim=-1):
-            return numpyro.sample("y", dist.Bernoulli(logits=(x * w).sum(-1)), obs=y)
+            return numpyro.sample("y", BernoulliLogits((x * w).sum(-1)), obs=y)
 
     def _simulate(self, key, num_tasks, num_points):
         w_key, x_key, y_key = jax.random.split(key, 3)
