@@ -67,7 +67,10 @@ def damped_combine(
     factor = jnp.zeros(num_tasks, loc.dtype)
     choice = jnp.full(num_tasks, -1, jnp.int32)
     computed = []
-    placeholder = (jnp.zeros((num_tasks, dim), loc.dtype), jnp.zeros((num_tasks, dim, dim)))
+    placeholder = (
+        jnp.zeros((num_tasks, dim), loc.dtype),
+        jnp.zeros((num_tasks, dim, dim), loc.dtype),
+    )
 
     for index, make_target in enumerate(targets):
         if index == 0:
@@ -101,6 +104,12 @@ def damped_combine(
     tasks = jnp.arange(num_tasks)
     linear = jnp.stack([t[0] for t in computed])[chosen, tasks]
     target_precision = jnp.stack([t[1] for t in computed])[chosen, tasks]
-    used = step_size * jax.lax.stop_gradient(factor)
+    # a task with no accepted step combines with its own state at ρ = 0, so a non-finite
+    # target or step size it was offered (and rejected) cannot reach its new state
+    rejected = choice < 0
+    own_linear = (fixed_precision @ fixed_loc[..., None])[..., 0]
+    linear = jnp.where(rejected[:, None], own_linear, linear)
+    target_precision = jnp.where(rejected[:, None, None], fixed_precision, target_precision)
+    used = jnp.where(rejected, 0.0, step_size * jax.lax.stop_gradient(factor))
     new_loc, new_precision = combine_natural(loc, precision, linear, target_precision, used)
     return new_loc, new_precision, used

@@ -67,10 +67,18 @@ def _cho_solve(chol, rhs):
 
 def absolute_eigenvalues(matrix, floor: float):
     """``V max(|λ|, floor) Vᵀ``: a positive-definite curvature (saddle-free Newton,
-    Dauphin et al. 2014)."""
-    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetrize(matrix))
+    Dauphin et al. 2014).
+
+    A batch element with a non-finite entry gives an all-NaN result for that element
+    alone, which the damping rejects (that task keeps its state), as in PyTorch.
+    """
+    finite = jnp.isfinite(matrix).all((-1, -2))[..., None, None]
+    # distinct placeholder eigenvalues keep eigh well conditioned for the masked elements
+    placeholder = jnp.diag(jnp.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype))
+    symmetric = jnp.where(finite, symmetrize(matrix), placeholder)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric)
     scaled = eigenvectors * jnp.maximum(jnp.abs(eigenvalues), floor)[..., None, :]
-    return scaled @ jnp.swapaxes(eigenvectors, -1, -2)
+    return jnp.where(finite, scaled @ jnp.swapaxes(eigenvectors, -1, -2), jnp.nan)
 
 
 def gaussian_entropy(precision):

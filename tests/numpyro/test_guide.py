@@ -124,3 +124,34 @@ def test_svi_trains_a_fresh_guide_and_enum_elbo_marginalizes_the_mixture():
         jax.random.PRNGKey(3), params, mixture.model, mixture_guide, mx[0], my[0]
     )
     assert np.isfinite(float(loss))
+
+
+@pytest.mark.slow  # two compilations of the refinement
+def test_a_task_with_non_finite_curvature_keeps_its_state_alone(shipped, monkeypatch):
+    """As in PyTorch: a non-finite curvature for one task (e.g. a mixture weight at 0)
+    leaves that task's state unchanged for the step; the other tasks refine as without it."""
+    from iai_prob.numpyro import refinement as refinement_module
+
+    guide, params, *_ = shipped
+    _, x, y = guide.family.sample(jax.random.PRNGKey(3), 3, 24)
+
+    def first_step():
+        jax.clear_caches()  # so that a patched signal is traced afresh
+        states, _ = guide.refinement_trace(params, x, y, num_steps=1)
+        return states[0], states[1]
+
+    start, clean = first_step()
+    original = refinement_module.curvature_signal
+
+    def poisoned(*args, **kwargs):
+        signal = original(*args, **kwargs)
+        return signal._replace(hessian=signal.hessian.at[1].set(jnp.inf))
+
+    monkeypatch.setattr(refinement_module, "curvature_signal", poisoned)
+    _, step = first_step()
+    np.testing.assert_allclose(step.loc[1], start.loc[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(step.precision[1], start.precision[1], rtol=1e-5)
+    assert not np.allclose(clean.loc[1], start.loc[1])  # it would have moved
+    for index in (0, 2):
+        np.testing.assert_allclose(step.loc[index], clean.loc[index], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(step.precision[index], clean.precision[index], rtol=1e-5)
