@@ -136,7 +136,6 @@ def test_a_task_with_non_finite_curvature_keeps_its_state_alone(shipped, monkeyp
     _, x, y = guide.family.sample(jax.random.PRNGKey(3), 3, 24)
 
     def first_step():
-        jax.clear_caches()  # so that a patched signal is traced afresh
         states, _ = guide.refinement_trace(params, x, y, num_steps=1)
         return states[0], states[1]
 
@@ -148,7 +147,11 @@ def test_a_task_with_non_finite_curvature_keeps_its_state_alone(shipped, monkeyp
         return signal._replace(hessian=signal.hessian.at[1].set(jnp.inf))
 
     monkeypatch.setattr(refinement_module, "curvature_signal", poisoned)
-    _, step = first_step()
+    jax.clear_caches()  # trace the refinement afresh, with the poisoned signal
+    try:
+        _, step = first_step()
+    finally:
+        jax.clear_caches()  # no later call may reuse the poisoned compilation
     np.testing.assert_allclose(step.loc[1], start.loc[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(step.precision[1], start.precision[1], rtol=1e-5)
     assert not np.allclose(clean.loc[1], start.loc[1])  # it would have moved
