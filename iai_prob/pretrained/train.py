@@ -51,7 +51,7 @@ RECIPES = {
         "guide": _GUIDE,
         # reverse KL only: the forward KL would punish a posterior that finds the
         # components under another labelling
-        "fit": {**_FIT, "steps": 300, "tasks_per_step": 16, "objective": "reverse_kl"},
+        "fit": {**_FIT, "steps": 1500, "tasks_per_step": 16, "objective": "reverse_kl"},
         "evaluate": {"num_points": (64, 1024)},
     },
 }
