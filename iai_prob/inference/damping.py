@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from iai_prob.inference.posteriors import GaussianFamily, gaussian_entropy
+from iai_prob.inference.posteriors import gaussian_entropy
 from iai_prob.inference.signals import linearization_points
 from iai_prob.inference.updates import combine_natural
 
@@ -26,7 +26,7 @@ __all__ = ["damped_combine", "unscented_batch_elbo"]
 
 
 @torch.no_grad()
-def unscented_batch_elbo(log_joint, family: GaussianFamily, loc, precision, batch) -> torch.Tensor:
+def unscented_batch_elbo(log_joint, loc, precision, batch) -> torch.Tensor:
     """``E_q f_B + H(q)`` per task ``(T,)``, with sigma-point quadrature (``−inf`` if invalid)."""
     valid = torch.isfinite(loc).all(-1) & (torch.linalg.cholesky_ex(precision)[1] == 0)
     safe_loc = torch.where(valid.unsqueeze(-1), loc, torch.zeros_like(loc))
@@ -49,7 +49,6 @@ def damped_combine(
     targets: list[Callable[[], tuple[torch.Tensor, torch.Tensor]]],
     batch,
     log_joint,
-    family: GaussianFamily,
     *,
     base: torch.Tensor | None = None,
     max_backtracks: int = 6,
@@ -64,7 +63,7 @@ def damped_combine(
     """
     num_tasks = loc.shape[0]
     if base is None:
-        base = unscented_batch_elbo(log_joint, family, loc.detach(), precision.detach(), batch)
+        base = unscented_batch_elbo(log_joint, loc.detach(), precision.detach(), batch)
     slack = tolerance * base.abs().clamp_min(1.0)
     factor = torch.zeros(num_tasks, dtype=loc.dtype, device=loc.device)
     choice = torch.full((num_tasks,), -1, dtype=torch.long, device=loc.device)
@@ -82,7 +81,7 @@ def damped_combine(
                 new_loc, new_precision = combine_natural(
                     loc.detach(), precision.detach(), *target, rho
                 )
-            value = unscented_batch_elbo(log_joint, family, new_loc, new_precision, batch)
+            value = unscented_batch_elbo(log_joint, new_loc, new_precision, batch)
             accept = pending & (value >= base - slack)
             factor = torch.where(accept, torch.full_like(factor, scale), factor)
             choice = torch.where(accept, torch.full_like(choice, index), choice)

@@ -276,7 +276,7 @@ class Refiner(nn.Module):
         step_size = self.update.step_size(state.points_seen, batch.num_points, context)
         makers = [t if callable(t) else (lambda t=t: t) for t in targets]
         loc, precision, step_size = damped_combine(
-            state.loc, state.precision, step_size, makers, batch, log_joint, self.family, base=base
+            state.loc, state.precision, step_size, makers, batch, log_joint, base=base
         )
         new_state = RefinementState(
             loc,

@@ -31,6 +31,8 @@ import pyro
 import torch
 from torch.distributions import constraints
 
+from iai_prob.checks import check_positive, check_positive_int
+
 __all__ = [
     "DATA_PLATE",
     "TASKS_PLATE",
@@ -59,21 +61,6 @@ class LatentSite:
     def numel(self) -> int:
         """Number of scalars in one value of the site (constrained space)."""
         return math.prod(self.shape)
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` or raise a ``ValueError`` naming ``name``."""
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` as an ``int`` or raise a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def linear_predictor(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

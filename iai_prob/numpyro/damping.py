@@ -17,14 +17,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_entropy
+from iai_prob.numpyro.posteriors import gaussian_entropy
 from iai_prob.numpyro.signals import linearization_points
 from iai_prob.numpyro.updates import combine_natural
 
 __all__ = ["damped_combine", "unscented_batch_elbo"]
 
 
-def unscented_batch_elbo(log_joint, family: GaussianFamily, loc, precision, batch):
+def unscented_batch_elbo(log_joint, loc, precision, batch):
     """``E_q f_B + H(q)`` per task ``(T,)`` with sigma points (``−inf`` if invalid)."""
     loc, precision = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(precision)
     chol = jnp.linalg.cholesky(precision)
@@ -45,7 +45,6 @@ def damped_combine(
     targets: list[Callable],
     batch,
     log_joint,
-    family: GaussianFamily,
     *,
     base=None,
     max_backtracks: int = 6,
@@ -61,7 +60,7 @@ def damped_combine(
     fixed_loc, fixed_precision = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(precision)
     fixed_step = jax.lax.stop_gradient(step_size)
     if base is None:
-        base = unscented_batch_elbo(log_joint, family, fixed_loc, fixed_precision, batch)
+        base = unscented_batch_elbo(log_joint, fixed_loc, fixed_precision, batch)
     base = jax.lax.stop_gradient(base)
     slack = tolerance * jnp.maximum(jnp.abs(base), 1.0)
     factor = jnp.zeros(num_tasks, loc.dtype)
@@ -87,7 +86,7 @@ def damped_combine(
             pending = choice < 0
             rho = jnp.minimum(fixed_step * scale, 1.0)
             new_loc, new_precision = combine_natural(fixed_loc, fixed_precision, *target, rho)
-            value = unscented_batch_elbo(log_joint, family, new_loc, new_precision, batch)
+            value = unscented_batch_elbo(log_joint, new_loc, new_precision, batch)
             accept = pending & (value >= base - slack)
             factor = jnp.where(accept, scale, factor)
             choice = jnp.where(accept, index, choice)

@@ -244,7 +244,6 @@ def _advance(refiner, state, batch, log_joint, targets, embedding, base):
         makers,
         batch,
         log_joint,
-        refiner.family,
         base=base,
     )
     new_state = RefinementState(
@@ -297,7 +296,7 @@ def step(
     # E_q f_B at the state's sigma points (= the first sweep's signal value): the
     # reference L_B of the damping and the step's diagnostic
     batch_log_joint = unscented_batch_elbo(
-        log_joint, refiner.family, state.loc, state.precision, batch
+        log_joint, state.loc, state.precision, batch
     ) - gaussian_entropy(jax.lax.stop_gradient(state.precision))
     base = None
     if refiner.linearization == "sigma_points":

@@ -19,6 +19,8 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpyro
 
+from iai_prob.checks import check_positive, check_positive_int
+
 __all__ = [
     "DATA_PLATE",
     "TASKS_PLATE",
@@ -45,21 +47,6 @@ class LatentSite:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` or raise a ``ValueError`` naming ``name``."""
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` as an ``int`` or raise a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class TaskFamily(abc.ABC):
