@@ -49,9 +49,11 @@ from common import (
     verdict,
 )
 from torch.distributions import MultivariateNormal, kl_divergence
+from torch.utils.flop_counter import FlopCounterMode
 
 from iai_prob.inference import IterativeAmortizedGuide, RefinementError, fit
 from iai_prob.inference.objectives import kl_to_exact
+from iai_prob.inference.posteriors import gaussian_kl as natural_gaussian_kl
 from iai_prob.models import LinearRegression
 
 PRETRAINED = "linear_regression"
@@ -338,12 +340,50 @@ def _increase_cell(curve: torch.Tensor, increase: float, step: int) -> str:
     return f"{increase:.3g} at step {step} ({increase / float(curve[step - 1]):.1%} of KL_(k-1))"
 
 
+@torch.no_grad()
+def streaming_average_kl_per_step(guide, x, y) -> torch.Tensor:
+    """``KL(q_k ‖ exact)`` ``(K + 1, T)`` of the exact streaming average over the guide's
+    mini-batches: ``q_k``'s natural parameters are the mean of the first ``k`` batch
+    targets (``ρ_k = 1/k``), each the exact posterior given its batch with the likelihood
+    scaled by ``N/|B|``,
+
+        Λ̂_B = Λ_0 + (N/|B|) X_Bᵀ X_B / σ²,   η̂_B = (N/|B|) X_Bᵀ y_B / σ²,
+
+    the best that averaging one pass of mini-batch targets can do (its ``q_K`` is exact);
+    ``q_0`` is the prior.
+    """
+    family = guide.family
+    x, y = x.double(), y.double()
+    num_tasks, num_points, dim = x.shape
+    exact = family.exact_posterior(x, y)
+    exact_loc, exact_precision = exact.loc, exact.precision_matrix
+    prior_precision = torch.eye(dim, dtype=x.dtype) / family.prior_scale**2
+    linear = torch.zeros(num_tasks, dim, dtype=x.dtype)
+    precision = prior_precision.expand(num_tasks, dim, dim)
+    kls = [natural_gaussian_kl(linear, precision, exact_loc, exact_precision)]
+    for k, index in enumerate(guide.schedule(num_points), start=1):
+        scale = num_points / len(index) / family.noise_scale**2
+        x_b, y_b = x[:, index], y[:, index]
+        target_precision = prior_precision + scale * x_b.mT @ x_b
+        target_linear = scale * (x_b.mT @ y_b.unsqueeze(-1)).squeeze(-1)
+        linear = linear + (target_linear - linear) / k
+        precision = precision + (target_precision - precision) / k
+        loc = torch.linalg.solve(precision, linear)
+        kls.append(natural_gaussian_kl(loc, precision, exact_loc, exact_precision))
+    return torch.stack(kls)
+
+
 def steps_tables(guide, settings: Settings) -> list[Table]:
-    """Section 2: median KL after each step of one pass, and the monotonicity check."""
-    curves = {}
+    """Section 2: median KL after each step of one pass, and the monotonicity check, with
+    the exact streaming average (:func:`streaming_average_kl_per_step`) beside the guide."""
+    curves, references = {}, {}
     for num_points, num_tasks in settings.step_sizes:
         kls, _ = held_out_kl_per_step(guide, num_tasks, num_points)
         curves[(num_points, kls.shape[1])] = torch.quantile(kls.double(), 0.5, dim=1)
+        reference = streaming_average_kl_per_step(
+            guide, *held_out(guide.family, num_tasks, num_points)
+        )
+        references[num_points] = torch.quantile(reference, 0.5, dim=1)
     headers = ["step k"] + [f"N = {n} ({t} tasks)" for n, t in curves]
     table = Table("2a. Median KL(q_k ‖ exact) after step k of one pass, nats", headers)
     longest = max(len(curve) for curve in curves.values()) - 1
@@ -355,6 +395,7 @@ def steps_tables(guide, settings: Settings) -> list[Table]:
         [
             "N",
             "K",
+            "refinement",
             "steps where the median rose",
             "largest increase of the median KL (nats)",
             "KL at K",
@@ -362,16 +403,25 @@ def steps_tables(guide, settings: Settings) -> list[Table]:
         ],
     )
     for (num_points, _), curve in curves.items():
-        increase, at = largest_increase(curve)
-        check.add(
-            num_points,
-            len(curve) - 1,
-            int((curve[1:] > curve[:-1]).sum()),
-            _increase_cell(curve, increase, at),
-            nats(curve[-1]),
-            verdict(increase == 0.0),
-        )
+        rows = {"guide": curve, "exact streaming average (reference)": references[num_points]}
+        for name, median_curve in rows.items():
+            increase, at = largest_increase(median_curve)
+            check.add(
+                num_points,
+                len(median_curve) - 1,
+                name,
+                int((median_curve[1:] > median_curve[:-1]).sum()),
+                _increase_cell(median_curve, increase, at),
+                nats(median_curve[-1]),
+                verdict(increase == 0.0) if name == "guide" else "-",
+            )
     check.notes.append("checked over every step k, not only the printed ones")
+    check.notes.append(
+        "reference: the same tasks and mini-batches, with q_k the exact average of the first k "
+        "batch targets (rho_k = 1/k; each target the exact posterior given its batch with the "
+        "likelihood scaled by N/|B|); its q_K is exact, so the rises it shows come from which "
+        "64 points a step sees, not from a learned update"
+    )
     return [table, check]
 
 
@@ -687,8 +737,9 @@ def speed_tables(guide, settings: Settings) -> list[Table]:
 
 
 # ----------------------------------------------------------------------- 4. throughput
-def throughput_table(guide, settings: Settings, oneshot: IterativeAmortizedGuide) -> Table:
-    """Section 4: datasets per second of ``guide.posterior`` on a batch of tasks."""
+def throughput_tables(guide, settings: Settings, oneshot: IterativeAmortizedGuide) -> list[Table]:
+    """Section 4: datasets per second of ``guide.posterior`` on a batch of tasks (4a), and
+    the ceiling that the set encoder's arithmetic puts on it on this machine (4b)."""
     table = Table(
         f"4. Throughput at N = {settings.throughput_n}: datasets per second",
         ["guide", "tasks per call", "time per call", "datasets / s", "target", "verdict"],
@@ -711,6 +762,61 @@ def throughput_table(guide, settings: Settings, oneshot: IterativeAmortizedGuide
     table.notes.append(
         f"guide.posterior(x, y), x of shape (T, {settings.throughput_n}, 8); median of "
         f"{settings.repeats} calls after a warm-up, torch threads: {torch.get_num_threads()}"
+    )
+    return [table, throughput_bound_table(guide, settings)]
+
+
+def encoder_flops_per_dataset(guide: IterativeAmortizedGuide, num_points: int) -> float:
+    """Matrix-multiply FLOPs of the guide's set encoder for one dataset of ``num_points``
+    in one pass: the one-shot context and, when the steps see the data, every mini-batch
+    (torch's ``FlopCounterMode``; elementwise work such as softmax and norms is left out)."""
+    config = guide.config
+    sizes = [min(num_points, config["context_size"])]
+    if "data" in config["signals"]:
+        sizes += [len(index) for index in guide.schedule(num_points)]
+    total = 0
+    for size in sizes:
+        features = torch.zeros(1, size, guide.refiner.feature_dim)
+        with FlopCounterMode(display=False) as counter:
+            guide.refiner.encoder(features, num_points)
+        total += counter.get_total_flops()
+    return float(total)
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Float32 FLOP/s of a ``size``² matrix product on this machine (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(timed(torch.matmul, a, b)[1] for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def throughput_bound_table(guide, settings: Settings) -> Table:
+    """Section 4b: datasets per second that the encoder alone allows at the matmul peak."""
+    flops = encoder_flops_per_dataset(guide, settings.throughput_n)
+    peak = matmul_peak_flops()
+    ceiling = peak / flops
+    table = Table(
+        f"4b. What bounds the throughput at N = {settings.throughput_n}",
+        ["quantity", "value"],
+    )
+    table.add("set-encoder matmul work per dataset (one pass)", f"{flops / 1e6:.2f} MFLOP")
+    table.add(
+        f"float32 matmul peak of this machine (2048² product, {torch.get_num_threads()} threads)",
+        f"{peak / 1e9:.1f} GFLOP/s",
+    )
+    table.add(
+        "datasets / s if the encoder ran at that peak and nothing else ran", f"{ceiling:,.0f}"
+    )
+    table.add(
+        "encoder work at the target rate", f"{flops * settings.throughput_target / 1e9:.1f} GFLOP/s"
+    )
+    table.notes.append(
+        f"the guide's encoder is a {guide.config['encoder']} that sees the "
+        f"{min(settings.throughput_n, guide.config['context_size'])}-point context and, with "
+        f"signals={tuple(guide.config['signals'])}, every mini-batch of "
+        f"{guide.config['batch_size']}; a ceiling below the target means no implementation "
+        "of this guide reaches it on this machine"
     )
     return table
 
@@ -984,7 +1090,7 @@ def run_sections(args, guide, settings: Settings, report: Report) -> None:
         1: lambda: [accuracy_table(guide, settings, baseline)],
         2: lambda: steps_tables(guide, settings),
         3: lambda: speed_tables(guide, settings),
-        4: lambda: [throughput_table(guide, settings, baseline.guide)],
+        4: lambda: throughput_tables(guide, settings, baseline.guide),
         5: lambda: [memory_table(args, settings)],
         6: lambda: [stability_table(guide, settings)],
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_positive", "check_positive_int"]
+__all__ = ["check_non_negative_int", "check_positive", "check_positive_int"]
 
 
 def check_positive(name: str, value: float) -> float:
@@ -23,4 +23,11 @@ def check_positive_int(name: str, value: int) -> int:
     """Return ``value`` as an ``int`` or raise a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: int) -> int:
+    """Return ``value`` as an ``int`` or raise a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)

@@ -29,6 +29,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
+from iai_prob.checks import check_non_negative_int
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.objectives import elbo
@@ -144,6 +145,11 @@ class IterativeAmortizedGuide(AutoGuide):
         plain ELBO gradient steps of size ``inner_lr``) and ``"meta_sgd"`` (learned
         per-coordinate step sizes); see :mod:`iai_prob.inference.gradient_updates`.
     :param float inner_lr: step size of the gradient rules (initial value for ``"meta_sgd"``).
+    :param int max_relinearizations: a step that moves the state by more than 0.5 nats
+        recomputes its gradient signal at the proposal and retakes the step, up to this
+        many times (a proximal step for non-conjugate models). ``0`` suits a likelihood
+        that is Gaussian in the latents (e.g. linear regression): its target does not
+        depend on where it is linearized, so a re-linearization retakes the same step.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class IterativeAmortizedGuide(AutoGuide):
         seed: int = 0,
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
+        max_relinearizations: int = 2,
     ):
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
         # kept in a tuple: a family that is an nn.Module (explicit regime) must not become a
@@ -177,6 +184,7 @@ class IterativeAmortizedGuide(AutoGuide):
             raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_non_negative_int("max_relinearizations", max_relinearizations)
         signals = tuple(signals)
         if not signals or any(s not in SIGNALS for s in signals):
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
@@ -206,6 +214,7 @@ class IterativeAmortizedGuide(AutoGuide):
             "seed": seed,
             "update": update,
             "inner_lr": float(inner_lr),
+            "max_relinearizations": int(max_relinearizations),
         }
         self.featurize = featurize
         self.refiner: Refiner | None = None
@@ -243,6 +252,7 @@ class IterativeAmortizedGuide(AutoGuide):
             context_size=config["context_size"],
             update=config.get("update", "natural_gradient"),
             inner_lr=config.get("inner_lr", 0.1),
+            max_relinearizations=config.get("max_relinearizations", 2),
         )
         return self.refiner
 

@@ -212,22 +212,45 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     al. 2014), rather than clamped to a tiny floor, which would make a huge step along that
     direction; concave directions are unchanged.
 
+    A batch element whose ``matrix − floor·I`` has a Cholesky factor already has every
+    eigenvalue above the floor and is returned as it is (symmetrized); only the others
+    are decomposed, so a log-concave model never pays for ``eigh``.
+
     A batch element with a non-finite entry (the curvature of a log density at the edge
     of its support, e.g. a mixture weight of 0) gives an all-NaN result for that element
     alone, which the refinement's safeguard rejects (that task keeps its state), instead
     of an error for the whole batch. Where float32 ``eigh`` fails to converge (an
     ill-conditioned curvature somewhere in the batch), the batch is decomposed in float64.
     """
-    finite = torch.isfinite(matrix).flatten(-2).all(-1)[..., None, None]
+    symmetric = symmetrize(matrix)
+    dim = matrix.shape[-1]
+    eye = torch.eye(dim, dtype=matrix.dtype, device=matrix.device)
+    shifted = torch.nan_to_num(symmetric - floor * eye, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    above_floor = torch.linalg.cholesky_ex(shifted)[1] == 0
+    if bool(above_floor.all()):
+        return symmetric
+    flat = symmetric.reshape(-1, dim, dim)
+    decompose = ~above_floor.reshape(-1)
+    result = flat.clone()
+    result[decompose] = _floored_absolute_eigenvalues(flat[decompose], floor)
+    return result.reshape(symmetric.shape)
+
+
+def _floored_absolute_eigenvalues(symmetric: torch.Tensor, floor: float) -> torch.Tensor:
+    """:func:`absolute_eigenvalues` by ``eigh``, for symmetric ``(B, D, D)``."""
+    finite = torch.isfinite(symmetric).flatten(-2).all(-1)[..., None, None]
     # distinct placeholder eigenvalues keep eigh well conditioned for the masked elements
     placeholder = torch.diag(
-        torch.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype, device=matrix.device)
+        torch.arange(1, symmetric.shape[-1] + 1, dtype=symmetric.dtype, device=symmetric.device)
     )
-    symmetric = torch.where(finite, symmetrize(matrix), placeholder)
+    symmetric = torch.where(finite, symmetric, placeholder)
     try:
         eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
     except torch.linalg.LinAlgError:  # float32 eigh can fail to converge; float64 does not
         eigenvalues, eigenvectors = torch.linalg.eigh(symmetric.double())
-        eigenvalues, eigenvectors = eigenvalues.to(matrix.dtype), eigenvectors.to(matrix.dtype)
+        eigenvalues, eigenvectors = (
+            eigenvalues.to(symmetric.dtype),
+            eigenvectors.to(symmetric.dtype),
+        )
     result = (eigenvectors * eigenvalues.abs().clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
     return torch.where(finite, result, math.nan)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from iai_prob.checks import check_non_negative_int
 from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import get_posterior_family
@@ -101,7 +102,8 @@ class IterativeAmortizedGuide:
     ``num_steps`` (``None`` = one pass over the data), ``batch_size``, ``signals``,
     ``data_plate``, ``tasks_plate``, ``linearization``, ``num_particles``,
     ``context_size``, ``rank``, ``encoder_options``, ``featurize``, ``seed`` (seeds the
-    mini-batch order, so a call is a function of its data), ``update`` and ``inner_lr``.
+    mini-batch order, so a call is a function of its data), ``update``, ``inner_lr`` and
+    ``max_relinearizations``.
 
     ``update`` accepts the PyTorch guide's names so that its checkpoints' cards read here,
     but the port implements the learned natural-gradient rule only: ``"maml"`` and
@@ -129,6 +131,7 @@ class IterativeAmortizedGuide:
         seed: int = 0,
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
+        max_relinearizations: int = 2,
         prefix: str = "iai",
     ):
         from iai_prob.numpyro.models.base import TaskFamily
@@ -141,6 +144,7 @@ class IterativeAmortizedGuide:
             raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_non_negative_int("max_relinearizations", max_relinearizations)
         signals = tuple(signals)
         if not signals or any(s not in SIGNALS for s in signals):
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
@@ -180,6 +184,7 @@ class IterativeAmortizedGuide:
             "seed": seed,
             "update": update,
             "inner_lr": float(inner_lr),
+            "max_relinearizations": int(max_relinearizations),
         }
         self.featurize = featurize
         self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built
@@ -207,6 +212,7 @@ class IterativeAmortizedGuide:
             linearization=config["linearization"],
             num_particles=config["num_particles"],
             context_size=config["context_size"],
+            max_relinearizations=config["max_relinearizations"],
             key=jax.random.PRNGKey(config["seed"]),
         )
         self.dims = (latent_dim, feature_dim)

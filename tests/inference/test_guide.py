@@ -26,6 +26,8 @@ BAD_ARGUMENTS = [
     ("batch_size", 2.5),
     ("num_steps", -1),
     ("num_steps", 1.5),
+    ("max_relinearizations", -1),
+    ("max_relinearizations", 1.5),
 ]
 
 
@@ -372,3 +374,40 @@ def test_guide_runs_for_a_plain_pyro_model(make_guide):
     y = x + 0.3 * torch.randn(30)
     samples = Predictive(model, guide=guide, num_samples=20, return_sites=["scale"])(x, y)
     assert (samples["scale"] > 0).all()
+
+
+def test_conjugate_posterior_needs_no_relinearization(
+    linreg, make_guide, simulate, monkeypatch, tmp_path
+):
+    """A Gaussian likelihood's target does not depend on where it is linearized, so
+    ``max_relinearizations=0`` gives the same posterior with fewer log-joint evaluations,
+    and the option survives a checkpoint."""
+    from iai_prob.inference.log_joint import LogJoint
+
+    _, x, y = simulate(linreg, 4, 48)
+    calls = []
+    per_particle = LogJoint.per_particle
+
+    def counted(self, z, data):
+        calls.append(z.shape[0])
+        return per_particle(self, z, data)
+
+    monkeypatch.setattr(LogJoint, "per_particle", counted)
+    found = {}
+    for sweeps in (2, 0):
+        pyro.clear_param_store()
+        guide = make_guide(linreg, max_relinearizations=sweeps)
+        calls.clear()
+        with torch.no_grad():
+            posterior = guide.posterior(x, y)
+        found[sweeps] = (posterior, len(calls))
+    (proximal, proximal_calls), (direct, direct_calls) = found[2], found[0]
+    assert direct_calls < proximal_calls
+    torch.testing.assert_close(direct.loc, proximal.loc, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        direct.precision_matrix, proximal.precision_matrix, atol=1e-3, rtol=1e-4
+    )
+    guide.save(tmp_path / "direct")
+    loaded = IterativeAmortizedGuide.load(tmp_path / "direct", linreg)
+    assert loaded.config["max_relinearizations"] == 0
+    assert loaded.refiner.max_relinearizations == 0

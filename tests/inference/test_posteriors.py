@@ -203,3 +203,28 @@ def test_absolute_eigenvalues_retries_in_float64_when_eigh_fails(monkeypatch):
     found = absolute_eigenvalues(matrix, 1e-3)
     assert found.dtype == torch.float32
     torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_absolute_eigenvalues_decomposes_only_what_is_below_the_floor(monkeypatch):
+    """A curvature whose eigenvalues all exceed the floor is returned as it is; ``eigh``
+    sees only the other batch elements, and gives them what it gives them alone."""
+    above = random_spd() + torch.eye(DIM)
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    below = torch.zeros(DIM, DIM)
+    below[:2, :2] = indefinite
+    expected_below = absolute_eigenvalues(below, 0.5)
+    decomposed = []
+    eigh = torch.linalg.eigh
+
+    def recording(input):
+        decomposed.append(input.shape[0])
+        return eigh(input)
+
+    monkeypatch.setattr(torch.linalg, "eigh", recording)
+    found = absolute_eigenvalues(torch.stack([above, below, above]), 0.5)
+    assert decomposed == [1]
+    torch.testing.assert_close(found[[0, 2]], torch.stack([above, above]), rtol=0, atol=0)
+    torch.testing.assert_close(found[1], expected_below)
+    decomposed.clear()
+    torch.testing.assert_close(absolute_eigenvalues(above, 0.5), above, rtol=0, atol=0)
+    assert decomposed == []
