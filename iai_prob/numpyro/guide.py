@@ -50,6 +50,7 @@ from iai_prob.numpyro.refinement import (
 from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
 from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
+from iai_prob.numpyro.xla_guard import lapack_serial_batch
 
 __all__ = ["PYTORCH_ONLY_UPDATES", "TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
 
@@ -81,6 +82,18 @@ def _compiled_refine(refiner, data, schedule, log_joint, context_index, key, tra
         key=key,
         trajectory=trajectory,
     )
+
+
+def _join_tasks(parts, task_axis: int):
+    """Concatenate chunks of tasks: leaves with a task axis along ``task_axis``; the others
+    (step counts, the same in every chunk) from the first chunk."""
+
+    def join(*leaves):
+        if jnp.ndim(leaves[0]) <= task_axis:
+            return leaves[0]
+        return jnp.concatenate(leaves, axis=task_axis)
+
+    return jax.tree_util.tree_map(join, *parts)
 
 
 def _uses_enumeration(trace) -> bool:
@@ -327,8 +340,29 @@ class IterativeAmortizedGuide:
         key = None
         if self.config["linearization"] == "samples":
             key = jax.random.PRNGKey(self.config["seed"] + 3)
-        return _compiled_refine(
-            refiner, task.data, schedule, task.log_joint, context_index, key, trajectory
+        chunk = lapack_serial_batch(task.layout.latent_dim)
+        if task.data.num_tasks <= chunk or jax.default_backend() != "cpu":
+            return _compiled_refine(
+                refiner, task.data, schedule, task.log_joint, context_index, key, trajectory
+            )
+        # one chunk of tasks at a time, so that no LAPACK call waits on a busy thread pool
+        # (see iai_prob.numpyro.xla_guard); each chunk is a function of its own tasks alone
+        parts = []
+        for start in range(0, task.data.num_tasks, chunk):
+            args, kwargs = task.data.task(slice(start, start + chunk))
+            part = self.prepare(*args, **kwargs)
+            parts.append(
+                jax.block_until_ready(
+                    _compiled_refine(
+                        refiner, part.data, schedule, part.log_joint, context_index, key, trajectory
+                    )
+                )
+            )
+        initial, states, infos = zip(*parts, strict=True)
+        return (
+            _join_tasks(initial, task_axis=0),
+            _join_tasks(states, task_axis=1 if trajectory else 0),
+            _join_tasks(infos, task_axis=1),
         )
 
     def final_state(self, params: dict, task: PreparedTask, **options) -> RefinementState:

@@ -93,8 +93,9 @@ class TaskData(eqx.Module):
         """``jax.vmap`` axes of ``(args, kwargs)`` over tasks."""
         return self._map(lambda leaf, axis: None if axis is None else 0)
 
-    def task(self, index: int) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of task ``index`` as the model takes one dataset."""
+    def task(self, index: int | slice) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of task ``index`` as the model takes one dataset, or of the
+        tasks ``index`` (a slice) as it takes a batch of them."""
         return self._map(lambda leaf, axis: leaf if axis is None else leaf[index])
 
 

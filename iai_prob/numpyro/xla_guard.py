@@ -1,12 +1,12 @@
-"""A guard against a known XLA:CPU miscompilation of fused reductions.
+"""Guards against two known XLA:CPU hazards of jaxlib 0.10.2.
 
-jaxlib 0.10.2 offloads a fused ``broadcast → multiply → reduce`` to YNNPACK (an
-``__ynn_fusion``), and that fusion returns wrong sums once the batch is large enough
-(jax-ml/jax#39103; jaxlib 0.10.1 is correct). The log joint of every task family is
-exactly that pattern, vectorized over particles and tasks: in float32, with 16 sigma
-points and more than 32 tasks of 64 points, ``jit`` returned log joints off by hundreds
-of nats, so the damping rejected good steps and the refined means landed up to 56
-posterior standard deviations from the exact ones, silently.
+**A miscompiled reduction.** jaxlib 0.10.2 offloads a fused ``broadcast → multiply →
+reduce`` to YNNPACK (an ``__ynn_fusion``), and that fusion returns wrong sums once the
+batch is large enough (jax-ml/jax#39103; jaxlib 0.10.1 is correct). The log joint of
+every task family is exactly that pattern, vectorized over particles and tasks: in
+float32, with 16 sigma points and more than 32 tasks of 64 points, ``jit`` returned log
+joints off by hundreds of nats, so the damping rejected good steps and the refined means
+landed up to 56 posterior standard deviations from the exact ones, silently.
 
 Two defences, both cheap:
 
@@ -17,6 +17,18 @@ Two defences, both cheap:
   compiles the failing pattern at a size that triggers it and compares it with NumPy
   in float64; on a mismatch it raises :class:`XLAMiscompilationError` with the fix,
   instead of letting a guide return wrong posteriors.
+
+**A deadlock in batched LAPACK calls.** jaxlib's CPU LAPACK kernels (Cholesky,
+triangular solves, LU, ``eigh``) split a batch of matrices over XLA's intra-op thread
+pool once ``batch × cost`` reaches :data:`LAPACK_PARALLEL_WORK` FLOP (their own estimate,
+at most ``5 D³`` per ``D × D`` matrix for those kernels) and wait for the pieces from the
+pool thread that runs them. When as many such calls run at once as the pool has threads
+(XLA runs independent operations concurrently), every thread waits and none is left to
+do the work: the refinement of 1,024 tasks of ``D = 8`` hung for good on 2 cores
+(``gdb``: both ``tf_XLAEigen`` threads in ``jax::ParallelBatchMap``, one under LU, one
+under a triangular solve), while 1,000 tasks ran. :func:`lapack_serial_batch` gives the
+largest number of tasks whose calls all stay on their calling thread; the guide refines
+larger batches in chunks of that size, one after the other.
 """
 
 from __future__ import annotations
@@ -27,16 +39,22 @@ import os
 import numpy as np
 
 __all__ = [
+    "LAPACK_PARALLEL_WORK",
     "YNN_REDUCE_FLAG",
     "XLAMiscompilationError",
     "check_fused_reductions",
     "disable_ynn_reduce_fusion",
+    "lapack_serial_batch",
 ]
 
 YNN_REDUCE_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
 """The ``XLA_FLAGS`` entry that keeps reductions out of YNNPACK fusions."""
 
 _FIRST_WITH_FLAG = (0, 10, 2)
+
+LAPACK_PARALLEL_WORK = 200_000
+"""FLOP from which a jaxlib LAPACK kernel splits its batch over the intra-op pool
+(``kMinWorkPerTask`` of ``jaxlib/cpu/lapack_kernels.cc``)."""
 
 
 class XLAMiscompilationError(RuntimeError):
@@ -106,3 +124,13 @@ def check_fused_reductions() -> None:
             "JAX computation, e.g. import iai_prob.numpyro first), or install another jaxlib "
             "(0.10.1 is not affected)"
         )
+
+
+def lapack_serial_batch(dim: int) -> int:
+    """The most tasks whose ``dim × dim`` LAPACK calls all run on their calling thread.
+
+    The costliest kernel the refinement calls is the symmetric ``eigh``, ``5 dim³`` FLOP
+    per matrix by jaxlib's estimate; a batch stays serial while ``batch × cost`` is below
+    :data:`LAPACK_PARALLEL_WORK` (78 tasks for ``dim = 8``).
+    """
+    return max(1, (LAPACK_PARALLEL_WORK - 1) // (5 * dim**3))

@@ -1,4 +1,5 @@
-"""The guard against jaxlib's miscompiled fused reduction (jax-ml/jax#39103)."""
+"""The guards against jaxlib's miscompiled fused reduction (jax-ml/jax#39103) and against
+its batched LAPACK calls waiting on a busy thread pool."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 import subprocess
 import sys
 
+import jax
 import jaxlib
+import numpy as np
 import pytest
 
 from iai_prob.numpyro import xla_guard
@@ -57,3 +60,47 @@ def test_a_miscompiling_backend_is_refused(code, xla_flags):
     assert result.returncode != 0
     assert "XLAMiscompilationError" in result.stderr, result.stderr[-2000:]
     assert xla_guard.YNN_REDUCE_FLAG in result.stderr  # the message names the fix
+
+
+def test_lapack_serial_batch_keeps_every_call_below_the_parallel_work():
+    for dim in (1, 2, 8, 16, 64):
+        batch = xla_guard.lapack_serial_batch(dim)
+        assert batch >= 1
+        assert batch == 1 or batch * 5 * dim**3 < xla_guard.LAPACK_PARALLEL_WORK
+        assert batch == 1 or (batch + 1) * 5 * dim**3 >= xla_guard.LAPACK_PARALLEL_WORK
+    assert xla_guard.lapack_serial_batch(8) == 78
+
+
+@pytest.mark.parametrize("trajectory", [False, True])
+def test_chunked_refinement_equals_the_whole_batch(trajectory, monkeypatch):
+    """Refining 7 tasks in chunks of 3 gives what refining them at once gives."""
+    from iai_prob.numpyro import guide as guide_module
+    from iai_prob.numpyro import pretrained
+
+    guide, params = pretrained.load("linear_regression")
+    _, x, y = guide.family.sample(jax.random.PRNGKey(5), 7, 40)
+    task = guide.prepare(x, y)
+    whole = guide.run(params, task, trajectory=trajectory)
+    monkeypatch.setattr(guide_module, "lapack_serial_batch", lambda dim: 3)
+    chunked = guide.run(params, task, trajectory=trajectory)
+    for found, expected in zip(
+        jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(whole), strict=True
+    ):
+        assert np.shape(found) == np.shape(expected)
+        np.testing.assert_allclose(found, expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_a_thousand_tasks_on_every_core_do_not_hang():
+    """1,024 tasks of D = 8 and 128 points hung for good on 2 cores before the guide
+    refined them in chunks (both pool threads waiting in jaxlib's ParallelBatchMap)."""
+    code = (
+        "import jax\n"
+        "from iai_prob.numpyro import pretrained\n"
+        "guide, params = pretrained.load('linear_regression')\n"
+        "_, x, y = guide.family.sample(jax.random.PRNGKey(0), 1024, 128)\n"
+        "state = guide.final_state(params, guide.prepare(x, y))\n"
+        "assert state.loc.shape == (1024, 8)\n"
+    )
+    result = _run(code, os.environ.get("XLA_FLAGS", ""))
+    assert result.returncode == 0, result.stderr[-2000:]
