@@ -340,7 +340,7 @@ class IterativeAmortizedGuide:
         key = None
         if self.config["linearization"] == "samples":
             key = jax.random.PRNGKey(self.config["seed"] + 3)
-        chunk = lapack_serial_batch(task.layout.latent_dim)
+        chunk = lapack_serial_batch(task.layout.latent_dim**3)  # LU, triangular solves
         if task.data.num_tasks <= chunk or jax.default_backend() != "cpu":
             return _compiled_refine(
                 refiner, task.data, schedule, task.log_joint, context_index, key, trajectory

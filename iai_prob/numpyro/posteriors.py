@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
 
+from iai_prob.numpyro.xla_guard import serial_eigh
+
 __all__ = [
     "POSTERIOR_FAMILIES",
     "DiagonalGaussian",
@@ -76,7 +78,7 @@ def absolute_eigenvalues(matrix, floor: float):
     # distinct placeholder eigenvalues keep eigh well conditioned for the masked elements
     placeholder = jnp.diag(jnp.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype))
     symmetric = jnp.where(finite, symmetrize(matrix), placeholder)
-    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric)
+    eigenvalues, eigenvectors = serial_eigh(symmetric)
     scaled = eigenvectors * jnp.maximum(jnp.abs(eigenvalues), floor)[..., None, :]
     return jnp.where(finite, scaled @ jnp.swapaxes(eigenvectors, -1, -2), jnp.nan)
 
@@ -186,7 +188,7 @@ class LowRankGaussian(GaussianFamily):
         """Keep the top ``rank`` eigen-directions exactly and the rest on the diagonal."""
         if self.rank >= self.latent_dim:
             return precision
-        eigenvalues, eigenvectors = jnp.linalg.eigh(precision)
+        eigenvalues, eigenvectors = serial_eigh(precision)
         top_values = eigenvalues[..., -self.rank :]
         top_vectors = eigenvectors[..., -self.rank :]
         floor = jnp.maximum(eigenvalues[..., :1], 0)[..., None]

@@ -27,8 +27,10 @@ pool thread that runs them. When as many such calls run at once as the pool has 
 do the work: the refinement of 1,024 tasks of ``D = 8`` hung for good on 2 cores
 (``gdb``: both ``tf_XLAEigen`` threads in ``jax::ParallelBatchMap``, one under LU, one
 under a triangular solve), while 1,000 tasks ran. :func:`lapack_serial_batch` gives the
-largest number of tasks whose calls all stay on their calling thread; the guide refines
-larger batches in chunks of that size, one after the other.
+largest batch a kernel of a given cost runs on its calling thread: the guide refines
+more tasks than its Cholesky, triangular-solve and LU calls allow (``D³`` FLOP each, 390
+tasks for ``D = 8``) in chunks, one after the other, and :func:`serial_eigh` decomposes
+its batches (``5 D³`` FLOP each) in pieces of at most 78 matrices for ``D = 8``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "check_fused_reductions",
     "disable_ynn_reduce_fusion",
     "lapack_serial_batch",
+    "serial_eigh",
 ]
 
 YNN_REDUCE_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
@@ -126,11 +129,28 @@ def check_fused_reductions() -> None:
         )
 
 
-def lapack_serial_batch(dim: int) -> int:
-    """The most tasks whose ``dim × dim`` LAPACK calls all run on their calling thread.
+def lapack_serial_batch(cost: int) -> int:
+    """The largest batch of matrices of ``cost`` FLOP each (by jaxlib's estimate: ``D³``
+    for LU and a triangular solve with ``D`` right-hand sides, ``D³/3`` for Cholesky,
+    ``5 D³`` for the symmetric ``eigh``) that a jaxlib LAPACK kernel runs on its calling
+    thread: ``batch × cost`` below :data:`LAPACK_PARALLEL_WORK`."""
+    return max(1, (LAPACK_PARALLEL_WORK - 1) // cost)
 
-    The costliest kernel the refinement calls is the symmetric ``eigh``, ``5 dim³`` FLOP
-    per matrix by jaxlib's estimate; a batch stays serial while ``batch × cost`` is below
-    :data:`LAPACK_PARALLEL_WORK` (78 tasks for ``dim = 8``).
-    """
-    return max(1, (LAPACK_PARALLEL_WORK - 1) // (5 * dim**3))
+
+def serial_eigh(matrix):
+    """``jnp.linalg.eigh`` of ``(..., D, D)`` in pieces that stay on their calling thread
+    (``jax.lax.map`` over chunks of :func:`lapack_serial_batch` ``(5 D³)`` matrices)."""
+    import jax
+    import jax.numpy as jnp
+
+    dim = matrix.shape[-1]
+    flat = matrix.reshape(-1, dim, dim)
+    chunk = lapack_serial_batch(5 * dim**3)
+    if flat.shape[0] <= chunk:
+        eigenvalues, eigenvectors = jnp.linalg.eigh(flat)
+    else:
+        eigenvalues, eigenvectors = jax.lax.map(jnp.linalg.eigh, flat, batch_size=chunk)
+    return (
+        eigenvalues.reshape(*matrix.shape[:-1]),
+        eigenvectors.reshape(matrix.shape),
+    )

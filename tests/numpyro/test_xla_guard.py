@@ -63,12 +63,26 @@ def test_a_miscompiling_backend_is_refused(code, xla_flags):
 
 
 def test_lapack_serial_batch_keeps_every_call_below_the_parallel_work():
-    for dim in (1, 2, 8, 16, 64):
-        batch = xla_guard.lapack_serial_batch(dim)
+    for cost in (1, 40, 512, 2560, 10**6):
+        batch = xla_guard.lapack_serial_batch(cost)
         assert batch >= 1
-        assert batch == 1 or batch * 5 * dim**3 < xla_guard.LAPACK_PARALLEL_WORK
-        assert batch == 1 or (batch + 1) * 5 * dim**3 >= xla_guard.LAPACK_PARALLEL_WORK
-    assert xla_guard.lapack_serial_batch(8) == 78
+        assert batch == 1 or batch * cost < xla_guard.LAPACK_PARALLEL_WORK
+        assert (batch + 1) * cost >= xla_guard.LAPACK_PARALLEL_WORK
+    assert xla_guard.lapack_serial_batch(8**3) == 390  # LU of D = 8
+    assert xla_guard.lapack_serial_batch(5 * 8**3) == 78  # eigh of D = 8
+
+
+def test_serial_eigh_matches_eigh_in_one_call():
+    """200 matrices of D = 8 go to eigh in pieces of 78, with the same decomposition."""
+    rng = np.random.default_rng(0)
+    factor = rng.normal(size=(2, 100, 8, 8)).astype(np.float32)
+    matrix = jax.numpy.asarray(factor @ np.swapaxes(factor, -1, -2))
+    eigenvalues, eigenvectors = jax.jit(xla_guard.serial_eigh)(matrix)
+    expected_values, _ = jax.numpy.linalg.eigh(matrix)
+    assert eigenvalues.shape == (2, 100, 8) and eigenvectors.shape == (2, 100, 8, 8)
+    np.testing.assert_allclose(eigenvalues, expected_values, rtol=1e-4, atol=1e-4)
+    rebuilt = (eigenvectors * eigenvalues[..., None, :]) @ np.swapaxes(eigenvectors, -1, -2)
+    np.testing.assert_allclose(rebuilt, matrix, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("trajectory", [False, True])
@@ -81,7 +95,7 @@ def test_chunked_refinement_equals_the_whole_batch(trajectory, monkeypatch):
     _, x, y = guide.family.sample(jax.random.PRNGKey(5), 7, 40)
     task = guide.prepare(x, y)
     whole = guide.run(params, task, trajectory=trajectory)
-    monkeypatch.setattr(guide_module, "lapack_serial_batch", lambda dim: 3)
+    monkeypatch.setattr(guide_module, "lapack_serial_batch", lambda cost: 3)
     chunked = guide.run(params, task, trajectory=trajectory)
     for found, expected in zip(
         jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(whole), strict=True
