@@ -36,6 +36,7 @@ from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_check
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh
+from iai_prob.numpyro.xla_guard import lapack_serial_batch
 
 __all__ = ["FitResult", "fit"]
 
@@ -129,6 +130,25 @@ def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, 
     return loss_fn
 
 
+def _check_serial_lapack(latent_dim: int, tasks_per_device: int) -> None:
+    """Refuse a CPU training step whose batched LAPACK calls could deadlock XLA's pool.
+
+    A training step differentiates through the refinement of all its tasks at once, so,
+    unlike :meth:`IterativeAmortizedGuide.run`, it cannot refine them in chunks; with
+    more tasks per device than :func:`~iai_prob.numpyro.xla_guard.lapack_serial_batch`
+    allows, jaxlib 0.10.2 hung for good (1,024 tasks of ``D = 8`` on 2 cores).
+    """
+    limit = lapack_serial_batch(latent_dim**3)
+    if jax.default_backend() == "cpu" and tasks_per_device > limit:
+        raise ValueError(
+            f"tasks_per_step gives {tasks_per_device} tasks per device, more than {limit}, "
+            f"the most tasks of a {latent_dim}-dimensional latent whose batched LAPACK "
+            "calls stay on one thread; on the CPU larger batches can deadlock XLA's thread "
+            "pool (see iai_prob.numpyro.xla_guard). Use tasks_per_step <= "
+            f"{limit} per device, or more devices"
+        )
+
+
 def _training_tensors(params, opt_state) -> dict:
     tensors = {
         f"params.{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))
@@ -197,6 +217,7 @@ def fit(
     root = jax.random.PRNGKey(seed)
     _, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
     task = guide.prepare(x, y)
+    _check_serial_lapack(task.layout.latent_dim, tasks_per_step // mesh.size)
     if guide._static is None:
         guide._setup_prototype(x, y)
     if params is None:

@@ -68,6 +68,11 @@ def test_fit_rejects_bad_options():
         fit(_guide(), family, num_points=(0, 4))
     with pytest.raises(ValueError, match="tasks must be a task family"):
         fit(_guide(), [(np.zeros((3, 2)), np.zeros(3))])
+    # more tasks of D = 8 per step than stay serial in jaxlib's LAPACK (390) hung on 2 cores
+    with pytest.raises(ValueError, match="tasks_per_step gives 391 tasks per device"):
+        family = LinearRegression(dim=8)
+        guide = IterativeAmortizedGuide(family, batch_size=16, **SMALL)
+        fit(guide, family, tasks_per_step=391, num_points=(4, 8))
 
 
 def _user_model(x, y=None):
