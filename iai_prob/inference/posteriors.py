@@ -225,8 +225,9 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     symmetric = symmetrize(matrix)
     dim = matrix.shape[-1]
     eye = torch.eye(dim, dtype=matrix.dtype, device=matrix.device)
-    shifted = torch.nan_to_num(symmetric - floor * eye, nan=-1.0, posinf=-1.0, neginf=-1.0)
-    above_floor = torch.linalg.cholesky_ex(shifted)[1] == 0
+    finite = torch.isfinite(symmetric).flatten(-2).all(-1)
+    shifted = torch.where(finite[..., None, None], symmetric - floor * eye, -eye)
+    above_floor = finite & (torch.linalg.cholesky_ex(shifted)[1] == 0)
     if bool(above_floor.all()):
         return symmetric
     flat = symmetric.reshape(-1, dim, dim)

@@ -50,7 +50,7 @@ from iai_prob.numpyro.refinement import (
 from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
 from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
-from iai_prob.numpyro.xla_guard import lapack_serial_batch
+from iai_prob.numpyro.xla_guard import serial_task_limit
 
 __all__ = ["PYTORCH_ONLY_UPDATES", "TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
 
@@ -340,8 +340,8 @@ class IterativeAmortizedGuide:
         key = None
         if self.config["linearization"] == "samples":
             key = jax.random.PRNGKey(self.config["seed"] + 3)
-        chunk = lapack_serial_batch(task.layout.latent_dim**3)  # LU, triangular solves
-        if task.data.num_tasks <= chunk or jax.default_backend() != "cpu":
+        chunk = serial_task_limit(task.layout.latent_dim)
+        if chunk is None or task.data.num_tasks <= chunk:
             return _compiled_refine(
                 refiner, task.data, schedule, task.log_joint, context_index, key, trajectory
             )

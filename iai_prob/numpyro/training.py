@@ -36,7 +36,7 @@ from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_check
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh
-from iai_prob.numpyro.xla_guard import lapack_serial_batch
+from iai_prob.numpyro.xla_guard import serial_task_limit
 
 __all__ = ["FitResult", "fit"]
 
@@ -135,11 +135,11 @@ def _check_serial_lapack(latent_dim: int, tasks_per_device: int) -> None:
 
     A training step differentiates through the refinement of all its tasks at once, so,
     unlike :meth:`IterativeAmortizedGuide.run`, it cannot refine them in chunks; with
-    more tasks per device than :func:`~iai_prob.numpyro.xla_guard.lapack_serial_batch`
+    more tasks per device than :func:`~iai_prob.numpyro.xla_guard.serial_task_limit`
     allows, jaxlib 0.10.2 hung for good (1,024 tasks of ``D = 8`` on 2 cores).
     """
-    limit = lapack_serial_batch(latent_dim**3)
-    if jax.default_backend() == "cpu" and tasks_per_device > limit:
+    limit = serial_task_limit(latent_dim)
+    if limit is not None and tasks_per_device > limit:
         raise ValueError(
             f"tasks_per_step gives {tasks_per_device} tasks per device, more than {limit}, "
             f"the most tasks of a {latent_dim}-dimensional latent whose batched LAPACK "

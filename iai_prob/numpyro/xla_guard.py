@@ -27,10 +27,11 @@ pool thread that runs them. When as many such calls run at once as the pool has 
 do the work: the refinement of 1,024 tasks of ``D = 8`` hung for good on 2 cores
 (``gdb``: both ``tf_XLAEigen`` threads in ``jax::ParallelBatchMap``, one under LU, one
 under a triangular solve), while 1,000 tasks ran. :func:`lapack_serial_batch` gives the
-largest batch a kernel of a given cost runs on its calling thread: the guide refines
-more tasks than its Cholesky, triangular-solve and LU calls allow (``D³`` FLOP each, 390
-tasks for ``D = 8``) in chunks, one after the other, and :func:`serial_eigh` decomposes
-its batches (``5 D³`` FLOP each) in pieces of at most 78 matrices for ``D = 8``.
+largest batch a kernel of a given cost runs on its calling thread. The guide refines
+more tasks than :func:`serial_task_limit` allows (its Cholesky, triangular-solve and LU
+calls, ``D³`` FLOP each: 390 tasks for ``D = 8``) in chunks, one after the other, and
+:func:`serial_eigh` decomposes its batches (``5 D³`` FLOP each) in pieces of at most 78
+matrices for ``D = 8``; ``fit``, which cannot chunk a differentiated step, refuses more.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "disable_ynn_reduce_fusion",
     "lapack_serial_batch",
     "serial_eigh",
+    "serial_task_limit",
 ]
 
 YNN_REDUCE_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
@@ -135,6 +137,18 @@ def lapack_serial_batch(cost: int) -> int:
     ``5 D³`` for the symmetric ``eigh``) that a jaxlib LAPACK kernel runs on its calling
     thread: ``batch × cost`` below :data:`LAPACK_PARALLEL_WORK`."""
     return max(1, (LAPACK_PARALLEL_WORK - 1) // cost)
+
+
+def serial_task_limit(latent_dim: int) -> int | None:
+    """The most tasks the refinement may batch at once on this backend: the serial batch
+    of its Cholesky, triangular-solve and LU calls (``D³`` FLOP each; 390 for ``D = 8``;
+    its ``eigh`` calls go through :func:`serial_eigh`), or ``None`` off the CPU, where
+    jaxlib's LAPACK kernels do not run."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    return lapack_serial_batch(latent_dim**3)
 
 
 def serial_eigh(matrix):

@@ -228,3 +228,9 @@ def test_absolute_eigenvalues_decomposes_only_what_is_below_the_floor(monkeypatc
     decomposed.clear()
     torch.testing.assert_close(absolute_eigenvalues(above, 0.5), above, rtol=0, atol=0)
     assert decomposed == []
+
+
+def test_absolute_eigenvalues_never_passes_a_non_finite_curvature_through():
+    """An infinite off-diagonal entry next to a large diagonal is masked, not returned."""
+    large = torch.tensor([[1e6, float("inf")], [float("inf"), 1e6]])
+    assert torch.isnan(absolute_eigenvalues(large, 0.5)).all()

@@ -95,7 +95,7 @@ def test_chunked_refinement_equals_the_whole_batch(trajectory, monkeypatch):
     _, x, y = guide.family.sample(jax.random.PRNGKey(5), 7, 40)
     task = guide.prepare(x, y)
     whole = guide.run(params, task, trajectory=trajectory)
-    monkeypatch.setattr(guide_module, "lapack_serial_batch", lambda cost: 3)
+    monkeypatch.setattr(guide_module, "serial_task_limit", lambda latent_dim: 3)
     chunked = guide.run(params, task, trajectory=trajectory)
     for found, expected in zip(
         jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(whole), strict=True
