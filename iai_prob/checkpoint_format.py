@@ -1,10 +1,18 @@
 """The checkpoint format shared by both backends, without torch or JAX.
 
 A checkpoint ``name`` is ``name.safetensors`` (tensors only: nothing runs code on load)
-and ``name.json`` (the card: format, schema version, the SHA-256 of the weights, and
-whatever the writer adds). :mod:`iai_prob.inference.checkpoint` (PyTorch) and
-:mod:`iai_prob.numpyro.checkpoint` (JAX) write and read the same files through these
-helpers, so a guide trained in one backend loads in the other.
+and ``name.json`` (the card: format, schema version, the SHA-256 of the weights, the
+SHA-256 of the card itself, and whatever the writer adds).
+:mod:`iai_prob.inference.checkpoint` (PyTorch) and :mod:`iai_prob.numpyro.checkpoint`
+(JAX) write and read the same files through these helpers, so a guide trained in one
+backend loads in the other.
+
+Reading is all-or-nothing: :func:`read_card` checks the card's size, JSON, format,
+schema version, its own hash (``card_sha256``: the canonical JSON of every other field,
+the weights' ``sha256`` included, so one value covers card and weights together) and the
+weights' hash before it returns anything; :func:`tensor_shapes` reads the safetensors
+header only (names, dtypes, shapes), so that sizes named by a card can be checked against
+the weights before anything is allocated. No field of a card is ever imported or run.
 """
 
 from __future__ import annotations
@@ -21,15 +29,22 @@ __all__ = [
     "SCHEMA_VERSION",
     "CheckpointError",
     "atomic_write",
+    "card_sha256",
     "checkpoint_paths",
     "read_card",
     "sha256",
+    "tensor_shapes",
     "write_card",
     "write_files",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the card schema this iai_prob writes and reads."""
+SCHEMA_VERSION = 2
+"""Version of the card schema this iai_prob writes (2: the card carries ``card_sha256``)."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Versions this iai_prob reads; a version-1 card (no ``card_sha256``) is checked by the
+weights' hash and the schema only."""
+MAX_CARD_BYTES = 1 << 20
+"""A card is a few kilobytes; a larger file is refused before it is parsed."""
 FORMAT = "iai_prob.checkpoint"
 """The card's ``format`` field: what marks a JSON file as an iai_prob checkpoint card."""
 
@@ -70,8 +85,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_sha256(card: dict) -> str:
+    """The SHA-256 of the canonical JSON of ``card`` without its ``card_sha256`` field
+    (sorted keys, no whitespace, ASCII): since the card holds the weights' ``sha256``,
+    this one value covers the card and the weights together."""
+    fields = {key: value for key, value in card.items() if key != "card_sha256"}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def _commit_card(weights: Path, card_path: Path, card: dict) -> Path:
-    card = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **card, "sha256": sha256(weights)}
+    card = {key: value for key, value in card.items() if key != "card_sha256"}
+    card = {"format": FORMAT, **card, "schema_version": SCHEMA_VERSION, "sha256": sha256(weights)}
+    card["card_sha256"] = card_sha256(card)
     text = json.dumps(card, indent=2, sort_keys=True)
     atomic_write(card_path, lambda tmp: Path(tmp).write_text(text))
     return weights
@@ -99,7 +125,8 @@ def write_files(
     weights, card_path = checkpoint_paths(path)
     stem = weights.with_suffix("")
     if versioned:
-        staged = stem.with_name(f"{stem.name}.staged.safetensors")
+        # a name of this write's own: two writers never move each other's weights
+        staged = stem.with_name(f"{stem.name}.staged-{os.urandom(8).hex()}.safetensors")
         atomic_write(staged, save_weights)
         weights = stem.with_name(f"{stem.name}.{sha256(staged)[:16]}.safetensors")
         os.replace(staged, weights)
@@ -130,25 +157,55 @@ def _weights_path(default: Path, card: dict, card_path: Path) -> Path:
     return default.with_name(name)
 
 
-def read_card(path) -> tuple[Path, dict]:
-    """``(weights path, card)`` after checking the format, version and weights' hash."""
-    default, card_path = checkpoint_paths(path)
-    if not card_path.exists():
+def _parse_card(card_path: Path) -> dict:
+    """The card's JSON object, refused when too large, not UTF-8 JSON, or not a card."""
+    if not card_path.is_file():
         raise CheckpointError(f"checkpoint file {card_path} does not exist")
+    size = card_path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise CheckpointError(
+            f"checkpoint card {card_path} is {size:,} bytes; a card is at most "
+            f"{MAX_CARD_BYTES:,} bytes"
+        )
     try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        card = json.loads(card_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise CheckpointError(f"checkpoint card {card_path} is not valid JSON: {error}") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path} is not an iai_prob checkpoint card")
-    if card.get("schema_version") != SCHEMA_VERSION:
+    return card
+
+
+def read_card(path) -> tuple[Path, dict]:
+    """``(weights path, card)`` after checking the card's size, JSON, format, schema
+    version and own hash, and the weights' hash; nothing in the card is acted on before."""
+    default, card_path = checkpoint_paths(path)
+    card = _parse_card(card_path)
+    version = card.get("schema_version")
+    if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
         raise CheckpointError(
-            f"{card_path} has schema version {card.get('schema_version')!r}; this iai_prob "
-            f"reads version {SCHEMA_VERSION}"
+            f"{card_path} has schema version {version!r}; this iai_prob reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
+        )
+    if version >= 2 and card.get("card_sha256") != card_sha256(card):
+        raise CheckpointError(
+            f"{card_path} does not match its card_sha256: the card was edited or is corrupt"
         )
     weights = _weights_path(default, card, card_path)
-    if not weights.exists():
+    if not weights.is_file():
         raise CheckpointError(f"checkpoint file {weights} does not exist")
     if card.get("sha256") != sha256(weights):
         raise CheckpointError(f"{weights} does not match the hash in its card: modified or corrupt")
     return weights, card
+
+
+def tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, read from its header only
+    (nothing is allocated for the tensors themselves)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors' own parse errors (a file that hashes right)
+        raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None

@@ -5,16 +5,17 @@ A checkpoint is named by a shipped guide's name (``linear_regression``, see
 ``iai pretrained``), a training folder (``runs/lr4``, holding ``guide.json``), or a
 checkpoint path with or without its suffix (``runs/lr4/guide``,
 ``runs/lr4/guide.safetensors``). Its card says which model it was trained for: a task
-family and its configuration, or, for a user's model trained with
-``iai train module:function``, the ``entrypoint`` to import.
+family and its configuration, or a user's model, which is imported only from what the
+user names with ``--model module:function`` (never from the card, whose ``entrypoint``
+only records what ``iai train`` was given).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
+import traceback
 from pathlib import Path
 
 __all__ = ["add_data_arguments", "import_object", "load_checkpoint", "resolve_checkpoint"]
@@ -87,32 +88,32 @@ def resolve_checkpoint(checkpoint: str) -> tuple[Path | None, str | None]:
 def load_checkpoint(checkpoint: str, *, model: str | None = None):
     """The guide of ``checkpoint`` (see the module docstring), built for its model.
 
-    :param model: ``module:function`` of the model, for a checkpoint of a user's model
-        whose card has no ``entrypoint`` (or to override it).
+    The card is verified (hashes, schema, sizes against the weights) before anything acts
+    on it, and no name in it is ever imported: a checkpoint of a task family is built for
+    that family, a checkpoint of your own model needs ``--model module:function``.
+
+    :param model: ``module:function`` of the model, for a checkpoint of a user's model.
     """
     from iai_prob import pretrained
-    from iai_prob.inference.checkpoint import CheckpointError, load_guide
-    from iai_prob.models import get_family
+    from iai_prob.checkpoint_format import read_card
+    from iai_prob.guide_card import check_guide_card
+    from iai_prob.inference.checkpoint import load_family_guide, load_guide
 
     path, name = resolve_checkpoint(checkpoint)
     if name is not None and model is None:
         return pretrained.load(name)
     if path is None:
         raise ValueError(f"--model applies to checkpoint files, not to the shipped {name!r}")
-    try:
-        card = json.loads(path.with_suffix(".json").read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"checkpoint card {path}.json is not valid JSON: {error}") from None
-    identity = card.get("model", {})
     if model is not None:
-        target = import_object(model, option="--model")
-    elif "family" in identity:
-        target = get_family(identity["family"], **identity.get("config", {}))
-    elif card.get("entrypoint"):
-        target = import_object(card["entrypoint"], option="the checkpoint's entrypoint")
-    else:
-        raise CheckpointError(
-            f"checkpoint {path} was trained for the custom model {identity}; pass --model "
-            "module:function"
-        )
-    return load_guide(path, target)
+        return load_guide(path, import_object(model, option="--model"))
+    _, card = read_card(path)
+    check_guide_card(card, str(path))
+    if "family" in card["model"]:
+        return load_family_guide(path)
+    trained_with = card.get("entrypoint")
+    raise ValueError(
+        f"checkpoint {path} was trained for your model {card['model']['callable']!r}"
+        + (f" (iai train was given {trained_with!r})" if trained_with else "")
+        + "; pass --model module:function: a model is only imported from the command line, "
+        "never from a checkpoint"
+    )

@@ -2,17 +2,19 @@
 
 A checkpoint ``name`` is two files, ``name.safetensors`` (tensors only: nothing runs
 code on load) and ``name.json`` (the card: schema version, guide configuration,
-latent layout, the model it was trained for, the SHA-256 of the weights, and whatever
-the trainer adds: budget, command, measured quality). Loading refuses an unknown
-schema version, weights that do not match the card's hash, a card whose guide
-configuration or dimensions do not fit its weights, and a model whose name,
-configuration or latent layout differs from the card's, always with
-:class:`CheckpointError`.
+latent layout, the model it was trained for, the SHA-256 of the weights and of the card,
+and whatever the trainer adds: budget, command, measured quality). Loading refuses an
+unknown schema version, a card or weights that do not match their hashes, a card whose
+fields have the wrong type, whose guide configuration or dimensions do not fit its
+weights (checked on the ``meta`` device against the safetensors header, before anything
+is allocated), and a model whose name, configuration or latent layout differs from the
+card's, always with :class:`CheckpointError` (see :mod:`iai_prob.guide_card`).
 
 Threat model: loading parses JSON and safetensors only, so a checkpoint can never run
-code (no pickle, no ``torch.load``). The hash catches corruption and edits of the
-weights alone; someone able to rewrite both files can change the weights but not run
-code; to pin a checkpoint, compare the card's ``sha256`` with a trusted value.
+code (no pickle, no ``torch.load``), and the model is the caller's, never a name taken
+from the card. The hashes catch corruption and edits of one file; someone able to
+rewrite both files can change the weights but not run code; to pin a checkpoint,
+compare the card's ``card_sha256`` with a trusted value.
 
 Versioned checkpoints (``versioned=True``, used for training state) name their weights
 file in the card, so that a process killed at any instant leaves the previous or the
@@ -25,13 +27,21 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributions import biject_to
 
 from iai_prob.checkpoint_format import (
     FORMAT,
     SCHEMA_VERSION,
     CheckpointError,
     read_card,
+    tensor_shapes,
     write_files,
+)
+from iai_prob.guide_card import (
+    GUIDE_KIND,
+    check_family_layout,
+    check_guide_card,
+    check_weight_shapes,
 )
 
 __all__ = [
@@ -39,6 +49,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CheckpointError",
     "learnable_model",
+    "load_family_guide",
     "load_guide",
     "model_identity",
     "read_checkpoint",
@@ -47,7 +58,6 @@ __all__ = [
 ]
 
 _MODEL_PREFIX = "model."
-_GUIDE_CARD_KEYS = ("guide", "model", "latent_dim", "feature_dim", "layout")
 
 
 def write_checkpoint(
@@ -63,11 +73,14 @@ def write_checkpoint(
 def read_checkpoint(path, device=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and verify a checkpoint written by :func:`write_checkpoint`."""
     weights, card = read_card(path)
+    return _load_tensors(weights, device), card
+
+
+def _load_tensors(weights: Path, device) -> dict[str, torch.Tensor]:
     try:
-        tensors = load_file(weights, device=str(device) if device is not None else "cpu")
+        return load_file(weights, device=str(device) if device is not None else "cpu")
     except Exception as error:  # safetensors' own parse errors (a file that hashes right)
         raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
-    return tensors, card
 
 
 def model_identity(guide) -> dict:
@@ -108,7 +121,7 @@ def save_guide(guide, path, **card) -> Path:
     if learned is not None:
         tensors.update(_prefixed(learned, _MODEL_PREFIX))
     full_card = {
-        "kind": "IterativeAmortizedGuide",
+        "kind": GUIDE_KIND,
         "guide": guide.config,
         "latent_dim": refiner.latent_dim,
         "feature_dim": refiner.feature_dim,
@@ -120,18 +133,63 @@ def save_guide(guide, path, **card) -> Path:
     return write_checkpoint(path, tensors, full_card)
 
 
+def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _verified_card(path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
+    """``(weights path, card, tensor shapes)``: hashes and schema checked, nothing loaded."""
+    weights, card = read_card(path)
+    shapes = tensor_shapes(weights)
+    check_guide_card(card, str(path))
+    return weights, card, shapes
+
+
+def load_family_guide(path, *, device=None):
+    """The guide of a checkpoint trained for a task family, built for the family its card
+    names: the family is first built on the ``meta`` device (nothing allocated) and checked
+    against the card's layout and the weights, so a tampered configuration (``dim`` 10⁹)
+    is refused before it sizes anything."""
+    from iai_prob.models import get_family
+
+    _, card, shapes = _verified_card(path)
+    identity = card["model"]
+    if "family" not in identity:
+        raise CheckpointError(
+            f"checkpoint {path} was trained for the model {identity.get('callable')!r}, not a "
+            "task family: load it with load_guide(path, model)"
+        )
+
+    def family():
+        try:
+            return get_family(identity["family"], **identity["config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} names an invalid task family: {error}"
+            ) from None
+
+    with torch.device("meta"):
+        probe = family()
+        check_family_layout(card, probe, biject_to, str(path))
+        if isinstance(probe, torch.nn.Module):
+            expected = _shapes(probe, _MODEL_PREFIX)
+            check_weight_shapes(
+                expected, {k: v for k, v in shapes.items() if k in expected}, str(path)
+            )
+    return load_guide(path, family(), device=device)
+
+
 def load_guide(path, model, *, device=None):
-    """Rebuild a guide from :func:`save_guide` output for ``model`` (refuses another model)."""
+    """Rebuild a guide from :func:`save_guide` output for ``model`` (refuses another model).
+
+    Everything the card says is checked before it is acted on: its hashes and schema, the
+    model's identity and (for a task family) latent layout, and the shapes of the guide it
+    describes, built on the ``meta`` device, against the safetensors header; only then are
+    the weights read and the guide built.
+    """
     from iai_prob.inference.guide import IterativeAmortizedGuide
 
-    tensors, card = read_checkpoint(path, device=device)
-    if card.get("kind") != "IterativeAmortizedGuide":
-        raise CheckpointError(
-            f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide"
-        )
-    missing_keys = [key for key in _GUIDE_CARD_KEYS if key not in card]
-    if missing_keys or not isinstance(card["guide"], dict):
-        raise CheckpointError(f"checkpoint card of {path} lacks {missing_keys or ['guide']}")
+    weights, card, shapes = _verified_card(path)
     try:
         guide = IterativeAmortizedGuide(model, **card["guide"])
     except (TypeError, ValueError) as error:
@@ -141,31 +199,30 @@ def load_guide(path, model, *, device=None):
         raise CheckpointError(
             f"checkpoint {path} was trained for model {expected}, not for {found}"
         )
-    model_keys = [k for k in tensors if k.startswith(_MODEL_PREFIX)]
-    model_tensors = {k[len(_MODEL_PREFIX) :]: tensors.pop(k) for k in model_keys}
-    try:
-        refiner = guide.build(card["latent_dim"], card["feature_dim"])
-        missing, unexpected = refiner.load_state_dict(tensors, strict=False)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(
-            f"checkpoint {path}: the weights do not fit the guide its card describes "
-            f"(latent_dim={card['latent_dim']!r}, feature_dim={card['feature_dim']!r}): "
-            f"{str(error).splitlines()[0]}"
-        ) from None
-    guide.layout_signature = card["layout"]
+    if guide.family is not None:
+        check_family_layout(card, guide.family, biject_to, str(path))
     learned = learnable_model(guide)
     if card.get("learned_model", False) != (learned is not None):
         raise CheckpointError(
             f"checkpoint {path} {'holds' if card.get('learned_model') else 'has no'} learned "
             f"model weights but the model {'has none' if learned is None else 'has some'}"
         )
+    try:
+        with torch.device("meta"):
+            expected_shapes = _shapes(guide.build(card["latent_dim"], card["feature_dim"]))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
+    if learned is not None:
+        expected_shapes.update(_shapes(learned, _MODEL_PREFIX))
+    check_weight_shapes(expected_shapes, shapes, str(path))
+    tensors = _load_tensors(weights, device)
+    model_keys = [k for k in tensors if k.startswith(_MODEL_PREFIX)]
+    model_tensors = {k[len(_MODEL_PREFIX) :]: tensors.pop(k) for k in model_keys}
+    refiner = guide.build(card["latent_dim"], card["feature_dim"])
+    refiner.load_state_dict(tensors)
     if learned is not None:
         learned.load_state_dict(model_tensors)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the guide: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}"
-        )
+    guide.layout_signature = card["layout"]
     if device is not None:
         refiner.to(device)
     guide.card = card

@@ -4,9 +4,12 @@ Weights are safetensors under the PyTorch ``state_dict`` names of the refiner
 (``encoder.blocks.0.summarize.attention.in_proj_weight``, ``update.correction.0.weight``,
 …; an equinox ``MLP``'s ``layers[i]`` is torch's ``Sequential`` entry ``2i``, the GELUs
 taking the odd slots), the card is the same JSON (guide configuration, latent layout,
-model identity, SHA-256 of the weights). So a checkpoint written by either backend loads
-in the other; loading refuses another model, a changed layout, missing or unexpected
-tensors and tensors of the wrong shape. Never pickled; no torch import.
+model identity, SHA-256 of the weights and of the card). So a checkpoint written by either
+backend loads in the other. Loading checks the card before acting on it
+(:mod:`iai_prob.guide_card`): hashes, schema, another model, a changed layout, and the
+shapes of the guide the card describes (``eqx.filter_eval_shape``, nothing allocated)
+against the safetensors header, before the weights are read. Never pickled; no torch
+import; the model is the caller's, never a name from the card.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.distributions.transforms import biject_to
 from safetensors.numpy import load_file, save_file
 
 from iai_prob.checkpoint_format import (
@@ -24,7 +28,14 @@ from iai_prob.checkpoint_format import (
     atomic_write,
     checkpoint_paths,
     read_card,
+    tensor_shapes,
     write_card,
+)
+from iai_prob.guide_card import (
+    GUIDE_KIND,
+    check_family_layout,
+    check_guide_card,
+    check_weight_shapes,
 )
 
 __all__ = [
@@ -50,6 +61,18 @@ def _torch_name(path) -> str:
             raise TypeError(f"unexpected pytree key {entry!r}")
     name = ".".join(parts)
     return re.sub(r"layers\.(\d+)", lambda match: str(2 * int(match[1])), name)
+
+
+def _refiner_shapes(shape_tree) -> dict[str, tuple[int, ...]]:
+    """Torch names and shapes of a refiner built by ``eqx.filter_eval_shape``."""
+    leaves = jax.tree_util.tree_leaves_with_path(
+        shape_tree, is_leaf=lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct)
+    )
+    return {
+        _torch_name(path): tuple(leaf.shape)
+        for path, leaf in leaves
+        if isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    }
 
 
 def refiner_tensors(refiner) -> dict[str, np.ndarray]:
@@ -93,7 +116,14 @@ def write_checkpoint(path, tensors: dict[str, np.ndarray], card: dict):
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify a checkpoint (either backend's)."""
     weights, card = read_card(path)
-    return load_file(str(weights)), card
+    return _load_arrays(weights), card
+
+
+def _load_arrays(weights) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(weights))
+    except Exception as error:  # safetensors' own parse errors (a file that hashes right)
+        raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
 
 
 def model_identity(guide) -> dict:
@@ -108,7 +138,7 @@ def save_guide(guide, params: dict, path, **card):
     """Save a built guide's weights (from NumPyro's ``params``) and its card."""
     refiner = guide.refiner(params)
     full_card = {
-        "kind": "IterativeAmortizedGuide",
+        "kind": GUIDE_KIND,
         "guide": guide.config,
         "latent_dim": refiner.latent_dim,
         "feature_dim": refiner.feature_dim,
@@ -120,22 +150,31 @@ def save_guide(guide, params: dict, path, **card):
 
 
 def load_guide(path, model):
-    """``(guide, params)`` from a checkpoint of either backend, for ``model``."""
+    """``(guide, params)`` from a checkpoint of either backend, for ``model``; the card is
+    checked (hashes, schema, model, layout, shapes against the weights' header) before
+    anything it sizes is built."""
     from iai_prob.numpyro.guide import IterativeAmortizedGuide
 
-    tensors, card = read_checkpoint(path)
-    if card.get("kind") != "IterativeAmortizedGuide":
-        raise CheckpointError(
-            f"{path} holds a {card.get('kind')!r}, not an IterativeAmortizedGuide"
-        )
-    guide = IterativeAmortizedGuide(model, **card["guide"])
+    weights, card = read_card(path)
+    shapes = tensor_shapes(weights)
+    check_guide_card(card, str(path))
+    try:
+        guide = IterativeAmortizedGuide(model, **card["guide"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
     expected, found = card["model"], model_identity(guide)
     if expected != found:
         raise CheckpointError(
             f"checkpoint {path} was trained for model {expected}, not for {found}"
         )
-    refiner = guide.build(card["latent_dim"], card["feature_dim"])
+    if guide.family is not None:
+        check_family_layout(card, guide.family, biject_to, str(path))
+    dims = (card["latent_dim"], card["feature_dim"])
+    check_weight_shapes(
+        _refiner_shapes(eqx.filter_eval_shape(guide.build, *dims)), shapes, str(path)
+    )
+    refiner = guide.build(*dims)
     guide.layout_signature = card["layout"]
-    refiner = load_refiner(refiner, tensors, source=f"checkpoint {path}")
+    refiner = load_refiner(refiner, _load_arrays(weights), source=f"checkpoint {path}")
     guide.card = card
     return guide, guide.params_of(refiner)

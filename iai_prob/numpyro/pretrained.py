@@ -18,7 +18,9 @@ __all__ = ["available", "card", "load"]
 
 
 def load(name: str):
-    """``(guide, params)`` of the shipped guide ``name``, built for its task family."""
+    """``(guide, params)`` of the shipped guide ``name``, built for its task family (the
+    card is verified first; :func:`~iai_prob.numpyro.checkpoint.load_guide` checks the
+    family's layout against it before anything is sized)."""
     model = card(name)["model"]
     family = get_family(model["family"], **model["config"])
     with resources.as_file(resources.files("iai_prob.pretrained") / f"{name}.safetensors") as path:

@@ -9,10 +9,9 @@ budget and its measured quality.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
-from iai_prob.checkpoint_format import CheckpointError
+from iai_prob.checkpoint_format import CheckpointError, read_card
 
 __all__ = ["available", "card", "load"]
 
@@ -28,20 +27,21 @@ def available() -> list[str]:
     )
 
 
-def card(name: str) -> dict:
-    """The JSON card of the shipped checkpoint ``name``."""
-    path = _folder() / f"{name}.json"
-    if not path.is_file():
+def _checked_name(name: str) -> str:
+    if name not in available():
         raise CheckpointError(f"no pretrained guide named {name!r}; available: {available()}")
-    return json.loads(path.read_text())
+    return name
+
+
+def card(name: str) -> dict:
+    """The JSON card of the shipped checkpoint ``name``, its hashes checked."""
+    with resources.as_file(_folder()) as folder:
+        return read_card(folder / _checked_name(name))[1]
 
 
 def load(name: str, *, device=None):
     """The shipped guide ``name``, built for its task family (``guide.family``)."""
-    from iai_prob.inference.checkpoint import load_guide  # torch is imported here only
-    from iai_prob.models import get_family
+    from iai_prob.inference.checkpoint import load_family_guide  # torch is imported here only
 
-    model = card(name)["model"]
-    family = get_family(model["family"], **model["config"])
-    with resources.as_file(_folder() / f"{name}.safetensors") as path:
-        return load_guide(path, family, device=device)
+    with resources.as_file(_folder()) as folder:
+        return load_family_guide(folder / _checked_name(name), device=device)

@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from iai_prob.checkpoint_format import SCHEMA_VERSION, write_card
 from iai_prob.inference import CheckpointError, IterativeAmortizedGuide
 from iai_prob.inference.checkpoint import read_checkpoint, write_checkpoint
 from iai_prob.models import LinearRegression, LogisticRegression
@@ -74,11 +75,22 @@ def _edit_card(**changes):
     return edit
 
 
+def _resign_card(**changes):
+    """Edit the card and recompute its hashes, as someone rewriting both files could."""
+
+    def edit(stem):
+        card = json.loads(stem.with_suffix(".json").read_text())
+        write_card(stem, {**card, **changes})
+
+    return edit
+
+
 CORRUPTIONS = {
     "flipped-byte": (_flip_a_weight_byte, "does not match the hash"),
     "unknown-schema": (_edit_card(schema_version=99), "schema version 99"),
     "not-a-card": (_edit_card(format="something-else"), "not an iai_prob checkpoint"),
-    "training-state": (_edit_card(kind="training"), "not an IterativeAmortizedGuide"),
+    "edited-card": (_edit_card(latent_dim=3), "does not match its card_sha256"),
+    "training-state": (_resign_card(kind="training"), "not an IterativeAmortizedGuide"),
     "bad-json": (lambda stem: stem.with_suffix(".json").write_text("{oops"), "not valid JSON"),
     "no-weights": (lambda stem: stem.with_suffix(".safetensors").unlink(), "does not exist"),
     "no-card": (lambda stem: stem.with_suffix(".json").unlink(), "does not exist"),
@@ -105,7 +117,7 @@ def test_missing_weights_are_refused(saved, linreg, tmp_path):
     write_checkpoint(
         tmp_path / "partial", tensors, {k: v for k, v in card.items() if k != "sha256"}
     )
-    with pytest.raises(CheckpointError, match="does not fit the guide"):
+    with pytest.raises(CheckpointError, match="do not fit the guide"):
         IterativeAmortizedGuide.load(tmp_path / "partial", linreg)
 
 
@@ -113,7 +125,7 @@ def test_write_and_read_checkpoint_round_trip(tmp_path):
     tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2])}
     write_checkpoint(tmp_path / "sub" / "ckpt", tensors, {"note": "hello"})
     found, card = read_checkpoint(tmp_path / "sub" / "ckpt")
-    assert card["note"] == "hello" and card["schema_version"] == 1
+    assert card["note"] == "hello" and card["schema_version"] == SCHEMA_VERSION
     assert set(found) == {"a", "b"}
     assert all(torch.equal(found[k], tensors[k]) for k in tensors)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["ckpt.json", "ckpt.safetensors"]

@@ -26,12 +26,15 @@ def saved(linreg, make_guide, simulate, tmp_path):
     return tmp_path / "guide"
 
 
-def _rewrite_card(stem, **changes):
-    """An attacker's edit: change the card and re-hash the weights so the hash matches."""
+def _rewrite_card(stem, *, drop=(), **changes):
+    """An attacker's edit: change the card and recompute both hashes so that they match."""
     card = json.loads(stem.with_suffix(".json").read_text())
-    card.update(changes)
     weights = stem.parent / card.get("weights_file", stem.name + ".safetensors")
+    card.update(changes)
+    for key in drop:
+        del card[key]
     card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card["card_sha256"] = checkpoint_format.card_sha256(card)
     stem.with_suffix(".json").write_text(json.dumps(card))
 
 
@@ -82,10 +85,23 @@ def test_a_pickle_disguised_as_weights_is_refused_without_running(saved, linreg,
 
 
 TAMPERED_CARDS = {
-    "latent-dim": ({"latent_dim": 5}, "do not fit the guide"),
+    "latent-dim": ({"latent_dim": 5}, "has 2 latent scalars but its latent_dim is 5"),
+    "latent-dim-and-layout": (
+        {"latent_dim": 200_000, "layout": [["w", [200_000]]]},
+        r"latent layout \[\['w', \[2\]\]\], the card \[\['w', \[200000\]\]\]",
+    ),
     "feature-dim": ({"feature_dim": 9}, "do not fit the guide"),
-    "unknown-guide-option": ({"guide": {"bogus": 1}}, "invalid guide config"),
+    "feature-dim-huge": ({"feature_dim": 10**9}, "do not fit the guide"),
+    "unknown-guide-option": ({"guide": {"bogus": 1}}, r"guide options \['bogus'\] are unknown"),
     "bad-guide-option": ({"guide": {"family": "bogus"}}, "invalid guide config"),
+    "float-size": ({"guide": {"batch_size": 64.5}}, "batch_size must be a non-negative integer"),
+    "too-many-particles": ({"guide": {"num_particles": 10**9}}, "num_particles"),
+    "layout-not-a-list": ({"layout": "w"}, "list of \\[site name, shape\\]"),
+    "model-with-extra-keys": (
+        {"model": {"callable": "f", "import": "evil:f"}},
+        r"must be \{family, config\} or \{callable\}",
+    ),
+    "entrypoint-not-a-string": ({"entrypoint": ["evil.py"]}, "entrypoint must be a string"),
     "weights-outside-the-folder": ({"weights_file": "../x.safetensors"}, "weights_file"),
     "no-layout": ({"layout": None}, None),
 }
@@ -95,14 +111,8 @@ TAMPERED_CARDS = {
 def test_tampered_cards_are_refused(row, saved, linreg):
     changes, pattern = TAMPERED_CARDS[row]
     if row == "no-layout":
-        card = json.loads(saved.with_suffix(".json").read_text())
-        del card["layout"]
-        saved.with_suffix(".json").write_text(json.dumps(card))
+        _rewrite_card(saved, drop=["layout"])
         pattern = r"lacks \['layout'\]"
-    elif row == "weights-outside-the-folder":
-        card = json.loads(saved.with_suffix(".json").read_text())
-        card.update(changes)
-        saved.with_suffix(".json").write_text(json.dumps(card))
     else:
         _rewrite_card(saved, **changes)
     with pytest.raises(CheckpointError, match=pattern):
@@ -119,7 +129,7 @@ def test_weights_of_the_wrong_shape_are_refused(saved, linreg):
         IterativeAmortizedGuide.load(saved, linreg)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None, True])
 def test_unknown_schema_versions_are_refused(version, saved, linreg):
     _rewrite_card(saved, schema_version=version)
     with pytest.raises(CheckpointError, match="schema version"):

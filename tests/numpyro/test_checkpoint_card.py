@@ -1,0 +1,53 @@
+"""The JAX guide checks a checkpoint's card like the PyTorch guide (issue 16, item 1):
+sizes a card names are compared with the weights' header (``eqx.filter_eval_shape``,
+nothing allocated) before anything is built, and the shipped guides load unchanged."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from iai_prob import pretrained as shipped
+from iai_prob.checkpoint_format import CheckpointError, read_card, write_card
+from iai_prob.numpyro import pretrained
+from iai_prob.numpyro.checkpoint import load_guide
+from iai_prob.numpyro.models import LinearRegression
+
+
+BIG = {"dim": 10**9, "noise_scale": 0.5, "prior_scale": 1.0}
+
+
+def _tampered(tmp_path, **changes):
+    """The shipped linear_regression checkpoint with its card edited and re-hashed."""
+    source = shipped._folder() / "linear_regression"
+    shutil.copy(f"{source}.safetensors", tmp_path / "guide.safetensors")
+    _, card = read_card(source)
+    if "guide_options" in changes:
+        card["guide"] = {**card["guide"], **changes.pop("guide_options")}
+    write_card(tmp_path / "guide", {**card, **changes})
+    return tmp_path / "guide"
+
+
+@pytest.mark.parametrize(
+    ("changes", "family", "pattern"),
+    [
+        ({"model": {"family": "linear_regression", "config": BIG}}, 10**9, "layout"),
+        ({"latent_dim": 200_000, "layout": [["w", [200_000]]]}, 8, "layout"),
+        ({"feature_dim": 10**9}, 8, "do not fit the guide"),
+        ({"guide_options": {"encoder_options": {"hidden_dim": 10**6}}}, 8, "do not fit"),
+        ({"guide_options": {"num_particles": 10**9}}, 8, "num_particles"),
+    ],
+    ids=["family-dim", "latent-dim", "feature-dim", "encoder-width", "particles"],
+)
+def test_sizes_in_a_rehashed_card_are_refused_before_building(tmp_path, changes, family, pattern):
+    path = _tampered(tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=pattern):
+        load_guide(path, LinearRegression(dim=family))
+
+
+def test_the_shipped_guides_load(tmp_path):
+    for name in pretrained.available():
+        guide, params = pretrained.load(name)
+        assert guide.card["card_sha256"] == read_card(shipped._folder() / name)[1]["card_sha256"]
+        assert params
