@@ -58,20 +58,12 @@ class BatchInferenceResult(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def _cached_guide(checkpoint: str, device: str):
-    """The guide of ``checkpoint`` for its card's task family, loaded once per process."""
-    from iai_prob.inference import IterativeAmortizedGuide
-    from iai_prob.inference.checkpoint import read_checkpoint
-    from iai_prob.models import get_family
+    """The guide of ``checkpoint`` for its card's task family, loaded once per process
+    (the card verified before anything is built, see
+    :func:`~iai_prob.inference.checkpoint.load_family_guide`)."""
+    from iai_prob.inference.checkpoint import load_family_guide
 
-    _, card = read_checkpoint(checkpoint)
-    identity = card["model"]
-    if "family" not in identity:
-        raise ValueError(
-            f"checkpoint {checkpoint} was trained for the callable {identity.get('callable')!r}, "
-            "not a task family; batch inference rebuilds the model from the card's family"
-        )
-    family = get_family(identity["family"], **identity["config"])
-    return IterativeAmortizedGuide.load(checkpoint, family, device=device)
+    return load_family_guide(checkpoint, device=device)
 
 
 def _columns_for(layout, quantiles: Sequence[float]) -> list[str]:
