@@ -8,6 +8,7 @@ measuring calibration).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -47,6 +48,10 @@ class TaskSource:
     def sample(self, num_tasks: int, num_points: int, generator: torch.Generator) -> TaskBatch:
         raise NotImplementedError
 
+    def identity(self) -> dict:
+        """What the tasks are, as JSON: a training folder resumes only the same tasks."""
+        return {"source": type(self).__qualname__}
+
 
 class FamilyTasks(TaskSource):
     """Tasks from a :class:`~iai_prob.models.TaskFamily`'s vectorized simulator."""
@@ -59,6 +64,9 @@ class FamilyTasks(TaskSource):
     def sample(self, num_tasks, num_points, generator):
         theta, x, y = self.family.sample(num_tasks, num_points, generator=generator)
         return TaskBatch((x, y), theta)
+
+    def identity(self) -> dict:
+        return {"family": self.family.name, "config": self.family.config()}
 
     def __repr__(self) -> str:
         return f"FamilyTasks({self.family!r})"
@@ -101,6 +109,14 @@ class PriorPredictiveTasks(TaskSource):
         y = trace.nodes[self.observed]["value"]
         return TaskBatch((*args, y), theta)
 
+    def identity(self) -> dict:
+        return {
+            "prior_predictive": _name(self.model),
+            "covariates": _name(self.covariates),
+            "observed": self.observed,
+            "data_plate": self.data_plate,
+        }
+
     def __repr__(self) -> str:
         return f"PriorPredictiveTasks({getattr(self.model, '__qualname__', self.model)!r})"
 
@@ -136,8 +152,25 @@ class DatasetCollection(TaskSource):
             ys.append(y[index])
         return TaskBatch((torch.stack(xs), torch.stack(ys)), None)
 
+    def identity(self) -> dict:
+        """The number of datasets and a SHA-256 of their shapes and values."""
+        digest = hashlib.sha256()
+        for pair in self.datasets:
+            for tensor in pair:
+                tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        return {"datasets": len(self.datasets), "sha256": digest.hexdigest()}
+
     def __repr__(self) -> str:
         return f"DatasetCollection({len(self.datasets)} datasets)"
+
+
+def _name(function) -> str:
+    function = getattr(function, "fn", function)  # a poutine messenger around a model
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", type(function).__qualname__)
+    return f"{module}:{name}" if module else name
 
 
 def as_task_source(tasks) -> TaskSource:

@@ -17,17 +17,36 @@ with the guide's on the same loss. An :class:`~iai_prob.inference.implicit.Impli
 (implicit regime) is trained by the same loop on its own per-step predictive loss
 (its ``training_loss``).
 
+Reproducibility: every random number of a step comes from generators seeded by
+``(seed, step)``. The tasks, ``N``, the number of passes and the reverse-KL noise are
+drawn from an explicit ``torch.Generator``; everything else that draws from torch's
+global generators (Pyro's ``pyro.sample`` in the model and the log joint, sampled
+linearization points, dropout in a learned model, the exact-KL check, a user's
+covariates) runs inside ``torch.random.fork_rng`` with the global CPU generator (and
+the CUDA one of ``device``) seeded by a hash of ``(seed, step)``, and the caller's
+global state is restored afterwards. Threading a generator through every draw is not
+possible (Pyro and user models draw from the global one), and seeding the global
+generator once would make a step's draws depend on every earlier draw. The weights of
+a guide that ``fit`` builds (one not yet called on data) are drawn the same way from
+``seed``. Same seed, same machine, same thread count: the losses and weights are
+identical bit for bit (on CUDA, only under ``torch.use_deterministic_algorithms``).
+
 Checkpoints (safetensors + JSON, :mod:`.checkpoint`) hold the guide, the optimizer
 state and the step; ``resume=True`` continues from the last one, and because every
-step's tasks and noise are seeded by ``(seed, step)`` a resumed run reproduces the
-uninterrupted one.
+step is a function of ``(seed, step)`` and the state, a resumed run reproduces the
+uninterrupted one. The folder holds one run (:mod:`iai_prob.training_folder`): it is
+locked while training, and resuming refuses a run of another model or with other
+settings (:class:`~iai_prob.training_folder.RunMismatchError`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +54,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.inference.checkpoint import learnable_model, read_checkpoint, write_checkpoint
+from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
+from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
+from iai_prob.inference.training_state import resume_training, run_identity, save_training
+from iai_prob.training_folder import lock_folder, make_folder
 
 __all__ = ["FitResult", "fit"]
-
-_OPTIMIZER_PREFIX = "optimizer."
 
 
 @dataclass
@@ -113,50 +133,55 @@ def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
     return float(kl.median())
 
 
-def _save_training(path: Path, trainable, optimizer, result: FitResult, budget: dict) -> None:
-    tensors = dict(trainable.state_dict())
-    optimizer_state = optimizer.state_dict()
-    scalars = {}
-    for index, state in optimizer_state["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{_OPTIMIZER_PREFIX}{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()  # for sources that use the global RNG
-    card = {
-        "kind": "training",
-        "step": result.steps,
-        "losses": result.losses,
-        "kls": result.kls,
-        "seconds": result.seconds,
-        "skipped": result.skipped,
-        "optimizer_param_groups": optimizer_state["param_groups"],
-        "optimizer_scalars": scalars,
-        "budget": budget,
-    }
-    write_checkpoint(path, tensors, card, versioned=True)  # crash-safe: old or new, never half
+def _step_seeds(seed: int, step: int) -> tuple[int, int]:
+    """Seeds of step ``step`` (``-1``: building the guide): ``(tasks, global)``.
+
+    ``tasks`` seeds the explicit generator (the formula of earlier versions, so their runs
+    keep their numbers); ``global`` seeds torch's global generators, from a hash so that
+    the two streams never coincide (a CPU generator uses only a seed's low 32 bits).
+    """
+    digest = hashlib.sha256(f"iai_prob.fit:{seed}:{step}".encode()).digest()
+    return (seed * 1_000_003 + step) % 2**64, int.from_bytes(digest[:8], "little")
 
 
-def _load_training(path: Path, trainable, optimizer, result: FitResult, device) -> None:
-    tensors, card = read_checkpoint(path, device=device)
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors.pop("rng.torch").cpu())
-    trainable.load_state_dict(
-        {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
-    )
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith(_OPTIMIZER_PREFIX):
-            index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-    for key, value in card["optimizer_scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": card["optimizer_param_groups"]})
-    result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
-    result.kls = [tuple(kl) for kl in card["kls"]]
-    result.skipped = card["skipped"]
+@contextmanager
+def _global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global CPU generator (and ``device``'s CUDA one) seeded
+    by ``seed``; the caller's generator states are restored afterwards."""
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _check_options(steps, tasks_per_step, num_points, checkpoint_every, seed, **options):
+    """One ``ValueError`` naming the first bad option of :func:`fit`, before any work."""
+    check_positive_int("steps", steps)
+    check_positive_int("tasks_per_step", tasks_per_step)
+    check_positive_int("checkpoint_every", checkpoint_every)
+    check_non_negative_int("seed", seed)
+    for name in ("max_passes", "num_samples"):
+        check_positive_int(name, options[name])
+    check_non_negative_int("max_skipped", options["max_skipped"])
+    check_positive("clip_norm", options["clip_norm"])
+    learning_rate = float(options["learning_rate"])
+    if not math.isfinite(learning_rate) or learning_rate < 0:  # 0 builds without training
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
+    points = tuple(num_points) if isinstance(num_points, Sequence) else ()
+    if (
+        len(points) != 2
+        or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in points)
+        or not 1 <= points[0] <= points[1]
+    ):
+        raise ValueError(
+            f"num_points must be (lo, hi), integers with 1 <= lo <= hi, got {num_points!r}"
+        )
+    return int(points[0]), int(points[1])
 
 
 def fit(
@@ -181,24 +206,33 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     parallel: DataParallel = SINGLE_PROCESS,
+    guide_card: dict | None = None,
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
     :param guide: an :class:`~iai_prob.inference.IterativeAmortizedGuide` (its model's
         learned parameters, if any, are trained too) or an
-        :class:`~iai_prob.inference.implicit.ImplicitPredictor`.
+        :class:`~iai_prob.inference.implicit.ImplicitPredictor`. A guide not yet called
+        on data is built here, its initial weights drawn from ``seed``.
     :param tasks: a :class:`~iai_prob.models.TaskFamily`, a Pyro model with a covariate
         sampler (:class:`~iai_prob.inference.sources.PriorPredictiveTasks`), or a sequence
         of real datasets ``[(x, y), …]`` (:class:`~iai_prob.inference.sources.DatasetCollection`).
-    :param int steps: total optimizer steps (including those of a resumed run).
+    :param int steps: total optimizer steps (including those of a resumed run), ``>= 1``.
     :param num_points: ``(lo, hi)``: each step's ``N`` is uniform on ``lo … hi``.
     :param str objective: ``"reverse_kl"``, ``"forward_kl"`` or ``"mixed"``.
     :param bool greedy: stop gradients between refinement steps.
     :param int max_passes: each step refines over ``1 … max_passes`` passes of the data.
-    :param checkpoint_dir: where ``last.safetensors``/``last.json`` (training state) and
-        ``guide.safetensors``/``guide.json`` (the guide) are written every
-        ``checkpoint_every`` steps and at the end.
-    :param bool resume: continue from ``checkpoint_dir/last`` when it exists.
+    :param checkpoint_dir: the training folder: ``last.json`` and the weights it names
+        (training state) and ``guide.safetensors``/``guide.json`` (the guide) are written
+        there every ``checkpoint_every`` steps and at the end. It holds one run: it is
+        locked while training (a second process gets
+        :class:`~iai_prob.training_folder.FolderInUseError`) and resuming refuses a run of
+        another model or with other settings
+        (:class:`~iai_prob.training_folder.RunMismatchError`).
+    :param bool resume: continue the run in ``checkpoint_dir`` if there is one; ``False``
+        starts again, replacing the old state at the new run's first checkpoint.
+    :param int seed: seeds every random draw (tasks, noise, a new guide's weights):
+        the same seed gives the same run, bit for bit.
     :param float clip_norm: the gradient's global norm is clipped to this.
     :param int max_skipped: steps whose loss or gradient is not finite, or whose
         refinement left a non-positive-definite state, are skipped and counted in
@@ -206,13 +240,24 @@ def fit(
     :param parallel: a :class:`~iai_prob.inference.data_parallel.DataParallel` from
         :func:`~iai_prob.inference.data_parallel.init_from_environment` under ``torchrun``:
         each process trains on its slice of every step's ``tasks_per_step`` tasks.
+    :param dict guide_card: fields added to the card of every ``guide`` checkpoint
+        (e.g. the command that trained it).
     :returns: a :class:`FitResult`.
     """
+    low, high = _check_options(
+        steps,
+        tasks_per_step,
+        num_points,
+        checkpoint_every,
+        seed,
+        max_passes=max_passes,
+        num_samples=num_samples,
+        max_skipped=max_skipped,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+    )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    low, high = num_points
-    if not 1 <= low <= high:
-        raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
     if hasattr(guide, "training_loss") and objective != "reverse_kl":
         raise ValueError(
             "an ImplicitPredictor is trained on its own predictive negative log-likelihood; "
@@ -223,57 +268,58 @@ def fit(
         raise ValueError(f"objective={objective!r} needs simulated latents; {source} has none")
     device = torch.device(device) if device is not None else torch.device("cpu")
     parallel.local_tasks(tasks_per_step)
-    generator = torch.Generator().manual_seed(seed)
-
-    if getattr(guide, "refiner", False) is None:
-        first = source.sample(1, max(low, 2), generator)
-        guide._setup_prototype(*[a.to(device) if torch.is_tensor(a) else a for a in first.args])
-    trainable = _trainable(guide).to(device)
-    optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
-    result = FitResult()
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    last = checkpoint_dir / "last" if checkpoint_dir is not None else None
-    if resume and last is not None and last.with_suffix(".json").exists():
-        _load_training(last, trainable, optimizer, result, device)
-    budget = {
-        "steps": steps,
-        "tasks_per_step": tasks_per_step,
-        "num_points": [low, high],
-        "objective": objective,
-        "greedy": greedy,
-        "max_passes": max_passes,
-        "seed": seed,
-    }
-
-    trainable.train()
-    with flush_denormals():
-        _train_loop(
-            guide,
-            trainable,
-            source,
-            optimizer,
-            result,
-            steps=steps,
-            generator=generator,
-            seed=seed,
-            low=low,
-            high=high,
-            tasks_per_step=tasks_per_step,
-            objective=objective,
-            greedy=greedy,
-            max_passes=max_passes,
-            num_samples=num_samples,
-            clip_norm=clip_norm,
-            max_skipped=max_skipped,
-            device=device,
-            last=last,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            budget=budget,
-            progress=progress and parallel.is_writer,
-            parallel=parallel,
-        )
-    trainable.eval()
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    with ExitStack() as held:
+        if folder is not None and parallel.is_writer:
+            make_folder(folder)
+            held.enter_context(lock_folder(folder))
+        generator = torch.Generator().manual_seed(seed)
+        if getattr(guide, "refiner", False) is None:
+            with _global_rng(_step_seeds(seed, -1)[1], device):
+                first = source.sample(1, max(low, 2), generator)
+                args = [a.to(device) if torch.is_tensor(a) else a for a in first.args]
+                guide._setup_prototype(*args)
+        trainable = _trainable(guide).to(device)
+        optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
+        settings = {
+            "seed": seed,
+            "objective": objective,
+            "tasks_per_step": tasks_per_step,
+            "num_points": [low, high],
+            "greedy": greedy,
+            "max_passes": max_passes,
+            "num_samples": num_samples,
+            "clip_norm": clip_norm,
+        }
+        identity = run_identity(guide, source, optimizer, settings)
+        result = FitResult()
+        if folder is not None and resume:
+            resume_training(folder, trainable, optimizer, result, device, identity)
+        budget = {
+            "steps": steps,
+            **settings,
+            "learning_rate": identity["learning_rate"],
+            "max_skipped": max_skipped,
+        }
+        trainable.train()
+        with flush_denormals():
+            _train_loop(
+                guide,
+                trainable,
+                source,
+                optimizer,
+                result,
+                generator=generator,
+                device=device,
+                folder=folder,
+                checkpoint_every=checkpoint_every,
+                budget=budget,
+                identity=identity,
+                guide_card=guide_card or {},
+                progress=progress and parallel.is_writer,
+                parallel=parallel,
+            )
+        trainable.eval()
     return result
 
 
@@ -284,71 +330,87 @@ def _train_loop(
     optimizer,
     result,
     *,
-    steps,
     generator,
-    seed,
-    low,
-    high,
-    tasks_per_step,
-    objective,
-    greedy,
-    max_passes,
-    num_samples,
-    clip_norm,
-    max_skipped,
     device,
-    last,
-    checkpoint_dir,
+    folder,
     checkpoint_every,
     budget,
+    identity,
+    guide_card,
     progress,
     parallel,
 ):
-    """The optimization loop of :func:`fit` (arguments as there)."""
+    """The optimization loop of :func:`fit` (arguments as there; ``budget`` holds the
+    settings): each step runs in :func:`_global_rng` seeded by ``(seed, step)``."""
+    steps, seed = budget["steps"], budget["seed"]
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
     started = time.perf_counter() - result.seconds
     while result.steps < steps:
-        generator.manual_seed(seed * 1_000_003 + result.steps)
-        size = int(torch.randint(low, high + 1, (), generator=generator))
-        batch = parallel.shard(source.sample(tasks_per_step, size, generator)).to(device)
-        optimizer.zero_grad()
-        try:
-            loss, task, state = _step_loss(
-                guide, batch, objective, greedy, max_passes, generator, num_samples
+        task_seed, global_seed = _step_seeds(seed, result.steps)
+        generator.manual_seed(task_seed)
+        with _global_rng(global_seed, device):
+            loss_value, kl = _train_step(
+                guide, trainable, source, optimizer, result, budget, generator, device, parallel
             )
-            finite = bool(torch.isfinite(loss))
-        except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
-            loss, task, state, finite = torch.tensor(torch.nan), None, None, False
-        if finite:
-            loss.backward()
-            grads = [p.grad for p in trainable.parameters() if p.grad is not None]
-            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        if parallel.all_finite(finite):
-            parallel.average_gradients(trainable.parameters())
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), clip_norm)
-            optimizer.step()
-        else:
-            result.skipped += 1
-            if result.skipped > max_skipped:
-                raise FloatingPointError(
-                    f"fit: {result.skipped} steps with a non-finite loss or gradient or a failed "
-                    f"refinement (more than "
-                    f"max_skipped={max_skipped}); lower the learning rate or check the model"
-                )
         result.steps += 1
-        loss_value = parallel.mean(float(loss.detach()))
         result.losses.append(loss_value)
         postfix = {"loss": f"{loss_value:.4g}"}
-        if state is not None and (result.steps % 10 == 0 or result.steps == steps):
-            kl = _exact_kl(guide, batch, task, state)
-            if kl is not None:
-                result.kls.append((result.steps, kl))
-                postfix["kl"] = f"{kl:.3g}"
+        if kl is not None:
+            result.kls.append((result.steps, kl))
+            postfix["kl"] = f"{kl:.3g}"
         bar.set_postfix(postfix)
         bar.update(1)
         result.seconds = time.perf_counter() - started
         at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
-        if last is not None and parallel.is_writer and at_checkpoint:
-            _save_training(last, trainable, optimizer, result, budget)
-            guide.save(checkpoint_dir / "guide", budget=budget, seconds=result.seconds)
+        if folder is not None and parallel.is_writer and at_checkpoint:
+            save_training(folder / "last", trainable, optimizer, result, budget, identity)
+            guide.save(
+                folder / "guide",
+                budget={**budget, "seconds": result.seconds},
+                final_loss=loss_value,
+                **guide_card,
+            )
     bar.close()
+
+
+def _train_step(guide, trainable, source, optimizer, result, budget, generator, device, parallel):
+    """One optimizer step (skipped when not finite); returns the loss and the exact KL
+    (every 10 steps and at the last, where the family has an exact posterior)."""
+    low, high = budget["num_points"]
+    size = int(torch.randint(low, high + 1, (), generator=generator))
+    batch = parallel.shard(source.sample(budget["tasks_per_step"], size, generator)).to(device)
+    optimizer.zero_grad()
+    try:
+        loss, task, state = _step_loss(
+            guide,
+            batch,
+            budget["objective"],
+            budget["greedy"],
+            budget["max_passes"],
+            generator,
+            budget["num_samples"],
+        )
+        finite = bool(torch.isfinite(loss))
+    except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
+        loss, task, state, finite = torch.tensor(torch.nan), None, None, False
+    if finite:
+        loss.backward()
+        grads = [p.grad for p in trainable.parameters() if p.grad is not None]
+        finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    if parallel.all_finite(finite):
+        parallel.average_gradients(trainable.parameters())
+        torch.nn.utils.clip_grad_norm_(trainable.parameters(), budget["clip_norm"])
+        optimizer.step()
+    else:
+        result.skipped += 1
+        if result.skipped > budget["max_skipped"]:
+            raise FloatingPointError(
+                f"fit: {result.skipped} steps with a non-finite loss or gradient or a failed "
+                f"refinement (more than max_skipped={budget['max_skipped']}); lower the "
+                "learning rate or check the model"
+            )
+    kl = None
+    step = result.steps + 1
+    if state is not None and (step % 10 == 0 or step == budget["steps"]):
+        kl = _exact_kl(guide, batch, task, state)
+    return parallel.mean(float(loss.detach())), kl

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -117,6 +118,28 @@ class TaskFamily(abc.ABC):
     def config(self) -> dict:
         """Constructor arguments, JSON-serializable (for checkpoint cards)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config) -> TaskFamily:
+        """Build the family from ``config``, a dict of constructor arguments (parsed JSON);
+        an option it does not take, or a bad value, is one ``ValueError`` naming it."""
+        if not isinstance(config, dict):
+            raise ValueError(f"{cls.name}: the configuration must be an object, got {config!r}")
+        parameters = inspect.signature(cls).parameters.values()
+        if all(p.kind != p.VAR_KEYWORD for p in parameters):
+            accepted = [
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            unknown = sorted(set(config) - set(accepted))
+            if unknown:
+                raise ValueError(
+                    f"{cls.name} takes no option {', '.join(map(repr, unknown))}; its options "
+                    f"are {', '.join(accepted) or 'none'}"
+                )
+        try:
+            return cls(**config)
+        except TypeError as error:  # e.g. a null or a list where a number belongs
+            raise ValueError(f"{cls.name}: bad configuration {config}: {error}") from None
 
     # ------------------------------------------------------------------- model
     @abc.abstractmethod

@@ -1,0 +1,135 @@
+"""The resumable state of :func:`~iai_prob.inference.fit` and the run it belongs to.
+
+A training folder's ``last.json`` card and the weights file it names hold the trained
+modules, the optimizer's state, the step, the losses and the run's identity
+(:func:`run_identity`: model, guide configuration, latent layout, tasks, seed,
+objective, …). :func:`resume_training` continues a run only if its identity and weight
+shapes are the requested ones, else raises
+:class:`~iai_prob.training_folder.RunMismatchError` naming the differences; a card of an
+earlier version, without an identity, is checked by the settings its budget records.
+The card is written with a single commit point (``versioned=True``,
+:func:`~iai_prob.inference.checkpoint.write_checkpoint`): a process killed at any
+instant leaves the previous state or the new one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from iai_prob.inference.checkpoint import model_identity, read_checkpoint, write_checkpoint
+from iai_prob.training_folder import RunMismatchError, check_same_run, flat_identity
+
+if TYPE_CHECKING:
+    from iai_prob.inference.training import FitResult
+
+__all__ = ["resume_training", "run_identity", "save_training"]
+
+_OPTIMIZER_PREFIX = "optimizer."
+
+
+def run_identity(guide, source, optimizer, settings: dict) -> dict:
+    """What defines a run, flat (:func:`~iai_prob.training_folder.flat_identity`): the
+    model, the guide's configuration, layout and sizes, the tasks' identity, the optimizer
+    and its learning rate, and ``settings`` (seed, objective, tasks per step, …)."""
+    identity = {"kind": "training", "backend": "torch", "tasks": source.identity(), **settings}
+    if hasattr(guide, "training_loss"):
+        identity["guide"] = {"kind": type(guide).__name__, **guide.config}
+    else:
+        identity["model"] = model_identity(guide)
+        identity["layout"] = guide.layout_signature
+        identity["latent_dim"] = guide.refiner.latent_dim
+        identity["feature_dim"] = guide.refiner.feature_dim
+        identity["guide"] = guide.config
+    identity["optimizer"] = type(optimizer).__qualname__
+    identity["learning_rate"] = float(optimizer.param_groups[0]["lr"])
+    return flat_identity(identity)
+
+
+_LEGACY_SETTINGS = ("seed", "objective", "tasks_per_step", "num_points", "greedy", "max_passes")
+
+
+def _saved_identity(card: dict) -> dict:
+    """The identity a training card records (cards of earlier versions: their budget)."""
+    if isinstance(card.get("run"), dict):
+        return card["run"]
+    budget = card.get("budget", {})
+    return flat_identity(
+        {
+            "kind": card.get("kind"),
+            "backend": card.get("backend", "torch"),
+            **{key: budget[key] for key in _LEGACY_SETTINGS if key in budget},
+        }
+    )
+
+
+def save_training(path: Path, trainable, optimizer, result: FitResult, budget, identity) -> None:
+    """Write the training state ``path`` (``last``): the modules' and the optimizer's
+    tensors, and a card with the step, losses, budget and run identity."""
+    tensors = dict(trainable.state_dict())
+    optimizer_state = optimizer.state_dict()
+    scalars = {}
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{_OPTIMIZER_PREFIX}{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    card = {
+        "kind": "training",
+        "step": result.steps,
+        "losses": result.losses,
+        "kls": result.kls,
+        "seconds": result.seconds,
+        "skipped": result.skipped,
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "budget": budget,
+        "run": identity,
+    }
+    write_checkpoint(path, tensors, card, versioned=True)  # crash-safe: old or new, never half
+
+
+def resume_training(
+    folder: Path, trainable, optimizer, result: FitResult, device, identity
+) -> None:
+    """Load the run saved in ``folder`` into ``trainable``, ``optimizer`` and ``result``
+    if it is this run (``identity``); nothing to load leaves them as they are.
+
+    :raises RunMismatchError: the folder holds another run (naming the differences), weights
+        of other shapes, or a guide without training state (which starting would overwrite).
+    """
+    last = folder / "last"
+    if not last.with_suffix(".json").exists():
+        if (folder / "guide.json").exists():
+            raise RunMismatchError(
+                folder, "holds a guide but no training state (last.json) to resume"
+            )
+        return
+    tensors, card = read_checkpoint(last, device=device)
+    check_same_run(folder, _saved_identity(card), identity)
+    tensors.pop("rng.torch", None)  # earlier versions' global RNG state: no step reads it now
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    expected = {k: list(v.shape) for k, v in trainable.state_dict().items()}
+    found = {k: list(v.shape) for k, v in weights.items()}
+    differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    if differing:
+        raise RunMismatchError(
+            folder,
+            [(f"weight {k} of shape", found.get(k), expected.get(k)) for k in differing[:2]],
+        )
+    trainable.load_state_dict(weights)
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPTIMIZER_PREFIX):
+            index, name = key[len(_OPTIMIZER_PREFIX) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in card["optimizer_scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": card["optimizer_param_groups"]})
+    result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
+    result.kls = [tuple(kl) for kl in card["kls"]]
+    result.skipped = card["skipped"]

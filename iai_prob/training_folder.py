@@ -1,0 +1,196 @@
+"""A training folder holds one run: a lock while it trains and the run's identity.
+
+``fit(checkpoint_dir=...)`` (both backends) keeps its resumable state in one folder.
+Two guards keep that state one run's:
+
+* **A lock.** The training process holds an exclusive ``fcntl.flock`` on
+  ``FOLDER/.training.lock`` while it trains. The operating system releases it when the
+  process ends, however it ends (SIGKILL included), so a killed run never leaves a stale
+  lock; a second process finding the folder locked gets :class:`FolderInUseError`. The
+  lock file itself stays: deleting it on exit would let a third process lock a new file
+  of the same name while a second still holds the old one. (POSIX only: where ``fcntl``
+  does not exist, on Windows, the folder is not locked.)
+* **An identity.** The training card records what defines the run (model, guide
+  configuration, latent layout, seed, objective, tasks per step, points, learning
+  rate, …) as a flat dict. Resuming compares it with the request and refuses another
+  run with :class:`RunMismatchError`, naming each difference; starting again
+  (``resume=False``, ``iai train --overwrite``) replaces the old state only when the
+  new run commits its first checkpoint, so a run killed before that leaves the old
+  one intact.
+
+Imports neither torch nor JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from iai_prob.checkpoint_format import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+__all__ = [
+    "LOCK_NAME",
+    "FolderInUseError",
+    "RunMismatchError",
+    "check_same_run",
+    "flat_identity",
+    "lock_folder",
+    "make_folder",
+]
+
+LOCK_NAME = ".training.lock"
+"""The lock file of a training folder."""
+
+_LABELS = {
+    "kind": "kind",
+    "backend": "backend",
+    "model": "model",
+    "layout": "global latents",
+    "latent_dim": "latent dimension",
+    "feature_dim": "features per point",
+    "guide.family": "posterior family",
+    "guide.encoder": "encoder",
+    "guide.batch_size": "batch size",
+    "tasks": "training tasks",
+    "seed": "seed",
+    "objective": "objective",
+    "tasks_per_step": "tasks per step",
+    "num_points": "points per task",
+    "learning_rate": "learning rate",
+    "optimizer": "optimizer",
+}
+"""Words for the settings a user changes most; others are named by their key."""
+_FOLLOW_FROM_MODEL = ("layout", "latent_dim", "feature_dim", "tasks")
+
+
+class FolderInUseError(ValueError):
+    """Another process is training into the same folder."""
+
+
+class RunMismatchError(CheckpointError):
+    """The folder holds another run.
+
+    :param folder: the training folder.
+    :param differences: ``[(setting, saved, requested), …]``, or a sentence saying what
+        the folder holds instead (``"holds a guide but no training state …"``).
+
+    ``str(error)`` names the folder, what differs and the API's way out
+    (``resume=False``); :attr:`description` is the middle part, for the CLI to add its
+    own (``--overwrite``).
+    """
+
+    def __init__(self, folder, differences: list[tuple[str, object, object]] | str):
+        self.folder = Path(folder)
+        if isinstance(differences, str):
+            self.differences, self.description = [], differences
+        else:
+            self.differences = list(differences)
+            self.description = "holds a run with " + ", ".join(
+                f"{label} {_show(saved)}, not {_show(requested)}"
+                for label, saved, requested in self.differences
+            )
+        super().__init__(
+            f"{self.folder} {self.description}; resume it with the same settings or pass "
+            "resume=False to start again"
+        )
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "none"
+    if isinstance(value, dict) and set(value) == {"family", "config"}:  # a task family
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(value["config"].items()))
+        return f"{value['family']}({options})"
+    if isinstance(value, dict) and set(value) == {"callable"}:  # a user's model
+        return repr(value["callable"])
+    return json.dumps(value, sort_keys=True)
+
+
+def flat_identity(identity: Mapping) -> dict:
+    """``identity`` as JSON would store it, with the ``guide`` options flattened to
+    ``guide.NAME`` (each named on its own in a difference)."""
+    identity = json.loads(json.dumps(dict(identity), sort_keys=True))  # tuples -> lists
+    guide = identity.pop("guide", None)
+    if isinstance(guide, dict):
+        identity.update({f"guide.{key}": value for key, value in guide.items()})
+    elif guide is not None:
+        identity["guide"] = guide
+    return identity
+
+
+def check_same_run(folder, saved: Mapping, requested: Mapping) -> None:
+    """Raise :class:`RunMismatchError` unless ``saved`` and ``requested`` (both
+    :func:`flat_identity` dicts) agree on every setting that ``saved`` records (an older
+    card records fewer)."""
+    order = list(_LABELS)
+    keys = sorted(
+        (key for key in saved if saved[key] != requested.get(key)),
+        key=lambda key: (order.index(key) if key in _LABELS else len(order), key),
+    )
+    if "model" in keys:  # what another model changes with it goes without saying
+        keys = [key for key in keys if key not in _FOLLOW_FROM_MODEL]
+    if keys:
+        differences = [
+            (_LABELS.get(key, key.replace("_", " ")), saved[key], requested.get(key))
+            for key in keys
+        ]
+        raise RunMismatchError(folder, differences)
+
+
+def make_folder(path) -> Path:
+    """Create the training folder ``path`` (and its parents); a one-line ``ValueError``
+    when it is a file or lies under one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the training folder {path} is a file; name a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), path)
+        raise ValueError(
+            f"cannot create the training folder {path}: {blocking} is a file"
+        ) from None
+    except PermissionError as error:
+        raise ValueError(f"cannot create the training folder {path}: {error.strerror}") from None
+    return path
+
+
+@contextmanager
+def lock_folder(path) -> Iterator[None]:
+    """Hold the folder's lock for the ``with`` block (see the module docstring).
+
+    :raises FolderInUseError: another process holds it.
+    """
+    if fcntl is None:
+        yield
+        return
+    lock = Path(path) / LOCK_NAME
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            raise FolderInUseError(
+                f"{path} is in use by another training process"
+                f"{f' (pid {owner})' if owner.isdigit() else ''}; wait for it to finish or "
+                "train into another folder"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
