@@ -12,6 +12,13 @@ Jacobian as log density, like Pyro's ``AutoContinuous``. It is a
 (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO``), ``Predictive``,
 ``poutine.trace`` and ``psis_diagnostic``; the model's arguments are the dataset.
 
+Threads: Pyro's effect-handler stack is one list per process, not per thread, so two
+calls running at once push and pop each other's handlers. Every entry point of the
+guide (calling it, ``posterior``, ``median``, ``quantiles``, ``refine``, …) holds one
+process-wide re-entrant lock, so guides can be called from several threads (the calls
+run one at a time and give the serial answers); Pyro inference run in another thread
+at the same time (``SVI``, ``Predictive`` of another model) shares that stack unlocked.
+
 Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
 arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
 """
@@ -19,7 +26,9 @@ arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import threading
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -29,7 +38,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
-from iai_prob.checks import check_non_negative_int
+from iai_prob.checks import check_non_negative_int, check_positive_int
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.objectives import elbo
@@ -47,6 +56,7 @@ from iai_prob.inference.sites import LatentLayout, discover_layout
 from iai_prob.inference.task_data import TaskData, read_task_data
 from iai_prob.inference.validation import (
     check_log_prob,
+    check_plate_shapes,
     explained_failures,
     layout_difference,
     trace_model,
@@ -71,6 +81,35 @@ class RefinementStep(NamedTuple):
     state: RefinementState
     info: RefinementInfo | None
     elbo: torch.Tensor
+
+
+_PYRO_STACK_LOCK = threading.RLock()
+"""Held by every entry point of every guide: Pyro's handler stack is process-global."""
+
+
+def _serialized(method):
+    """Run ``method`` holding :data:`_PYRO_STACK_LOCK` (see the module docstring)."""
+
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _PYRO_STACK_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
+def _quantile_levels(quantiles, like: torch.Tensor) -> torch.Tensor:
+    """``quantiles`` as a 1-D tensor of probabilities, refusing any outside ``[0, 1]``."""
+    levels = torch.as_tensor(quantiles, dtype=like.dtype, device=like.device)
+    if levels.dim() > 1:
+        raise ValueError(
+            f"quantiles must be a probability or a 1-D sequence of them, got shape "
+            f"{tuple(levels.shape)}"
+        )
+    bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
+    if bad.numel():
+        raise ValueError(f"quantiles must lie in [0, 1], got {bad.tolist()} in {quantiles!r}")
+    return levels
 
 
 def _constrained(latent: torch.Tensor, layout: LatentLayout) -> dict[str, torch.Tensor]:
@@ -110,6 +149,7 @@ def prepare_task(
     is evaluated through it: see :mod:`iai_prob.diagnostics`)."""
     trace = trace_model(model, args, kwargs)
     layout = discover_layout(trace, data_plate=data_plate, tasks_plate=tasks_plate)
+    check_plate_shapes(trace, data_plate=data_plate, tasks_plate=tasks_plate)
     data = read_task_data(
         trace, args, kwargs, data_plate=data_plate, tasks_plate=tasks_plate, featurize=featurize
     )
@@ -228,9 +268,9 @@ class IterativeAmortizedGuide(AutoGuide):
 
     # ------------------------------------------------------------------ setup
     def _setup_prototype(self, *args, **kwargs):
+        task = self.prepare(*args, **kwargs)  # refuses unsupported models by name first
         with explained_failures(self.model, args, kwargs):
             super()._setup_prototype(*args, **kwargs)
-        task = self.prepare(*args, **kwargs)
         if self.refiner is None:
             self.build(task.layout.latent_dim, task.data.features.shape[-1])
             self.layout_signature = task.layout.signature()
@@ -268,6 +308,7 @@ class IterativeAmortizedGuide(AutoGuide):
             )
         return self.refiner
 
+    @_serialized
     def prepare(self, *args, **kwargs) -> PreparedTask:
         """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
         config = self.config
@@ -345,6 +386,7 @@ class IterativeAmortizedGuide(AutoGuide):
             state, info = refiner.step(state, task.data.subset(index), task.log_joint)
             yield state, info
 
+    @_serialized
     def final_state(self, task: PreparedTask, **options) -> RefinementState:
         """``λ_K`` for a prepared task."""
         *_, (last, _) = self.trajectory(task, **options)
@@ -359,6 +401,11 @@ class IterativeAmortizedGuide(AutoGuide):
         return family.distribution(loc, precision)
 
     # ------------------------------------------------------------------- Pyro
+    @_serialized
+    def __call__(self, *args, **kwargs):
+        """``forward`` (through ``PyroModule.__call__``), holding the handler-stack lock."""
+        return super().__call__(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
         """Sample the global latents for the dataset in ``*args, **kwargs``."""
         if self.prototype_trace is None:
@@ -396,6 +443,7 @@ class IterativeAmortizedGuide(AutoGuide):
         return self._flat_distribution(self.final_state(task), task.layout), task.layout
 
     @torch.no_grad()
+    @_serialized
     def posterior(self, *args, **kwargs):
         """``q(z | D)``: a torch distribution over the flattened unconstrained latents.
 
@@ -410,12 +458,14 @@ class IterativeAmortizedGuide(AutoGuide):
         return family.distribution(state.loc, state.precision)
 
     @torch.no_grad()
+    @_serialized
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior median of each global site: ``T(μ)`` (per task when batched)."""
         posterior, layout = self._posterior_and_layout(*args, **kwargs)
         return _constrained(posterior.mean, layout)
 
     @torch.no_grad()
+    @_serialized
     def quantiles(
         self, quantiles, *args, num_samples: int = 4096, **kwargs
     ) -> dict[str, torch.Tensor]:
@@ -424,10 +474,14 @@ class IterativeAmortizedGuide(AutoGuide):
         For elementwise bijections (real, positive, interval supports) the map is monotone
         in each coordinate, so the ``q``-quantile is exactly ``T(μ_i + σ_i Φ⁻¹(q))``. For
         the others (simplex, ...) it is estimated from ``num_samples`` seeded draws.
+
+        :raises ValueError: for a probability outside ``[0, 1]`` or NaN (before any work).
         """
+        _quantile_levels(quantiles, torch.empty(()))
+        check_positive_int("num_samples", num_samples)
         posterior, layout = self._posterior_and_layout(*args, **kwargs)
         scale = posterior.variance.sqrt()
-        levels = torch.as_tensor(quantiles, dtype=scale.dtype, device=scale.device)
+        levels = _quantile_levels(quantiles, scale)
         normal_quantiles = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.dim())
         result = _constrained(posterior.mean + scale * normal_quantiles, layout)
         if not all(site.is_elementwise for site in layout.sites):
@@ -440,6 +494,7 @@ class IterativeAmortizedGuide(AutoGuide):
         return result
 
     @torch.no_grad()
+    @_serialized
     def refinement_trace(
         self, *args, num_steps: int | None = None, num_samples: int = 16, **kwargs
     ) -> list[RefinementStep]:
@@ -461,6 +516,7 @@ class IterativeAmortizedGuide(AutoGuide):
         return steps
 
     @torch.no_grad()
+    @_serialized
     def refine(
         self,
         x,
@@ -522,6 +578,7 @@ class IterativeAmortizedGuide(AutoGuide):
             raise ValueError("refine() got no mini-batches")
         return self._flat_distribution(state, layout)
 
+    @_serialized
     def polish(
         self,
         x,

@@ -19,9 +19,16 @@ plated factor graphs"), which sums out ``c`` but keeps every plate dim, so
     f_B(z_s)_t = Σ_{non-enumerated sites} log p + Σ_{plates} log Σ_c Π p(c, y | z_s)
 
 is read off per particle ``s`` and task ``t`` instead of as one scalar.
+
+The model must therefore broadcast over batch dims left of its plates, as Pyro's
+vectorized ELBOs also require: a global's value has shape ``(S, 1…, *event_shape)``.
+A model that does not (``x @ w`` for a vector ``w``) fails in its own tensor code; that
+failure is re-raised as a ``ValueError`` that says how to write it instead.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pyro
 import torch
@@ -137,7 +144,11 @@ class LogJoint:
         model = self._conditioned(z, data, particle_dim)
         # invalid parameters (e.g. a scale of exp(-200) = 0) give non-finite values that the
         # refinement's safeguard rejects, rather than an exception mid-step
-        with poutine.block(), pyro.validation_enabled(False):
+        with (
+            _vectorization_failures(z.shape[0]),
+            poutine.block(),
+            pyro.validation_enabled(False),
+        ):
             trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
         trace.compute_log_prob()
         return trace
@@ -153,7 +164,11 @@ class LogJoint:
         model = EnumMessenger(first_available_dim=particle_dim - 1)(
             self._conditioned(z, data, particle_dim)
         )
-        with poutine.block(), pyro.validation_enabled(False):
+        with (
+            _vectorization_failures(z.shape[0]),
+            poutine.block(),
+            pyro.validation_enabled(False),
+        ):
             trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
         trace = prune_subsample_sites(trace)
         trace.compute_log_prob()
@@ -188,6 +203,26 @@ class LogJoint:
         log_prob = log_prob.movedim(log_prob.dim() + self.layout.tasks_dim, 1)
         log_prob = log_prob.expand(log_prob.shape[0], self.layout.num_tasks, *log_prob.shape[2:])
         return log_prob.reshape(*log_prob.shape[:2], -1).sum(-1)
+
+
+@contextlib.contextmanager
+def _vectorization_failures(num_particles: int):
+    """Re-raise a failure of the model's tensor code under the particle plate as a
+    ``ValueError`` saying how to vectorize the model (a ``LinAlgError`` of the model's own
+    linear algebra passes through: :func:`~iai_prob.inference.fit` skips that step)."""
+    try:
+        yield
+    except torch.linalg.LinAlgError:
+        raise
+    except (RuntimeError, TypeError, IndexError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        raise ValueError(
+            f"the model failed when run at {num_particles} draws of its latents at once "
+            f"({type(error).__name__}: {first_line}). The guide runs it vectorized, each "
+            "latent's value with leading batch dims left of the model's plates (as Pyro's "
+            "vectorized ELBOs do); write it so that they broadcast, e.g. (x * w).sum(-1) "
+            "instead of x @ w"
+        ) from error
 
 
 def _to_particles_and_tasks(term: torch.Tensor, kept: list, shape: torch.Size) -> torch.Tensor:

@@ -71,7 +71,14 @@ class RefinementInfo(NamedTuple):
 
 
 class RefinementError(RuntimeError):
-    """A refinement state stopped being finite or positive definite."""
+    """A refinement state stopped being finite or positive definite.
+
+    :ivar step: the refinement step whose state failed (``None`` if not said).
+    """
+
+    def __init__(self, message: str, *, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 def minibatch_schedule(
@@ -115,7 +122,8 @@ def check_state(state: RefinementState) -> RefinementState:
         raise RefinementError(
             f"refinement step {state.step}: the posterior state of task(s) {bad[:10]} is not "
             "finite or not positive definite; check the data for extreme values, lower "
-            "batch sizes' variance (larger batches) or use linearization='sigma_points'"
+            "batch sizes' variance (larger batches) or use linearization='sigma_points'",
+            step=state.step,
         )
     return state
 

@@ -14,6 +14,12 @@ dim ``-t``, the joint latent has batch shape ``(T,) + (1,)*(t-1)`` and each site
 value ``(T,) + (1,)*(t-1) + event_shape``, which is what the model's own
 plates produce. A global site inside any other plate is refused with a clear
 error (declare its independence with ``.to_event`` instead).
+
+Local latents (inside the data plate) are supported only when they are discrete and
+enumerated (``infer={"enumerate": "parallel"}``): the log joint sums them out exactly
+(:mod:`iai_prob.inference.log_joint`). Any other local latent is refused by name: the
+guide would cover only the globals, and the log joint would draw the local from its
+prior instead of inferring it, a silently wrong posterior.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pyro.distributions.util import sum_rightmost
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to, constraints, transforms
 
-__all__ = ["GlobalSite", "LatentLayout", "discover_layout"]
+__all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout"]
 
 
 @dataclass(frozen=True)
@@ -157,22 +163,73 @@ class LatentLayout:
         return torch.cat(parts, dim=-1)
 
 
-def _is_global(site, data_plate: str) -> bool:
+def _is_latent(site) -> bool:
     return (
         site["type"] == "sample"
         and not site_is_subsample(site)
         and not site["is_observed"]
         and not site["infer"].get("is_auxiliary", False)
         and not site["infer"].get("_do_not_trace", False)
-        and all(frame.name != data_plate for frame in site["cond_indep_stack"])
     )
+
+
+def _is_global(site, data_plate: str) -> bool:
+    return _is_latent(site) and all(frame.name != data_plate for frame in site["cond_indep_stack"])
+
+
+def check_local_latents(trace, data_plate: str = "data") -> None:
+    """Refuse a latent site inside the data plate unless the log joint sums it out.
+
+    A model with nothing observed in the data plate (observations not passed, as in
+    ``guide(x)``) is left to :func:`~iai_prob.inference.task_data.read_task_data`, which
+    says to pass them.
+
+    :raises ValueError: naming the site, for a continuous local latent (never inferred:
+        the guide covers the globals only) and for a discrete one that is not enumerated
+        in parallel or cannot be enumerated (its support is not finite).
+    """
+    if not any(
+        site["type"] == "sample"
+        and site["is_observed"]
+        and not site_is_subsample(site)
+        and any(frame.name == data_plate for frame in site["cond_indep_stack"])
+        for site in trace.nodes.values()
+    ):
+        return
+    for name, site in trace.nodes.items():
+        if not _is_latent(site) or _is_global(site, data_plate):
+            continue
+        fn = site["fn"]
+        try:
+            discrete = fn.support.is_discrete
+        except NotImplementedError:
+            discrete = False
+        where = f"local latent site {name!r} (inside the data plate {data_plate!r})"
+        if not discrete:
+            raise ValueError(
+                f"{where} is continuous; IterativeAmortizedGuide infers the global latents "
+                f"outside the data plate only, so {name!r} would never be inferred. Integrate "
+                "it out of the likelihood, or move it out of the data plate as a global latent"
+            )
+        if site["infer"].get("enumerate") != "parallel":
+            raise ValueError(
+                f"{where} is discrete but not enumerated, so it would never be inferred; add "
+                "infer={'enumerate': 'parallel'} to its pyro.sample (the log joint then sums "
+                "it out exactly)"
+            )
+        if not fn.has_enumerate_support:
+            raise ValueError(
+                f"{where} has no finite support to enumerate ({type(fn).__name__}); give it a "
+                "distribution with a finite support (e.g. Categorical) or integrate it out"
+            )
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks"):
     """Find the global latent sites and task batch of a model from one of its traces.
 
     :raises ValueError: if the data plate is absent, a global site is discrete, lies in a
-        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ.
+        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ, or a
+        local latent would not be inferred (:func:`check_local_latents`).
     """
     frames = {}
     for site in trace.nodes.values():
@@ -186,6 +243,7 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
         )
     max_plate_nesting = max(-frame.dim for frame in frames.values())
     tasks_frame = frames.get(tasks_plate)
+    check_local_latents(trace, data_plate)
 
     sites = []
     for name, site in trace.nodes.items():
@@ -224,9 +282,16 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
             GlobalSite(name, event_shape, unconstrained_shape, len(event_shape), fn.support)
         )
     if not sites:
+        params = [name for name, site in trace.nodes.items() if site["type"] == "param"]
+        hint = (
+            f": its pyro.param site(s) {params} are point estimates, not latents; give each a "
+            "prior with pyro.sample to infer it"
+            if params
+            else ""
+        )
         raise ValueError(
             f"the model has no latent site outside the data plate {data_plate!r}; "
-            "there is nothing for an amortized guide to infer"
+            f"there is nothing for an amortized guide to infer{hint}"
         )
     return LatentLayout(
         sites=tuple(sites),

@@ -151,6 +151,20 @@ def read_task_data(
     num_tasks = None if tasks_frame is None else tasks_frame.size
     tasks_dim = None if tasks_frame is None else tasks_frame.dim
 
+    observed = [
+        site
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        and site["is_observed"]
+        and not site_is_subsample(site)
+        and any(f.name == data_plate for f in site["cond_indep_stack"])
+    ]
+    if not observed:
+        raise ValueError(
+            f"the model has no observed site inside the data plate {data_plate!r}: an "
+            "amortized guide conditions on the data, so pass the observations (e.g. "
+            "guide(x, y), Predictive(model, guide=guide, ...)(x, y))"
+        )
     if featurize is not None:
         features = featurize(*args, **kwargs)
         if tasks_frame is None and features.dim() == 2:
@@ -163,18 +177,9 @@ def read_task_data(
             )
     else:
         parts, seen = [], set()
-        for site in trace.nodes.values():
-            in_data = any(f.name == data_plate for f in site.get("cond_indep_stack", ()))
-            observed = site["type"] == "sample" and site["is_observed"]
-            if observed and in_data and not site_is_subsample(site):
-                parts.append(_observed_features(site, num_tasks, tasks_dim, data_frame.dim))
-                seen.add(id(site["value"]))
-        if not parts:
-            raise ValueError(
-                f"the model has no observed site inside the data plate {data_plate!r}: an "
-                "amortized guide conditions on the data, so pass the observations (e.g. "
-                "guide(x, y), Predictive(model, guide=guide, ...)(x, y))"
-            )
+        for site in observed:
+            parts.append(_observed_features(site, num_tasks, tasks_dim, data_frame.dim))
+            seen.add(id(site["value"]))
         for value in (*args, *kwargs.values()):
             axis = _data_axis(value, num_tasks, num_points)
             if axis is None or id(value) in seen or not value.is_floating_point():

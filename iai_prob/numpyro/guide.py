@@ -31,6 +31,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -446,10 +447,22 @@ class IterativeAmortizedGuide:
 
     def quantiles(self, params: dict, quantiles, *args, **kwargs) -> dict:
         """Marginal quantiles ``T(μ_i + σ_i Φ⁻¹(q))`` of each global site, stacked on dim 0
-        (exact for elementwise bijections)."""
+        (exact for elementwise bijections).
+
+        :raises ValueError: for a probability outside ``[0, 1]`` or NaN (before any work).
+        """
+        levels = np.asarray(quantiles, dtype=float)
+        if levels.ndim > 1:
+            raise ValueError(
+                f"quantiles must be a probability or a 1-D sequence of them, got shape "
+                f"{levels.shape}"
+            )
+        bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
+        if bad.size:
+            raise ValueError(f"quantiles must lie in [0, 1], got {bad.tolist()} in {quantiles!r}")
         posterior, layout = self._posterior_and_layout(params, *args, **kwargs)
         scale = jnp.sqrt(posterior.variance)
-        levels = jnp.asarray(quantiles, scale.dtype)
+        levels = jnp.asarray(levels, scale.dtype)
         normal = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.ndim)
         return {
             site.name: value for site, value, _ in layout.unpack(posterior.mean + scale * normal)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IndependentTransform, biject_to
 
-__all__ = ["GlobalSite", "LatentLayout", "discover_layout", "plate_frames"]
+__all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout", "plate_frames"]
 
 
 @dataclass(frozen=True)
@@ -135,13 +135,57 @@ def plate_frames(trace) -> dict:
     return frames
 
 
-def _is_global(site, data_plate: str) -> bool:
+def _is_latent(site) -> bool:
     return (
         site["type"] == "sample"
         and not site["is_observed"]
         and not site["infer"].get("is_auxiliary", False)
-        and all(frame.name != data_plate for frame in site["cond_indep_stack"])
     )
+
+
+def _is_global(site, data_plate: str) -> bool:
+    return _is_latent(site) and all(frame.name != data_plate for frame in site["cond_indep_stack"])
+
+
+def check_local_latents(trace, data_plate: str = "data") -> None:
+    """Refuse a latent site inside the data plate unless the log joint sums it out (the
+    twin of :func:`iai_prob.inference.sites.check_local_latents`, same messages).
+
+    :raises ValueError: naming the site, for a continuous local latent and for a discrete
+        one that is not enumerated in parallel or has no finite support.
+    """
+    in_data = [
+        site
+        for site in trace.values()
+        if site["type"] == "sample"
+        and any(frame.name == data_plate for frame in site["cond_indep_stack"])
+    ]
+    if not any(site["is_observed"] for site in in_data):
+        return  # observations not passed: read_task_data says to pass them
+    for site in in_data:
+        if not _is_latent(site):
+            continue
+        name, fn = site["name"], site["fn"]
+        where = f"local latent site {name!r} (inside the data plate {data_plate!r})"
+        if not fn.support.is_discrete:
+            raise ValueError(
+                f"{where} is continuous; IterativeAmortizedGuide infers the global latents "
+                f"outside the data plate only, so {name!r} would never be inferred. Integrate "
+                "it out of the likelihood, or move it out of the data plate as a global latent"
+            )
+        if site["infer"].get("enumerate") != "parallel":
+            raise ValueError(
+                f"{where} is discrete but not enumerated, so it would never be inferred; add "
+                "infer={'enumerate': 'parallel'} to its numpyro.sample (the log joint then "
+                "sums it out exactly)"
+            )
+        if not fn.has_enumerate_support:
+            while hasattr(fn, "base_dist"):  # the plate's ExpandedDistribution, to name it
+                fn = fn.base_dist
+            raise ValueError(
+                f"{where} has no finite support to enumerate ({type(fn).__name__}); give it a "
+                "distribution with a finite support (e.g. Categorical) or integrate it out"
+            )
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks", tasks=None):
@@ -150,7 +194,8 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
     ``tasks`` is ``(T, dim)`` of the tasks plate of the batched call, if any.
 
     :raises ValueError: if the data plate is absent, a global site is discrete, lies in a
-        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ.
+        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ, or a
+        local latent would not be inferred (:func:`check_local_latents`).
     """
     frames = plate_frames(trace)
     if data_plate not in frames:
@@ -160,6 +205,7 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
             "data_plate=..."
         )
     max_plate_nesting = max(-frame.dim for frame in frames.values())
+    check_local_latents(trace, data_plate)
     sites = []
     for name, site in trace.items():
         if not _is_global(site, data_plate):

@@ -210,6 +210,24 @@ def test_quantiles_of_a_constrained_site_are_ordered(name, make_family, make_gui
 
 
 @pytest.mark.parametrize(
+    ("levels", "bad"),
+    [([0.5, 1.5], "[1.5]"), ([-0.1], "[-0.10"), ([float("nan"), 0.5], "[nan]"), (2.0, "[2.0]")],
+    ids=["above-one", "negative", "nan", "scalar"],
+)
+def test_quantiles_outside_zero_one_are_refused(levels, bad, linreg, make_guide, simulate):
+    _, x, y = simulate(linreg, 1, 10)
+    guide = make_guide(linreg)
+    with pytest.raises(ValueError, match=r"quantiles must lie in \[0, 1\], got ") as info:
+        guide.quantiles(levels, x[0], y[0])  # was NaN in the result, silently
+    assert bad in str(info.value)
+    with pytest.raises(ValueError, match="1-D sequence"):
+        guide.quantiles([[0.5]], x[0], y[0])
+    # the ends are the support's ends: -inf and +inf for a real site
+    ends = guide.quantiles([0.0, 1.0], x[0], y[0])["w"]
+    assert (ends[0] == -math.inf).all() and (ends[1] == math.inf).all()
+
+
+@pytest.mark.parametrize(
     ("num_points", "batch_size", "steps"), [(40, 16, 3), (64, 16, 4), (8, 16, 1)]
 )
 def test_refinement_trace(num_points, batch_size, steps, linreg, make_guide, simulate):
@@ -411,3 +429,41 @@ def test_conjugate_posterior_needs_no_relinearization(
     loaded = IterativeAmortizedGuide.load(tmp_path / "direct", linreg)
     assert loaded.config["max_relinearizations"] == 0
     assert loaded.refiner.max_relinearizations == 0
+
+
+# ------------------------------------------------------------------ threads
+def test_concurrent_calls_from_threads_give_the_serial_answers(linreg, make_guide, simulate):
+    """Pyro's handler stack is process-global: without the guide's lock, 4 threads calling
+    ``posterior`` failed with "This Messenger is not on the bottom of the stack" or an
+    IndexError, every time (3 of 3 runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, x, y = simulate(linreg, 8, 12)
+    guide = make_guide(linreg, batch_size=4)
+    other = make_guide(linreg, batch_size=6, seed=1)
+    serial = [guide.posterior(x[i], y[i]).mean for i in range(8)]
+    serial_other = [other.posterior(x[i], y[i]).mean for i in range(8)]
+    serial_draws = [guide(x[i], y[i])["w"].shape for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        means = list(pool.map(lambda i: guide.posterior(x[i], y[i]).mean, range(8)))
+        others = list(pool.map(lambda i: other.posterior(x[i], y[i]).mean, range(8)))
+        draws = list(pool.map(lambda i: guide(x[i], y[i])["w"].shape, range(8)))
+    for found, expected in zip(means + others, serial + serial_other, strict=True):
+        torch.testing.assert_close(found, expected, rtol=0, atol=0)
+    assert draws == serial_draws
+
+
+# ------------------------------------------------------------- Predictive
+def test_predictive_with_no_samples_raises_pyros_own_error(linreg, make_guide, simulate):
+    """``Predictive(num_samples=0)`` is refused by Pyro itself, before the guide is asked
+    for a sample: its vectorizing ``pyro.plate`` of size 0 raises ``ZeroDivisionError``,
+    for an ``AutoNormal`` guide and for no guide alike, so users get Pyro's behaviour."""
+    from pyro.infer.autoguide import AutoNormal
+
+    _, x, y = simulate(linreg, 1, 10)
+    guide = make_guide(linreg)
+    auto = AutoNormal(linreg.model)
+    auto(x[0], y[0])
+    for candidate in (guide, auto, None):
+        with pytest.raises(ZeroDivisionError, match="size cannot be zero"):
+            Predictive(linreg.model, guide=candidate, num_samples=0)(x[0], y[0])

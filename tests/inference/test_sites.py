@@ -108,6 +108,13 @@ def _no_global(x, y=None):
         pyro.sample("y", dist.Normal(x, 1.0), obs=y)
 
 
+def _local_latent(x, y=None):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(w * x + u, 1.0), obs=y)
+
+
 @pytest.mark.parametrize(
     ("model", "patterns"),
     [
@@ -115,8 +122,9 @@ def _no_global(x, y=None):
         (_no_data_plate, ["no plate named 'data'", "obs"]),
         (_global_in_other_plate, ["'mu'", "groups"]),
         (_no_global, ["no latent site"]),
+        (_local_latent, ["local latent site 'u'", "continuous"]),
     ],
-    ids=["discrete-global", "missing-data-plate", "global-in-other-plate", "no-global"],
+    ids=["discrete-global", "missing-data-plate", "global-in-other-plate", "no-global", "local"],
 )
 def test_refused_models_name_the_problem(model, patterns):
     x = torch.randn(5)
@@ -124,3 +132,18 @@ def test_refused_models_name_the_problem(model, patterns):
         _layout(model, x, torch.randn(5))
     for pattern in patterns:
         assert pattern in str(info.value)
+
+
+def test_local_latents_are_left_alone_when_nothing_is_observed():
+    """Without observations (``guide(x)``) the would-be observation is latent in the data
+    plate; discovering the layout leaves that to ``read_task_data``, which asks for them."""
+    layout = _layout(_local_latent, torch.randn(5))  # y not passed: 'u' and 'y' are latent
+    assert layout.site_names == ("w",)
+
+
+def test_an_enumerated_discrete_local_is_accepted_and_not_global(make_family, simulate):
+    family = make_family("gaussian_mixture")
+    _, x, y = simulate(family, 2, 6)
+    trace = poutine.trace(family.model).get_trace(x, y)
+    assert trace.nodes["assignment"]["infer"]["enumerate"] == "parallel"
+    assert "assignment" not in discover_layout(trace).site_names
