@@ -27,6 +27,25 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = (demo, train, infer, diagnose, bench, pretrained)
 """The command modules; each has ``add_parser(subparsers)`` and ``run(args)``."""
 
+_NON_FINITE_HINT = (
+    "Its float32 arithmetic overflows on values, or products of values, beyond about 3e38: "
+    "rescale the columns to moderate values (e.g. divide each by its standard deviation) "
+    "or remove the extreme rows, and run again"
+)
+
+
+def _is_refinement_error(error: RuntimeError) -> bool:
+    """Whether ``error`` is a ``RefinementError`` (a posterior state that stopped being
+    finite), checked without importing torch for commands that never used it."""
+    refinement = sys.modules.get("iai_prob.inference.refinement")
+    return refinement is not None and isinstance(error, refinement.RefinementError)
+
+
+def _error(args, message: str) -> int:
+    """Print ``message`` as one line, ``iai CMD: error: ...``; return exit status 2."""
+    print(f"iai {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -49,9 +68,16 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"iai {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _error(args, " ".join(str(error).split()) or type(error).__name__)
+    except RuntimeError as error:
+        if not _is_refinement_error(error):
+            raise
+        step = "" if error.step is None else f" at refinement step {error.step}"
+        return _error(
+            args,
+            f"the guide's posterior stopped being finite or positive definite{step}: the data "
+            f"are too large for the guide. {_NON_FINITE_HINT}",
+        )
     except KeyboardInterrupt:
         print(f"iai {args.command}: interrupted ({shlex.join(argv)})", file=sys.stderr)
         return 130

@@ -35,9 +35,42 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _import_failure(option: str, module_name: str, error: BaseException) -> ValueError:
+    """One line for a module that failed while being imported: the file, the line and the
+    error (a syntax error, ``sys.exit`` or any exception raised by its top-level code)."""
+    if isinstance(error, SyntaxError):
+        return ValueError(
+            f"{option}: {error.filename} has a syntax error at line {error.lineno}: "
+            f"{error.msg}; fix it and run again"
+        )
+    # the first frame outside this file and importlib is the module's top-level code
+    machinery = (__file__, str(Path(importlib.__file__).parent))
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith(("<frozen", *machinery))
+    ]
+    where = f"{frames[0].filename}, line {frames[0].lineno}" if frames else module_name
+    if isinstance(error, SystemExit):
+        return ValueError(
+            f"{option}: importing {module_name!r} called sys.exit({error.code!r}) ({where}); a "
+            "model file must not exit when imported: put script code under "
+            "if __name__ == '__main__':"
+        )
+    message = " ".join(str(error).split())
+    return ValueError(
+        f"{option}: importing {module_name!r} raised {type(error).__name__}"
+        f"{': ' + message if message else ''} ({where}); fix the module's top-level code"
+    )
+
+
 def import_object(spec: str, *, option: str = "model"):
     """Import ``module:name`` (a module on ``sys.path`` or the working directory) or
-    ``path/to/file.py:name``; ``name`` may be dotted (``module:Class.method``)."""
+    ``path/to/file.py:name``; ``name`` may be dotted (``module:Class.method``).
+
+    :raises ValueError: one line naming the file, line and error when the module fails to
+        import (a syntax error, ``sys.exit`` or an exception at import).
+    """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"{option}: expected module:function, got {spec!r}")
@@ -49,14 +82,23 @@ def import_object(spec: str, *, option: str = "model"):
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except (Exception, SystemExit) as error:
+            del sys.modules[name]
+            raise _import_failure(option, module_name, error) from error
     else:
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
+            missing = error.name or ""
+            if module_name != missing and not module_name.startswith(missing + "."):
+                raise _import_failure(option, module_name, error) from error  # inside it
             raise ValueError(f"{option}: cannot import {module_name!r} ({error})") from None
+        except (Exception, SystemExit) as error:
+            raise _import_failure(option, module_name, error) from error
     value = module
     for part in attribute.split("."):
         if not hasattr(value, part):

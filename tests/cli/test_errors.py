@@ -64,3 +64,78 @@ def test_unknown_model_for_train(capsys, tmp_path):
     assert "unknown model 'no_such_family'" in err and "linear_regression" in err
     err = _error(capsys, ["train", "no_such_module:model", "--x-dim", "2", "--out", str(tmp_path)])
     assert "model: cannot import 'no_such_module'" in err
+
+
+# A user's model file that fails while it is imported: (file text, what the line says).
+BAD_MODEL_FILES = {
+    "syntax-error": (
+        "import pyro\n\ndef model(x, y=None)\n    pass\n",
+        ["bad.py has a syntax error at line 3: expected ':'"],
+    ),
+    "exits-at-import": (
+        "import sys\n\nsys.exit('usage: bad.py N')\n",
+        ["called sys.exit('usage: bad.py N')", "bad.py, line 3", "if __name__ == '__main__'"],
+    ),
+    "raises-at-import": (
+        "x = 1\nraise RuntimeError('no GPU here')\n",
+        ["raised RuntimeError: no GPU here", "bad.py, line 2"],
+    ),
+    "imports-a-missing-package": (
+        "import no_such_package_iai\n",
+        ["raised ModuleNotFoundError: No module named 'no_such_package_iai'", "bad.py, line 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("row", sorted(BAD_MODEL_FILES))
+def test_a_model_file_that_fails_at_import_is_one_line(row, capsys, infer_argv, tmp_path):
+    from iai_prob import pretrained
+
+    text, patterns = BAD_MODEL_FILES[row]
+    bad = tmp_path / "bad.py"
+    bad.write_text(text)
+    err = _error(capsys, ["train", f"{bad}:model", "--x-dim", "2", "--out", str(tmp_path / "r")])
+    assert err.startswith("iai train: error: model: ")
+    assert all(pattern in err for pattern in patterns), err
+    pretrained.load("linear_regression").save(tmp_path / "lr" / "guide")
+    infer_argv[1] = str(tmp_path / "lr")
+    err = _error(capsys, [*infer_argv, "--model", f"{bad}:model"])
+    assert err.startswith("iai infer: error: --model: ")
+    assert all(pattern in err for pattern in patterns), err
+
+
+def test_a_module_that_fails_at_import_names_its_file(capsys, tmp_path, monkeypatch):
+    (tmp_path / "exits_mod.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, ["train", "exits_mod:model", "--x-dim", "2", "--out", "r"])
+    assert "importing 'exits_mod' called sys.exit(3)" in err
+    assert f"{tmp_path / 'exits_mod.py'}, line 2" in err
+
+
+def test_a_model_without_the_tasks_plate_is_one_line_for_train(capsys, tmp_path):
+    model = tmp_path / "single.py"
+    model.write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "def model(x, y=None):\n"
+        "    w = pyro.sample('w', dist.Normal(torch.zeros(x.shape[-1]), 1.0).to_event(1))\n"
+        "    with pyro.plate('data', x.shape[-2]):\n"
+        "        return pyro.sample('y', dist.Normal((x * w).sum(-1), 1.0), obs=y)\n"
+    )
+    argv = ["train", f"{model}:model", "--x-dim", "2", "--steps", "1", "--out", str(tmp_path / "r")]
+    err = _error(capsys, [*argv, "--no-progress"])
+    assert "site 'y' has batch shape (1, " in err and "pyro.plate('tasks', T, dim=-2)" in err
+
+
+def test_data_too_large_for_the_guide_is_one_line(capsys, infer_argv, tmp_path):
+    # x = 1e20 makes x^T x overflow float32: the refinement's state is not finite
+    header = ",".join([f"x{i}" for i in range(8)] + ["y"])
+    rows = [",".join(["1e20"] * 8 + ["1e38"])] * 20
+    (tmp_path / "huge.csv").write_text("\n".join([header, *rows]) + "\n")
+    infer_argv[2] = str(tmp_path / "huge.csv")
+    assert main(infer_argv) == 2  # was a RefinementError traceback
+    lines = capsys.readouterr().err.strip().splitlines()
+    # one error line (after the warning that the data's scale is off the training range)
+    assert all(line.startswith("iai infer: warning: ") for line in lines[:-1]), lines
+    err = lines[-1]
+    assert err.startswith("iai infer: error: the guide's posterior stopped being finite")
+    assert "the data are too large for the guide" in err and "rescale the columns" in err
