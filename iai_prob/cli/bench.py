@@ -2,16 +2,19 @@
 
 Runs ``benchmarks/run_all.py`` of a source checkout (the benchmarks are not part of the
 installed package): every script in its own process, tables concatenated into
-``--out``. The full run takes about 35 minutes on 2 CPU cores; ``--quick`` is a smoke
-test of every script (tiny sizes, a few minutes).
+``docs/benchmarks.md`` of that checkout or ``--out``. The full run takes about 35
+minutes on 2 CPU cores; ``--quick`` is a smoke test of every script (tiny sizes, a few
+minutes) that prints its tables and writes a file only with ``--out``, so it never
+replaces the measured tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+from iai_prob.cli.helptext import HelpFormatter
 
 __all__ = ["add_parser", "find_benchmarks", "run"]
 
@@ -22,12 +25,20 @@ def add_parser(commands) -> None:
         "bench",
         help="run the benchmark tables (benchmarks/run_all.py)",
         description=__doc__.split("\n\n", 1)[1],
-        epilog="examples:\n  iai bench --quick --out /tmp/bench.md\n  iai bench",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  iai bench --quick\n  iai bench --quick --out /tmp/bench.md\n"
+        "  iai bench",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--out", help="markdown file (default: docs/benchmarks.md)")
-    parser.add_argument("--root", help="source checkout holding benchmarks/ (default: found)")
+    parser.add_argument(
+        "--out",
+        help="markdown file (default: docs/benchmarks.md of the checkout; --quick only prints)",
+    )
+    parser.add_argument(
+        "--root",
+        help="source checkout holding benchmarks/ (default: the working directory, else the "
+        "package's checkout)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import time
 
+from iai_prob.cli.helptext import HelpFormatter
+
 __all__ = ["add_parser", "run"]
 
 
@@ -22,8 +24,12 @@ def add_parser(commands) -> None:
         "demo",
         help="run the shipped guide on the shipped datasets",
         description=__doc__.split("\n\n")[1],
+        epilog="example:\n  iai demo --svi-steps 300",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--svi-steps", type=int, default=1000, help="steps of the SVI baseline")
+    parser.add_argument(
+        "--svi-steps", type=int, default=1000, help="Adam steps of the Pyro SVI baseline"
+    )
     parser.set_defaults(run=run)
 
 

@@ -1,26 +1,30 @@
 """``iai diagnose``: the HTML diagnostics report of a guide on a CSV or Parquet file.
 
-Reads the data like ``iai infer`` (same CHECKPOINT, ``--x``, ``--y``) and writes
-:func:`iai_prob.diagnostics.report`: PSIS k̂ of the importance weights, the posterior,
-the posterior predictive check and PSIS-LOO (one dataset), the ELBO along the
-refinement steps, simulation-based calibration on datasets simulated from the
+Reads the data like ``iai infer`` (same CHECKPOINT, ``--x``, ``--y``, ``--passes``) and
+writes :func:`iai_prob.diagnostics.report`: whether the guide matches the model's
+posterior (PSIS k̂ of the importance weights), whether the model fits the data (the
+posterior predictive check and PSIS-LOO's p_loo, per dataset), the posterior, the ELBO
+along the refinement steps, simulation-based calibration on datasets simulated from the
 checkpoint's task family, and optionally a comparison with NUTS (``--nuts``, one
 dataset). The file is self-contained: open it in any browser.
 
 The data are held in memory (the report evaluates the model on every row). With
 ``--group COL`` the report covers a batch of groups of one size: ``--groups A,B,C``
 names them (one name gives the single-dataset report), otherwise the first
-``--max-groups`` groups of the most common size are taken.
+``--max-groups`` groups of the most common size are taken (the report says which, and
+how many it left out). Group values and column names label the report's tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from iai_prob.checks import check_positive_int
+from iai_prob.cli.helptext import HelpFormatter
 from iai_prob.cli.loading import add_data_arguments
+from iai_prob.cli.output import check_output_file
 
-__all__ = ["add_parser", "run", "select_groups"]
+__all__ = ["add_parser", "describe_selection", "run", "select_groups"]
 
 EXAMPLES = """examples:
   iai diagnose linear_regression schools.csv --x x0:x7 --y y --group school --out report.html
@@ -37,16 +41,31 @@ def add_parser(commands) -> None:
         help="HTML diagnostics report (PSIS k̂, PPC, LOO, refinement, SBC, NUTS)",
         description=__doc__.split("\n\n", 1)[1],
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_data_arguments(parser)
-    parser.add_argument("--groups", help="comma-separated group values to diagnose")
-    parser.add_argument("--max-groups", type=int, default=16, help="groups when --groups is unset")
-    parser.add_argument("--out", required=True, help="the HTML file to write")
-    parser.add_argument("--sbc-datasets", type=int, default=100, help="0 skips SBC")
+    parser.add_argument(
+        "--groups",
+        help="comma-separated group values to diagnose, all of one size (default: the first "
+        "--max-groups groups of the most common size)",
+    )
+    parser.add_argument(
+        "--max-groups", type=int, default=16, help="groups diagnosed when --groups is unset"
+    )
+    parser.add_argument("--out", required=True, help="the HTML file (.html) to write")
+    parser.add_argument(
+        "--sbc-datasets",
+        type=int,
+        default=100,
+        help="datasets simulated from the task family for simulation-based calibration; 0 skips it",
+    )
     parser.add_argument("--nuts", action="store_true", help="compare with Pyro NUTS (one dataset)")
-    parser.add_argument("--title", help="title of the report")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--title", help="title of the report (default: 'iai diagnose CHECKPOINT DATA')"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the posterior draws, SBC and NUTS"
+    )
     parser.set_defaults(run=run)
 
 
@@ -68,22 +87,44 @@ def select_groups(data, groups: str | None, max_groups: int):
                 f"--groups: a report covers groups of one size; these have sizes {sizes}"
             )
         return indices
-    if max_groups < 1:
-        raise ValueError(f"--max-groups must be a positive integer, got {max_groups}")
+    check_positive_int("--max-groups", max_groups)
     values, counts = np.unique(data.sizes, return_counts=True)
     size = values[np.argmax(counts)]
     return np.flatnonzero(data.sizes == size)[:max_groups]
 
 
+def describe_selection(data, indices, *, named: bool, source: str) -> str:
+    """The report's sentence on which groups of ``source`` it covers and which it left out."""
+    size = int(data.sizes[indices[0]])
+    total = len(data.keys)
+    of_size = int((data.sizes == size).sum())
+    shown = ", ".join(str(data.keys[i]) for i in indices[:10])
+    shown += f", … ({len(indices) - 10} more)" if len(indices) > 10 else ""
+    if named:
+        what = f"{len(indices)} group(s) of {size} rows named with --groups: {shown}"
+    elif len(indices) < of_size:
+        what = (
+            f"only the first {len(indices)} of the {of_size} groups of {size} rows (the most "
+            f"common size; raise --max-groups or name groups with --groups): {shown}"
+        )
+    else:
+        what = f"the {of_size} groups of {size} rows, the most common size: {shown}"
+    left = total - len(indices)
+    if not left:
+        return f"{source}: {what}; every group of the file."
+    return f"{source}: {what}; {left} of its {total} groups are not in this report."
+
+
 def run(args) -> int:
     """Read the data, write the report, print its verdicts."""
-    from iai_prob.cli.infer import check_fits, parse_columns
+    from iai_prob.cli.infer import check_fits, parse_columns, warn_if_unlike_training
     from iai_prob.cli.loading import load_checkpoint
     from iai_prob.diagnostics import report
     from iai_prob.io import Columns, Table, minibatches, observation_dtype, read_groups
 
-    if not args.out.endswith((".html", ".htm")):
-        raise ValueError(f"--out must name an HTML file ending in .html, got {args.out!r}")
+    check_output_file(args.out, (".html", ".htm"), "an HTML file")
+    check_positive_int("--passes", args.passes)
+    check_positive_int("--max-groups", args.max_groups)
     table = Table(args.data, chunk_rows=args.chunk_rows)
     x_columns = parse_columns(args.x, table, "--x")
     y_columns = parse_columns(args.y, table, "--y")
@@ -93,12 +134,14 @@ def run(args) -> int:
         raise ValueError("--groups needs --group COL")
     guide = load_checkpoint(args.checkpoint, model=args.model)
     columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
-    first = next(table.chunks(columns.names)).head(2)
-    check_fits(guide, *columns.tensors(first, source=table.path.name), args.checkpoint)
+    first = next(table.chunks(columns.names))
+    check_fits(guide, *columns.tensors(first.head(2), source=table.path.name), args.checkpoint)
+    warn_if_unlike_training(guide, first, columns, table, args)
 
+    names = None
     if args.group is None:
         x, y = next(minibatches(table, columns, table.num_rows))
-        what = f"{len(y)} rows of {table.path.name}"
+        description = f"{table.path.name}: all {len(y)} rows, one dataset."
     else:
         data = read_groups(table, columns, args.group)
         indices = select_groups(data, args.groups, args.max_groups)
@@ -107,14 +150,20 @@ def run(args) -> int:
             x, y = data.group(int(indices[0]))
         else:
             x, y = data.stack(indices)
-        what = f"{len(names)} group(s) of {int(data.sizes[indices[0]])} rows: {', '.join(names)}"
-    print(f"diagnosing {what}", file=sys.stderr)
+        description = describe_selection(
+            data, indices, named=bool(args.groups), source=table.path.name
+        )
+    print(f"diagnosing {description}", file=sys.stderr)
     result = report(
         guide,
         x,
         y,
         path=args.out,
         title=args.title or f"iai diagnose {args.checkpoint} {table.path.name}",
+        description=description,
+        group_names=names,
+        column_names=[x_columns or None, y_columns if len(y_columns) > 1 else None],
+        passes=args.passes,
         num_samples=args.num_samples,
         sbc_datasets=args.sbc_datasets if guide.family is not None else 0,
         nuts=args.nuts,

@@ -19,13 +19,15 @@ than memory. The posteriors are written as an ArviZ InferenceData netCDF file (w
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
+from iai_prob.checks import check_positive_int
+from iai_prob.cli.helptext import HelpFormatter
 from iai_prob.cli.loading import add_data_arguments
+from iai_prob.cli.output import check_output_file
 
-__all__ = ["add_parser", "check_fits", "parse_columns", "run"]
+__all__ = ["add_parser", "check_fits", "parse_columns", "run", "warn_if_unlike_training"]
 
 EXAMPLES = """examples:
   iai infer linear_regression schools.csv --x x0:x7 --y y --group school --out schools.nc
@@ -41,15 +43,18 @@ def add_parser(commands) -> None:
         help="posteriors for a CSV/Parquet file (one per --group)",
         description=__doc__.split("\n\n", 1)[1],
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_data_arguments(parser)
-    parser.add_argument("--out", required=True, help="netCDF file for the InferenceData")
+    parser.add_argument("--out", required=True, help="netCDF file (.nc) for the InferenceData")
     parser.add_argument(
-        "--passes", type=int, default=1, help="refinement passes over each dataset (default 1)"
+        "--batch-size",
+        type=int,
+        help="rows per refinement step when streaming one dataset (default: the guide's)",
     )
-    parser.add_argument("--batch-size", type=int, help="rows per refinement step (streaming)")
-    parser.add_argument("--max-tasks", type=int, default=256, help="groups per guide call")
+    parser.add_argument(
+        "--max-tasks", type=int, default=256, help="groups of one size per guide call"
+    )
     parser.add_argument("--show", type=int, default=5, help="groups shown in the summary")
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
     parser.set_defaults(run=run)
@@ -97,6 +102,17 @@ def check_fits(guide, x, y, checkpoint: str) -> None:
         ) from None
 
 
+def warn_if_unlike_training(guide, chunk, columns, table, args) -> None:
+    """One line on stderr when the first rows' scale is far outside the training data's
+    (:func:`~iai_prob.cli.assumptions.scale_warning`); the command goes on."""
+    from iai_prob.cli.assumptions import scale_warning
+
+    x, y = columns.tensors(chunk, source=table.path.name)
+    warning = scale_warning(guide, x, y, x_names=columns.x, checkpoint=args.checkpoint)
+    if warning is not None:
+        print(f"iai {args.command}: warning: {warning}", file=sys.stderr)
+
+
 def run(args) -> int:
     """Infer, write ``--out``, print the summary."""
     from pathlib import Path
@@ -105,8 +121,8 @@ def run(args) -> int:
     from iai_prob.io import Columns, Table, grouped_posteriors, observation_dtype, stream_posterior
     from iai_prob.io.export import inference_data, summary_table
 
-    if not args.out.endswith(".nc"):
-        raise ValueError(f"--out must name a netCDF file ending in .nc, got {args.out!r}")
+    check_output_file(args.out, (".nc",), "a netCDF file")
+    check_positive_int("--passes", args.passes)
     table = Table(args.data, chunk_rows=args.chunk_rows)
     x_columns = parse_columns(args.x, table, "--x")
     y_columns = parse_columns(args.y, table, "--y")
@@ -114,8 +130,9 @@ def run(args) -> int:
         table.require([args.group], option="--group")
     guide = load_checkpoint(args.checkpoint, model=args.model)
     columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
-    first = next(table.chunks(columns.names)).head(2)
-    check_fits(guide, *columns.tensors(first, source=table.path.name), args.checkpoint)
+    first = next(table.chunks(columns.names))
+    check_fits(guide, *columns.tensors(first.head(2), source=table.path.name), args.checkpoint)
+    warn_if_unlike_training(guide, first, columns, table, args)
 
     progress = not args.no_progress
     if args.group is not None:

@@ -24,13 +24,32 @@ __all__ = ["add_data_arguments", "import_object", "load_checkpoint", "resolve_ch
 def add_data_arguments(parser) -> None:
     """The arguments of ``iai infer`` and ``iai diagnose`` that name a checkpoint (and its
     model) and a data file with its columns and groups."""
-    parser.add_argument("checkpoint", help="shipped guide name, iai train folder, or checkpoint")
+    parser.add_argument(
+        "checkpoint", help="shipped guide name (iai pretrained), iai train folder, or checkpoint"
+    )
     parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
-    parser.add_argument("--x", nargs="+", default=[], help="covariate columns")
+    parser.add_argument(
+        "--x", nargs="+", default=[], help="covariate columns (default: none, a model without x)"
+    )
     parser.add_argument("--y", nargs="+", required=True, help="observed column(s)")
-    parser.add_argument("--group", help="column whose values name the datasets")
-    parser.add_argument("--model", help="module:function of the model (custom checkpoints)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
+    parser.add_argument(
+        "--group",
+        help="column whose values name the datasets, one posterior each "
+        "(default: all rows are one dataset)",
+    )
+    parser.add_argument(
+        "--model",
+        help="module:function of the model, for a checkpoint of your own model "
+        "(default: the checkpoint's task family)",
+    )
+    parser.add_argument("--num-samples", type=int, default=1000, help="posterior draws per dataset")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="refinement passes over each dataset: slower in proportion, closer to the "
+        "ELBO optimum",
+    )
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

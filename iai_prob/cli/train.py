@@ -35,18 +35,21 @@ EXAMPLES = """examples:
 
 def add_parser(commands) -> None:
     """Register ``iai train``."""
-    import argparse
+    from iai_prob.cli.helptext import HelpFormatter
 
     parser = commands.add_parser(
         "train",
         help="meta-train a guide (task family or module:function)",
         description=__doc__.split("\n\n", 1)[1],
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", help="task family name or module:function of a Pyro model")
     parser.add_argument("--out", required=True, help="checkpoint folder (resumes if present)")
-    parser.add_argument("--config", help="task family arguments as JSON, e.g. '{\"dim\": 4}'")
+    parser.add_argument(
+        "--config",
+        help="task family arguments as JSON, e.g. '{\"dim\": 4}' (default: the family's own)",
+    )
     source = parser.add_argument_group("tasks of a module:function model")
     source.add_argument("--x-dim", type=int, help="covariates x ~ N(0, I) of this dimension")
     source.add_argument("--covariates", help="module:function drawing the covariates")
@@ -55,20 +58,32 @@ def add_parser(commands) -> None:
     source.add_argument("--y", nargs="+", help="observed column(s) of --data")
     source.add_argument("--group", help="column naming the dataset of each row of --data")
     guide = parser.add_argument_group("guide")
-    guide.add_argument("--posterior", default="full_rank", help="full_rank, low_rank, diagonal")
-    guide.add_argument("--encoder", default="set_transformer", help="set_transformer, deep_sets")
+    guide.add_argument(
+        "--posterior", default="full_rank", help="posterior family: full_rank, low_rank, diagonal"
+    )
+    guide.add_argument(
+        "--encoder", default="set_transformer", help="dataset encoder: set_transformer, deep_sets"
+    )
     guide.add_argument("--batch-size", type=int, default=64, help="rows per refinement step")
     budget = parser.add_argument_group("budget")
-    budget.add_argument("--steps", type=int, default=500)
-    budget.add_argument("--tasks-per-step", type=int, default=32)
-    budget.add_argument("--min-points", type=int, default=16)
-    budget.add_argument("--max-points", type=int, default=256)
+    budget.add_argument(
+        "--steps", type=int, default=500, help="optimizer steps in all, a resumed run's included"
+    )
+    budget.add_argument("--tasks-per-step", type=int, default=32, help="datasets per step")
+    budget.add_argument(
+        "--min-points", type=int, default=16, help="smallest training dataset (rows per task)"
+    )
+    budget.add_argument(
+        "--max-points", type=int, default=256, help="largest training dataset (rows per task)"
+    )
     budget.add_argument(
         "--objective", help="reverse_kl, forward_kl, mixed (default: mixed, reverse_kl for --data)"
     )
-    budget.add_argument("--learning-rate", type=float, default=1e-3)
-    budget.add_argument("--checkpoint-every", type=int, default=100)
-    budget.add_argument("--seed", type=int, default=0)
+    budget.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    budget.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints in --out"
+    )
+    budget.add_argument("--seed", type=int, default=0, help="seeds the training run")
     budget.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 

@@ -40,7 +40,25 @@ def test_bench_without_a_checkout(tmp_path, capsys):
     assert err.startswith("iai bench: error: no benchmarks/run_all.py under") and "\n" not in err
 
 
-def test_pretrained_lists_the_shipped_guides(capsys):
+def test_pretrained_lists_the_shipped_guides_and_their_assumptions(capsys):
     assert main(["pretrained"]) == 0
     out = capsys.readouterr().out
     assert "linear_regression:" in out and "python -m iai_prob.pretrained.train" in out
+    heads = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert heads == ["gaussian_mixture", "linear_regression", "logistic_regression"]
+    # in words: dimension, the fixed noise scale, the prior, the training sizes and scale
+    linear = out.split("\nlinear_regression:")[1].split("\nlogistic_regression:")[0]
+    for line in (
+        "data: 8 --x column(s) and 1 --y column(s)",
+        "fixed when trained (not inferred from the data):",
+        "noise_scale = 0.5: observation noise standard deviation σ",
+        "prior_scale = 1.0: prior standard deviation s₀ of each weight",
+        "trained on: datasets of 16 to 256 rows",
+        "iai infer warns outside x 0.44–2.2, y 0.65–9.5",
+    ):
+        assert line in linear, line
+    mixture = out.split("\nlinear_regression:")[0]
+    assert "noise_scale = 0.5: within-component standard deviation σ" in mixture
+    assert "data: 0 --x column(s) and 2 --y column(s)" in mixture
+    logistic = out.split("\nlogistic_regression:")[1]
+    assert "y: whole numbers, whose scale the model fixes (not checked)" in logistic

@@ -6,13 +6,35 @@ from iai_prob.cli import main
 def test_report_for_a_batch_of_groups(tmp_path, grouped_csv, capsys):
     out = tmp_path / "report.html"
     argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
-    argv += ["--group", "unit", "--max-groups", "3", "--num-samples", "100"]
+    argv += ["--group", "unit", "--max-groups", "3", "--num-samples", "100", "--passes", "2"]
     assert main([*argv, "--sbc-datasets", "0", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr()
-    assert "diagnosing 3 group(s) of 12 rows" in printed.err
-    assert "PSIS k̂" in printed.out
+    # 24 groups of sizes 12, 20, 33: the report covers 3 of the 8 of 12 rows, and says so
+    selection = (
+        "grouped.csv: only the first 3 of the 8 groups of 12 rows (the most common size; "
+        "raise --max-groups or name groups with --groups): g00, g03, g06; 21 of its 24 "
+        "groups are not in this report."
+    )
+    assert f"diagnosing {selection}" in printed.err
+    # the verdict covers the guide (k̂) and the model's fit (PPC, LOO)
+    assert "- PSIS k̂" in printed.out and "- Posterior predictive check: 3 of 3" in printed.out
+    assert "- PSIS-LOO (y) per dataset: p_loo median" in printed.out
+    # --passes 2 over 12 rows in mini-batches of 64: two refinement steps
+    assert "after 2 refinement steps" in printed.out
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+    assert selection in page and "after 2 refinement passes" in page
+    # group values and column names label the report
+    assert "w[g00, 0]" in page and "w[0, 0]" not in page
+    assert "x: x0, x1, x2, x3, x4, x5, x6, x7" in page
+
+
+def test_bad_passes_is_one_line_before_reading(tmp_path, grouped_csv, capsys):
+    argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
+    assert main([*argv, "--passes", "0", "--out", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "iai diagnose: error: --passes must be a positive integer, got 0"
+    )
 
 
 def test_group_selection_errors(tmp_path, grouped_csv, capsys):

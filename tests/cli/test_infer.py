@@ -47,3 +47,21 @@ def test_streamed_parquet_gives_the_full_inference_data(tmp_path, shipped_guide,
     exact = family.exact_posterior(x[0], y[0])
     mean = idata.posterior["w"].values.reshape(-1, 8).mean(0)
     assert np.abs(mean - exact.mean.numpy()).max() < 0.05
+
+
+def test_data_unlike_the_training_data_get_one_warning(tmp_path, make_grouped_frame, capsys):
+    from iai_prob import pretrained
+
+    frame = make_grouped_frame(pretrained.load("linear_regression").family, [12, 20] * 3)
+    frame["y"] *= 10  # the guide was trained on y of root mean square 1.3-4.8
+    frame.to_csv(tmp_path / "tenfold.csv", index=False)
+    out = tmp_path / "post.nc"
+    argv = ["infer", "linear_regression", str(tmp_path / "tenfold.csv"), "--x", "x0:x7"]
+    argv += ["--y", "y", "--group", "unit", "--out", str(out), "--num-samples", "20"]
+    assert main([*argv, "--no-progress"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "iai infer: warning: the data's scale is far outside what checkpoint "
+        "'linear_regression' was trained on: --y root mean square"
+    )
+    assert az.from_netcdf(out).posterior["w"].shape == (1, 20, 6, 8)  # the run completed
