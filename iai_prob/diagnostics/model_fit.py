@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["K_THRESHOLD", "PPC_BOUNDS", "ModelFit", "model_fit"]
+__all__ = [
+    "K_THRESHOLD",
+    "POINTS_PER_PARAMETER",
+    "PPC_BOUNDS",
+    "P_LOO_FACTOR",
+    "ModelFit",
+    "model_fit",
+]
 
 PPC_BOUNDS = (0.005, 0.995)
 """Posterior predictive p-values outside this interval fail the check."""
