@@ -41,9 +41,11 @@ __all__ = [
     "FolderInUseError",
     "RunMismatchError",
     "check_same_run",
+    "find_training_state",
     "flat_identity",
     "lock_folder",
     "make_folder",
+    "saved_identity",
 ]
 
 LOCK_NAME = ".training.lock"
@@ -145,6 +147,38 @@ def check_same_run(folder, saved: Mapping, requested: Mapping) -> None:
             for key in keys
         ]
         raise RunMismatchError(folder, differences)
+
+
+def find_training_state(folder) -> Path | None:
+    """``FOLDER/last`` if the folder holds a training state, ``None`` if it holds nothing
+    of a run; a guide without its training state is :class:`RunMismatchError` (starting a
+    run there would overwrite it)."""
+    folder = Path(folder)
+    if (folder / "last.json").exists():
+        return folder / "last"
+    if (folder / "guide.json").exists():
+        raise RunMismatchError(folder, "holds a guide but no training state (last.json) to resume")
+    return None
+
+
+_LEGACY_SETTINGS = ("seed", "objective", "tasks_per_step", "num_points", "greedy", "max_passes")
+
+
+def saved_identity(card: Mapping) -> dict:
+    """The identity a training card records under ``run``; a card of an earlier version
+    has none, and gives what its ``budget`` records (``seed``, ``objective``, …), its
+    ``kind`` and its ``backend`` (``"torch"`` where unnamed)."""
+    if isinstance(card.get("run"), dict):
+        return dict(card["run"])
+    budget = card.get("budget")
+    budget = budget if isinstance(budget, dict) else {}
+    return flat_identity(
+        {
+            "kind": card.get("kind"),
+            "backend": card.get("backend", "torch"),
+            **{key: budget[key] for key in _LEGACY_SETTINGS if key in budget},
+        }
+    )
 
 
 def make_folder(path) -> Path:

@@ -14,8 +14,10 @@ come from
   (reverse KL only: real data have no true latents).
 
 Training shows a progress bar, checkpoints every ``--checkpoint-every`` steps into
-``--out`` and resumes from there when run again; the guide is ``OUT/guide.json`` and
-``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
+``--out`` and resumes from there when run again with the same model and settings (a
+folder holding another run is refused, naming what differs; ``--overwrite`` starts
+again); the same ``--seed`` gives the same guide, bit for bit. The guide is
+``OUT/guide.json`` and ``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("model", help="task family name or module:function of a Pyro model")
     parser.add_argument("--out", required=True, help="checkpoint folder (resumes if present)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out that holds another run (default: resume the same run only)",
+    )
     parser.add_argument(
         "--config",
         help="task family arguments as JSON, e.g. '{\"dim\": 4}' (default: the family's own)",
@@ -120,8 +127,6 @@ def _user_tasks(args):
         covariates = import_object(args.covariates, option="--covariates")
     else:
         dim = args.x_dim
-        if dim < 0:
-            raise ValueError(f"--x-dim must be >= 0, got {dim}")
 
         def covariates(num_tasks, num_points, generator):
             return (torch.randn(num_tasks, num_points, dim, generator=generator),)
@@ -139,13 +144,43 @@ def _entrypoint(spec: str) -> str:
     return f"{module}:{name}"
 
 
+def _check_budget(args) -> None:
+    """One line for the first bad budget or guide option, before any work starts."""
+    from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
+
+    for option in ("steps", "tasks_per_step", "checkpoint_every", "batch_size"):
+        check_positive_int("--" + option.replace("_", "-"), getattr(args, option))
+    check_non_negative_int("--seed", args.seed)
+    if args.x_dim is not None:
+        check_non_negative_int("--x-dim", args.x_dim)
+    check_positive("--learning-rate", args.learning_rate)
+    if not 1 <= args.min_points <= args.max_points:
+        raise ValueError(
+            "--min-points and --max-points must satisfy 1 <= min <= max, got "
+            f"{args.min_points} and {args.max_points}"
+        )
+
+
+def _family(name: str, config: str | None):
+    from iai_prob.models import FAMILIES
+
+    try:
+        options = json.loads(config) if config else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config is not valid JSON ({error}): {config!r}") from None
+    try:
+        return FAMILIES[name].from_config(options)
+    except ValueError as error:
+        raise ValueError(f"--config: {error}") from None
+
+
 def run(args) -> int:
-    """Train, checkpoint, and write ``OUT/guide`` with the command in its card."""
-    from pathlib import Path
-
+    """Train, checkpointing ``OUT/last`` and ``OUT/guide`` with the command in its card."""
     from iai_prob.inference import IterativeAmortizedGuide, fit
-    from iai_prob.models import FAMILIES, get_family
+    from iai_prob.models import FAMILIES
+    from iai_prob.training_folder import RunMismatchError
 
+    _check_budget(args)
     card = {"command": "iai " + shlex.join(args.argv)}
     if ":" in args.model:
         if args.config:
@@ -153,8 +188,7 @@ def run(args) -> int:
         model, tasks = _user_tasks(args)
         card["entrypoint"] = _entrypoint(args.model)
     elif args.model in FAMILIES:
-        config = json.loads(args.config) if args.config else {}
-        model = tasks = get_family(args.model, **config)
+        model = tasks = _family(args.model, args.config)
     else:
         raise ValueError(
             f"unknown model {args.model!r}: give a task family ({', '.join(sorted(FAMILIES))}) "
@@ -164,29 +198,26 @@ def run(args) -> int:
     guide = IterativeAmortizedGuide(
         model, family=args.posterior, encoder=args.encoder, batch_size=args.batch_size
     )
-    result = fit(
-        guide,
-        tasks,
-        steps=args.steps,
-        tasks_per_step=args.tasks_per_step,
-        num_points=(args.min_points, args.max_points),
-        objective=objective,
-        learning_rate=args.learning_rate,
-        checkpoint_dir=args.out,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    budget = {
-        "steps": args.steps,
-        "tasks_per_step": args.tasks_per_step,
-        "num_points": [args.min_points, args.max_points],
-        "objective": objective,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "seconds": result.seconds,
-    }
-    guide.save(Path(args.out) / "guide", budget=budget, final_loss=result.losses[-1], **card)
+    try:
+        result = fit(
+            guide,
+            tasks,
+            steps=args.steps,
+            tasks_per_step=args.tasks_per_step,
+            num_points=(args.min_points, args.max_points),
+            objective=objective,
+            learning_rate=args.learning_rate,
+            checkpoint_dir=args.out,
+            checkpoint_every=args.checkpoint_every,
+            resume=not args.overwrite,
+            seed=args.seed,
+            progress=not args.no_progress,
+            guide_card=card,
+        )
+    except RunMismatchError as error:
+        raise ValueError(
+            f"--out {args.out} {error.description}; pass --overwrite to start again"
+        ) from None
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s (final loss "
         f"{result.losses[-1]:.4g}); guide in {args.out}/guide.json\n"

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -54,7 +53,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
+from iai_prob.fit_options import check_fit_options
 from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.numerics import flush_denormals
@@ -159,31 +158,6 @@ def _global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _check_options(steps, tasks_per_step, num_points, checkpoint_every, seed, **options):
-    """One ``ValueError`` naming the first bad option of :func:`fit`, before any work."""
-    check_positive_int("steps", steps)
-    check_positive_int("tasks_per_step", tasks_per_step)
-    check_positive_int("checkpoint_every", checkpoint_every)
-    check_non_negative_int("seed", seed)
-    for name in ("max_passes", "num_samples"):
-        check_positive_int(name, options[name])
-    check_non_negative_int("max_skipped", options["max_skipped"])
-    check_positive("clip_norm", options["clip_norm"])
-    learning_rate = float(options["learning_rate"])
-    if not math.isfinite(learning_rate) or learning_rate < 0:  # 0 builds without training
-        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
-    points = tuple(num_points) if isinstance(num_points, Sequence) else ()
-    if (
-        len(points) != 2
-        or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in points)
-        or not 1 <= points[0] <= points[1]
-    ):
-        raise ValueError(
-            f"num_points must be (lo, hi), integers with 1 <= lo <= hi, got {num_points!r}"
-        )
-    return int(points[0]), int(points[1])
-
-
 def fit(
     guide,
     tasks,
@@ -244,12 +218,12 @@ def fit(
         (e.g. the command that trained it).
     :returns: a :class:`FitResult`.
     """
-    low, high = _check_options(
-        steps,
-        tasks_per_step,
-        num_points,
-        checkpoint_every,
-        seed,
+    low, high = check_fit_options(
+        steps=steps,
+        tasks_per_step=tasks_per_step,
+        num_points=num_points,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
         max_passes=max_passes,
         num_samples=num_samples,
         max_skipped=max_skipped,

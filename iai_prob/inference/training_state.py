@@ -6,7 +6,8 @@ modules, the optimizer's state, the step, the losses and the run's identity
 objective, …). :func:`resume_training` continues a run only if its identity and weight
 shapes are the requested ones, else raises
 :class:`~iai_prob.training_folder.RunMismatchError` naming the differences; a card of an
-earlier version, without an identity, is checked by the settings its budget records.
+earlier version, without an identity, is checked by the settings its budget records
+(:func:`~iai_prob.training_folder.saved_identity`).
 The card is written with a single commit point (``versioned=True``,
 :func:`~iai_prob.inference.checkpoint.write_checkpoint`): a process killed at any
 instant leaves the previous state or the new one.
@@ -20,7 +21,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from iai_prob.inference.checkpoint import model_identity, read_checkpoint, write_checkpoint
-from iai_prob.training_folder import RunMismatchError, check_same_run, flat_identity
+from iai_prob.training_folder import (
+    RunMismatchError,
+    check_same_run,
+    find_training_state,
+    flat_identity,
+    saved_identity,
+)
 
 if TYPE_CHECKING:
     from iai_prob.inference.training import FitResult
@@ -46,23 +53,6 @@ def run_identity(guide, source, optimizer, settings: dict) -> dict:
     identity["optimizer"] = type(optimizer).__qualname__
     identity["learning_rate"] = float(optimizer.param_groups[0]["lr"])
     return flat_identity(identity)
-
-
-_LEGACY_SETTINGS = ("seed", "objective", "tasks_per_step", "num_points", "greedy", "max_passes")
-
-
-def _saved_identity(card: dict) -> dict:
-    """The identity a training card records (cards of earlier versions: their budget)."""
-    if isinstance(card.get("run"), dict):
-        return card["run"]
-    budget = card.get("budget", {})
-    return flat_identity(
-        {
-            "kind": card.get("kind"),
-            "backend": card.get("backend", "torch"),
-            **{key: budget[key] for key in _LEGACY_SETTINGS if key in budget},
-        }
-    )
 
 
 def save_training(path: Path, trainable, optimizer, result: FitResult, budget, identity) -> None:
@@ -101,15 +91,11 @@ def resume_training(
     :raises RunMismatchError: the folder holds another run (naming the differences), weights
         of other shapes, or a guide without training state (which starting would overwrite).
     """
-    last = folder / "last"
-    if not last.with_suffix(".json").exists():
-        if (folder / "guide.json").exists():
-            raise RunMismatchError(
-                folder, "holds a guide but no training state (last.json) to resume"
-            )
+    last = find_training_state(folder)
+    if last is None:
         return
     tensors, card = read_checkpoint(last, device=device)
-    check_same_run(folder, _saved_identity(card), identity)
+    check_same_run(folder, saved_identity(card), identity)
     tensors.pop("rng.torch", None)  # earlier versions' global RNG state: no step reads it now
     weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
     expected = {k: list(v.shape) for k, v in trainable.state_dict().items()}

@@ -1,11 +1,17 @@
-"""``iai train``: task families and a user's own ``module:function`` model, resumable."""
+"""``iai train``: task families and a user's own ``module:function`` model, resumable,
+reproducible, one run per ``--out``, and one-line errors for bad options."""
 
 import json
+import os
 import textwrap
 
 import arviz as az
+import pytest
+import torch
 
 from iai_prob.cli import main
+from iai_prob.inference.checkpoint import read_checkpoint
+from iai_prob.training_folder import lock_folder
 
 TINY = ["--steps", "2", "--tasks-per-step", "4", "--min-points", "8", "--max-points", "24"]
 TINY += ["--encoder", "deep_sets", "--no-progress"]
@@ -56,6 +62,7 @@ def test_user_model_trains_and_infers(tmp_path, monkeypatch, make_grouped_frame,
     assert card["entrypoint"] == "my_models:model" and card["layout"][0][0] == "w"
     make_grouped_frame(shipped_guide.family, [10, 10, 14]).to_csv("d.csv", index=False)
     argv = ["infer", "runs/mine", "d.csv", "--x", "x0:x7", "--y", "y", "--group", "unit"]
+    argv += ["--model", "my_models:model"]  # a model is imported only from the command line
     assert main([*argv, "--out", "post.nc", "--num-samples", "50", "--no-progress"]) == 0
     posterior = az.from_netcdf("post.nc").posterior
     assert set(posterior.data_vars) == {"w", "sigma"} and posterior.sizes["group"] == 3
@@ -72,3 +79,110 @@ def test_user_model_from_real_datasets(tmp_path, make_grouped_frame, shipped_gui
     card = json.loads((out / "guide.json").read_text())
     assert card["budget"]["objective"] == "reverse_kl"
     assert card["entrypoint"] == f"{tmp_path / 'models.py'}:model"
+
+
+def _family_argv(out, *extra):
+    config = ["--config", '{"dim": 2}']
+    return ["train", "linear_regression", *config, "--out", str(out), *TINY, *extra]
+
+
+def _last(out):
+    return read_checkpoint(out / "last")
+
+
+def test_the_same_command_gives_the_same_guide_bit_for_bit(tmp_path):
+    resumed, straight, other = tmp_path / "resumed", tmp_path / "straight", tmp_path / "other"
+    assert main(_family_argv(resumed)) == 0  # 2 steps, then resumed to 3
+    assert main([*_family_argv(resumed), "--steps", "3"]) == 0
+    assert main([*_family_argv(straight), "--steps", "3"]) == 0
+    (tensors, card), (expected, expected_card) = _last(resumed), _last(straight)
+    assert card["losses"] == expected_card["losses"]
+    assert tensors.keys() == expected.keys()
+    assert all(torch.equal(tensors[name], value) for name, value in expected.items())
+    assert main([*_family_argv(other), "--steps", "3", "--seed", "1"]) == 0
+    assert _last(other)[1]["losses"] != expected_card["losses"]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--seed", "1"], "holds a run with seed 0, not 1; pass --overwrite to start again"),
+        (["--objective", "reverse_kl"], "holds a run with objective 'mixed', not 'reverse_kl'"),
+        (["--posterior", "diagonal"], "posterior family 'full_rank', not 'diagonal'"),
+        (["--batch-size", "8"], "batch size 64, not 8"),
+        (["--learning-rate", "0.01"], "learning rate 0.001, not 0.01"),
+        (["--max-points", "32"], "points per task [8, 24], not [8, 32]"),
+    ],
+    ids=["seed", "objective", "posterior", "batch-size", "learning-rate", "points"],
+)
+def test_an_out_holding_another_run_is_refused(change, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_family_argv(out)) == 0
+    err = _error(capsys, [*_family_argv(out), *change])
+    assert err.startswith(f"iai train: error: --out {out} holds a run with")
+    assert message in err
+    assert _last(out)[1]["step"] == 2  # untouched
+
+
+def test_another_model_is_refused_and_overwrite_starts_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_family_argv(out)) == 0
+    argv = _family_argv(out)
+    argv[argv.index("--config") + 1] = '{"dim": 3}'
+    err = _error(capsys, argv)  # weights of another shape: one line, no state-dict traceback
+    assert "holds a run with model linear_regression(dim=2, " in err
+    assert "not linear_regression(dim=3, " in err
+    assert main([*argv, "--overwrite"]) == 0
+    _, card = _last(out)
+    assert card["run"]["model"]["config"]["dim"] == 3 and card["step"] == 2
+    assert main(argv) == 0  # now it is the folder's run, and resumes
+
+
+def test_an_out_in_use_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with lock_folder(out):
+        err = _error(capsys, _family_argv(out))
+    assert f"is in use by another training process (pid {os.getpid()})" in err
+    assert not (out / "last.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--steps", "-1"], "--steps must be a positive integer, got -1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be a positive integer, got 0"),
+        (["--tasks-per-step", "0"], "--tasks-per-step must be a positive integer, got 0"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["--min-points", "0"], "--min-points and --max-points must satisfy 1 <= min <= max"),
+        (["--min-points", "30"], "got 30 and 24"),
+        (["--learning-rate", "-1"], "--learning-rate must be a positive finite number"),
+        (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+        (["--config", '{"dimm": 2}'], "--config: linear_regression takes no option 'dimm'; its"),
+        (["--config", '{"dim": 2'], "--config is not valid JSON"),
+        (["--config", "[2]"], "--config: linear_regression: the configuration must be an object"),
+        (["--config", '{"dim": null}'], "--config: linear_regression: bad configuration"),
+        (["--config", '{"dim": 0}'], "--config: dim must be a positive integer, got 0"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_options_are_one_line_before_any_work(change, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*_family_argv(out), *change])
+    assert err.startswith("iai train: error: ") and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_an_out_that_cannot_be_a_folder_is_refused(where, tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "run"
+    assert "taken is a file" in _error(capsys, _family_argv(out))

@@ -1,0 +1,64 @@
+"""The options both backends' ``fit`` take, checked alike before any work.
+
+:func:`iai_prob.inference.fit` (PyTorch) and :func:`iai_prob.numpyro.fit` (JAX) refuse
+the same bad budgets with the same one-line ``ValueError``, naming the option, before
+they sample a task, build a guide or touch the training folder. Imports neither torch
+nor JAX.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
+
+__all__ = ["check_fit_options"]
+
+
+def check_fit_options(
+    *,
+    steps,
+    tasks_per_step,
+    num_points,
+    checkpoint_every,
+    seed,
+    max_passes,
+    num_samples,
+    max_skipped,
+    learning_rate,
+    clip_norm,
+) -> tuple[int, int]:
+    """Refuse the first bad option with a ``ValueError`` naming it; return ``num_points``
+    as ``(lo, hi)`` ints.
+
+    ``steps``, ``tasks_per_step``, ``checkpoint_every``, ``max_passes`` and
+    ``num_samples`` are positive integers; ``seed`` and ``max_skipped`` non-negative
+    integers; ``clip_norm`` a positive number; ``learning_rate`` a finite number ``>= 0``
+    (``0`` builds a guide without changing it); ``num_points`` two integers
+    ``1 <= lo <= hi``.
+    """
+    for name, value in (
+        ("steps", steps),
+        ("tasks_per_step", tasks_per_step),
+        ("checkpoint_every", checkpoint_every),
+        ("max_passes", max_passes),
+        ("num_samples", num_samples),
+    ):
+        check_positive_int(name, value)
+    check_non_negative_int("seed", seed)
+    check_non_negative_int("max_skipped", max_skipped)
+    check_positive("clip_norm", clip_norm)
+    if not math.isfinite(float(learning_rate)) or learning_rate < 0:
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
+    points = tuple(num_points) if isinstance(num_points, Sequence) else ()
+    if (
+        len(points) != 2
+        or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in points)
+        or not 1 <= points[0] <= points[1]
+    ):
+        raise ValueError(
+            f"num_points must be (lo, hi), integers with 1 <= lo <= hi, got {num_points!r}"
+        )
+    return int(points[0]), int(points[1])
