@@ -1,6 +1,7 @@
 """The HTML report: self-contained, every section drawn, findings measured, names kept,
 truncation said, and a verdict on the model's fit as well as the guide's."""
 
+import json
 import re
 
 import numpy as np
@@ -51,6 +52,7 @@ def test_report_for_one_dataset(guide, tmp_path):
     assert set(findings["verdict"]) == {"guide", "posterior_predictive", "loo", "sbc"}
     assert findings["verdict"]["posterior_predictive"] and findings["verdict"]["loo"]
     assert findings["loo"]["p_loo"] <= 2 * 8
+    json.dumps(findings)  # JSON-friendly, as documented
 
 
 def test_report_for_a_batch(guide, tmp_path):
@@ -71,6 +73,7 @@ def test_report_for_a_batch(guide, tmp_path):
     )
     findings = result.findings
     assert len(findings["khat"]) == 6 and findings["datasets"] == names
+    json.dumps(findings)
     text = result.path.read_text()
     # names, not indices, in the posterior table; the columns named in the header
     assert "w[school_0, 0]" in text and "w[0, 0]" not in text
