@@ -13,8 +13,10 @@ One compilation serves the whole run: every step simulates ``hi`` points and mas
 steps, the missing ones being no-ops (``lax.cond``) that carry no loss. Checkpoints hold
 the guide in the shared format (``guide.safetensors`` + ``.json``, loadable by PyTorch)
 and the training state (``last``: parameters, optax state, step, losses); every step's
-tasks and noise are seeded by ``(seed, step)``, so a resumed run reproduces the
-uninterrupted one.
+tasks and noise are keyed by ``(seed, step)``, so the same seed gives the same run bit
+for bit and a resumed run reproduces the uninterrupted one. As in PyTorch, the folder
+holds one run (:mod:`iai_prob.training_folder`: locked while training, and resuming
+refuses another model or other settings).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +35,26 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
+from iai_prob.fit_options import check_fit_options
+from iai_prob.numpyro.checkpoint import (
+    model_identity,
+    read_checkpoint,
+    save_guide,
+    write_checkpoint,
+)
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh
 from iai_prob.numpyro.xla_guard import serial_task_limit
+from iai_prob.training_folder import (
+    RunMismatchError,
+    check_same_run,
+    find_training_state,
+    flat_identity,
+    lock_folder,
+    make_folder,
+    saved_identity,
+)
 
 __all__ = ["FitResult", "fit"]
 
@@ -197,134 +215,177 @@ def fit(
     from iai_prob.numpyro.models.base import TaskFamily
     from iai_prob.numpyro.sources import PriorPredictiveTasks
 
+    low, high = check_fit_options(
+        steps=steps,
+        tasks_per_step=tasks_per_step,
+        num_points=num_points,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        max_passes=max_passes,
+        num_samples=num_samples,
+        max_skipped=max_skipped,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+    )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    low, high = num_points
-    if not 1 <= low <= high:
-        raise ValueError(f"num_points must be (lo, hi) with 1 <= lo <= hi, got {num_points!r}")
     if not isinstance(tasks, TaskFamily | PriorPredictiveTasks):
         raise ValueError(
             "tasks must be a task family of iai_prob.numpyro.models (a simulator) or "
             "iai_prob.numpyro.sources.PriorPredictiveTasks(model, covariates); "
             f"got {tasks!r}"
         )
-    if int(max_passes) != max_passes or max_passes < 1:
-        raise ValueError(f"max_passes must be a positive integer, got {max_passes!r}")
     batch_size = guide.config["batch_size"]
     if guide.config["num_steps"] is not None:
         raise ValueError("fit trains guides with num_steps=None (passes over the data)")
-    mesh = task_mesh(devices, tasks_per_step)
-    root = jax.random.PRNGKey(seed)
-    _, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
-    task = guide.prepare(x, y)
-    _check_serial_lapack(task.layout.latent_dim, tasks_per_step // mesh.size)
-    if guide._static is None:
-        guide._setup_prototype(x, y)
-    if params is None:
-        params = guide.params_of(guide.build(*guide.dims))
-    arrays = params[guide.param_name]
-    optimizer = optimizer or optax.chain(
-        optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate)
-    )
-    opt_state = optimizer.init(arrays)
-    result = FitResult()
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    last = checkpoint_dir / "last" if checkpoint_dir is not None else None
-    if resume and last is not None and last.with_suffix(".json").exists():
-        arrays, opt_state = _load_training(last, arrays, opt_state, result)
-    arrays, opt_state = mesh.replicate((arrays, opt_state))
-    budget = {
-        "steps": steps,
-        "tasks_per_step": tasks_per_step,
-        "num_points": [low, high],
-        "objective": objective,
-        "greedy": greedy,
-        "max_passes": max_passes,
-        "seed": seed,
-        "backend": "jax",
-    }
-    max_steps = max_passes * math.ceil(high / batch_size)
-    loss_fn = _make_loss(
-        guide,
-        task.log_joint,
-        objective=objective,
-        greedy=greedy,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        max_steps=max_steps,
-    )
-    exact = tasks.has_exact_posterior and all(site.is_real for site in task.layout.sites)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    with ExitStack() as held:
+        if folder is not None:
+            make_folder(folder)
+            held.enter_context(lock_folder(folder))
+        mesh = task_mesh(devices, tasks_per_step)
+        root = jax.random.PRNGKey(seed)
+        _, x, y = tasks.sample(jax.random.fold_in(root, 2**31 - 1), tasks_per_step, high)
+        task = guide.prepare(x, y)
+        _check_serial_lapack(task.layout.latent_dim, tasks_per_step // mesh.size)
+        if guide._static is None:
+            guide._setup_prototype(x, y)
+        if params is None:
+            params = guide.params_of(guide.build(*guide.dims))
+        arrays = params[guide.param_name]
+        custom_optimizer = optimizer is not None
+        optimizer = optimizer or optax.chain(
+            optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate)
+        )
+        opt_state = optimizer.init(arrays)
+        result = FitResult()
+        settings = {
+            "seed": seed,
+            "objective": objective,
+            "tasks_per_step": tasks_per_step,
+            "num_points": [low, high],
+            "greedy": greedy,
+            "max_passes": max_passes,
+            "num_samples": num_samples,
+            "clip_norm": clip_norm,
+            "learning_rate": None if custom_optimizer else learning_rate,
+        }
+        identity = _run_identity(guide, tasks, custom_optimizer, settings)
+        last = find_training_state(folder) if folder is not None and resume else None
+        if last is not None:
+            arrays, opt_state = _load_training(last, arrays, opt_state, result, identity)
+        arrays, opt_state = mesh.replicate((arrays, opt_state))
+        budget = {"steps": steps, **settings, "backend": "jax"}
+        max_steps = max_passes * math.ceil(high / batch_size)
+        loss_fn = _make_loss(
+            guide,
+            task.log_joint,
+            objective=objective,
+            greedy=greedy,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            max_steps=max_steps,
+        )
+        exact = tasks.has_exact_posterior and all(site.is_real for site in task.layout.sites)
 
-    @jax.jit
-    def train_step(arrays, opt_state, key):
-        data_key, size_key, pass_key, loss_key = jax.random.split(key, 4)
-        size = jax.random.randint(size_key, (), low, high + 1)
-        passes = jax.random.randint(pass_key, (), 1, max_passes + 1)
-        theta, x, y = tasks.sample(data_key, tasks_per_step, high)
-        theta, x, y = mesh.shard_tasks((theta, x, y))
-        data = guide.prepare(x, y).data
-        valid = jnp.arange(high) < size
-        data = eqx.tree_at(lambda d: (d.mask, d.total_points), data, (valid, size.astype(x.dtype)))
-        true_z = task.layout.pack(theta, batch_ndim=1)
-        (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            arrays, data, true_z, size, passes, loss_key
-        )
-        finite = jnp.isfinite(loss)
-        updates, new_opt_state = optimizer.update(grads, opt_state, arrays)
-        new_arrays = optax.apply_updates(arrays, updates)
-        arrays = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_arrays, arrays)
-        opt_state = jax.tree_util.tree_map(
-            lambda n, o: jnp.where(finite, n, o), new_opt_state, opt_state
-        )
-        kl = jnp.nan
-        if exact:
-            x_valid = jnp.where(valid[None, :, None], x, 0.0)
-            y_valid = jnp.where(valid[None, :], y, 0.0)
-            kl = jnp.median(
-                kl_to_exact(final.loc, final.precision, tasks.exact_posterior(x_valid, y_valid))
+        @jax.jit
+        def train_step(arrays, opt_state, key):
+            data_key, size_key, pass_key, loss_key = jax.random.split(key, 4)
+            size = jax.random.randint(size_key, (), low, high + 1)
+            passes = jax.random.randint(pass_key, (), 1, max_passes + 1)
+            theta, x, y = tasks.sample(data_key, tasks_per_step, high)
+            theta, x, y = mesh.shard_tasks((theta, x, y))
+            data = guide.prepare(x, y).data
+            valid = jnp.arange(high) < size
+            data = eqx.tree_at(
+                lambda d: (d.mask, d.total_points), data, (valid, size.astype(x.dtype))
             )
-        return arrays, opt_state, loss, kl
-
-    bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
-    started = time.perf_counter() - result.seconds
-    while result.steps < steps:
-        key = jax.random.fold_in(root, result.steps)
-        step_started = time.perf_counter()
-        arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
-        loss_value = float(loss)
-        result.step_seconds.append(time.perf_counter() - step_started)
-        if not math.isfinite(loss_value):
-            result.skipped += 1
-            if result.skipped > max_skipped:
-                raise FloatingPointError(
-                    f"fit: {result.skipped} non-finite losses (more than max_skipped="
-                    f"{max_skipped}); lower the learning rate or check the model"
+            true_z = task.layout.pack(theta, batch_ndim=1)
+            (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                arrays, data, true_z, size, passes, loss_key
+            )
+            finite = jnp.isfinite(loss)
+            updates, new_opt_state = optimizer.update(grads, opt_state, arrays)
+            new_arrays = optax.apply_updates(arrays, updates)
+            arrays = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(finite, n, o), new_arrays, arrays
+            )
+            opt_state = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(finite, n, o), new_opt_state, opt_state
+            )
+            kl = jnp.nan
+            if exact:
+                x_valid = jnp.where(valid[None, :, None], x, 0.0)
+                y_valid = jnp.where(valid[None, :], y, 0.0)
+                kl = jnp.median(
+                    kl_to_exact(final.loc, final.precision, tasks.exact_posterior(x_valid, y_valid))
                 )
-        result.steps += 1
-        result.losses.append(loss_value)
-        postfix = {"loss": f"{loss_value:.4g}"}
-        if exact and (result.steps % 10 == 0 or result.steps == steps):
-            result.kls.append((result.steps, float(kl)))
-            postfix["kl"] = f"{float(kl):.3g}"
-        bar.set_postfix(postfix)
-        bar.update(1)
-        result.seconds = time.perf_counter() - started
-        if last is not None and (result.steps % checkpoint_every == 0 or result.steps == steps):
-            result.params = {guide.param_name: arrays}
-            _save_training(last, arrays, opt_state, result, budget)
-            save_guide(
-                guide,
-                result.params,
-                checkpoint_dir / "guide",
-                budget=budget,
-                seconds=result.seconds,
-            )
-    bar.close()
-    result.params = {guide.param_name: arrays}
-    return result
+            return arrays, opt_state, loss, kl
+
+        bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
+        started = time.perf_counter() - result.seconds
+        while result.steps < steps:
+            key = jax.random.fold_in(root, result.steps)
+            step_started = time.perf_counter()
+            arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
+            loss_value = float(loss)
+            result.step_seconds.append(time.perf_counter() - step_started)
+            if not math.isfinite(loss_value):
+                result.skipped += 1
+                if result.skipped > max_skipped:
+                    raise FloatingPointError(
+                        f"fit: {result.skipped} non-finite losses (more than max_skipped="
+                        f"{max_skipped}); lower the learning rate or check the model"
+                    )
+            result.steps += 1
+            result.losses.append(loss_value)
+            postfix = {"loss": f"{loss_value:.4g}"}
+            if exact and (result.steps % 10 == 0 or result.steps == steps):
+                result.kls.append((result.steps, float(kl)))
+                postfix["kl"] = f"{float(kl):.3g}"
+            bar.set_postfix(postfix)
+            bar.update(1)
+            result.seconds = time.perf_counter() - started
+            at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
+            if folder is not None and at_checkpoint:
+                result.params = {guide.param_name: arrays}
+                _save_training(folder / "last", arrays, opt_state, result, budget, identity)
+                save_guide(
+                    guide,
+                    result.params,
+                    folder / "guide",
+                    budget=budget,
+                    seconds=result.seconds,
+                )
+        bar.close()
+        result.params = {guide.param_name: arrays}
+        return result
 
 
-def _save_training(path: Path, arrays, opt_state, result: FitResult, budget: dict) -> None:
+def _run_identity(guide, tasks, custom_optimizer: bool, settings: dict) -> dict:
+    """What defines a run (:mod:`iai_prob.training_folder`), flat, as the card stores it."""
+    if hasattr(tasks, "covariates"):  # a user model's prior predictive
+        source = {
+            "prior_predictive": getattr(tasks.model, "__qualname__", repr(tasks.model)),
+            "covariates": getattr(tasks.covariates, "__qualname__", repr(tasks.covariates)),
+        }
+    else:
+        source = {"family": tasks.name, "config": tasks.config()}
+    return flat_identity(
+        {
+            "kind": "training",
+            "backend": "jax",
+            "model": model_identity(guide),
+            "layout": guide.layout_signature,
+            "guide": guide.config,
+            "tasks": source,
+            "optimizer": "custom" if custom_optimizer else "adam",
+            **settings,
+        }
+    )
+
+
+def _save_training(path: Path, arrays, opt_state, result: FitResult, budget, identity) -> None:
     card = {
         "kind": "training",
         "backend": "jax",
@@ -334,14 +395,25 @@ def _save_training(path: Path, arrays, opt_state, result: FitResult, budget: dic
         "seconds": result.seconds,
         "skipped": result.skipped,
         "budget": budget,
+        "run": identity,
     }
     write_checkpoint(path, _training_tensors(arrays, opt_state), card)
 
 
-def _load_training(path: Path, arrays, opt_state, result: FitResult):
+def _load_training(path: Path, arrays, opt_state, result: FitResult, identity):
+    """The saved parameters and optax state if ``path`` holds this run (else
+    :class:`~iai_prob.training_folder.RunMismatchError`); fills ``result``."""
     tensors, card = read_checkpoint(path)
-    if card.get("kind") != "training" or card.get("backend") != "jax":
-        raise ValueError(f"{path} is not a JAX training checkpoint; remove it or pass resume=False")
+    check_same_run(path.parent, saved_identity(card), identity)
+    expected = _training_tensors(arrays, opt_state)
+    shapes = {k: list(np.shape(v)) for k, v in expected.items()}
+    found = {k: list(np.shape(v)) for k, v in tensors.items()}
+    differing = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))
+    if differing:
+        raise RunMismatchError(
+            path.parent,
+            [(f"weight {k} of shape", found.get(k), shapes.get(k)) for k in differing[:2]],
+        )
     params_leaves, params_def = jax.tree_util.tree_flatten(arrays)
     opt_leaves, opt_def = jax.tree_util.tree_flatten(opt_state)
     arrays = jax.tree_util.tree_unflatten(

@@ -1,4 +1,5 @@
-"""``fit`` in JAX: one compiled step, checkpoints both backends load, exact resume."""
+"""``fit`` in JAX: one compiled step, checkpoints both backends load, the same seed gives
+the same run (resumed or not), and a training folder holds one run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpyro.distributions as dist
 import pytest
 import torch
 
+from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
+from iai_prob.inference import fit as torch_fit
 from iai_prob.inference.checkpoint import load_guide as load_torch_guide
 from iai_prob.models import LinearRegression as TorchLinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
@@ -20,6 +23,7 @@ from iai_prob.numpyro.models import LinearRegression
 from iai_prob.numpyro.objectives import kl_to_exact
 from iai_prob.numpyro.refinement import batches_to_schedule
 from iai_prob.numpyro.sources import PriorPredictiveTasks
+from iai_prob.training_folder import FolderInUseError, RunMismatchError, lock_folder
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
 OPTIONS = {"tasks_per_step": 4, "num_points": (8, 32), "objective": "mixed", "progress": False}
@@ -39,7 +43,21 @@ def test_fit_resumes_exactly_and_pytorch_loads_the_result(tmp_path):
     guide = _guide()
     fit(guide, family, steps=2, checkpoint_dir=tmp_path, checkpoint_every=1, **OPTIONS)
     resumed = fit(guide, family, steps=3, checkpoint_dir=tmp_path, **OPTIONS)
-    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-5)
+    # the same seed, bit for bit: two runs, one of them killed (here: stopped) and resumed
+    assert resumed.losses == full.losses
+    for a, b in zip(
+        jax.tree_util.tree_leaves(resumed.params),
+        jax.tree_util.tree_leaves(full.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the folder holds this run: another seed or another model is refused before compiling
+    with pytest.raises(RunMismatchError, match="holds a run with seed 0, not 1"):
+        fit(_guide(), family, steps=4, checkpoint_dir=tmp_path, seed=1, **OPTIONS)
+    other = LinearRegression(dim=3)
+    with pytest.raises(RunMismatchError, match=r"model linear_regression\(dim=2, .*dim=3"):
+        guide_3 = IterativeAmortizedGuide(other, batch_size=16, **SMALL)
+        fit(guide_3, other, steps=4, checkpoint_dir=tmp_path, **OPTIONS)
 
     # the JAX-trained guide loads back in JAX and in PyTorch, and both refine alike
     jax_guide, params = load_guide(tmp_path / "guide", family)
@@ -66,6 +84,9 @@ def test_fit_rejects_bad_options():
         fit(_guide(), family, objective="elbo")
     with pytest.raises(ValueError, match="num_points"):
         fit(_guide(), family, num_points=(0, 4))
+    for option, value in [("steps", 0), ("checkpoint_every", 0), ("tasks_per_step", 0)]:
+        with pytest.raises(ValueError, match=f"{option} must be a positive integer, got 0"):
+            fit(_guide(), family, **{option: value})
     with pytest.raises(ValueError, match="tasks must be a task family"):
         fit(_guide(), [(np.zeros((3, 2)), np.zeros(3))])
     # more tasks of D = 8 per step than stay serial in jaxlib's LAPACK (390) hung on 2 cores
@@ -121,3 +142,14 @@ def test_fit_trains_on_a_user_model_s_prior_predictive():
     exact = family.exact_posterior(x[0], y[0])
     kl = float(kl_to_exact(posterior.mean, posterior.precision_matrix, exact))
     assert kl < 0.05, kl
+
+
+def test_a_folder_in_use_or_holding_a_pytorch_run_is_refused(tmp_path):
+    family = LinearRegression(dim=2)
+    with lock_folder(tmp_path), pytest.raises(FolderInUseError, match="in use"):
+        fit(_guide(), family, steps=1, checkpoint_dir=tmp_path, **OPTIONS)
+    torch_family = TorchLinearRegression(dim=2)
+    torch_guide = TorchGuide(torch_family, batch_size=16, **SMALL)
+    torch_fit(torch_guide, torch_family, steps=1, checkpoint_dir=tmp_path, **OPTIONS)
+    with pytest.raises(RunMismatchError, match="holds a run with backend 'torch', not 'jax'"):
+        fit(_guide(), family, steps=2, checkpoint_dir=tmp_path, **OPTIONS)
