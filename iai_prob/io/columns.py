@@ -4,7 +4,8 @@ Every model read from a table is called as ``model(x, y)`` with ``x`` the covari
 columns stacked as ``(N, d)`` floats (``(N, 0)`` when there are none, the convention of
 :mod:`iai_prob.models.generative`) and ``y`` the observed column(s), ``(N,)`` for one
 column or ``(N, k)`` for several, in the dtype of the model's observations
-(:func:`observation_dtype`). Non-numeric and missing values are refused with a
+(:func:`observation_dtype`). Non-numeric and missing values, and values that the
+tensor's dtype cannot hold (``1e39`` overflows float32), are refused with a
 ``ValueError`` naming the column.
 """
 
@@ -32,7 +33,26 @@ def observation_dtype(guide) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _numeric(frame, columns: list[str], source: str) -> np.ndarray:
+def _check_range(array: np.ndarray, column: str, source: str, dtype: torch.dtype) -> None:
+    """Raise a ``ValueError`` naming the column if a value of ``array`` overflows ``dtype``."""
+    if dtype == torch.bool:
+        return
+    if dtype.is_floating_point:
+        overflows = torch.isinf(torch.tensor(array).to(dtype)).numpy()
+        largest = torch.finfo(dtype).max
+    else:
+        info = torch.iinfo(dtype)
+        overflows = (array < info.min) | (array >= float(info.max) + 1)
+        largest = info.max
+    if overflows.any():
+        value = array[overflows.argmax()]
+        raise ValueError(
+            f"column {column!r} of {source} holds {value:.4g}, which overflows "
+            f"{str(dtype).removeprefix('torch.')} (largest {largest:.4g}); rescale the column"
+        )
+
+
+def _numeric(frame, columns: list[str], source: str, dtype: torch.dtype) -> np.ndarray:
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     values = []
@@ -47,6 +67,7 @@ def _numeric(frame, columns: list[str], source: str) -> np.ndarray:
         if not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise ValueError(f"column {column!r} of {source} has {bad} missing or infinite values")
+        _check_range(array, column, source, dtype)
         values.append(array)
     return np.stack(values, axis=-1) if values else np.zeros((len(frame), 0))
 
@@ -79,8 +100,9 @@ class Columns(NamedTuple):
 
     def tensors(self, frame, *, source: str = "the data") -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` tensors of one DataFrame (``source`` names it in errors)."""
-        x = torch.as_tensor(_numeric(frame, list(self.x), source), dtype=torch.get_default_dtype())
-        y = torch.as_tensor(_numeric(frame, list(self.y), source))
+        floats = torch.get_default_dtype()
+        x = torch.as_tensor(_numeric(frame, list(self.x), source, floats), dtype=floats)
+        y = torch.as_tensor(_numeric(frame, list(self.y), source, self.y_dtype))
         y = y[:, 0] if len(self.y) == 1 else y
         if not self.y_dtype.is_floating_point and not torch.equal(y, y.round()):
             raise ValueError(

@@ -10,7 +10,10 @@ importance weights that PSIS k̂ reads), called with the posterior already compu
 * one dataset (:class:`~iai_prob.io.streaming.StreamedPosterior`): when it has at most
   ``max_rows_in_memory`` rows, the full InferenceData (posterior, sample statistics,
   pointwise log-likelihood, posterior predictive, observed data); a larger one was
-  streamed and does not fit in memory, so only its ``posterior`` group is written.
+  streamed and does not fit in memory, so it gets ``posterior`` and ``sample_stats``,
+  whose ``lp = log p(z_s, D)`` and log importance weights are summed over every row in
+  a second streamed pass (:func:`~iai_prob.io.streaming.stream_log_joint`), not over
+  the rows that would fit.
 """
 
 from __future__ import annotations
@@ -83,28 +86,34 @@ def _single(
     seed: int,
     max_rows_in_memory: int,
 ):
-    from iai_prob.diagnostics import to_inference_data
-    from iai_prob.io.streaming import minibatches
+    import arviz as az
+    import xarray as xr
 
-    rows = min(result.num_rows, max_rows_in_memory)
-    x, y = next(minibatches(table, columns, rows))
-    complete = rows == result.num_rows
+    from iai_prob.diagnostics import approximate_posterior, to_inference_data
+    from iai_prob.io.streaming import minibatches, stream_log_joint
+
+    complete = result.num_rows <= max_rows_in_memory
+    # a dataset too large to hold: the first mini-batch gives the sites, not the statistics
+    rows = result.num_rows if complete else guide.config["batch_size"]
+    source = approximate_posterior(
+        _fixed(result.posterior), guide.model, *next(minibatches(table, columns, rows))
+    )
     idata = to_inference_data(
-        _fixed(result.posterior),
-        guide.model,
-        x,
-        y,
+        source,
         num_samples=num_samples,
         seed=seed,
         posterior_predictive=complete,
         log_likelihood=complete,
         datatree=False,
     )
-    if not complete:  # statistics over the first rows only would mislead: keep the draws
-        import arviz as az
-
-        idata = az.InferenceData(posterior=idata.posterior)
-    return idata
+    if complete:
+        return idata
+    stats = idata.sample_stats
+    z = source.sample_latent(num_samples, seed=seed)  # the draws of ``idata``
+    lp = stream_log_joint(guide, table, columns, z)
+    lp = xr.DataArray(lp.reshape(stats.lp.shape).numpy(), dims=stats.lp.dims)
+    stats = stats.assign(lp=lp, log_importance_weight=lp - stats.log_q)
+    return az.InferenceData(posterior=idata.posterior, sample_stats=stats)
 
 
 def inference_data(

@@ -8,6 +8,12 @@ context for every task of the call, so each group's posterior is the one it gets
 alone (tested), at a fraction of the cost of a Python loop over groups. A model
 without a tasks plate falls back to one call per group.
 
+Group keys are the file's text (:meth:`~iai_prob.io.tables.Table.chunks` with
+``text=``): ``"007"`` and ``"7"``, or ``"01"``, ``"1"`` and ``"1.0"``, are different
+groups, and the groups do not depend on ``chunk_rows``. They are kept verbatim (the
+``group`` coordinates of the InferenceData) in natural order: runs of digits compare as
+numbers (``s2`` before ``s10``), equal numbers by their text (``01`` before ``1``).
+
 Memory: the selected columns are read chunk by chunk but all rows are kept, as float32
 (4 bytes per value, twice that while the rows are sorted by group, plus the group keys:
 10 million rows of 9 columns take 360 MB) because a group may be spread over the
@@ -17,6 +23,7 @@ whole file. One dataset larger than memory streams with
 
 from __future__ import annotations
 
+import re
 import time
 from typing import NamedTuple
 
@@ -34,7 +41,7 @@ __all__ = ["GroupedData", "GroupedPosterior", "grouped_posteriors", "read_groups
 class GroupedData(NamedTuple):
     """The rows of a table split by group.
 
-    :ivar keys: ``(G,)`` group values, sorted.
+    :ivar keys: ``(G,)`` group keys, the file's text, in natural order.
     :ivar x: ``(R, d)`` covariates of all rows, sorted by group.
     :ivar y: ``(R,)`` or ``(R, k)`` observations, sorted like ``x``.
     :ivar starts: ``(G,)`` first row of each group in ``x`` and ``y``.
@@ -62,7 +69,7 @@ class GroupedData(NamedTuple):
 class GroupedPosterior(NamedTuple):
     """One posterior per group.
 
-    :ivar keys: ``(G,)`` group values.
+    :ivar keys: ``(G,)`` group keys (the file's text).
     :ivar sizes: ``(G,)`` rows per group.
     :ivar posterior: ``MultivariateNormal`` with batch shape ``(G,)`` over the joint
         unconstrained latents ``z``.
@@ -89,24 +96,44 @@ class GroupedPosterior(NamedTuple):
         return len(self.keys) / max(self.seconds, 1e-12)
 
 
+def _natural(key: str) -> tuple:
+    """Sort key: digit runs (odd places of the split) as numbers, then as text."""
+    parts = re.split(r"([0-9]+)", key)
+    return tuple((int(part), part) if place % 2 else part for place, part in enumerate(parts))
+
+
+def _split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``keys`` in natural order and each row's index into them."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    order = np.array(sorted(range(len(unique)), key=lambda i: _natural(unique[i])), dtype=int)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return unique[order], rank[inverse.reshape(-1)]
+
+
 def read_groups(table: Table, columns: Columns, group: str) -> GroupedData:
-    """Read the ``columns`` and the ``group`` column of ``table`` and split rows by group."""
+    """Read the ``columns`` and the ``group`` column of ``table`` and split rows by group.
+
+    The group column is read as text (see the module docstring); a missing key (an empty
+    cell, or a marker such as ``NA`` in a CSV) is a ``ValueError``.
+    """
     table.require([group], option="group")
     table.require(columns.names, option="columns")
-    keys, xs, ys = [], [], []
-    for frame in table.chunks([group, *columns.names]):
-        if frame[group].isna().any():
-            raise ValueError(f"group column {group!r} of {table.path.name} has missing values")
-        keys.append(frame[group].to_numpy())
+    keys, xs, ys, seen = [], [], [], 0
+    for frame in table.chunks([group, *columns.names], text=[group]):
+        missing = frame[group].isna().to_numpy()
+        if missing.any():
+            raise ValueError(
+                f"group column {group!r} of {table.path.name} has a missing value in data row "
+                f"{seen + int(missing.argmax()) + 1} (an empty cell or a marker such as NA); "
+                "every row needs a group"
+            )
+        keys.append(frame[group].to_numpy(dtype=str))
         x, y = columns.tensors(frame, source=table.path.name)
         xs.append(x)
         ys.append(y)
-    if not keys:
-        raise ValueError(f"data file {table.path.name} has no rows")
-    all_keys = np.concatenate(keys)
-    if all_keys.dtype == object:
-        all_keys = all_keys.astype(str)
-    unique, inverse = np.unique(all_keys, return_inverse=True)
+        seen += len(frame)
+    unique, inverse = _split_keys(np.concatenate(keys))
     order = torch.as_tensor(np.argsort(inverse, kind="stable"))
     sizes = np.bincount(inverse, minlength=len(unique))
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])

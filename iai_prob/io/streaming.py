@@ -8,10 +8,15 @@ mini-batches ``B_k`` of ``batch_size`` rows, and each mini-batch is one refineme
 (Mittal, Mahajan, Lajoie, Pezeshki 2025, §3; :meth:`IterativeAmortizedGuide.refine`),
 so memory is constant in ``N`` and time is linear in it. ``N`` comes from the table's
 row count (Parquet metadata, or one counting pass over a CSV).
+
+:func:`stream_log_joint` evaluates ``log p(z_s, D)`` of posterior draws over every row
+in the same constant memory, for the importance weights of a dataset too large to hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -22,7 +27,7 @@ from tqdm.auto import tqdm
 from iai_prob.io.columns import Columns
 from iai_prob.io.tables import Table
 
-__all__ = ["StreamedPosterior", "minibatches", "stream_posterior"]
+__all__ = ["StreamedPosterior", "minibatches", "stream_log_joint", "stream_posterior"]
 
 
 class StreamedPosterior(NamedTuple):
@@ -104,3 +109,36 @@ def stream_posterior(
     seconds = time.perf_counter() - started
     layout = guide.prepare(*first[0]).layout
     return StreamedPosterior(posterior, layout, num_rows, seconds)
+
+
+@torch.no_grad()
+def stream_log_joint(
+    guide, table: Table, columns: Columns, z: torch.Tensor, *, max_elements: int = 2**22
+) -> torch.Tensor:
+    """``log p(z_s, D)`` over every row of ``table`` for draws ``z`` of shape ``(S, 1, D)``.
+
+    The rows are cut into ``K`` batches ``B_k`` of about ``max_elements / S`` rows, and
+    each is evaluated with its likelihood scaled by ``K``:
+
+        f_k(z) = log p(T(z)) + log |det ∂T/∂z| + K Σ_{n∈B_k} log p(y_n | x_n, T(z)),
+
+    so that the average ``(1/K) Σ_k f_k(z)`` is exactly ``log p(z, D)`` (the prior and
+    the Jacobian enter each ``f_k`` once, each likelihood term ``K`` times), whatever the
+    batch sizes. Memory is ``O(max_elements)``; time is one pass over the file.
+
+    :returns: ``(S, 1)`` float64, as :func:`~iai_prob.diagnostics.adapter.log_joint_per_draw`.
+    """
+    from iai_prob.diagnostics.adapter import log_joint_per_draw
+
+    rows = max(1, max_elements // len(z))
+    count = math.ceil(table.num_rows / rows)
+    total = torch.zeros(z.shape[:2], dtype=torch.float64)
+    batches = 0
+    for x, y in minibatches(table, columns, rows):
+        task = guide.prepare(x, y)
+        data = dataclasses.replace(task.data, total_points=count * task.data.num_points)
+        total += log_joint_per_draw(task._replace(data=data), z, max_elements=max_elements)
+        batches += 1
+    if batches != count:  # the scale K assumed the row count read before
+        raise ValueError(f"data file {table.path.name} changed while it was read; run again")
+    return total / count

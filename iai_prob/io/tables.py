@@ -7,11 +7,23 @@ most ``chunk_rows`` rows holding only the requested columns: ``pandas.read_csv(.
 chunksize=...)`` for CSV (also ``.csv.gz``, ``.tsv``) and
 ``pyarrow.parquet.ParquetFile.iter_batches`` for Parquet. Memory is
 ``O(chunk_rows × columns)`` whatever the file size.
+
+Columns named in ``text`` (group keys) are read as the file's text, never as numbers:
+CSV cells verbatim (``"007"``, ``"01"``, ``"1.0"`` stay distinct from ``"7"`` and
+``"1"``, whatever ``chunk_rows`` is, since nothing is inferred per chunk), Parquet
+columns cast to strings (an integer column ``7`` reads as ``"7"``). A file that cannot
+be read as its name says (not UTF-8, a ``.csv.gz`` that is not gzip or a gzip file named
+``.csv``, malformed rows, a damaged Parquet file, duplicate column names, no rows) is a
+one-line ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["FORMATS", "Table"]
@@ -20,6 +32,7 @@ FORMATS = {
     ".csv": "csv",
     ".csv.gz": "csv",
     ".tsv": "tsv",
+    ".tsv.gz": "tsv",
     ".parquet": "parquet",
     ".pq": "parquet",
 }
@@ -32,6 +45,41 @@ def _format_of(path: Path) -> str | None:
         if name.endswith(suffix):
             return FORMATS[suffix]
     return None
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_compression(path: Path, format: str) -> None:
+    """Refuse an empty text file and a ``.gz`` name that disagrees with the content."""
+    if format == "parquet":
+        return
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if not head:
+        raise ValueError(f"data file {path.name!r} is empty: no header line, no rows")
+    named_gzip = path.name.lower().endswith(".gz")
+    if named_gzip and head != _GZIP_MAGIC:
+        raise ValueError(
+            f"data file {path.name!r} is not gzip-compressed although its name ends in .gz; "
+            f"rename it to {path.name[:-3]!r}"
+        )
+    if not named_gzip and head == _GZIP_MAGIC:
+        raise ValueError(
+            f"data file {path.name!r} is gzip-compressed although its name does not end in "
+            f".gz; rename it to {path.name + '.gz'!r}"
+        )
+
+
+def _as_text(column):
+    """A pyarrow column as strings; nulls (and NaN) stay missing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column
+    missing = pc.is_null(column, nan_is_null=True)
+    return pc.if_else(missing, pa.scalar(None, pa.string()), column.cast(pa.string()))
 
 
 class Table:
@@ -55,6 +103,7 @@ class Table:
         if int(chunk_rows) != chunk_rows or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         self.chunk_rows = int(chunk_rows)
+        _check_compression(self.path, self.format)
         self._columns: list[str] | None = None
         self._num_rows: int | None = None
 
@@ -70,17 +119,68 @@ class Table:
 
         return pq.ParquetFile(self.path)
 
+    @contextmanager
+    def _reading(self):
+        """Turn the readers' errors about the file's content into one line naming it."""
+        import pandas as pd
+        import pyarrow as pa
+
+        name = self.path.name
+        try:
+            yield
+        except UnicodeDecodeError as error:
+            byte = error.object[error.start : error.start + 1].hex()
+            raise ValueError(
+                f"data file {name!r} is not UTF-8 text (it holds byte 0x{byte} where UTF-8 "
+                "does not allow it); save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+            ) from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"data file {name!r} is not a well-formed {self.format}: {reason}"
+            ) from None
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise ValueError(
+                f"data file {name!r}: its gzip stream is truncated or damaged ({error})"
+            ) from None
+        except pa.ArrowException as error:
+            reason = str(error).strip().splitlines()[0]
+            raise ValueError(
+                f"data file {name!r} is not a readable Parquet file: {reason}"
+            ) from None
+
+    def _header(self) -> tuple[list[str], list[str]]:
+        """The column names as pandas/pyarrow give them, and as the file spells them."""
+        if self.format == "parquet":
+            names = list(self._parquet().schema_arrow.names)
+            return names, names
+        import pandas as pd
+
+        options = {"sep": self._separator, "nrows": 0}
+        names = [str(c) for c in pd.read_csv(self.path, **options).columns]
+        raw = pd.read_csv(
+            self.path, **options | {"nrows": 1}, header=None, dtype=str, keep_default_na=False
+        )
+        return names, list(raw.iloc[0])
+
     @property
     def columns(self) -> list[str]:
-        """Column names, read from the CSV header or the Parquet schema."""
-        if self._columns is None:
-            if self.format == "parquet":
-                self._columns = list(self._parquet().schema_arrow.names)
-            else:
-                import pandas as pd
+        """Column names, read from the CSV header or the Parquet schema.
 
-                header = pd.read_csv(self.path, sep=self._separator, nrows=0)
-                self._columns = [str(c) for c in header.columns]
+        :raises ValueError: two columns share a name (pandas would silently rename the
+            second ``x.1``, so ``--x x`` would not say which one it means).
+        """
+        if self._columns is None:
+            with self._reading():
+                names, spelled = self._header()
+            counts = Counter(name for name in spelled if name != "")
+            for name, count in counts.items():
+                if count > 1:
+                    raise ValueError(
+                        f"data file {self.path.name!r}: column {name!r} appears {count} times in "
+                        "its header; give each column its own name"
+                    )
+            self._columns = names
         return self._columns
 
     @property
@@ -88,7 +188,8 @@ class Table:
         """Number of data rows: Parquet metadata, or one streaming pass over a CSV column."""
         if self._num_rows is None:
             if self.format == "parquet":
-                self._num_rows = int(self._parquet().metadata.num_rows)
+                with self._reading():
+                    self._num_rows = int(self._parquet().metadata.num_rows)
             else:
                 first = self.columns[:1]
                 self._num_rows = sum(len(chunk) for chunk in self.chunks(first))
@@ -110,17 +211,46 @@ class Table:
                 )
         return columns
 
-    def chunks(self, columns: Sequence[str]) -> Iterator:
-        """Yield pandas DataFrames of at most ``chunk_rows`` rows with only ``columns``."""
+    def chunks(self, columns: Sequence[str], *, text: Sequence[str] = ()) -> Iterator:
+        """Yield pandas DataFrames of at most ``chunk_rows`` rows with only ``columns``.
+
+        :param text: columns (among ``columns``) read as the file's text (see the module
+            docstring); a CSV cell that is empty or a missing-value marker (``NA``,
+            ``null``, …) is still missing.
+        :raises ValueError: the file cannot be read, or it has no rows.
+        """
         columns = list(dict.fromkeys(columns))
+        rows = 0
+        with self._reading():
+            for chunk in self._read(columns, list(text)):
+                if len(chunk):  # a header-only CSV gives one empty chunk of text columns
+                    rows += len(chunk)
+                    yield chunk
+        if not rows:
+            what = "only a header" if self.format != "parquet" else "an empty table"
+            raise ValueError(f"data file {self.path.name!r} has no rows ({what})")
+
+    def _read(self, columns: list[str], text: list[str]) -> Iterator:
         if self.format == "parquet":
+            import pyarrow as pa
+
             for batch in self._parquet().iter_batches(batch_size=self.chunk_rows, columns=columns):
-                yield batch.to_pandas()
+                if text:
+                    arrays = [
+                        _as_text(batch.column(name)) if name in text else batch.column(name)
+                        for name in batch.schema.names
+                    ]
+                    batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+                yield batch.to_pandas()[columns]
         else:
             import pandas as pd
 
             reader = pd.read_csv(
-                self.path, sep=self._separator, usecols=columns, chunksize=self.chunk_rows
+                self.path,
+                sep=self._separator,
+                usecols=columns,
+                chunksize=self.chunk_rows,
+                dtype=dict.fromkeys(text, str),
             )
             with reader:
                 for chunk in reader:
