@@ -21,6 +21,7 @@ import shlex
 import sys
 
 from iai_prob.cli import bench, demo, diagnose, infer, pretrained, train
+from iai_prob.cli.helptext import HelpFormatter
 
 __all__ = ["COMMANDS", "main"]
 
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="iai",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
