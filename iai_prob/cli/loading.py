@@ -27,7 +27,9 @@ def add_data_arguments(parser) -> None:
     parser.add_argument(
         "checkpoint", help="shipped guide name (iai pretrained), iai train folder, or checkpoint"
     )
-    parser.add_argument("data", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
+    parser.add_argument(
+        "data", help="CSV (.csv, .csv.gz, .tsv, .tsv.gz) or Parquet (.parquet, .pq) file"
+    )
     parser.add_argument(
         "--x", nargs="+", default=[], help="covariate columns (default: none, a model without x)"
     )

@@ -218,9 +218,12 @@ def run(args) -> int:
         raise ValueError(
             f"--out {args.out} {error.description}; pass --overwrite to start again"
         ) from None
+    # a checkpoint never makes iai import code: a user's model is named again on loading
+    model_option = f" --model {args.model}" if ":" in args.model else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s (final loss "
         f"{result.losses[-1]:.4g}); guide in {args.out}/guide.json\n"
-        f"next: iai infer {args.out} DATA.csv --x COLS --y COL [--group COL] --out post.nc"
+        f"next: iai infer {args.out} DATA.csv{model_option} --x COLS --y COL [--group COL] "
+        "--out post.nc"
     )
     return 0

@@ -53,11 +53,14 @@ def test_family_training_resumes(tmp_path, capsys):
     assert "trained 3 steps" in capsys.readouterr().out
 
 
-def test_user_model_trains_and_infers(tmp_path, monkeypatch, make_grouped_frame, shipped_guide):
+def test_user_model_trains_and_infers(
+    tmp_path, monkeypatch, capsys, make_grouped_frame, shipped_guide
+):
     (tmp_path / "my_models.py").write_text(USER_MODEL)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["train", "my_models:model", "--x-dim", "8", "--out", "runs/mine", *TINY]) == 0
+    assert "next: iai infer runs/mine DATA.csv --model my_models:model" in capsys.readouterr().out
     card = json.loads((tmp_path / "runs" / "mine" / "guide.json").read_text())
     assert card["entrypoint"] == "my_models:model" and card["layout"][0][0] == "w"
     make_grouped_frame(shipped_guide.family, [10, 10, 14]).to_csv("d.csv", index=False)
