@@ -245,12 +245,15 @@ class Table:
         else:
             import pandas as pd
 
+            # every column is tokenized (the unused ones as text, never converted): with
+            # ``usecols`` pandas drops the extra fields of a row longer than the header
+            # without a word, so a malformed row would be read as a well-formed one
+            unused = [name for name in self.columns if name not in columns]
             reader = pd.read_csv(
                 self.path,
                 sep=self._separator,
-                usecols=columns,
                 chunksize=self.chunk_rows,
-                dtype=dict.fromkeys(text, str),
+                dtype=dict.fromkeys([*unused, *text], str),
             )
             with reader:
                 for chunk in reader:

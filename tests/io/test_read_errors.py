@@ -91,6 +91,15 @@ def test_malformed_csv_and_parquet(tmp_path):
         _read(tmp_path / "fake.parquet")
 
 
+@pytest.mark.parametrize("group", [None, "g"])
+def test_a_row_longer_than_the_header_is_refused(tmp_path, group):
+    # read with only some columns, pandas would drop the extra fields of the last row
+    # and take it as g=w, a=1, b=2, y=3
+    (tmp_path / "ragged.csv").write_text(HEADER + ROWS + "w,1,2,3,4,5\n")
+    with pytest.raises(ValueError, match=r"'ragged.csv' is not a well-formed csv: .*saw 6"):
+        _read(tmp_path / "ragged.csv", group=group)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_duplicate_column_names(tmp_path, suffix):
     path = tmp_path / f"dups{suffix}"
