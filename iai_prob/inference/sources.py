@@ -16,6 +16,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from iai_prob.inference.validation import explained_failures
 from iai_prob.models.base import TaskFamily
 
 __all__ = [
@@ -94,7 +95,7 @@ class PriorPredictiveTasks(TaskSource):
     def sample(self, num_tasks, num_points, generator):
         args = tuple(self.covariates(num_tasks, num_points, generator))
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        with torch.random.fork_rng(), torch.no_grad():
+        with torch.random.fork_rng(), torch.no_grad(), explained_failures(self.model, args, {}):
             torch.manual_seed(seed)
             trace = poutine.trace(self.model).get_trace(*args)
         if self.observed not in trace.nodes:
@@ -104,10 +105,22 @@ class PriorPredictiveTasks(TaskSource):
             if site["type"] != "sample" or name == self.observed or site_is_subsample(site):
                 continue
             if all(f.name != self.data_plate for f in site["cond_indep_stack"]):
-                value = site["value"]
-                theta[name] = value.reshape(num_tasks, *site["fn"].event_shape)
+                theta[name] = self._per_task(name, site, num_tasks)
         y = trace.nodes[self.observed]["value"]
         return TaskBatch((*args, y), theta)
+
+    @staticmethod
+    def _per_task(name: str, site: dict, num_tasks: int) -> torch.Tensor:
+        """The value of a global site as ``(T, *event_shape)``: one draw per task."""
+        value, event_shape = site["value"], site["fn"].event_shape
+        if value.numel() != num_tasks * event_shape.numel():
+            raise ValueError(
+                f"global site {name!r} has shape {tuple(value.shape)} for a batch of "
+                f"{num_tasks} tasks, not one value of shape {tuple(event_shape)} per task: "
+                f"wrap the global latents in pyro.plate('tasks', T, dim=-2) when x is "
+                "(T, N, d) (README, 'Use it from Pyro')"
+            )
+        return value.reshape(num_tasks, *event_shape)
 
     def identity(self) -> dict:
         return {

@@ -385,3 +385,23 @@ def test_a_checkpoint_for_another_model_is_refused(built, tmp_path):
     guide.save(tmp_path / "guide")
     with pytest.raises(CheckpointError, match="trained for model"):
         IterativeAmortizedGuide.load(tmp_path / "guide", BetaBernoulli())
+
+
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [
+        (_regression_without_tasks_plate, r"global site 'w' has shape \(2,\) for a batch of 3"),
+        (_regression_sized_by_len, r"plate\('data'\).*Arguments: x: float32 tensor of shape"),
+    ],
+    ids=["no-tasks-plate", "data-plate-sized-by-len"],
+)
+def test_prior_predictive_tasks_name_what_the_model_lacks(model, pattern):
+    from iai_prob.inference import PriorPredictiveTasks
+
+    def covariates(num_tasks, num_points, generator):
+        return (torch.randn(num_tasks, num_points, 2, generator=generator),)
+
+    source = PriorPredictiveTasks(model, covariates)
+    with pytest.raises(ValueError, match=pattern) as error:
+        source.sample(3, 5, torch.Generator().manual_seed(0))
+    assert "Trace Shapes" not in str(error.value)
