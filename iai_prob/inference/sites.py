@@ -32,6 +32,8 @@ from pyro.distributions.util import sum_rightmost
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to, constraints, transforms
 
+from iai_prob.local_latents import check_local_latent
+
 __all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout"]
 
 
@@ -204,24 +206,15 @@ def check_local_latents(trace, data_plate: str = "data") -> None:
             discrete = fn.support.is_discrete
         except NotImplementedError:
             discrete = False
-        where = f"local latent site {name!r} (inside the data plate {data_plate!r})"
-        if not discrete:
-            raise ValueError(
-                f"{where} is continuous; IterativeAmortizedGuide infers the global latents "
-                f"outside the data plate only, so {name!r} would never be inferred. Integrate "
-                "it out of the likelihood, or move it out of the data plate as a global latent"
-            )
-        if site["infer"].get("enumerate") != "parallel":
-            raise ValueError(
-                f"{where} is discrete but not enumerated, so it would never be inferred; add "
-                "infer={'enumerate': 'parallel'} to its pyro.sample (the log joint then sums "
-                "it out exactly)"
-            )
-        if not fn.has_enumerate_support:
-            raise ValueError(
-                f"{where} has no finite support to enumerate ({type(fn).__name__}); give it a "
-                "distribution with a finite support (e.g. Categorical) or integrate it out"
-            )
+        check_local_latent(
+            name,
+            data_plate,
+            discrete=discrete,
+            enumerated=site["infer"].get("enumerate") == "parallel",
+            enumerable=discrete and fn.has_enumerate_support,
+            distribution=type(fn).__name__,
+            primitive="pyro.sample",
+        )
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks"):

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IndependentTransform, biject_to
 
+from iai_prob.local_latents import check_local_latent
+
 __all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout", "plate_frames"]
 
 
@@ -165,27 +167,18 @@ def check_local_latents(trace, data_plate: str = "data") -> None:
     for site in in_data:
         if not _is_latent(site):
             continue
-        name, fn = site["name"], site["fn"]
-        where = f"local latent site {name!r} (inside the data plate {data_plate!r})"
-        if not fn.support.is_discrete:
-            raise ValueError(
-                f"{where} is continuous; IterativeAmortizedGuide infers the global latents "
-                f"outside the data plate only, so {name!r} would never be inferred. Integrate "
-                "it out of the likelihood, or move it out of the data plate as a global latent"
-            )
-        if site["infer"].get("enumerate") != "parallel":
-            raise ValueError(
-                f"{where} is discrete but not enumerated, so it would never be inferred; add "
-                "infer={'enumerate': 'parallel'} to its numpyro.sample (the log joint then "
-                "sums it out exactly)"
-            )
-        if not fn.has_enumerate_support:
-            while hasattr(fn, "base_dist"):  # the plate's ExpandedDistribution, to name it
-                fn = fn.base_dist
-            raise ValueError(
-                f"{where} has no finite support to enumerate ({type(fn).__name__}); give it a "
-                "distribution with a finite support (e.g. Categorical) or integrate it out"
-            )
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):  # the plate's ExpandedDistribution, to name it
+            fn = fn.base_dist
+        check_local_latent(
+            site["name"],
+            data_plate,
+            discrete=site["fn"].support.is_discrete,
+            enumerated=site["infer"].get("enumerate") == "parallel",
+            enumerable=site["fn"].has_enumerate_support,
+            distribution=type(fn).__name__,
+            primitive="numpyro.sample",
+        )
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks", tasks=None):
