@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_non_negative_int", "check_positive", "check_positive_int"]
+import numpy as np
+
+__all__ = ["check_non_negative_int", "check_positive", "check_positive_int", "check_probabilities"]
 
 
 def check_positive(name: str, value: float) -> float:
@@ -31,3 +33,18 @@ def check_non_negative_int(name: str, value: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def check_probabilities(name: str, values) -> np.ndarray:
+    """``values`` (a probability or a 1-D sequence of them, any array type) as a float64
+    NumPy array, or a ``ValueError`` naming ``name`` for a value outside ``[0, 1]`` or NaN.
+    """
+    levels = np.asarray(values.tolist() if hasattr(values, "tolist") else values, dtype=float)
+    if levels.ndim > 1:
+        raise ValueError(
+            f"{name} must be a probability or a 1-D sequence of them, got shape {levels.shape}"
+        )
+    bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
+    if bad.size:
+        raise ValueError(f"{name} must lie in [0, 1], got {bad.tolist()} in {values!r}")
+    return levels

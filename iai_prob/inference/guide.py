@@ -38,7 +38,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
-from iai_prob.checks import check_non_negative_int, check_positive_int
+from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.objectives import elbo
@@ -96,20 +96,6 @@ def _serialized(method):
             return method(*args, **kwargs)
 
     return locked
-
-
-def _quantile_levels(quantiles, like: torch.Tensor) -> torch.Tensor:
-    """``quantiles`` as a 1-D tensor of probabilities, refusing any outside ``[0, 1]``."""
-    levels = torch.as_tensor(quantiles, dtype=like.dtype, device=like.device)
-    if levels.dim() > 1:
-        raise ValueError(
-            f"quantiles must be a probability or a 1-D sequence of them, got shape "
-            f"{tuple(levels.shape)}"
-        )
-    bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
-    if bad.numel():
-        raise ValueError(f"quantiles must lie in [0, 1], got {bad.tolist()} in {quantiles!r}")
-    return levels
 
 
 def _constrained(latent: torch.Tensor, layout: LatentLayout) -> dict[str, torch.Tensor]:
@@ -477,11 +463,11 @@ class IterativeAmortizedGuide(AutoGuide):
 
         :raises ValueError: for a probability outside ``[0, 1]`` or NaN (before any work).
         """
-        _quantile_levels(quantiles, torch.empty(()))
+        levels = check_probabilities("quantiles", quantiles)
         check_positive_int("num_samples", num_samples)
         posterior, layout = self._posterior_and_layout(*args, **kwargs)
         scale = posterior.variance.sqrt()
-        levels = _quantile_levels(quantiles, scale)
+        levels = torch.as_tensor(levels, dtype=scale.dtype, device=scale.device)
         normal_quantiles = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.dim())
         result = _constrained(posterior.mean + scale * normal_quantiles, layout)
         if not all(site.is_elementwise for site in layout.sites):

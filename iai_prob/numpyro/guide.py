@@ -31,11 +31,10 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from iai_prob.checks import check_non_negative_int
+from iai_prob.checks import check_non_negative_int, check_probabilities
 from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import get_posterior_family
@@ -451,15 +450,7 @@ class IterativeAmortizedGuide:
 
         :raises ValueError: for a probability outside ``[0, 1]`` or NaN (before any work).
         """
-        levels = np.asarray(quantiles, dtype=float)
-        if levels.ndim > 1:
-            raise ValueError(
-                f"quantiles must be a probability or a 1-D sequence of them, got shape "
-                f"{levels.shape}"
-            )
-        bad = levels[~((levels >= 0) & (levels <= 1))]  # NaN fails both comparisons
-        if bad.size:
-            raise ValueError(f"quantiles must lie in [0, 1], got {bad.tolist()} in {quantiles!r}")
+        levels = check_probabilities("quantiles", quantiles)
         posterior, layout = self._posterior_and_layout(params, *args, **kwargs)
         scale = jnp.sqrt(posterior.variance)
         levels = jnp.asarray(levels, scale.dtype)

@@ -211,7 +211,7 @@ def test_quantiles_of_a_constrained_site_are_ordered(name, make_family, make_gui
 
 @pytest.mark.parametrize(
     ("levels", "bad"),
-    [([0.5, 1.5], "[1.5]"), ([-0.1], "[-0.10"), ([float("nan"), 0.5], "[nan]"), (2.0, "[2.0]")],
+    [([0.5, 1.5], "[1.5]"), ([-0.1], "[-0.1]"), ([float("nan"), 0.5], "[nan]"), (2.0, "[2.0]")],
     ids=["above-one", "negative", "nan", "scalar"],
 )
 def test_quantiles_outside_zero_one_are_refused(levels, bad, linreg, make_guide, simulate):
