@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "FLOAT_DTYPES",
     "FORMAT",
     "SCHEMA_VERSION",
     "CheckpointError",
@@ -169,7 +170,7 @@ def _parse_card(card_path: Path) -> dict:
         )
     try:
         card = json.loads(card_path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5,000-digit int
         raise CheckpointError(f"checkpoint card {card_path} is not valid JSON: {error}") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path} is not an iai_prob checkpoint card")
@@ -194,18 +195,38 @@ def read_card(path) -> tuple[Path, dict]:
     weights = _weights_path(default, card, card_path)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint file {weights} does not exist")
+    if weights.resolve().parent != card_path.resolve().parent:
+        raise CheckpointError(
+            f"checkpoint file {weights} leads outside the folder of its card (a link to "
+            f"{weights.resolve()}); weights must lie beside their card"
+        )
     if card.get("sha256") != sha256(weights):
         raise CheckpointError(f"{weights} does not match the hash in its card: modified or corrupt")
     return weights, card
 
 
-def tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+"""The safetensors dtypes of a guide's weights."""
+
+
+def tensor_shapes(weights: Path, *, floating: bool = False) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the tensors in a safetensors file, read from its header only
-    (nothing is allocated for the tensors themselves)."""
+    (nothing is allocated for the tensors themselves); with ``floating``, a tensor stored
+    in another dtype than :data:`FLOAT_DTYPES` (int8, bool, complex) is refused."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(weights), framework="numpy") as handle:
-            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+            shapes = {name: tuple(piece.get_shape()) for name, piece in slices.items()}
+            dtypes = {name: piece.get_dtype() for name, piece in slices.items()}
     except Exception as error:  # safetensors' own parse errors (a file that hashes right)
         raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
+    odd = {name: dtype for name, dtype in dtypes.items() if dtype not in FLOAT_DTYPES}
+    if floating and odd:
+        name, dtype = next(iter(sorted(odd.items())))
+        raise CheckpointError(
+            f"{weights}: tensor {name!r} is stored as {dtype}; a guide's weights are floating "
+            f"point ({', '.join(FLOAT_DTYPES)})"
+        )
+    return shapes

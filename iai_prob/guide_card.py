@@ -33,6 +33,7 @@ __all__ = [
     "GUIDE_KIND",
     "MAX_PARTICLES",
     "check_family_layout",
+    "check_finite_weights",
     "check_guide_card",
     "check_weight_shapes",
     "family_layout",
@@ -43,15 +44,27 @@ GUIDE_KIND = "IterativeAmortizedGuide"
 MAX_PARTICLES = 4096
 """Most Monte Carlo particles a card may ask for (a size no weight shape bounds)."""
 
-_INT_OPTIONS = ("batch_size", "num_particles", "context_size", "rank", "max_relinearizations")
+_INT_OPTIONS = (
+    "batch_size",
+    "num_particles",
+    "context_size",
+    "rank",
+    "max_relinearizations",
+    "seed",
+)
 _STR_OPTIONS = ("family", "encoder", "data_plate", "tasks_plate", "linearization", "update")
-_GUIDE_OPTIONS = {*_INT_OPTIONS, *_STR_OPTIONS, "num_steps", "signals", "seed"}
+_GUIDE_OPTIONS = {*_INT_OPTIONS, *_STR_OPTIONS, "num_steps", "signals"}
 _GUIDE_OPTIONS |= {"encoder_options", "inner_lr"}
 _REQUIRED = ("guide", "latent_dim", "feature_dim", "layout", "model")
 
 
+_MAX_INT = 2**63 - 1
+"""Larger integers overflow torch's and NumPy's int64."""
+
+
 def _is_int(value) -> bool:
-    return type(value) is int  # bool is an int subclass; JSON floats are not ints
+    # bool is an int subclass; JSON floats are not ints; past int64 nothing can use it
+    return type(value) is int and abs(value) <= _MAX_INT
 
 
 def _refuse(source: str, message: str):
@@ -190,4 +203,16 @@ def check_weight_shapes(
             source,
             f"the weights do not fit the guide its card describes (latent_dim, "
             f"feature_dim or options edited?): {', '.join(wrong[:3])}",
+        )
+
+
+def check_finite_weights(finite: Mapping[str, bool], source: str) -> None:
+    """Refuse weights of which some tensor (``finite[name]`` false) holds NaN or inf: a
+    damaged or diverged run, which would otherwise surface as a non-finite posterior
+    blamed on the data."""
+    broken = sorted(name for name, ok in finite.items() if not ok)
+    if broken:
+        _refuse(
+            source,
+            f"the weights {broken[:3]} hold NaN or inf values (a damaged or diverged training run)",
         )

@@ -40,6 +40,7 @@ from iai_prob.checkpoint_format import (
 from iai_prob.guide_card import (
     GUIDE_KIND,
     check_family_layout,
+    check_finite_weights,
     check_guide_card,
     check_weight_shapes,
 )
@@ -140,7 +141,7 @@ def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, .
 def _verified_card(path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
     """``(weights path, card, tensor shapes)``: hashes and schema checked, nothing loaded."""
     weights, card = read_card(path)
-    shapes = tensor_shapes(weights)
+    shapes = tensor_shapes(weights, floating=True)
     check_guide_card(card, str(path))
     return weights, card, shapes
 
@@ -210,12 +211,16 @@ def load_guide(path, model, *, device=None):
     try:
         with torch.device("meta"):
             expected_shapes = _shapes(guide.build(card["latent_dim"], card["feature_dim"]))
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
+    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: sizes overflow
+        message = str(error).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {message}") from None
     if learned is not None:
         expected_shapes.update(_shapes(learned, _MODEL_PREFIX))
     check_weight_shapes(expected_shapes, shapes, str(path))
     tensors = _load_tensors(weights, device)
+    check_finite_weights(
+        {name: bool(torch.isfinite(value).all()) for name, value in tensors.items()}, str(path)
+    )
     model_keys = [k for k in tensors if k.startswith(_MODEL_PREFIX)]
     model_tensors = {k[len(_MODEL_PREFIX) :]: tensors.pop(k) for k in model_keys}
     refiner = guide.build(card["latent_dim"], card["feature_dim"])

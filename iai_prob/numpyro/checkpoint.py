@@ -34,6 +34,7 @@ from iai_prob.checkpoint_format import (
 from iai_prob.guide_card import (
     GUIDE_KIND,
     check_family_layout,
+    check_finite_weights,
     check_guide_card,
     check_weight_shapes,
 )
@@ -156,7 +157,7 @@ def load_guide(path, model):
     from iai_prob.numpyro.guide import IterativeAmortizedGuide
 
     weights, card = read_card(path)
-    shapes = tensor_shapes(weights)
+    shapes = tensor_shapes(weights, floating=True)
     check_guide_card(card, str(path))
     try:
         guide = IterativeAmortizedGuide(model, **card["guide"])
@@ -170,11 +171,18 @@ def load_guide(path, model):
     if guide.family is not None:
         check_family_layout(card, guide.family, biject_to, str(path))
     dims = (card["latent_dim"], card["feature_dim"])
-    check_weight_shapes(
-        _refiner_shapes(eqx.filter_eval_shape(guide.build, *dims)), shapes, str(path)
+    try:
+        expected = _refiner_shapes(eqx.filter_eval_shape(guide.build, *dims))
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        message = str(error).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {message}") from None
+    check_weight_shapes(expected, shapes, str(path))
+    arrays = _load_arrays(weights)
+    check_finite_weights(
+        {name: bool(np.isfinite(value).all()) for name, value in arrays.items()}, str(path)
     )
     refiner = guide.build(*dims)
     guide.layout_signature = card["layout"]
-    refiner = load_refiner(refiner, _load_arrays(weights), source=f"checkpoint {path}")
+    refiner = load_refiner(refiner, arrays, source=f"checkpoint {path}")
     guide.card = card
     return guide, guide.params_of(refiner)

@@ -102,8 +102,16 @@ def _peak_rss_mib() -> float:
         {"latent_dim": 200_000, "layout": [["w", [200_000]]]},
         {"feature_dim": 10**9},
         {"guide_options": {"encoder_options": {"hidden_dim": 10**6}}},
+        {  # family, layout and latent_dim agree: the meta-device sizes overflow
+            "model": {
+                "family": "linear_regression",
+                "config": {"dim": 10**9, "noise_scale": 0.5, "prior_scale": 1.0},
+            },
+            "latent_dim": 10**9,
+            "layout": [["w", [10**9]]],
+        },
     ],
-    ids=["family-dim", "latent-dim", "feature-dim", "encoder-width"],
+    ids=["family-dim", "latent-dim", "feature-dim", "encoder-width", "all-agree-huge"],
 )
 def test_sizes_in_a_rehashed_card_are_checked_before_allocation(tmp_path, changes):
     source = tmp_path / "guide"
@@ -115,6 +123,6 @@ def test_sizes_in_a_rehashed_card_are_checked_before_allocation(tmp_path, change
     write_card(source, card)  # both hashes recomputed: only the schema checks stand
     assert read_card(source)[1]["card_sha256"] == card_sha256(read_card(source)[1])
     before = _peak_rss_mib()
-    with pytest.raises(CheckpointError, match=r"layout|do not fit the guide"):
+    with pytest.raises(CheckpointError, match=r"layout|do not fit the guide|invalid guide config"):
         load_family_guide(source)
     assert _peak_rss_mib() - before < 200  # a dim of 10⁹ would take 4 GB

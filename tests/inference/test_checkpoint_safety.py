@@ -102,6 +102,8 @@ TAMPERED_CARDS = {
         r"must be \{family, config\} or \{callable\}",
     ),
     "entrypoint-not-a-string": ({"entrypoint": ["evil.py"]}, "entrypoint must be a string"),
+    "seed-not-an-int": ({"guide": {"seed": "x"}}, "seed must be a non-negative integer"),
+    "seed-beyond-int64": ({"guide": {"seed": 10**30}}, "seed must be a non-negative integer"),
     "weights-outside-the-folder": ({"weights_file": "../x.safetensors"}, "weights_file"),
     "no-layout": ({"layout": None}, None),
 }
@@ -158,3 +160,37 @@ def test_an_interrupted_versioned_write_keeps_the_previous_checkpoint(monkeypatc
     tensors, card = read_checkpoint(stem)
     assert card["step"] == 4 and torch.equal(tensors["a"], torch.full((3,), 8.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.json", card["weights_file"]])
+
+
+def test_a_5000_digit_integer_in_a_card_is_refused_by_name(saved, linreg):
+    card_path = saved.with_suffix(".json")
+    card_path.write_text(
+        card_path.read_text().replace('"latent_dim": 2', '"latent_dim": ' + "9" * 5000)
+    )
+    with pytest.raises(CheckpointError, match=r"guide.json is not valid JSON: Exceeds the limit"):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+def test_weights_behind_a_link_out_of_the_folder_are_refused(saved, linreg, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "w.safetensors"
+    saved.with_suffix(".safetensors").rename(target)
+    saved.with_suffix(".safetensors").symlink_to(target)
+    with pytest.raises(CheckpointError, match="leads outside the folder of its card"):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+@pytest.mark.parametrize("poison", ["nan", "int8"])
+def test_weights_that_are_not_finite_floats_are_refused(poison, saved, linreg):
+    tensors, _ = read_checkpoint(saved)
+    name = sorted(tensors)[0]
+    if poison == "nan":
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+    else:
+        tensors[name] = tensors[name].to(torch.int8)
+    save_file(tensors, str(saved.with_suffix(".safetensors")))
+    _rewrite_card(saved)  # the hash matches the poisoned weights
+    pattern = "hold NaN or inf values" if poison == "nan" else "is stored as I8"
+    with pytest.raises(CheckpointError, match=pattern):
+        IterativeAmortizedGuide.load(saved, linreg)

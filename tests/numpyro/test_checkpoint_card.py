@@ -14,7 +14,6 @@ from iai_prob.numpyro import pretrained
 from iai_prob.numpyro.checkpoint import load_guide
 from iai_prob.numpyro.models import LinearRegression
 
-
 BIG = {"dim": 10**9, "noise_scale": 0.5, "prior_scale": 1.0}
 
 
@@ -37,8 +36,20 @@ def _tampered(tmp_path, **changes):
         ({"feature_dim": 10**9}, 8, "do not fit the guide"),
         ({"guide_options": {"encoder_options": {"hidden_dim": 10**6}}}, 8, "do not fit"),
         ({"guide_options": {"num_particles": 10**9}}, 8, "num_particles"),
+        ({"guide_options": {"seed": "x"}}, 8, "seed must be a non-negative integer"),
+        ({"guide_options": {"seed": 10**30}}, 8, "seed must be a non-negative integer"),
+        ({"guide_options": {"encoder_options": {"foo": 1}}}, 8, "invalid guide config"),
     ],
-    ids=["family-dim", "latent-dim", "feature-dim", "encoder-width", "particles"],
+    ids=[
+        "family-dim",
+        "latent-dim",
+        "feature-dim",
+        "encoder-width",
+        "particles",
+        "seed-string",
+        "seed-huge",
+        "unknown-encoder-option",
+    ],
 )
 def test_sizes_in_a_rehashed_card_are_refused_before_building(tmp_path, changes, family, pattern):
     path = _tampered(tmp_path, **changes)
@@ -51,3 +62,17 @@ def test_the_shipped_guides_load(tmp_path):
         guide, params = pretrained.load(name)
         assert guide.card["card_sha256"] == read_card(shipped._folder() / name)[1]["card_sha256"]
         assert params
+
+
+def test_weights_holding_nan_are_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    path = _tampered(tmp_path)
+    arrays = load_file(f"{path}.safetensors")
+    name = sorted(arrays)[0]
+    arrays[name] = arrays[name] * float("nan")
+    save_file(arrays, f"{path}.safetensors")
+    _, card = read_card(shipped._folder() / "linear_regression")
+    write_card(path, card)  # re-hashed: only the content check stands
+    with pytest.raises(CheckpointError, match="hold NaN or inf values"):
+        load_guide(path, LinearRegression(dim=8))
