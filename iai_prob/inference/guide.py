@@ -16,8 +16,9 @@ Threads: Pyro's effect-handler stack is one list per process, not per thread, so
 calls running at once push and pop each other's handlers. Every entry point of the
 guide (calling it, ``posterior``, ``median``, ``quantiles``, ``refine``, …) holds one
 process-wide re-entrant lock, so guides can be called from several threads (the calls
-run one at a time and give the serial answers); Pyro inference run in another thread
-at the same time (``SVI``, ``Predictive`` of another model) shares that stack unlocked.
+run one at a time and give the serial answers). The lock cannot cover Pyro code around
+the guide: ``Predictive``, ``SVI`` or ``poutine.trace`` running in two threads at once
+share that stack unlocked and fail (Pyro's limitation); use one thread per process.
 
 Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
 arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
