@@ -10,9 +10,11 @@ without a tasks plate falls back to one call per group.
 
 Group keys are the file's text (:meth:`~iai_prob.io.tables.Table.chunks` with
 ``text=``): ``"007"`` and ``"7"``, or ``"01"``, ``"1"`` and ``"1.0"``, are different
-groups, and the groups do not depend on ``chunk_rows``. They are kept verbatim (the
-``group`` coordinates of the InferenceData) in natural order: runs of digits compare as
-numbers (``s2`` before ``s10``), equal numbers by their text (``01`` before ``1``).
+groups, and the groups do not depend on ``chunk_rows``; ``NA``, ``None`` or ``null`` in a
+CSV is a key like any other (as in a Parquet file), only an empty cell is missing. Keys
+are kept verbatim (the ``group`` coordinates of the InferenceData) in natural order:
+runs of digits compare as numbers (``s2`` before ``s10``), equal numbers by their text
+(``01`` before ``1``).
 
 Memory: the selected columns are read chunk by chunk but all rows are kept, as float32
 (4 bytes per value, twice that while the rows are sorted by group, plus the group keys:
@@ -115,7 +117,7 @@ def read_groups(table: Table, columns: Columns, group: str) -> GroupedData:
     """Read the ``columns`` and the ``group`` column of ``table`` and split rows by group.
 
     The group column is read as text (see the module docstring); a missing key (an empty
-    cell, or a marker such as ``NA`` in a CSV) is a ``ValueError``.
+    CSV cell, a Parquet null or NaN) is a ``ValueError`` naming its data row.
     """
     table.require([group], option="group")
     table.require(columns.names, option="columns")
@@ -125,7 +127,7 @@ def read_groups(table: Table, columns: Columns, group: str) -> GroupedData:
         if missing.any():
             raise ValueError(
                 f"group column {group!r} of {table.path.name} has a missing value in data row "
-                f"{seen + int(missing.argmax()) + 1} (an empty cell or a marker such as NA); "
+                f"{seen + int(missing.argmax()) + 1} (an empty cell or a null); "
                 "every row needs a group"
             )
         keys.append(frame[group].to_numpy(dtype=str))

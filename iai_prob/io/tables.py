@@ -11,7 +11,11 @@ chunksize=...)`` for CSV (also ``.csv.gz``, ``.tsv``) and
 Columns named in ``text`` (group keys) are read as the file's text, never as numbers:
 CSV cells verbatim (``"007"``, ``"01"``, ``"1.0"`` stay distinct from ``"7"`` and
 ``"1"``, whatever ``chunk_rows`` is, since nothing is inferred per chunk), Parquet
-columns cast to strings (an integer column ``7`` reads as ``"7"``). A file that cannot
+columns cast to strings (an integer column ``7`` reads as ``"7"``). In a CSV only an
+empty cell of a text column is missing: pandas' missing-value markers (``NA``,
+``None``, ``nan``, ``null``, ``N/A``, …) are ordinary text there, as the same strings
+are in a Parquet string column (``NA`` may be Namibia), while the other columns keep
+pandas' markers (``NA`` in a numeric column is still NaN). A file that cannot
 be read as its name says (not UTF-8, a ``.csv.gz`` that is not gzip or a gzip file named
 ``.csv``, malformed rows, a damaged Parquet file, duplicate column names, no rows) is a
 one-line ``ValueError`` naming the file.
@@ -69,6 +73,20 @@ def _check_compression(path: Path, format: str) -> None:
             f"data file {path.name!r} is gzip-compressed although its name does not end in "
             f".gz; rename it to {path.name + '.gz'!r}"
         )
+
+
+def _missing_markers(columns: Sequence[str], text: Sequence[str]) -> dict[str, set[str]]:
+    """``read_csv``'s ``na_values`` (with ``keep_default_na=False``): the cells each column
+    reads as missing. A text column: only the empty cell; any other: pandas' defaults.
+
+    ``keep_default_na`` applies to every column and pandas has no public name for its
+    default markers, so they are taken from the set ``read_csv`` itself uses
+    (``pandas._libs.parsers.STR_NA_VALUES``, in every pandas this package supports): the
+    numeric columns see exactly the markers they saw before.
+    """
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    return {name: {""} if name in text else set(STR_NA_VALUES) for name in columns}
 
 
 def _as_text(column):
@@ -215,8 +233,8 @@ class Table:
         """Yield pandas DataFrames of at most ``chunk_rows`` rows with only ``columns``.
 
         :param text: columns (among ``columns``) read as the file's text (see the module
-            docstring); a CSV cell that is empty or a missing-value marker (``NA``,
-            ``null``, …) is still missing.
+            docstring); only an empty CSV cell (or a Parquet null) is missing there, ``NA``,
+            ``None``, ``null``, … are text.
         :raises ValueError: the file cannot be read, or it has no rows.
         """
         columns = list(dict.fromkeys(columns))
@@ -254,6 +272,8 @@ class Table:
                 sep=self._separator,
                 chunksize=self.chunk_rows,
                 dtype=dict.fromkeys([*unused, *text], str),
+                keep_default_na=False,
+                na_values=_missing_markers(self.columns, text),
             )
             with reader:
                 for chunk in reader:

@@ -11,6 +11,9 @@ from iai_prob.io import Columns, Table, grouped_posteriors, inference_data, read
 # read "1" as 1 in some chunks and as "1" in others, and "1.0" as 1.0 or "1.0"
 MIXED_KEYS = ["1", "2", "3"] * 4 + ["01", "a", "1.0"] * 4 + ["1", "01", "a", "1.0"] * 6
 
+# strings pandas reads as missing by default: in a group column they are keys (NA: Namibia)
+MARKERS = ["NA", "None", "nan", "NaN", "null", "N/A", "n/a", "<NA>", "#N/A"]
+
 
 def _keyed_frame(family, keys, *, seed=0) -> pd.DataFrame:
     """Rows of ``family`` with group column ``g`` holding ``keys`` (one row each)."""
@@ -65,8 +68,38 @@ def test_natural_order_of_keys(tmp_path, shipped_guide, columns):
     assert list(read_groups(Table(path), columns, "g").keys) == ["S3", "s1", "s02", "s2", "s10"]
 
 
+def test_missing_value_markers_are_keys_like_in_parquet(tmp_path, shipped_guide, columns):
+    # marker i has i + 1 rows, interleaved, so that each group's size and rows are checked
+    keys = [key for i in range(len(MARKERS)) for key in MARKERS[i:]]
+    keys = list(np.random.default_rng(1).permutation(keys))
+    frame = _keyed_frame(shipped_guide.family, keys, seed=2)
+    frame.to_csv(tmp_path / "markers.csv", index=False)
+    frame.to_parquet(tmp_path / "markers.parquet")
+    reference = read_groups(Table(tmp_path / "markers.parquet"), columns, "g")
+    assert sorted(reference.keys) == sorted(MARKERS)
+    for index, key in enumerate(reference.keys):
+        assert reference.sizes[index] == MARKERS.index(key) + 1
+        expected = torch.tensor(frame.loc[frame["g"] == key, "y"].to_numpy(), dtype=torch.float32)
+        assert torch.equal(reference.group(index)[1], expected)
+    for rows in (1, 4, 10_000):
+        data = read_groups(Table(tmp_path / "markers.csv", chunk_rows=rows), columns, "g")
+        assert list(data.keys) == list(reference.keys)
+        assert list(data.sizes) == list(reference.sizes)
+        assert torch.equal(data.x, reference.x) and torch.equal(data.y, reference.y)
+
+
+@pytest.mark.parametrize("marker", MARKERS)
+def test_a_marker_in_a_numeric_column_is_still_missing(tmp_path, shipped_guide, columns, marker):
+    path = tmp_path / "holes.csv"
+    frame = _keyed_frame(shipped_guide.family, ["a", "b", "b", "a"]).astype({"x3": object})
+    frame.loc[2, "x3"] = marker
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"column 'x3' of holes\.csv has 1 missing"):
+        read_groups(Table(path, chunk_rows=2), columns, "g")
+
+
 @pytest.mark.parametrize(
-    ("suffix", "cell"), [(".csv", ""), (".csv", "NA"), (".parquet", None), (".parquet", np.nan)]
+    ("suffix", "cell"), [(".csv", ""), (".parquet", None), (".parquet", np.nan)]
 )
 def test_a_missing_key_names_its_row(tmp_path, shipped_guide, columns, suffix, cell):
     path = tmp_path / f"holes{suffix}"

@@ -74,3 +74,19 @@ def test_minibatches_cut_across_chunks(tmp_path, frame):
     assert [len(x) for x, _ in batches] == [64, 64, 64, 58]
     y = torch.cat([y for _, y in batches])
     assert torch.allclose(y, torch.tensor(frame["y"].to_numpy(), dtype=y.dtype), atol=1e-6)
+
+
+def test_only_an_empty_cell_is_missing_in_a_text_column(tmp_path):
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    markers = sorted(STR_NA_VALUES - {""})
+    lines = ["t,a,unused", '"",1,x', ",2,x", *(f"{m},{m},{m}" for m in markers)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    for rows in (1, 3, 100):
+        table = Table(tmp_path / "m.csv", chunk_rows=rows)
+        frame = pd.concat(table.chunks(["t", "a"], text=["t"]), ignore_index=True)
+        assert frame["t"].isna().tolist() == [True, True] + [False] * len(markers)
+        assert frame["t"][2:].tolist() == markers
+        assert frame["a"].tolist()[:2] == [1.0, 2.0] and frame["a"][2:].isna().all()
+        # not asked to be text: pandas' markers, as before
+        assert pd.concat(table.chunks(["t"]), ignore_index=True)["t"].isna().all()
