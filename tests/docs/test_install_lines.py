@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").rglob("*.py")]
 # a pip install command up to the end of its line or of its inline code span
-PIP_INSTALL = re.compile(r"pip install\s[^`\n]*(?:\n[^`\n]*)?(?=`|$)", re.MULTILINE)
+PIP_INSTALL = re.compile(r"pip\s+install\s[^`\n]*(?:\n[^`\n]*)?(?=`|$)", re.MULTILINE)
 REQUIREMENT = re.compile(r"""["']?(?P<name>[\w.-]+|\.)(?:\[(?P<extras>[\w,\s-]+)\])?["']?""")
 
 
