@@ -13,16 +13,21 @@ Two guards keep that state one run's:
 * **An identity.** The training card records what defines the run (model, guide
   configuration, latent layout, seed, objective, tasks per step, points, learning
   rate, …) as a flat dict. Resuming compares it with the request and refuses another
-  run with :class:`RunMismatchError`, naming each difference; starting again
+  run with :class:`RunMismatchError`, naming each difference in words; starting again
   (``resume=False``, ``iai train --overwrite``) replaces the old state only when the
   new run commits its first checkpoint, so a run killed before that leaves the old
   one intact.
+
+A function in an identity (a user's model, the function drawing its covariates) is
+:func:`callable_identity`, ``FILE:QUALNAME`` with the file resolved: the same function
+is the same run however it was imported (``mymodel:model``, ``./mymodel.py:model``).
 
 Imports neither torch nor JAX.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -40,6 +45,7 @@ __all__ = [
     "LOCK_NAME",
     "FolderInUseError",
     "RunMismatchError",
+    "callable_identity",
     "check_same_run",
     "find_training_state",
     "flat_identity",
@@ -115,7 +121,47 @@ def _show(value) -> str:
         return f"{value['family']}({options})"
     if isinstance(value, dict) and set(value) == {"callable"}:  # a user's model
         return repr(value["callable"])
+    if isinstance(value, dict) and "prior_predictive" in value:  # a user's model's tasks
+        return _show_prior_predictive(value)
     return json.dumps(value, sort_keys=True)
+
+
+def _show_prior_predictive(tasks: dict) -> str:
+    """``prior predictive of 'FILE:model' with covariates x ~ N(0, I_3)`` (the observed
+    site and data plate only where they are not ``y`` and ``data``)."""
+    covariates = tasks.get("covariates")
+    if isinstance(covariates, dict) and set(covariates) == {"x_dim"}:
+        covariates = f"x ~ N(0, I_{covariates['x_dim']})"
+    else:
+        covariates = _show(covariates)
+    text = f"prior predictive of {_show(tasks['prior_predictive'])} with covariates {covariates}"
+    for key, default, words in (
+        ("observed", "y", "observed site"),
+        ("data_plate", "data", "data plate"),
+    ):
+        if tasks.get(key, default) != default:
+            text += f", {words} {_show(tasks[key])}"
+    return text
+
+
+def callable_identity(function) -> str:
+    """``FILE:QUALNAME`` of a function (or of a callable object's class), the source file
+    resolved to an absolute path; ``MODULE:QUALNAME`` where it has no source file.
+
+    A poutine handler around a model (``poutine.scale(model, …)``, a messenger's ``fn``)
+    stands for the model.
+    """
+    function = inspect.unwrap(getattr(function, "fn", function))
+    owner = function if inspect.isroutine(function) else type(function)
+    qualname = getattr(function, "__qualname__", None) or owner.__qualname__
+    try:
+        file = inspect.getsourcefile(owner)
+    except (TypeError, OSError):  # a builtin, a class defined in __main__
+        file = None
+    if file and os.path.isfile(file):  # not "<string>", "<stdin>"
+        return f"{Path(file).resolve()}:{qualname}"
+    module = getattr(owner, "__module__", None)
+    return f"{module}:{qualname}" if module else qualname
 
 
 def flat_identity(identity: Mapping) -> dict:

@@ -58,12 +58,30 @@ def add_parser(commands) -> None:
         help="task family arguments as JSON, e.g. '{\"dim\": 4}' (default: the family's own)",
     )
     source = parser.add_argument_group("tasks of a module:function model")
-    source.add_argument("--x-dim", type=int, help="covariates x ~ N(0, I) of this dimension")
-    source.add_argument("--covariates", help="module:function drawing the covariates")
-    source.add_argument("--data", help="CSV or Parquet of real datasets (with --group)")
+    source.add_argument(
+        "--x-dim",
+        type=int,
+        help="draw covariates x ~ N(0, I) of this dimension (default: none; a module:function "
+        "model needs one of --x-dim, --covariates, --data)",
+    )
+    source.add_argument(
+        "--covariates",
+        help="module:function drawing the covariates, called as f(T, N, generator) "
+        "(default: none, see --x-dim)",
+    )
+    source.add_argument(
+        "--data",
+        help="CSV or Parquet of real datasets, one per --group (default: none, tasks drawn "
+        "from the model's prior predictive)",
+    )
     source.add_argument("--x", nargs="+", default=[], help="covariate columns of --data")
-    source.add_argument("--y", nargs="+", help="observed column(s) of --data")
-    source.add_argument("--group", help="column naming the dataset of each row of --data")
+    source.add_argument(
+        "--y", nargs="+", help="observed column(s) of --data (default: none; needed with --data)"
+    )
+    source.add_argument(
+        "--group",
+        help="column naming the dataset of each row of --data (default: none; needed with --data)",
+    )
     guide = parser.add_argument_group("guide")
     guide.add_argument(
         "--posterior", default="full_rank", help="posterior family: full_rank, low_rank, diagonal"
@@ -108,29 +126,60 @@ def _real_datasets(args):
     return [data.group(index) for index in range(len(data.keys))]
 
 
-def _user_tasks(args):
-    import torch
+_SOURCES = ("x_dim", "covariates", "data")
+"""The options choosing where a module:function model's tasks come from."""
+_COLUMNS = ("x", "y", "group")
+"""The options naming the columns of ``--data``."""
 
-    from iai_prob.cli.loading import import_object
-    from iai_prob.inference import PriorPredictiveTasks
 
-    model = import_object(args.model, option="model")
-    given = [name for name in ("x_dim", "covariates", "data") if getattr(args, name) is not None]
+def _given(args, names) -> list[str]:
+    """The options among ``names`` given on the command line, as spelled there."""
+    return [
+        "--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, [])
+    ]
+
+
+def _check_sources(args, family: bool) -> None:
+    """One line for a task option that does not apply: any for a task family (which
+    draws its own tasks), and for a module:function model anything but exactly one
+    source, or columns without ``--data``."""
+    if family:
+        given = _given(args, _SOURCES + _COLUMNS)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a "
+                f"module:function model, not to the task family {args.model!r}, which draws "
+                "its own tasks; set a family's options with --config"
+            )
+        return
+    if args.config:
+        raise ValueError("--config applies to task families, not to module:function models")
+    given = _given(args, _SOURCES)
     if len(given) != 1:
         raise ValueError(
-            f"a module:function model needs exactly one of --x-dim, --covariates, --data; got "
-            f"{['--' + g.replace('_', '-') for g in given] or 'none'}"
+            "a module:function model needs exactly one of --x-dim, --covariates, --data; got "
+            f"{given or 'none'}"
         )
+    columns = _given(args, _COLUMNS)
+    if args.data is None and columns:
+        raise ValueError(
+            f"{', '.join(columns)} appl{'ies' if len(columns) == 1 else 'y'} only with --data, "
+            "naming its columns; give --data FILE or drop "
+            f"{'it' if len(columns) == 1 else 'them'}"
+        )
+
+
+def _user_tasks(args):
+    from iai_prob.cli.loading import import_object
+    from iai_prob.inference.sources import NormalCovariates, PriorPredictiveTasks
+
+    model = import_object(args.model, option="model")
     if args.data is not None:
         return model, _real_datasets(args)
     if args.covariates is not None:
         covariates = import_object(args.covariates, option="--covariates")
     else:
-        dim = args.x_dim
-
-        def covariates(num_tasks, num_points, generator):
-            return (torch.randn(num_tasks, num_points, dim, generator=generator),)
-
+        covariates = NormalCovariates(args.x_dim)
     return model, PriorPredictiveTasks(model, covariates)
 
 
@@ -152,7 +201,7 @@ def _check_budget(args) -> None:
         check_positive_int("--" + option.replace("_", "-"), getattr(args, option))
     check_non_negative_int("--seed", args.seed)
     if args.x_dim is not None:
-        check_non_negative_int("--x-dim", args.x_dim)
+        check_positive_int("--x-dim", args.x_dim)
     check_positive("--learning-rate", args.learning_rate)
     if not 1 <= args.min_points <= args.max_points:
         raise ValueError(
@@ -161,11 +210,23 @@ def _check_budget(args) -> None:
         )
 
 
+def _without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's ``pairs`` as a dict; a key given twice is refused (``json`` would
+    keep the last value silently)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(
+            f"--config names {', '.join(map(repr, twice))} more than once; give each option once"
+        )
+    return dict(pairs)
+
+
 def _family(name: str, config: str | None):
     from iai_prob.models import FAMILIES
 
     try:
-        options = json.loads(config) if config else {}
+        options = json.loads(config, object_pairs_hook=_without_duplicates) if config else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"--config is not valid JSON ({error}): {config!r}") from None
     try:
@@ -183,11 +244,11 @@ def run(args) -> int:
     _check_budget(args)
     card = {"command": "iai " + shlex.join(args.argv)}
     if ":" in args.model:
-        if args.config:
-            raise ValueError("--config applies to task families, not to module:function models")
+        _check_sources(args, family=False)
         model, tasks = _user_tasks(args)
         card["entrypoint"] = _entrypoint(args.model)
     elif args.model in FAMILIES:
+        _check_sources(args, family=True)
         model = tasks = _family(args.model, args.config)
     else:
         raise ValueError(

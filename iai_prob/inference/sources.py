@@ -16,12 +16,15 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from iai_prob.inference.validation import explained_failures
+from iai_prob.checks import check_positive_int
+from iai_prob.inference.validation import RefuseImproperPriors, explained_failures
 from iai_prob.models.base import TaskFamily
+from iai_prob.training_folder import callable_identity
 
 __all__ = [
     "DatasetCollection",
     "FamilyTasks",
+    "NormalCovariates",
     "PriorPredictiveTasks",
     "TaskBatch",
     "TaskSource",
@@ -73,6 +76,26 @@ class FamilyTasks(TaskSource):
         return f"FamilyTasks({self.family!r})"
 
 
+class NormalCovariates:
+    """Covariates ``x ~ N(0, I_d)`` for :class:`PriorPredictiveTasks`: the tuple ``(x,)``
+    with ``x`` of shape ``(T, N, d)`` (what ``iai train --x-dim d`` draws).
+
+    :param int dim: the feature dimension ``d``.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = check_positive_int("dim", dim)
+
+    def __call__(self, num_tasks: int, num_points: int, generator: torch.Generator) -> tuple:
+        return (torch.randn(num_tasks, num_points, self.dim, generator=generator),)
+
+    def identity(self) -> dict:
+        return {"x_dim": self.dim}
+
+    def __repr__(self) -> str:
+        return f"NormalCovariates({self.dim})"
+
+
 class PriorPredictiveTasks(TaskSource):
     """Tasks from any Pyro model's prior predictive.
 
@@ -97,7 +120,8 @@ class PriorPredictiveTasks(TaskSource):
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         with torch.random.fork_rng(), torch.no_grad(), explained_failures(self.model, args, {}):
             torch.manual_seed(seed)
-            trace = poutine.trace(self.model).get_trace(*args)
+            # an improper prior is refused by site name, as the guide refuses it
+            trace = poutine.trace(RefuseImproperPriors()(self.model)).get_trace(*args)
         if self.observed not in trace.nodes:
             raise ValueError(f"the model has no site named {self.observed!r} to observe")
         theta = {}
@@ -123,9 +147,17 @@ class PriorPredictiveTasks(TaskSource):
         return value.reshape(num_tasks, *event_shape)
 
     def identity(self) -> dict:
+        """The model and covariates as ``FILE:QUALNAME``
+        (:func:`~iai_prob.training_folder.callable_identity`, the same however the file was
+        imported), :class:`NormalCovariates` as ``{"x_dim": d}``."""
+        covariates = self.covariates
         return {
-            "prior_predictive": _name(self.model),
-            "covariates": _name(self.covariates),
+            "prior_predictive": callable_identity(self.model),
+            "covariates": (
+                covariates.identity()
+                if isinstance(covariates, NormalCovariates)
+                else callable_identity(covariates)
+            ),
             "observed": self.observed,
             "data_plate": self.data_plate,
         }
@@ -177,13 +209,6 @@ class DatasetCollection(TaskSource):
 
     def __repr__(self) -> str:
         return f"DatasetCollection({len(self.datasets)} datasets)"
-
-
-def _name(function) -> str:
-    function = getattr(function, "fn", function)  # a poutine messenger around a model
-    module = getattr(function, "__module__", None)
-    name = getattr(function, "__qualname__", type(function).__qualname__)
-    return f"{module}:{name}" if module else name
 
 
 def as_task_source(tasks) -> TaskSource:

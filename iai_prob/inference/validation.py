@@ -36,6 +36,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
+    "RefuseImproperPriors",
     "check_log_prob",
     "check_plate_shapes",
     "describe_arguments",
@@ -158,12 +159,14 @@ def _innermost(fn):
     return fn
 
 
-class _RefuseImproperPriors(Messenger):
+class RefuseImproperPriors(Messenger):
     """Refuse a latent site whose prior is improper, naming it, while the model runs.
 
     ``ImproperUniform`` cannot be sampled (PyTorch would raise a ``NotImplementedError``
     that names neither the site nor the fix); a prior whose draw is NaN or inf (e.g.
     ``Uniform(-inf, inf)``, ``Normal(0, inf)``) has no finite density to refine against.
+    :func:`trace_model` and :class:`~iai_prob.inference.PriorPredictiveTasks` trace the
+    model under it, so both say the same.
     """
 
     @staticmethod
@@ -198,7 +201,7 @@ def trace_model(model, args: tuple, kwargs: dict):
     """One blocked trace of ``model(*args, **kwargs)`` under :func:`explained_failures`,
     refusing improper priors by site name."""
     with explained_failures(model, args, kwargs), poutine.block():
-        return poutine.trace(_RefuseImproperPriors()(model)).get_trace(*args, **kwargs)
+        return poutine.trace(RefuseImproperPriors()(model)).get_trace(*args, **kwargs)
 
 
 def _batch_shape(site) -> tuple[int, ...] | None:

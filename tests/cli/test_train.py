@@ -1,6 +1,7 @@
 """``iai train``: task families and a user's own ``module:function`` model, resumable,
 reproducible, one run per ``--out``, and one-line errors for bad options."""
 
+import argparse
 import json
 import os
 import textwrap
@@ -189,3 +190,134 @@ def test_an_out_that_cannot_be_a_folder_is_refused(where, tmp_path, capsys):
     (tmp_path / "taken").write_text("")
     out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "run"
     assert "taken is a file" in _error(capsys, _family_argv(out))
+
+
+def test_a_user_model_is_the_same_run_however_its_file_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "spelt.py").write_text(USER_MODEL)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "spelt.py").write_text(USER_MODEL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--x-dim", "2", "--out", "run", *TINY]
+    assert main(["train", "spelt.py:model", *common]) == 0
+    for spelling in ("spelt:model", f"{tmp_path}/spelt.py:model", "./spelt.py:model"):
+        steps = _last(tmp_path / "run")[1]["step"] + 1
+        assert main(["train", spelling, *common, "--steps", str(steps)]) == 0, spelling
+        assert _last(tmp_path / "run")[1]["step"] == steps  # resumed, not refused
+    capsys.readouterr()
+    # another file is another run, named readably (no internal module or <locals> names)
+    err = _error(capsys, ["train", "other/spelt.py:model", *common, "--steps", "9"])
+    here, other = (tmp_path / "spelt.py").resolve(), (tmp_path / "other/spelt.py").resolve()
+    assert (
+        f"training tasks prior predictive of '{here}:model' with covariates x ~ N(0, I_2), not "
+        f"prior predictive of '{other}:model' with covariates x ~ N(0, I_2); pass --overwrite"
+        in err
+    )
+    assert "_iai_user" not in err and "<locals>" not in err
+
+
+def test_a_prior_predictive_identity_names_its_covariates(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mymodel.py").write_text(
+        USER_MODEL
+        + "\n\ndef covariates(num_tasks, num_points, generator):\n"
+        + "    import torch\n\n"
+        + "    return (torch.randn(num_tasks, num_points, 2, generator=generator),)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "mymodel.py:model", "--x-dim", "2", "--out", "run", *TINY]) == 0
+    tasks = _last(tmp_path / "run")[1]["run"]["tasks"]
+    file = (tmp_path / "mymodel.py").resolve()
+    assert tasks["covariates"] == {"x_dim": 2} and tasks["prior_predictive"] == f"{file}:model"
+    argv = ["train", "mymodel.py:model", "--covariates", "mymodel.py:covariates"]
+    err = _error(capsys, [*argv, "--out", "run", *TINY])
+    assert (
+        f"with covariates x ~ N(0, I_2), not prior predictive of '{file}:model' with covariates "
+        f"'{file}:covariates'" in err
+    )
+
+
+IMPROPER_MODEL = USER_MODEL.replace(
+    "dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1)",
+    "dist.ImproperUniform(constraints.real, (), (x.shape[-1],))",
+).replace("import pyro\n", "import pyro\nfrom torch.distributions import constraints\n")
+
+
+def test_an_improper_prior_is_named_before_any_step(tmp_path, monkeypatch, capsys):
+    assert "ImproperUniform" in IMPROPER_MODEL
+    (tmp_path / "odd.py").write_text(IMPROPER_MODEL)
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, ["train", "odd.py:model", "--x-dim", "2", "--out", "run", *TINY])
+    assert err == (
+        "iai train: error: latent site 'w' has an improper prior (ImproperUniform); the guide "
+        "samples and scores the prior, so give 'w' a proper distribution (e.g. dist.Normal(0, 10))"
+    )
+    assert not (tmp_path / "run" / "last.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--x-dim", "0"], "--x-dim must be a positive integer, got 0"),
+        (["--x-dim", "-2"], "--x-dim must be a positive integer, got -2"),
+        (["--x-dim", "2", "--y", "y"], "--y applies only with --data, naming its columns; give"),
+        (
+            ["--x-dim", "2", "--x", "a", "--group", "g"],
+            "--x, --group apply only with --data, naming its columns; give --data FILE or drop",
+        ),
+        (["--x-dim", "2", "--config", '{"dim": 2}'], "--config applies to task families, not"),
+        (["--x-dim", "2", "--data", "d.csv"], "exactly one of --x-dim, --covariates, --data; got"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_task_options_of_a_user_model_are_one_line_before_any_work(
+    change, message, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "mymodel.py").write_text(USER_MODEL)
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, ["train", "mymodel.py:model", "--out", "run", *TINY, *change])
+    assert err.startswith("iai train: error: ") and message in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--x-dim", "2"],
+        ["--covariates", "mymodel:covariates"],
+        ["--data", "d.csv", "--y", "y", "--group", "g"],
+        ["--x", "x0"],
+    ],
+    ids=lambda value: " ".join(value),
+)
+def test_options_of_a_user_model_are_refused_for_a_task_family(change, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*_family_argv(out), *change])  # were ignored silently
+    given = ", ".join(option for option in change if option.startswith("--"))
+    assert err.startswith(f"iai train: error: {given} appl")
+    assert "to a module:function model, not to the task family 'linear_regression'" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"dim": 2, "dim": 3}', "--config names 'dim' more than once; give each option once"),
+        ('{"dim": 2, "noise_scale": 1, "dim": 2}', "--config names 'dim' more than once"),
+    ],
+)
+def test_a_config_key_given_twice_is_refused(config, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*_family_argv(out), "--config", config])  # the last value won
+    assert err.startswith(f"iai train: error: {message}")
+    assert not out.exists()
+
+
+def test_every_task_option_says_what_happens_without_it():
+    from iai_prob.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = commands.choices["train"]
+    for action in parser._actions:
+        if action.option_strings and action.default is None and not action.required:
+            text = " ".join(parser._get_formatter()._format_action(action).split())
+            assert "(default: " in text, text

@@ -405,3 +405,55 @@ def test_prior_predictive_tasks_name_what_the_model_lacks(model, pattern):
     with pytest.raises(ValueError, match=pattern) as error:
         source.sample(3, 5, torch.Generator().manual_seed(0))
     assert "Trace Shapes" not in str(error.value)
+
+
+def _batched_regression_with(prior):
+    """A regression over a batch of tasks ``x: (T, N, 2)`` (or one dataset ``(N, 2)``)
+    whose weight ``w`` has the prior ``prior()``."""
+
+    from contextlib import nullcontext
+
+    def model(x, y=None):
+        with pyro.plate("tasks", x.shape[0], dim=-2) if x.dim() == 3 else nullcontext():
+            w = pyro.sample("w", prior())
+            with pyro.plate("data", x.shape[-2], dim=-1):
+                return pyro.sample("y", dist.Normal((x * w).sum(-1), 1.0), obs=y)
+
+    return model
+
+
+@pytest.mark.parametrize(
+    ("prior", "pattern"),
+    [
+        (
+            lambda: dist.ImproperUniform(constraints.real, (), (2,)),
+            "latent site 'w' has an improper prior (ImproperUniform); the guide samples and "
+            "scores the prior, so give 'w' a proper distribution",
+        ),
+        (
+            lambda: dist.Uniform(-float("inf"), float("inf")).expand([2]).to_event(1),
+            "latent site 'w': a draw from its prior",
+        ),
+    ],
+    ids=["improper-uniform", "infinite-bounds"],
+)
+def test_prior_predictive_tasks_refuse_an_improper_prior_as_the_guide_does(
+    prior, pattern, make_guide
+):
+    from iai_prob.inference import PriorPredictiveTasks
+
+    model = _batched_regression_with(prior)
+
+    def covariates(num_tasks, num_points, generator):
+        return (torch.randn(num_tasks, num_points, 2, generator=generator),)
+
+    with pytest.raises(ValueError) as error:  # was "the model failed on the data it was given"
+        PriorPredictiveTasks(model, covariates).sample(3, 5, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError) as from_the_guide:
+        make_guide(model).posterior(torch.randn(5, 2), torch.randn(5))
+    message = str(error.value)
+    assert pattern in message and "\n" not in message
+    # the same words as the guide's, but for the prior's batch shape (T tasks, or one)
+    assert re.sub(r"its prior .* is NaN", "", message) == re.sub(
+        r"its prior .* is NaN", "", str(from_the_guide.value)
+    )

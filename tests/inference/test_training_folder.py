@@ -3,6 +3,7 @@ otherwise, starts again on ``resume=False``, and two processes never share a fol
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -12,16 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from pyro import poutine
 
 from iai_prob import checkpoint_format
 from iai_prob.checkpoint_format import CheckpointError
 from iai_prob.inference import fit
 from iai_prob.inference.checkpoint import read_checkpoint, write_checkpoint
+from iai_prob.inference.sources import NormalCovariates, PriorPredictiveTasks
 from iai_prob.models import LinearRegression
 from iai_prob.training_folder import (
     LOCK_NAME,
     FolderInUseError,
     RunMismatchError,
+    callable_identity,
+    check_same_run,
     lock_folder,
 )
 
@@ -187,4 +192,65 @@ def test_each_versioned_write_stages_under_its_own_name(tmp_path, monkeypatch):
     remaining = sorted(path.name for path in tmp_path.iterdir())
     assert remaining == sorted(
         ["last.json", json.loads((tmp_path / "last.json").read_text())["weights_file"]]
+    )
+
+
+def _import_as(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_function_is_the_same_run_however_its_file_was_imported(tmp_path, monkeypatch):
+    (tmp_path / "models.py").write_text(
+        "def model(x, y=None):\n    pass\n\n\nclass Models:\n    def model(self, x, y=None):\n"
+        "        pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    file = (tmp_path / "models.py").resolve()
+    by_path = _import_as("_iai_user_models", "models.py")  # as `iai train models.py:model`
+    by_name = _import_as("models", file)  # as `iai train models:model`
+    assert by_path.model is not by_name.model
+    for model in (by_path.model, by_name.model, poutine.scale(by_name.model, scale=2.0)):
+        assert callable_identity(model) == f"{file}:model"
+    assert callable_identity(by_path.Models().model) == f"{file}:Models.model"
+    assert callable_identity(len) == "builtins:len"  # no source file: module and name
+    tasks = [
+        PriorPredictiveTasks(module.model, NormalCovariates(3)) for module in (by_path, by_name)
+    ]
+    assert (
+        tasks[0].identity()
+        == tasks[1].identity()
+        == {
+            "prior_predictive": f"{file}:model",
+            "covariates": {"x_dim": 3},
+            "observed": "y",
+            "data_plate": "data",
+        }
+    )
+
+
+def test_normal_covariates_draw_what_they_say(tmp_path):
+    (x,) = NormalCovariates(3)(4, 5, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="dim must be a positive integer, got 0"):
+        NormalCovariates(0)
+
+
+def test_another_prior_predictive_is_named_in_words(tmp_path):
+    saved = {"tasks": {"prior_predictive": "/a/m.py:model", "covariates": {"x_dim": 2}}}
+    requested = {
+        "tasks": {
+            "prior_predictive": "/a/m.py:model",
+            "covariates": "/a/m.py:draw",
+            "observed": "z",
+        }
+    }
+    with pytest.raises(RunMismatchError) as error:
+        check_same_run(tmp_path, saved, requested)
+    assert error.value.description == (
+        "holds a run with training tasks prior predictive of '/a/m.py:model' with covariates "
+        "x ~ N(0, I_2), not prior predictive of '/a/m.py:model' with covariates '/a/m.py:draw', "
+        "observed site 'z'"
     )
