@@ -42,6 +42,7 @@ from pyro.infer.autoguide import AutoGuide
 from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
+from iai_prob.inference.memo import LastDataset
 from iai_prob.inference.objectives import elbo
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
@@ -247,6 +248,7 @@ class IterativeAmortizedGuide(AutoGuide):
         self.refiner: Refiner | None = None
         self.layout_signature: list | None = None
         self.card: dict = {}
+        self._last_dataset = LastDataset()  # Predictive's S draws refine once
 
     @property
     def family(self) -> TaskFamily | None:
@@ -398,9 +400,14 @@ class IterativeAmortizedGuide(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         pyro.module(f"{self._pyro_name}.refiner", self.refiner)
-        task = self.prepare(*args, **kwargs)
-        layout = task.layout
-        posterior = self._distribution(self.final_state(task), layout)
+        weights = list(self.refiner.parameters())
+        memo = self._last_dataset.get(args, kwargs, weights, self.config)
+        if memo is None:  # a new dataset, new weights or options, or gradients on
+            task = self.prepare(*args, **kwargs)
+            memo = (task.layout, self.final_state(task))
+            self._last_dataset.put(args, kwargs, weights, self.config, memo)
+        layout, state = memo
+        posterior = self._distribution(state, layout)
         plate = (
             contextlib.nullcontext()
             if layout.num_tasks is None

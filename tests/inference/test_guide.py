@@ -467,3 +467,34 @@ def test_predictive_with_no_samples_raises_pyros_own_error(linreg, make_guide, s
     for candidate in (guide, auto, None):
         with pytest.raises(ZeroDivisionError, match="size cannot be zero"):
             Predictive(linreg.model, guide=candidate, num_samples=0)(x[0], y[0])
+
+
+def test_predictive_draws_refine_once_per_dataset(linreg, make_guide, simulate, monkeypatch):
+    """``Predictive``'s S draws (one guide call each, under no_grad) reuse one refined
+    state while the dataset, the weights and the options are unchanged."""
+    _, x, y = simulate(linreg, 1, 30)
+    x, y = x[0], y[0]
+    guide = make_guide(linreg)
+    expected = guide.posterior(x, y)
+    calls = []
+    original = type(guide).final_state
+    monkeypatch.setattr(
+        type(guide), "final_state", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    draws = pyro.infer.Predictive(linreg.model, guide=guide, num_samples=400)(x, y)["w"]
+    assert len(calls) == 1
+    error = (draws.reshape(400, -1).mean(0) - expected.mean).abs()
+    assert (error < 4 * expected.stddev / 20).all()  # 4 standard errors of 400 draws
+    y[0] += 1.0  # an in-place edit of the data: refined again
+    pyro.infer.Predictive(linreg.model, guide=guide, num_samples=3)(x, y)
+    assert len(calls) == 2
+    with torch.no_grad():
+        next(guide.refiner.parameters()).add_(0.01)  # new weights: refined again
+    pyro.infer.Predictive(linreg.model, guide=guide, num_samples=3)(x, y)
+    assert len(calls) == 3
+    guide.config["num_steps"] = 1  # new options: refined again
+    pyro.infer.Predictive(linreg.model, guide=guide, num_samples=3)(x, y)
+    assert len(calls) == 4
+    guide(x, y)  # gradients on (SVI, training): never memoized
+    guide(x, y)
+    assert len(calls) == 6
