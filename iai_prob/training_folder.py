@@ -51,6 +51,7 @@ __all__ = [
     "flat_identity",
     "lock_folder",
     "make_folder",
+    "model_run_identity",
     "saved_identity",
 ]
 
@@ -162,6 +163,16 @@ def callable_identity(function) -> str:
         return f"{Path(file).resolve()}:{qualname}"
     module = getattr(owner, "__module__", None)
     return f"{module}:{qualname}" if module else qualname
+
+
+def model_run_identity(card_model: Mapping, model) -> dict:
+    """The model as a run identifies it: a task family as the card records it (name and
+    configuration), a user's model by :func:`callable_identity` (its file, so that
+    another file's function of the same name is another run; the card keeps the bare
+    name that ``iai infer --model`` is matched by)."""
+    if "family" in card_model:
+        return dict(card_model)
+    return {"callable": callable_identity(model)}
 
 
 def flat_identity(identity: Mapping) -> dict:

@@ -26,6 +26,7 @@ from iai_prob.training_folder import (
     check_same_run,
     find_training_state,
     flat_identity,
+    model_run_identity,
     saved_identity,
 )
 
@@ -45,7 +46,7 @@ def run_identity(guide, source, optimizer, settings: dict) -> dict:
     if hasattr(guide, "training_loss"):
         identity["guide"] = {"kind": type(guide).__name__, **guide.config}
     else:
-        identity["model"] = model_identity(guide)
+        identity["model"] = model_run_identity(model_identity(guide), guide.model)
         identity["layout"] = guide.layout_signature
         identity["latent_dim"] = guide.refiner.latent_dim
         identity["feature_dim"] = guide.refiner.feature_dim

@@ -48,11 +48,13 @@ from iai_prob.numpyro.sharding import task_mesh
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.training_folder import (
     RunMismatchError,
+    callable_identity,
     check_same_run,
     find_training_state,
     flat_identity,
     lock_folder,
     make_folder,
+    model_run_identity,
     saved_identity,
 )
 
@@ -366,8 +368,8 @@ def _run_identity(guide, tasks, custom_optimizer: bool, settings: dict) -> dict:
     """What defines a run (:mod:`iai_prob.training_folder`), flat, as the card stores it."""
     if hasattr(tasks, "covariates"):  # a user model's prior predictive
         source = {
-            "prior_predictive": getattr(tasks.model, "__qualname__", repr(tasks.model)),
-            "covariates": getattr(tasks.covariates, "__qualname__", repr(tasks.covariates)),
+            "prior_predictive": callable_identity(tasks.model),
+            "covariates": callable_identity(tasks.covariates),
         }
     else:
         source = {"family": tasks.name, "config": tasks.config()}
@@ -375,7 +377,7 @@ def _run_identity(guide, tasks, custom_optimizer: bool, settings: dict) -> dict:
         {
             "kind": "training",
             "backend": "jax",
-            "model": model_identity(guide),
+            "model": model_run_identity(model_identity(guide), guide.model),
             "layout": guide.layout_signature,
             "guide": guide.config,
             "tasks": source,

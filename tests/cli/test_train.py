@@ -85,6 +85,22 @@ def test_user_model_from_real_datasets(tmp_path, make_grouped_frame, shipped_gui
     assert card["entrypoint"] == f"{tmp_path / 'models.py'}:model"
 
 
+def test_another_files_model_of_the_same_name_is_another_run(
+    tmp_path, capsys, make_grouped_frame, shipped_guide
+):
+    (tmp_path / "other").mkdir()
+    for folder in (tmp_path, tmp_path / "other"):
+        (folder / "models.py").write_text(USER_MODEL)
+    make_grouped_frame(shipped_guide.family, [12, 16, 20]).to_csv(tmp_path / "d.csv", index=False)
+    data = ["--data", str(tmp_path / "d.csv"), "--x", "x0:x7", "--y", "y", "--group", "unit"]
+    out = ["--out", str(tmp_path / "real"), *TINY]
+    assert main(["train", f"{tmp_path / 'models.py'}:model", *data, *out]) == 0
+    capsys.readouterr()
+    assert main(["train", f"{tmp_path / 'other' / 'models.py'}:model", *data, *out]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with model" in err and str(tmp_path / "other" / "models.py") in err
+
+
 def _family_argv(out, *extra):
     config = ["--config", '{"dim": 2}']
     return ["train", "linear_regression", *config, "--out", str(out), *TINY, *extra]
@@ -208,11 +224,7 @@ def test_a_user_model_is_the_same_run_however_its_file_is_named(tmp_path, monkey
     # another file is another run, named readably (no internal module or <locals> names)
     err = _error(capsys, ["train", "other/spelt.py:model", *common, "--steps", "9"])
     here, other = (tmp_path / "spelt.py").resolve(), (tmp_path / "other/spelt.py").resolve()
-    assert (
-        f"training tasks prior predictive of '{here}:model' with covariates x ~ N(0, I_2), not "
-        f"prior predictive of '{other}:model' with covariates x ~ N(0, I_2); pass --overwrite"
-        in err
-    )
+    assert f"holds a run with model '{here}:model'" in err and f"'{other}:model'" in err
     assert "_iai_user" not in err and "<locals>" not in err
 
 
