@@ -22,6 +22,38 @@ refinement streams a dataset of any size in mini-batches. Observations that are 
 integers in the simulator (Bernoulli, categorical) have a scale fixed by the model, so
 only their covariates are checked; a guide of your own model (no task family) is not
 checked.
+
+Support. Every observation must be a value the model's likelihood can produce: a
+Bernoulli's ``y`` is 0 or 1, a categorical's a whole number below the number of
+classes. :func:`support_error` names the first ``--y`` column, value and data row that is
+not, in words (torch's own message blamed the columns and printed the whole tensor).
+
+Spread. A guide infers only its model's latents; the rest of the model is fixed. The
+shipped ``linear_regression`` guide's model has noise of sd 0.5 whatever the data, so on
+data with a residual sd of 3 (10 groups of 50 rows) its posteriors were about 6 times
+too narrow while PSIS k̂ stayed good: the guide matches the model's posterior, but the
+model does not fit the data. ``iai diagnose`` shows this
+(:mod:`iai_prob.diagnostics.model_fit`); ``iai infer`` runs the part of that check aimed
+at it, on every dataset after inference, and warns in one line
+(:func:`spread_warning`). For each dataset ``D`` and observed site ``y``,
+
+    p = P(sd(y_rep) > sd(y) | D) + ½ P(sd(y_rep) = sd(y) | D),
+    y_rep ~ p(y | θ_s),  θ_s ~ q(θ | D),
+
+the posterior predictive p-value of ``sd(y)``
+(:func:`~iai_prob.diagnostics.model_fit.predictive_pvalues`; Gelman, Meng, Stern 1996),
+from :data:`PPC_DRAWS` draws on the first :data:`PPC_MAX_ROWS` rows of the dataset (its
+spread is well measured by then, and the cost stays bounded). ``p`` below
+``PPC_BOUNDS[0]`` means ``y`` varies more than the model allows (a fixed noise scale
+too small, other units), above ``PPC_BOUNDS[1]`` less. Measured with the shipped guides
+(100 draws): every residual-sd-3 group above has ``p = 0``; the shipped datasets'
+p-values lie in 0.13–0.69 (120 schools) and at 0.58 (the 2,000-row dataset); none of
+480 linear-regression and 240 logistic-regression datasets drawn from their families
+(2 to 1,000 rows) was flagged; 4 to 6 of 200 Gaussian-mixture datasets were, as
+``iai diagnose`` flags them too. The mean of ``y``, which ``iai diagnose`` also checks,
+is left out here: for a model without an intercept its p-value is extreme by chance far
+more often (0.011 on the 2,000-row dataset with the exact posterior, below 0.005 with
+100 draws).
 """
 
 from __future__ import annotations
@@ -32,7 +64,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FACTOR", "NUM_TASKS", "TrainingScales", "describe", "scale_warning", "training_scales"]
+__all__ = [
+    "FACTOR",
+    "NUM_TASKS",
+    "PPC_DRAWS",
+    "PPC_MAX_ROWS",
+    "TrainingScales",
+    "describe",
+    "grouped_sd_pvalues",
+    "scale_warning",
+    "sd_pvalues",
+    "spread_warning",
+    "support_error",
+    "training_scales",
+]
 
 NUM_TASKS = 2048
 """Simulated datasets behind the training ranges (fewer when datasets are large)."""
@@ -40,6 +85,11 @@ FACTOR = 2.0
 """How far outside the central 99% training range a scale must be to be flagged."""
 _QUANTILES = (0.005, 0.995)
 _DEFAULT_POINTS = (16, 256)
+PPC_DRAWS = 100
+"""Posterior predictive draws per dataset of the spread check."""
+PPC_MAX_ROWS = 4096
+"""Rows of each dataset the spread check looks at (its first ones)."""
+_VALUES_PER_CALL = 2**22  # draws x rows of one model call in the spread check
 
 
 @dataclass(frozen=True)
@@ -126,6 +176,77 @@ def scale_warning(guide, x, y, *, x_names, checkpoint: str) -> str | None:
     )
 
 
+def _support_words(support) -> str:
+    """What values ``support`` (a torch constraint, applied elementwise) allows, in words."""
+    from torch.distributions import constraints
+
+    kind = type(support)
+    if kind is type(constraints.boolean):
+        return "0 or 1"
+    if kind is type(constraints.integer_interval(0, 1)):
+        return f"a whole number from {support.lower_bound} to {support.upper_bound}"
+    if kind is type(constraints.nonnegative_integer):
+        return f"a whole number ≥ {support.lower_bound}"
+    if kind is type(constraints.positive):
+        return f"greater than {support.lower_bound:g}"
+    if kind is type(constraints.nonnegative):
+        return f"≥ {support.lower_bound:g}"
+    if kind is type(constraints.unit_interval):
+        return f"between {support.lower_bound:g} and {support.upper_bound:g}"
+    return f"a value in {support}"
+
+
+def support_error(model, x, y, *, y_names, source: str, first_row: int = 1) -> str | None:
+    """One line naming the first ``--y`` column, value and data row outside the support
+    of the model's likelihood (``y`` must be 0 or 1 for a Bernoulli), or ``None``.
+
+    :param model: the Pyro model, run once as ``model(x, y)`` to read its observed sites
+        (a model that fails on these columns gives ``None``: its error is for
+        :func:`~iai_prob.cli.infer.check_fits` to report).
+    :param y_names: the ``--y`` columns, in the order of ``y``'s columns.
+    :param int first_row: the data row (1-based) of ``y[0]``.
+    """
+    import pyro
+    import torch
+    from pyro import poutine
+    from torch.distributions import Independent, constraints
+
+    try:
+        with pyro.validation_enabled(False), poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(x, y)
+    except (ValueError, RuntimeError, IndexError, TypeError):
+        return None
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        support, value = site["fn"].support, site["value"]
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        outside = ~support.check(value)
+        if not outside.any():
+            continue
+        distribution = site["fn"]
+        while isinstance(distribution, Independent | pyro.distributions.MaskedDistribution):
+            distribution = distribution.base_dist
+        index = tuple(int(i) for i in outside.nonzero()[0])
+        shown = f"{float(value[index]):g}"
+        rule = (
+            f"the model's {type(distribution).__name__} likelihood (site {name!r}) needs "
+            f"{_support_words(support)}"
+        )
+        if value.shape != y.shape:
+            return f"--y of {source}: the model observes {shown} at site {name!r}; {rule}"
+        column = y_names[index[1]] if y.dim() > 1 else y_names[0]
+        rows = int(outside.reshape(len(y), -1).any(-1).sum())
+        return (
+            f"--y column {column!r} of {source} holds {shown} in data row "
+            f"{first_row + index[0]} ({rows} such row(s) among data rows {first_row}–"
+            f"{first_row + len(y) - 1}): {rule}; recode the column, or use a checkpoint of a "
+            "model for these values"
+        )
+    return None
+
+
 def _parameter_words(family) -> dict[str, str]:
     """``name`` → its ``:param`` description in the family's docstring, as plain text."""
     from iai_prob.cli.helptext import plain
@@ -182,3 +303,95 @@ def describe(family, card: dict) -> list[str]:
     else:
         lines.append("scale: integer observations and no covariates: nothing to check")
     return lines
+
+
+def sd_pvalues(guide, posterior, x, y, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{site: p}``: the p-value of ``sd`` of each observed site, per dataset.
+
+    :param posterior: ``q(z | D)`` over the joint unconstrained latents, batch ``(T,)``
+        for ``x`` of shape ``(T, N, d)`` or ``()`` for one dataset ``(N, d)``.
+    """
+    from iai_prob.diagnostics import approximate_posterior
+    from iai_prob.diagnostics.model_fit import predictive_pvalues
+
+    source = approximate_posterior(lambda *args, **kwargs: posterior, guide.model, x, y)
+    draws = source.sample_latent(PPC_DRAWS, seed=seed)
+    replicated = source.posterior_predictive(draws, seed=seed + 1)
+    observed = source.observed()
+    tasks = source.num_tasks
+    result = {}
+    for site, named in replicated.items():
+        pvalues = predictive_pvalues(
+            named.value.reshape(PPC_DRAWS, tasks, -1).numpy(),
+            observed[site].value.reshape(tasks, -1).numpy(),
+            site,
+        )
+        result[site] = pvalues[f"sd({site})"]
+    return result
+
+
+def grouped_sd_pvalues(guide, result, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`sd_pvalues` of every group of a
+    :class:`~iai_prob.io.grouped.GroupedPosterior`, groups of one size a batch at a time
+    (at most :data:`PPC_MAX_ROWS` rows of each)."""
+    import torch
+
+    data, posterior = result.data, result.posterior
+    pvalues: dict[str, np.ndarray] = {}
+    for size in np.unique(data.sizes):
+        members = np.flatnonzero(data.sizes == size)
+        rows = min(int(size), PPC_MAX_ROWS)
+        per_call = max(1, _VALUES_PER_CALL // (PPC_DRAWS * rows))
+        for start in range(0, len(members), per_call):
+            chunk = members[start : start + per_call]
+            x, y = data.stack(chunk)
+            part = torch.distributions.MultivariateNormal(
+                posterior.loc[chunk], scale_tril=posterior.scale_tril[chunk]
+            )
+            found = sd_pvalues(guide, part, x[:, :rows], y[:, :rows], seed=seed)
+            for site, values in found.items():
+                pvalues.setdefault(site, np.full(len(data.keys), 0.5))[chunk] = values
+    return pvalues
+
+
+def _listed(labels, limit: int = 5) -> str:
+    """The first ``limit`` labels and how many more."""
+    shown = ", ".join(str(label) for label in labels[:limit])
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
+def spread_warning(pvalues: dict[str, np.ndarray], labels, *, family=None) -> str | None:
+    """One line naming the datasets whose ``sd`` p-value lies outside
+    :data:`~iai_prob.diagnostics.model_fit.PPC_BOUNDS` and what to try, or ``None``.
+
+    :param labels: the datasets' names (group keys), ``None`` for one dataset.
+    :param family: the guide's task family, whose fixed settings the line lists.
+    """
+    from iai_prob.diagnostics.model_fit import PPC_BOUNDS
+
+    low, high = PPC_BOUNDS
+    problems = []
+    for site, values in pvalues.items():
+        for flagged, what in ((values < low, "more"), (values > high, "less")):
+            if not flagged.any():
+                continue
+            bound = f"below {low}" if what == "more" else f"above {high}"
+            if labels is None:
+                where = f"p-value of sd({site}) {values[0]:.3f}, {bound}"
+            else:
+                names = _listed([labels[i] for i in np.flatnonzero(flagged)])
+                where = f"p-value of sd({site}) {bound} in {flagged.sum()} of {len(values)} "
+                where += f"groups: {names}"
+            problems.append(f"{site} varies {what} than the model allows ({where})")
+    if not problems:
+        return None
+    fixed = ""
+    if family is not None:
+        settings = ", ".join(f"{name} = {value}" for name, value in family.config().items())
+        fixed = f" (fixed when the guide was trained: {settings})"
+    return (
+        f"posterior predictive check: {'; '.join(problems)}: the model{fixed} does not fit "
+        "these data, so the posteriors may be far off (too narrow when y varies more); "
+        "check them with iai diagnose, and for noisier data train a guide for a model that "
+        "infers its noise (e.g. iai train linear_regression_unknown_noise)"
+    )

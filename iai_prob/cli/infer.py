@@ -15,19 +15,37 @@ optimum (for small groups and briefly trained guides, try 10). Without it, all r
 one dataset, streamed in mini-batches in constant memory, so the file may be larger
 than memory. The posteriors are written as an ArviZ InferenceData netCDF file (with a
 ``group`` dimension when grouped) and summarized on screen.
+
+Before the checkpoint is loaded, ``--out`` and every numeric option are checked, and a
+column named twice is refused. A warning (one line, the run goes on) says when the
+data's scale is far outside the guide's training data and when the model does not
+reproduce the spread of ``y`` (a posterior predictive check per dataset): then the
+posteriors may be far off, and ``iai diagnose`` tells more.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 
-from iai_prob.checks import check_positive_int
+from iai_prob.checks import check_non_negative_int, check_positive_int
 from iai_prob.cli.helptext import HelpFormatter
-from iai_prob.cli.loading import add_data_arguments
+from iai_prob.cli.loading import add_data_arguments, check_data_arguments
 from iai_prob.cli.output import check_output_file
 
-__all__ = ["add_parser", "check_fits", "parse_columns", "run", "warn_if_unlike_training"]
+__all__ = [
+    "add_parser",
+    "check_data",
+    "check_fits",
+    "check_options",
+    "data_columns",
+    "explained_observation_errors",
+    "parse_columns",
+    "run",
+    "warn_if_misfit",
+    "warn_if_unlike_training",
+]
 
 EXAMPLES = """examples:
   iai infer linear_regression schools.csv --x x0:x7 --y y --group school --out schools.nc
@@ -55,7 +73,9 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--max-tasks", type=int, default=256, help="groups of one size per guide call"
     )
-    parser.add_argument("--show", type=int, default=5, help="groups shown in the summary")
+    parser.add_argument(
+        "--show", type=int, default=5, help="groups shown in the summary (0: no summary)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
     parser.set_defaults(run=run)
 
@@ -78,8 +98,45 @@ def parse_columns(values, table, option: str) -> list[str]:
     return columns
 
 
-def check_fits(guide, x, y, checkpoint: str) -> None:
-    """Raise a one-line ``ValueError`` unless ``(x, y)`` fit the checkpoint's model."""
+def data_columns(args, table) -> tuple[list[str], list[str]]:
+    """The ``--x`` and ``--y`` columns of ``table`` (and ``--group``'s), each column at
+    most once among them: a repeated one is a one-line ``ValueError``."""
+    x_columns = parse_columns(args.x, table, "--x")
+    y_columns = parse_columns(args.y, table, "--y")
+    if args.group is not None:
+        table.require([args.group], option="--group")
+    seen = {}
+    named = [("--x", c) for c in x_columns] + [("--y", c) for c in y_columns]
+    for option, column in named + ([("--group", args.group)] if args.group else []):
+        if column in seen:
+            where = "twice in " + option if seen[column] == option else f"in {seen[column]}"
+            raise ValueError(
+                f"{option}: column {column!r} is already named {where}; each column can be "
+                "used once"
+            )
+        seen[column] = option
+    return x_columns, y_columns
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of ``error``, with the first line of its cause when it ends in ``:``
+    (Pyro's ``Error while computing log_prob at site 'y':`` puts the reason below)."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if reason.endswith(":") and (len(lines) > 1 or cause is not None):
+        below = lines[1] if len(lines) > 1 else str(cause).strip().splitlines()[0]
+        reason = f"{reason} {below.strip()}"
+    return reason
+
+
+def check_fits(guide, x, y, checkpoint: str, *, y_names=("y",), source="the data") -> None:
+    """Raise a one-line ``ValueError`` unless ``(x, y)`` fit the checkpoint's model: the
+    number of columns, every observation in the support of its likelihood
+    (:func:`~iai_prob.cli.assumptions.support_error`, naming the column, value and row),
+    and the model's shapes (``guide.prepare`` on two rows)."""
+    from iai_prob.cli.assumptions import support_error
+
     family = guide.family
     if family is not None:
         import torch
@@ -92,13 +149,15 @@ def check_fits(guide, x, y, checkpoint: str) -> None:
                 f"checkpoint {checkpoint!r} is for {family!r}: it needs {need_x} --x column(s) "
                 f"and {need_y} --y column(s), got {x.shape[-1]} and {got_y}"
             )
+    message = support_error(guide.model, x, y, y_names=y_names, source=source)
+    if message is not None:
+        raise ValueError(message)
     try:
-        guide.prepare(x, y)
+        guide.prepare(x[:2], y[:2])
     except (ValueError, RuntimeError, IndexError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ValueError(
             f"checkpoint {checkpoint!r} does not fit these columns ({x.shape[-1]} --x, "
-            f"{math.prod(y.shape[1:]) if y.dim() > 1 else 1} --y): {reason}"
+            f"{math.prod(y.shape[1:]) if y.dim() > 1 else 1} --y): {_reason(error)}"
         ) from None
 
 
@@ -113,6 +172,71 @@ def warn_if_unlike_training(guide, chunk, columns, table, args) -> None:
         print(f"iai {args.command}: warning: {warning}", file=sys.stderr)
 
 
+def check_data(guide, table, columns, args):
+    """The checks of the first chunk of rows, before any inference: the columns fit the
+    checkpoint's model (:func:`check_fits`), and a warning when the data's scale is
+    unlike the training data's (:func:`warn_if_unlike_training`). Returns the chunk."""
+    first = next(table.chunks(columns.names))
+    x, y = columns.tensors(first, source=table.path.name)
+    check_fits(guide, x, y, args.checkpoint, y_names=columns.y, source=table.path.name)
+    warn_if_unlike_training(guide, first, columns, table, args)
+    return first
+
+
+@contextmanager
+def explained_observation_errors(guide, table, columns):
+    """A ``ValueError`` of the inference (the model refusing an observation past the
+    rows :func:`check_data` saw) becomes the line naming the first column, value and row
+    outside the likelihood's support, found by reading the file again; other errors
+    pass unchanged."""
+    from iai_prob.cli.assumptions import support_error
+
+    try:
+        yield
+    except ValueError:
+        seen = 0
+        for frame in table.chunks(columns.names):
+            x, y = columns.tensors(frame, source=table.path.name)
+            message = support_error(
+                guide.model, x, y, y_names=columns.y, source=table.path.name, first_row=seen + 1
+            )
+            if message is not None:
+                raise ValueError(message) from None
+            seen += len(frame)
+        raise
+
+
+def check_options(args) -> None:
+    """``iai infer``'s numeric options, each refused in one line naming it."""
+    check_data_arguments(args)
+    check_positive_int("--max-tasks", args.max_tasks)
+    if args.batch_size is not None:
+        check_positive_int("--batch-size", args.batch_size)
+    check_non_negative_int("--show", args.show)
+
+
+def warn_if_misfit(guide, result, first, columns, table, args) -> None:
+    """One line on stderr when the model does not reproduce the spread of ``y``
+    (:func:`~iai_prob.cli.assumptions.spread_warning`); the command goes on."""
+    from iai_prob.cli.assumptions import (
+        PPC_MAX_ROWS,
+        grouped_sd_pvalues,
+        sd_pvalues,
+        spread_warning,
+    )
+    from iai_prob.io import GroupedPosterior
+
+    if isinstance(result, GroupedPosterior):
+        pvalues = grouped_sd_pvalues(guide, result, seed=args.seed)
+        labels = [str(key) for key in result.keys]
+    else:
+        x, y = columns.tensors(first.head(PPC_MAX_ROWS), source=table.path.name)
+        pvalues, labels = sd_pvalues(guide, result.posterior, x, y, seed=args.seed), None
+    warning = spread_warning(pvalues, labels, family=guide.family)
+    if warning is not None:
+        print(f"iai {args.command}: warning: {warning}", file=sys.stderr)
+
+
 def run(args) -> int:
     """Infer, write ``--out``, print the summary."""
     from pathlib import Path
@@ -122,29 +246,25 @@ def run(args) -> int:
     from iai_prob.io.export import inference_data, summary_table
 
     check_output_file(args.out, (".nc",), "a netCDF file")
-    check_positive_int("--passes", args.passes)
+    check_options(args)
     table = Table(args.data, chunk_rows=args.chunk_rows)
-    x_columns = parse_columns(args.x, table, "--x")
-    y_columns = parse_columns(args.y, table, "--y")
-    if args.group is not None:
-        table.require([args.group], option="--group")
+    x_columns, y_columns = data_columns(args, table)
     guide = load_checkpoint(args.checkpoint, model=args.model)
     columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
-    first = next(table.chunks(columns.names))
-    check_fits(guide, *columns.tensors(first.head(2), source=table.path.name), args.checkpoint)
-    warn_if_unlike_training(guide, first, columns, table, args)
+    first = check_data(guide, table, columns, args)
 
     progress = not args.no_progress
     if args.group is not None:
-        result = grouped_posteriors(
-            guide,
-            table,
-            columns,
-            group=args.group,
-            max_tasks=args.max_tasks,
-            passes=args.passes,
-            progress=progress,
-        )
+        with explained_observation_errors(guide, table, columns):
+            result = grouped_posteriors(
+                guide,
+                table,
+                columns,
+                group=args.group,
+                max_tasks=args.max_tasks,
+                passes=args.passes,
+                progress=progress,
+            )
         print(
             f"{len(result.keys)} groups of {result.sizes.min()} to {result.sizes.max()} rows "
             f"from {table.path.name}: read in {result.read_seconds:.2f} s, posteriors in "
@@ -153,23 +273,26 @@ def run(args) -> int:
             file=sys.stderr,
         )
     else:
-        result = stream_posterior(
-            guide,
-            table,
-            columns,
-            batch_size=args.batch_size,
-            passes=args.passes,
-            progress=progress,
-        )
+        with explained_observation_errors(guide, table, columns):
+            result = stream_posterior(
+                guide,
+                table,
+                columns,
+                batch_size=args.batch_size,
+                passes=args.passes,
+                progress=progress,
+            )
         print(
             f"{result.num_rows} rows of {table.path.name} streamed in {result.seconds:.2f} s",
             file=sys.stderr,
         )
+    warn_if_misfit(guide, result, first, columns, table, args)
     idata = inference_data(
         guide, result, table=table, columns=columns, num_samples=args.num_samples, seed=args.seed
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     idata.to_netcdf(args.out)
-    print(summary_table(idata, show=args.show).to_string())
+    if args.show:
+        print(summary_table(idata, show=args.show).to_string())
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

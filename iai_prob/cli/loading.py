@@ -18,7 +18,13 @@ import sys
 import traceback
 from pathlib import Path
 
-__all__ = ["add_data_arguments", "import_object", "load_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "add_data_arguments",
+    "check_data_arguments",
+    "import_object",
+    "load_checkpoint",
+    "resolve_checkpoint",
+]
 
 
 def add_data_arguments(parser) -> None:
@@ -54,6 +60,21 @@ def add_data_arguments(parser) -> None:
     )
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def check_data_arguments(args) -> None:
+    """One line naming the option for a bad number among :func:`add_data_arguments`'s
+    and ``--seed``, checked before the data or the checkpoint is read."""
+    from iai_prob.checks import check_non_negative_int, check_positive_int
+
+    if args.num_samples < 2:
+        raise ValueError(
+            f"--num-samples must be an integer ≥ 2 (posterior draws per dataset), "
+            f"got {args.num_samples!r}"
+        )
+    check_positive_int("--passes", args.passes)
+    check_positive_int("--chunk-rows", args.chunk_rows)
+    check_non_negative_int("--seed", args.seed)
 
 
 def _import_failure(option: str, module_name: str, error: BaseException) -> ValueError:

@@ -3,13 +3,17 @@
 ``iai infer`` and ``iai diagnose`` spend seconds to minutes before they write; an
 ``--out`` they cannot write must fail first, in one line, not after the work. Refused:
 a name without the expected suffix, an existing directory, a path under a file
-(``notes.txt/post.nc``), and a folder the user cannot write in. Missing folders are
+(``notes.txt/post.nc``), an existing read-only file, and a folder where no file can be
+created. Whether one can is found by creating and removing an empty file there (in the
+nearest existing folder when the target's does not exist yet): permission bits do not
+tell for root, a read-only file system, or ``/proc`` and ``/sys``. Missing folders are
 fine: they are created when the file is written.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 __all__ = ["check_output_file"]
@@ -31,6 +35,15 @@ def check_output_file(out: str, suffixes: tuple[str, ...], kind: str) -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise ValueError(f"--out {out!r} lies under {str(folder)!r}, which is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r}: no permission to write in {str(folder)!r}")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".iai-write-test-")
+    except OSError as error:
+        raise ValueError(
+            f"--out {out!r}: cannot create a file in {str(folder)!r} ({error.strerror}); "
+            "name a file in a folder you can write in"
+        ) from None
+    os.close(handle)
+    os.remove(probe)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {out!r} exists and is read-only; remove it or name another file")
     return path

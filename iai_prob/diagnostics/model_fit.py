@@ -40,6 +40,7 @@ __all__ = [
     "P_LOO_FACTOR",
     "ModelFit",
     "model_fit",
+    "predictive_pvalues",
 ]
 
 PPC_BOUNDS = (0.005, 0.995)
@@ -164,6 +165,21 @@ def _pvalue(replicated: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return (replicated > observed).mean(0) + 0.5 * (replicated == observed).mean(0)
 
 
+def predictive_pvalues(replicated, observed, site: str) -> dict[str, np.ndarray]:
+    """Posterior predictive p-values of the mean and sd of one observed site, per dataset.
+
+    :param replicated: ``y_rep`` draws-first, ``(S, T, n)``: ``S`` draws for ``T``
+        datasets of ``n`` values each.
+    :param observed: ``y``, ``(T, n)``.
+    :returns: ``{"mean(site)": p, "sd(site)": p}``, each of shape ``(T,)``.
+    """
+    replicated, observed = np.asarray(replicated), np.asarray(observed)
+    return {
+        f"{name}({site})": _pvalue(statistic(replicated, axis=-1), statistic(observed, axis=-1))
+        for name, statistic in _STATISTICS.items()
+    }
+
+
 def _draws_first(array, tasks_dim: str | None) -> np.ndarray:
     """``(draws, tasks, rest)`` of a (chain, draw, [tasks], …) DataArray."""
     array = array.stack(sample=("chain", "draw"))
@@ -197,10 +213,7 @@ def model_fit(idata, num_params: int, *, tasks_dim: str | None = None) -> ModelF
         observed = idata.observed_data[site].expand_dims(chain=[0], draw=[0])
         observed = _draws_first(observed, tasks_dim)[0]
         replicated = _draws_first(idata.posterior_predictive[site], tasks_dim)
-        for name, statistic in _STATISTICS.items():
-            fit.pvalues[f"{name}({site})"] = _pvalue(
-                statistic(replicated, axis=-1), statistic(observed, axis=-1)
-            )
+        fit.pvalues.update(predictive_pvalues(replicated, observed, site))
     datasets = [idata]
     if tasks_dim is not None:
         datasets = [idata.isel(**{tasks_dim: i}) for i in range(len(labels))]

@@ -1,5 +1,7 @@
 """``iai diagnose``: the HTML report for a grouped CSV, and its one-line errors."""
 
+import pytest
+
 from iai_prob.cli import main
 
 
@@ -40,7 +42,7 @@ def test_bad_passes_is_one_line_before_reading(tmp_path, grouped_csv, capsys):
 def test_group_selection_errors(tmp_path, grouped_csv, capsys):
     argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
     argv += ["--group", "unit", "--out", str(tmp_path / "r.html")]
-    assert main([*argv, "--groups", "g00,g01"]) == 2  # sizes 12 and 20
+    assert main([*argv, "--groups", "g00", "g01"]) == 2  # sizes 12 and 20
     err = capsys.readouterr().err.strip()
     assert err == (
         "iai diagnose: error: --groups: a report covers groups of one size; "
@@ -48,3 +50,61 @@ def test_group_selection_errors(tmp_path, grouped_csv, capsys):
     )
     assert main([*argv, "--groups", "zz"]) == 2
     assert "--groups: no group 'zz'" in capsys.readouterr().err
+
+
+def test_groups_are_named_verbatim_one_argument_each(tmp_path, grouped_csv, capsys):
+    import pandas as pd
+
+    # keys that differ only in spaces, and one with a comma: each is its own group
+    frame = pd.read_csv(grouped_csv)
+    keys = {"g00": " 7", "g03": "7 ", "g06": "7", "g09": "a,b"}  # all of 12 rows
+    frame = frame[frame["unit"].isin(keys)].assign(unit=lambda f: f["unit"].map(keys))
+    frame.to_csv(tmp_path / "keys.csv", index=False)
+    argv = ["diagnose", "linear_regression", str(tmp_path / "keys.csv"), "--x", "x0:x7"]
+    argv += ["--y", "y", "--group", "unit", "--out", str(tmp_path / "r.html")]
+    argv += ["--num-samples", "50", "--sbc-datasets", "0", "--no-progress"]
+    assert main([*argv, "--groups", " 7", "a,b"]) == 0
+    assert (
+        "diagnosing keys.csv: 2 group(s) of 12 rows named with --groups: ' 7', 'a,b'; "
+        "2 of its 4 groups are not in this report."
+    ) in capsys.readouterr().err
+    assert main([*argv, "--groups", ","]) == 2  # was an IndexError traceback
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith(
+            "iai diagnose: error: --groups: no group ',' (first groups: ['7', '7 ', ' 7', 'a,b'])"
+        )
+    )
+
+
+def test_group_names_with_commas_get_a_hint(tmp_path, grouped_csv, capsys):
+    argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
+    argv += ["--group", "unit", "--out", str(tmp_path / "r.html")]
+    assert main([*argv, "--groups", "g00,g03"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iai diagnose: error: --groups: no group 'g00,g03'")
+    assert err.endswith("; name groups as separate arguments: --groups g00 g03")
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["g00", "g03", "g00"], "--groups: 'g00' is named twice; name each group once"),
+        (["g00", ""], "--groups: an empty name; a group key is never empty"),
+    ],
+    ids=["repeated", "empty"],
+)
+def test_repeated_and_empty_group_names_are_one_line_before_reading(
+    names, message, tmp_path, grouped_csv, capsys, monkeypatch
+):
+    import iai_prob.cli.loading
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded: --groups is checked too late")
+
+    monkeypatch.setattr(iai_prob.cli.loading, "load_checkpoint", no_inference)
+    argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
+    argv += ["--group", "unit", "--out", str(tmp_path / "r.html"), "--groups", *names]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"iai diagnose: error: {message}"

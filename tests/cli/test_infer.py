@@ -60,8 +60,12 @@ def test_data_unlike_the_training_data_get_one_warning(tmp_path, make_grouped_fr
     argv += ["--y", "y", "--group", "unit", "--out", str(out), "--num-samples", "20"]
     assert main([*argv, "--no-progress"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and warnings[0].startswith(
+    assert warnings[0].startswith(
         "iai infer: warning: the data's scale is far outside what checkpoint "
         "'linear_regression' was trained on: --y root mean square"
+    )
+    # y ten times too large also varies more than the fixed noise allows: the second line
+    assert len(warnings) == 2 and warnings[1].startswith(
+        "iai infer: warning: posterior predictive check: y varies more than the model allows"
     )
     assert az.from_netcdf(out).posterior["w"].shape == (1, 20, 6, 8)  # the run completed
