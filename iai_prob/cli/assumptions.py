@@ -45,12 +45,16 @@ the posterior predictive p-value of ``sd(y)``
 from :data:`PPC_DRAWS` draws on the first :data:`PPC_MAX_ROWS` rows of the dataset (its
 spread is well measured by then, and the cost stays bounded). ``p`` below
 ``PPC_BOUNDS[0]`` means ``y`` varies more than the model allows (a fixed noise scale
-too small, other units), above ``PPC_BOUNDS[1]`` less. Measured with the shipped guides
-(100 draws): every residual-sd-3 group above has ``p = 0``; the shipped datasets'
-p-values lie in 0.13–0.69 (120 schools) and at 0.58 (the 2,000-row dataset); none of
-480 linear-regression and 240 logistic-regression datasets drawn from their families
-(2 to 1,000 rows) was flagged; 4 to 6 of 200 Gaussian-mixture datasets were, as
-``iai diagnose`` flags them too. The mean of ``y``, which ``iai diagnose`` also checks,
+too small, other units), above ``PPC_BOUNDS[1]`` less. A correct model leaves some
+datasets outside by chance, so the warning needs more than :data:`PPC_CHANCE` of them
+(any for fewer than 100 datasets). Measured with the shipped guides (100 draws): every
+residual-sd-3 group above has ``p = 0``; the shipped datasets' p-values lie in
+0.13–0.69 (120 schools) and at 0.58 (the 2,000-row dataset). Of datasets drawn from
+the families themselves (2 to 256 rows, 8,900 per family), none of the linear and
+logistic regressions had ``p < 0.005``, and 0.37% of 2-row linear ones, fewer for more
+rows, had ``p > 0.995`` (2 points that happen to lie close); 0.2–1.7% of Gaussian
+mixtures per size were outside (``iai diagnose`` flags them too: the guide's Gaussian
+posterior misses some mixtures). The mean of ``y``, which ``iai diagnose`` also checks,
 is left out here: for a model without an intercept its p-value is extreme by chance far
 more often (0.011 on the 2,000-row dataset with the exact posterior, below 0.005 with
 100 draws).
@@ -67,6 +71,7 @@ import numpy as np
 __all__ = [
     "FACTOR",
     "NUM_TASKS",
+    "PPC_CHANCE",
     "PPC_DRAWS",
     "PPC_MAX_ROWS",
     "TrainingScales",
@@ -89,6 +94,8 @@ PPC_DRAWS = 100
 """Posterior predictive draws per dataset of the spread check."""
 PPC_MAX_ROWS = 4096
 """Rows of each dataset the spread check looks at (its first ones)."""
+PPC_CHANCE = 0.01
+"""Share of datasets the spread check may flag by chance without a warning."""
 _VALUES_PER_CALL = 2**22  # draws x rows of one model call in the spread check
 
 
@@ -362,7 +369,8 @@ def _listed(labels, limit: int = 5) -> str:
 
 def spread_warning(pvalues: dict[str, np.ndarray], labels, *, family=None) -> str | None:
     """One line naming the datasets whose ``sd`` p-value lies outside
-    :data:`~iai_prob.diagnostics.model_fit.PPC_BOUNDS` and what to try, or ``None``.
+    :data:`~iai_prob.diagnostics.model_fit.PPC_BOUNDS` and what to try, or ``None`` when
+    there are none or no more than :data:`PPC_CHANCE` of the datasets (chance).
 
     :param labels: the datasets' names (group keys), ``None`` for one dataset.
     :param family: the guide's task family, whose fixed settings the line lists.
@@ -370,6 +378,11 @@ def spread_warning(pvalues: dict[str, np.ndarray], labels, *, family=None) -> st
     from iai_prob.diagnostics.model_fit import PPC_BOUNDS
 
     low, high = PPC_BOUNDS
+    if not pvalues:
+        return None
+    outside = np.logical_or.reduce([(p < low) | (p > high) for p in pvalues.values()])
+    if outside.sum() <= PPC_CHANCE * len(outside):
+        return None
     problems = []
     for site, values in pvalues.items():
         for flagged, what in ((values < low, "more"), (values > high, "less")):

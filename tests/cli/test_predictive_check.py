@@ -85,3 +85,24 @@ def test_the_warning_says_which_way_and_names_few_groups():
         "fit these data"
     )
     assert spread_warning({"y": np.array([0.005, 0.5, 0.995])}, ["a", "b", "c"]) is None
+
+
+def test_no_more_flagged_datasets_than_chance_gives_no_warning():
+    # a correct model leaves about 1 in 300 two-row datasets above 0.995 by chance
+    labels = [f"u{i}" for i in range(300)]
+    pvalues = np.full(300, 0.5)
+    pvalues[[7, 90, 200]] = 1.0  # 1% of the datasets: chance
+    assert spread_warning({"y": pvalues}, labels) is None
+    pvalues[250] = 0.0  # one more is beyond chance
+    warning = spread_warning({"y": pvalues}, labels)
+    assert "y varies more than the model allows (p-value of sd(y) below 0.005 in 1 of 300 " in (
+        warning
+    )
+    assert "y varies less than the model allows (p-value of sd(y) above 0.995 in 3 of 300 " in (
+        warning
+    )
+    # one dataset: any flag warns
+    assert spread_warning({"y": np.array([0.001])}, None).startswith(
+        "posterior predictive check: y varies more than the model allows (p-value of sd(y) "
+        "0.001, below 0.005)"
+    )
