@@ -144,8 +144,8 @@ def describe_selection(data, indices, *, named: bool, source: str) -> str:
 
 
 def check_options(args) -> None:
-    """``iai diagnose``'s numeric options and ``--groups``, each refused in one line
-    naming the option."""
+    """``iai diagnose``'s numeric options, ``--groups`` and ``--nuts`` (one dataset), each
+    refused in one line naming the option."""
     check_data_arguments(args)
     check_positive_int("--max-groups", args.max_groups)
     if args.sbc_datasets != 0 and args.sbc_datasets < 2:
@@ -157,6 +157,13 @@ def check_options(args) -> None:
         if args.group is None:
             raise ValueError("--groups needs --group COL")
         _check_names(args.groups)
+    if args.nuts and args.group is not None:
+        one = len(args.groups) == 1 if args.groups is not None else args.max_groups == 1
+        if not one:
+            raise ValueError(
+                "--nuts compares one dataset: with --group, name one group (--groups NAME) "
+                "or give --max-groups 1"
+            )
 
 
 def run(args) -> int:

@@ -108,3 +108,22 @@ def test_repeated_and_empty_group_names_are_one_line_before_reading(
     argv += ["--group", "unit", "--out", str(tmp_path / "r.html"), "--groups", *names]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"iai diagnose: error: {message}"
+
+
+@pytest.mark.parametrize("selection", [[], ["--groups", "g00", "g03"], ["--max-groups", "2"]])
+def test_nuts_with_several_groups_is_one_line_before_reading(
+    selection, tmp_path, grouped_csv, capsys, monkeypatch
+):
+    import iai_prob.cli.loading
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded: --nuts is checked too late")
+
+    monkeypatch.setattr(iai_prob.cli.loading, "load_checkpoint", no_inference)
+    argv = ["diagnose", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
+    argv += ["--group", "unit", "--nuts", "--out", str(tmp_path / "r.html"), *selection]
+    assert main(argv) == 2  # was "nuts=True compares one dataset; ..." after reading
+    assert capsys.readouterr().err.strip() == (
+        "iai diagnose: error: --nuts compares one dataset: with --group, name one group "
+        "(--groups NAME) or give --max-groups 1"
+    )
