@@ -171,9 +171,13 @@ def family_layout(family, biject_to: Callable) -> list[list]:
 
 def check_family_layout(card: Mapping, family, biject_to: Callable, source: str) -> None:
     """Refuse a task family (built from the card's configuration) whose latent layout is
-    not the card's: a configuration cannot size the model beyond the weights."""
+    not the card's: a configuration cannot size the model beyond the weights.
+
+    Sites are compared by name, not by position: the card keeps the order in which the
+    model's trace met them (checked again on the first call), which need not be the
+    order of ``family.latent_sites``."""
     layout = family_layout(family, biject_to)
-    if layout != card["layout"]:
+    if sorted(layout) != sorted(card["layout"]):
         _refuse(
             source,
             f"the task family {family!r} has the latent layout {layout}, the card {card['layout']}",
