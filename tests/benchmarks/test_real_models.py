@@ -1,0 +1,87 @@
+"""``benchmarks/real_models.py``: a quick run of one model prints the suite's table, its
+NUTS-vs-NUTS floor is near chance, and a bad ``--models`` is one line.
+
+The run is a subprocess: the suite switches JAX to float64 for the whole process.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "real_models.py"
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """The script as a module, with ``benchmarks/`` on the path as when it runs."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("real_models_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text: str, headers) -> list[dict[str, str]]:
+    """The rows of the first Markdown table whose header is ``headers``."""
+    lines = text.splitlines()
+    header = "| " + " | ".join(headers) + " |"
+    start = lines.index(header)
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        assert len(cells) == len(headers), line
+        rows.append(dict(zip(headers, cells, strict=True)))
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_run_prints_the_table_with_a_floor_near_chance(script, tmp_path):
+    out = tmp_path / "table.md"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--models",
+        "diabetes_linear",
+        "--steps",
+        "3",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = out.read_text()
+    (row,) = _rows(text, script.HEADERS)
+    assert row["model"] == "diabetes_linear" and row["N"] == "442" and row["params"] == "5"
+    for column in ("guide C2ST", "Laplace C2ST", "C2ST after PSIS"):
+        assert 0.0 <= float(row[column]) <= 1.0, (column, row[column])
+    # two NUTS chains of one posterior: a classifier cannot tell them apart
+    assert 0.4 <= float(row["NUTS floor C2ST"]) <= 0.62, row["NUTS floor C2ST"]
+    # the Laplace approximation of a 442-point linear regression is close to exact
+    assert float(row["Laplace C2ST"]) <= 0.65, row["Laplace C2ST"]
+    low, high = (float(v) for v in row["sd ratio"].split("–"))
+    assert 0 < low <= high
+    assert row[f"C2ST ≤ {script.C2ST_TARGET}"] in ("PASS", "MISS")
+    for column in ("guide s/dataset", "NUTS s/dataset", "Laplace s/dataset"):
+        assert row[column].endswith((" ms", " s")), (column, row[column])
+    (costs,) = _rows(text, script.COST_HEADERS)
+    assert int(costs["Newton iterations"]) >= 1
+    # the trained guide stays in the cache folder, named by model, steps and seed
+    assert len(list((tmp_path / "cache").glob("diabetes_linear-*/steps3-seed0/guide.json"))) == 1
+
+
+def test_an_unknown_model_is_one_line_naming_the_choices(script, capsys):
+    with pytest.raises(SystemExit) as raised:
+        script.selected_models("diabetes_linear,nope", script.parser())
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown model(s) nope" in error and "grunfeld_firms" in error
