@@ -2,8 +2,8 @@
 
 :func:`iai_prob.inference.fit` (PyTorch) and :func:`iai_prob.numpyro.fit` (JAX) refuse
 the same bad budgets with the same one-line ``ValueError``, naming the option, before
-they sample a task, build a guide or touch the training folder. Imports neither torch
-nor JAX.
+they sample a task, build a guide or touch the training folder (the validation options:
+:func:`check_validation_options`). Imports neither torch nor JAX.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
 
-__all__ = ["check_fit_options"]
+__all__ = ["check_fit_options", "check_validation_options"]
 
 
 def check_fit_options(
@@ -62,3 +62,21 @@ def check_fit_options(
             f"num_points must be (lo, hi), integers with 1 <= lo <= hi, got {num_points!r}"
         )
     return int(points[0]), int(points[1])
+
+
+def check_validation_options(*, validation_tasks, validate_every, early_stopping) -> None:
+    """Refuse a bad validation option with a ``ValueError`` naming it.
+
+    ``validation_tasks`` is a non-negative integer (``0``: no validation), ``validate_every``
+    a positive integer and ``early_stopping`` ``None`` (off) or a positive integer (the
+    patience, in validations); early stopping needs validation tasks.
+    """
+    check_non_negative_int("validation_tasks", validation_tasks)
+    check_positive_int("validate_every", validate_every)
+    if early_stopping is not None:
+        check_positive_int("early_stopping", early_stopping)
+        if validation_tasks == 0:
+            raise ValueError(
+                "early_stopping needs validation tasks to score; give validation_tasks > 0 "
+                "or early_stopping=None"
+            )

@@ -1,20 +1,96 @@
-"""Held-out evaluation of a trained guide: KL to exact posteriors, PSIS k̂."""
+"""Held-out evaluation of a guide: KL to exact posteriors, PSIS k̂, and the fixed
+validation tasks that :func:`~iai_prob.inference.fit` scores the guide on as it trains
+(:class:`ValidationTasks`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from iai_prob.inference.objectives import elbo, kl_to_exact
+from iai_prob.inference.objectives import elbo, kl_to_exact, objective_loss
+from iai_prob.inference.refinement import RefinementError
 from iai_prob.models.base import TaskFamily
 
 __all__ = [
+    "ValidationTasks",
     "evaluate_exact_kl",
     "evaluate_khat",
     "held_out_elbo_per_point",
     "held_out_khat",
     "held_out_kl",
     "importance_log_weights",
+    "refinement_steps",
 ]
+
+
+def refinement_steps(guide, task, passes: int) -> int | None:
+    """The refinement steps of ``passes`` passes over ``task``'s data in mini-batches of
+    the guide's ``batch_size`` (``None``: the guide's own fixed ``num_steps``)."""
+    if guide.config["num_steps"] is not None:
+        return None
+    return passes * math.ceil(task.data.num_points / guide.config["batch_size"])
+
+
+class ValidationTasks:
+    """A fixed set of held-out tasks, drawn once, and a guide's score on them.
+
+    :param source: the training tasks' :class:`~iai_prob.inference.sources.TaskSource`.
+    :param sizes: ``[(tasks, N), …]``
+        (:func:`~iai_prob.validation_history.validation_sizes`).
+    :param generator: the validation tasks' own generator (never the training one).
+    :param device: where the tasks go.
+    """
+
+    def __init__(self, source, sizes: list[tuple[int, int]], generator, device):
+        self.batches = [(t, source.sample(t, n, generator).to(device)) for t, n in sizes]
+        self.num_tasks = sum(t for t, _ in sizes)
+
+    @torch.no_grad()
+    def score(self, guide, objective: str, *, max_passes: int, num_samples: int, seed: int):
+        """The training objective of the state refined over ``max_passes`` passes, per
+        task, averaged over the tasks (the same noise at every call: ``seed``); ``inf``
+        when it is not finite or a refinement fails. Lower is better.
+
+        An :class:`~iai_prob.inference.implicit.ImplicitPredictor` is scored by its own
+        ``training_loss`` (its predictive negative log-likelihood on held-out points).
+        """
+        generator = torch.Generator().manual_seed(seed)
+        total = 0.0
+        for count, batch in self.batches:
+            try:
+                loss = self._batch_score(
+                    guide, batch, objective, max_passes, num_samples, generator
+                )
+            except (RefinementError, torch.linalg.LinAlgError):
+                return math.inf
+            if not math.isfinite(loss):
+                return math.inf
+            total += loss * count
+        return total / self.num_tasks
+
+    @staticmethod
+    def _batch_score(guide, batch, objective, max_passes, num_samples, generator) -> float:
+        if hasattr(guide, "training_loss"):
+            args = batch.args
+            return float(
+                guide.training_loss(args, greedy=True, max_passes=max_passes, generator=generator)
+            )
+        task = guide.prepare(*batch.args)
+        state = guide.final_state(task, num_steps=refinement_steps(guide, task, max_passes))
+        true_z = None
+        if objective != "reverse_kl":
+            true_z = task.layout.pack(batch.theta, batch_ndim=1).to(state.loc.device)
+        loss = objective_loss(
+            objective,
+            state,
+            guide.refiner.family,
+            task,
+            true_z,
+            num_samples=num_samples,
+            generator=generator,
+        )
+        return float(loss)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
 
-__all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "reverse_kl"]
+__all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "objective_loss", "reverse_kl"]
 
 OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
 """Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
@@ -54,6 +54,28 @@ def forward_kl(
 ) -> torch.Tensor:
     """``−log q(z_true)`` averaged over tasks; ``true_z`` is ``(T, D)`` unconstrained."""
     return -family.distribution(state.loc, state.precision).log_prob(true_z).mean()
+
+
+def objective_loss(
+    objective: str,
+    state: RefinementState,
+    family: GaussianFamily,
+    task,
+    true_z: torch.Tensor | None,
+    *,
+    num_samples: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The loss ``objective`` (one of :data:`OBJECTIVES`) of ``state`` on a prepared
+    ``task``, averaged over tasks: ``−ELBO``, ``−log q(z_true)`` or their sum."""
+    loss = 0.0
+    if objective in ("reverse_kl", "mixed"):
+        loss = loss + reverse_kl(
+            state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator
+        )
+    if objective in ("forward_kl", "mixed"):
+        loss = loss + forward_kl(state, family, true_z)
+    return loss
 
 
 def kl_to_exact(

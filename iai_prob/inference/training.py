@@ -37,13 +37,28 @@ step is a function of ``(seed, step)`` and the state, a resumed run reproduces t
 uninterrupted one. The folder holds one run (:mod:`iai_prob.training_folder`): it is
 locked while training, and resuming refuses a run of another model or with other
 settings (:class:`~iai_prob.training_folder.RunMismatchError`).
+
+Validation (:mod:`iai_prob.validation_history`): ``validation_tasks`` held-out tasks are
+drawn once, from the training source with ``N`` spread over ``num_points`` and a seed of
+their own (the training draws are untouched), and the guide is scored on them with the
+training objective of its state refined over ``max_passes`` passes (``−ELBO`` per task
+for ``"reverse_kl"``) before the first step, every ``validate_every`` steps and at the
+end; the progress bar shows the latest score and :attr:`FitResult.validation` keeps
+them. The best weights so far travel with the training state, the folder's guide is the
+best one, ``fit`` returns the best (the end-of-call weights if they score at least as
+well), ``early_stopping=patience`` stops after that many validations without a new best,
+and a final guide that scores worse than the untrained one gives a one-line warning.
+Pyro's ``Encountered NaN/inf: log_prob_sum`` warnings, which a trial state with invalid
+parameters (e.g. a huge scale) raises before the refinement's safeguard rejects it, are
+not shown: such trial steps are rejected, and a training step whose loss or gradient is
+not finite is skipped and counted in :attr:`FitResult.skipped`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -53,28 +68,34 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options
+from iai_prob.fit_options import check_fit_options, check_validation_options
 from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
+from iai_prob.inference.evaluation import ValidationTasks, refinement_steps
 from iai_prob.inference.numerics import flush_denormals
-from iai_prob.inference.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.inference.objectives import OBJECTIVES, kl_to_exact, objective_loss
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
 from iai_prob.inference.training_state import resume_training, run_identity, save_training
 from iai_prob.training_folder import lock_folder, make_folder
+from iai_prob.validation_history import ValidationHistory, validation_sizes
 
 __all__ = ["FitResult", "fit"]
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: per-step losses, the KL trace where exact, and the time."""
+    """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the
+    skipped steps, the validation history (untrained, scheduled, best and final scores)
+    and whether early stopping ended the run."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     skipped: int = 0
+    validation: ValidationHistory = field(default_factory=ValidationHistory)
+    stopped_early: bool = False
 
 
 def _trainable(guide) -> nn.ModuleDict:
@@ -100,23 +121,12 @@ def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator
     if objective != "reverse_kl":
         true_z = task.layout.pack(batch.theta, batch_ndim=1).to(task.data.features.device)
     passes = int(torch.randint(1, max_passes + 1, (), generator=generator))
-    num_steps = None
-    if guide.config["num_steps"] is None:
-        num_steps = passes * math.ceil(task.data.num_points / guide.config["batch_size"])
+    num_steps = refinement_steps(guide, task, passes)
     total, count, state = 0.0, 0, None
     for state, _ in guide.trajectory(task, num_steps=num_steps, greedy=greedy):
-        loss = 0.0
-        if objective in ("reverse_kl", "mixed"):
-            loss = loss + reverse_kl(
-                state,
-                family,
-                task.log_joint,
-                task.data,
-                num_samples=num_samples,
-                generator=generator,
-            )
-        if objective in ("forward_kl", "mixed"):
-            loss = loss + forward_kl(state, family, true_z)
+        loss = objective_loss(
+            objective, state, family, task, true_z, num_samples=num_samples, generator=generator
+        )
         total, count = total + loss, count + 1
     return total / count, task, state
 
@@ -141,6 +151,24 @@ def _step_seeds(seed: int, step: int) -> tuple[int, int]:
     """
     digest = hashlib.sha256(f"iai_prob.fit:{seed}:{step}".encode()).digest()
     return (seed * 1_000_003 + step) % 2**64, int.from_bytes(digest[:8], "little")
+
+
+def _validation_seed(seed: int) -> int:
+    """The validation tasks' and scores' own seed: a stream apart from every step's."""
+    digest = hashlib.sha256(f"iai_prob.fit.validation:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@contextmanager
+def _quiet_non_finite_log_probs() -> Iterator[None]:
+    """Hide Pyro's ``Encountered NaN/+inf: log_prob_sum at site …`` warnings: the values
+    they flag are handled (a refinement trial rejected, a training step skipped and
+    counted, a validation score of ``inf``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Encountered (NaN|\+inf|-inf): log_prob", category=UserWarning
+        )
+        yield
 
 
 @contextmanager
@@ -181,6 +209,9 @@ def fit(
     progress: bool = True,
     parallel: DataParallel = SINGLE_PROCESS,
     guide_card: dict | None = None,
+    validation_tasks: int = 64,
+    validate_every: int = 50,
+    early_stopping: int | None = None,
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
@@ -216,6 +247,17 @@ def fit(
         each process trains on its slice of every step's ``tasks_per_step`` tasks.
     :param dict guide_card: fields added to the card of every ``guide`` checkpoint
         (e.g. the command that trained it).
+    :param int validation_tasks: held-out tasks drawn once (their own seed, ``N`` spread
+        over ``num_points``) and scored before training, every ``validate_every`` steps
+        and at the end (module docstring); the best weights are kept and returned, and a
+        final guide worse than the untrained one warns. ``0``: no validation, the last
+        weights are returned. Every process of a ``parallel`` run scores all of them.
+    :param int validate_every: steps between validations.
+    :param early_stopping: ``None`` (default) trains all ``steps``; an integer ``p`` stops
+        after ``p`` validations without a new best (:attr:`FitResult.stopped_early`). Off
+        by default because a guide's held-out score can worsen for a while and then
+        recover (300 steps worse than untrained, better by 1,500 in one measured run):
+        keeping the best weights already protects the result without cutting it short.
     :returns: a :class:`FitResult`.
     """
     low, high = check_fit_options(
@@ -229,6 +271,11 @@ def fit(
         max_skipped=max_skipped,
         learning_rate=learning_rate,
         clip_norm=clip_norm,
+    )
+    check_validation_options(
+        validation_tasks=validation_tasks,
+        validate_every=validate_every,
+        early_stopping=early_stopping,
     )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -247,6 +294,7 @@ def fit(
         if folder is not None and parallel.is_writer:
             make_folder(folder)
             held.enter_context(lock_folder(folder))
+        held.enter_context(_quiet_non_finite_log_probs())
         generator = torch.Generator().manual_seed(seed)
         if getattr(guide, "refiner", False) is None:
             with _global_rng(_step_seeds(seed, -1)[1], device):
@@ -264,17 +312,31 @@ def fit(
             "max_passes": max_passes,
             "num_samples": num_samples,
             "clip_norm": clip_norm,
+            "validation_tasks": validation_tasks,
+            "validate_every": validate_every,
         }
         identity = run_identity(guide, source, optimizer, settings)
         result = FitResult()
+        best = None
         if folder is not None and resume:
-            resume_training(folder, trainable, optimizer, result, device, identity)
+            best = resume_training(folder, trainable, optimizer, result, device, identity)
         budget = {
             "steps": steps,
             **settings,
             "learning_rate": identity["learning_rate"],
             "max_skipped": max_skipped,
+            "early_stopping": early_stopping,
         }
+        validation = None
+        if validation_tasks:
+            with _global_rng(_validation_seed(seed), device):
+                validation = ValidationTasks(
+                    source,
+                    validation_sizes(validation_tasks, low, high),
+                    torch.Generator().manual_seed(_validation_seed(seed)),
+                    device,
+                )
+            result.validation.num_tasks = validation.num_tasks
         trainable.train()
         with flush_denormals():
             _train_loop(
@@ -292,8 +354,13 @@ def fit(
                 guide_card=guide_card or {},
                 progress=progress and parallel.is_writer,
                 parallel=parallel,
+                validation=validation,
+                best=best,
             )
         trainable.eval()
+    message = result.validation.worse_than_untrained()
+    if message is not None and parallel.is_writer:
+        warnings.warn(message, UserWarning, stacklevel=2)
     return result
 
 
@@ -313,13 +380,24 @@ def _train_loop(
     guide_card,
     progress,
     parallel,
+    validation,
+    best,
 ):
     """The optimization loop of :func:`fit` (arguments as there; ``budget`` holds the
-    settings): each step runs in :func:`_global_rng` seeded by ``(seed, step)``."""
+    settings, ``validation`` the :class:`~iai_prob.inference.evaluation.ValidationTasks`
+    or ``None``, ``best`` the best weights of a resumed run): each step runs in
+    :func:`_global_rng` seeded by ``(seed, step)``, each validation in its own seed."""
     steps, seed = budget["steps"], budget["seed"]
+    history, patience = result.validation, budget["early_stopping"]
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
     started = time.perf_counter() - result.seconds
-    while result.steps < steps:
+    validate = _validator(guide, trainable, validation, budget, device)
+    if validation is not None and result.steps == 0 and not history.scores:
+        if history.record(0, validate()):
+            best = _snapshot(trainable)
+        bar.set_postfix({"val": f"{history.latest:.4g}"})
+    stop = history.should_stop(patience)
+    while result.steps < steps and not stop:
         task_seed, global_seed = _step_seeds(seed, result.steps)
         generator.manual_seed(task_seed)
         with _global_rng(global_seed, device):
@@ -332,19 +410,102 @@ def _train_loop(
         if kl is not None:
             result.kls.append((result.steps, kl))
             postfix["kl"] = f"{kl:.3g}"
+        scheduled = validation is not None and result.steps % budget["validate_every"] == 0
+        if scheduled:
+            if history.record(result.steps, validate()):
+                best = _snapshot(trainable)
+            stop = history.should_stop(patience)
+        at_end = result.steps == steps or stop
+        if validation is not None and at_end:
+            score = history.scores[-1][1] if scheduled else validate()
+            history.final = (result.steps, score)
+        if validation is not None and (scheduled or at_end):
+            postfix["val"] = f"{history.latest:.4g}"
         bar.set_postfix(postfix)
         bar.update(1)
         result.seconds = time.perf_counter() - started
-        at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
-        if folder is not None and parallel.is_writer and at_checkpoint:
-            save_training(folder / "last", trainable, optimizer, result, budget, identity)
-            guide.save(
-                folder / "guide",
-                budget={**budget, "seconds": result.seconds},
-                final_loss=loss_value,
-                **guide_card,
-            )
+        if (
+            folder is not None
+            and parallel.is_writer
+            and (result.steps % checkpoint_every == 0 or at_end)
+        ):
+            save_training(folder / "last", trainable, optimizer, result, budget, identity, best)
+            keep_last = best is None or (at_end and history.final_is_best())
+            saved = history.final if at_end else None
+            if not keep_last:
+                saved = (history.best_step, history.best)
+            with _weights(trainable, None if keep_last else best):
+                guide.save(
+                    folder / "guide",
+                    budget={**budget, "seconds": result.seconds},
+                    final_loss=loss_value,
+                    **_validation_card(history, saved),
+                    **guide_card,
+                )
     bar.close()
+    result.stopped_early = stop
+    if validation is not None and (history.final is None or history.final[0] != result.steps):
+        history.final = (result.steps, validate())  # a resumed run that had no steps left
+    if best is not None and not history.final_is_best():
+        trainable.load_state_dict(best)
+
+
+def _validator(guide, trainable, validation, budget, device):
+    """``validate() -> score`` of the current weights on ``validation`` (eval mode, its own
+    seed: the training draws are untouched)."""
+
+    def validate() -> float:
+        seed = _validation_seed(budget["seed"])
+        trainable.eval()
+        try:
+            with _global_rng(seed, device):
+                return validation.score(
+                    guide,
+                    budget["objective"],
+                    max_passes=budget["max_passes"],
+                    num_samples=budget["num_samples"],
+                    seed=seed,
+                )
+        finally:
+            trainable.train()
+
+    return validate
+
+
+def _snapshot(trainable) -> dict[str, torch.Tensor]:
+    """A copy of the trained weights (the best so far)."""
+    return {name: value.detach().clone() for name, value in trainable.state_dict().items()}
+
+
+@contextmanager
+def _weights(trainable, weights: dict | None) -> Iterator[None]:
+    """Run the block with ``weights`` loaded (``None``: as they are), then put the current
+    ones back exactly."""
+    if weights is None:
+        yield
+        return
+    current = _snapshot(trainable)
+    trainable.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        trainable.load_state_dict(current)
+
+
+def _validation_card(history: ValidationHistory, saved: tuple | None) -> dict:
+    """The guide card's ``validation`` field: the saved weights' ``(step, score)`` (``None``:
+    not scored), the untrained score and the number of tasks; nothing without validation."""
+    if not history.num_tasks:
+        return {}
+    step, score = saved if saved is not None else (None, None)
+    return {
+        "validation": {
+            "step": step,
+            "score": score,
+            "untrained": history.untrained,
+            "tasks": history.num_tasks,
+        }
+    }
 
 
 def _train_step(guide, trainable, source, optimizer, result, budget, generator, device, parallel):

@@ -1,7 +1,8 @@
 """The resumable state of :func:`~iai_prob.inference.fit` and the run it belongs to.
 
 A training folder's ``last.json`` card and the weights file it names hold the trained
-modules, the optimizer's state, the step, the losses and the run's identity
+modules, the optimizer's state, the best weights by validation score so far (``best.*``)
+and the validation history, the step, the losses and the run's identity
 (:func:`run_identity`: model, guide configuration, latent layout, tasks, seed,
 objective, …). :func:`resume_training` continues a run only if its identity and weight
 shapes are the requested ones, else raises
@@ -29,6 +30,7 @@ from iai_prob.training_folder import (
     model_run_identity,
     saved_identity,
 )
+from iai_prob.validation_history import ValidationHistory
 
 if TYPE_CHECKING:
     from iai_prob.inference.training import FitResult
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["resume_training", "run_identity", "save_training"]
 
 _OPTIMIZER_PREFIX = "optimizer."
+_BEST_PREFIX = "best."
 
 
 def run_identity(guide, source, optimizer, settings: dict) -> dict:
@@ -56,10 +59,14 @@ def run_identity(guide, source, optimizer, settings: dict) -> dict:
     return flat_identity(identity)
 
 
-def save_training(path: Path, trainable, optimizer, result: FitResult, budget, identity) -> None:
+def save_training(
+    path: Path, trainable, optimizer, result: FitResult, budget, identity, best=None
+) -> None:
     """Write the training state ``path`` (``last``): the modules' and the optimizer's
-    tensors, and a card with the step, losses, budget and run identity."""
+    tensors, the best weights so far (``best``, if any), and a card with the step, losses,
+    validation history, budget and run identity."""
     tensors = dict(trainable.state_dict())
+    tensors.update({_BEST_PREFIX + name: value for name, value in (best or {}).items()})
     optimizer_state = optimizer.state_dict()
     scalars = {}
     for index, state in optimizer_state["state"].items():
@@ -75,6 +82,7 @@ def save_training(path: Path, trainable, optimizer, result: FitResult, budget, i
         "kls": result.kls,
         "seconds": result.seconds,
         "skipped": result.skipped,
+        "validation": result.validation.to_card(),
         "optimizer_param_groups": optimizer_state["param_groups"],
         "optimizer_scalars": scalars,
         "budget": budget,
@@ -85,20 +93,25 @@ def save_training(path: Path, trainable, optimizer, result: FitResult, budget, i
 
 def resume_training(
     folder: Path, trainable, optimizer, result: FitResult, device, identity
-) -> None:
+) -> dict | None:
     """Load the run saved in ``folder`` into ``trainable``, ``optimizer`` and ``result``
-    if it is this run (``identity``); nothing to load leaves them as they are.
+    if it is this run (``identity``); nothing to load leaves them as they are. Returns the
+    best weights by validation so far (``None``: none saved, e.g. a card of an earlier
+    version, which also has no validation history).
 
     :raises RunMismatchError: the folder holds another run (naming the differences), weights
         of other shapes, or a guide without training state (which starting would overwrite).
     """
     last = find_training_state(folder)
     if last is None:
-        return
+        return None
     tensors, card = read_checkpoint(last, device=device)
     check_same_run(folder, saved_identity(card), identity)
     tensors.pop("rng.torch", None)  # earlier versions' global RNG state: no step reads it now
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    weights = {
+        k: v for k, v in tensors.items() if not k.startswith((_OPTIMIZER_PREFIX, _BEST_PREFIX))
+    }
+    best = {k[len(_BEST_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_BEST_PREFIX)}
     expected = {k: list(v.shape) for k, v in trainable.state_dict().items()}
     found = {k: list(v.shape) for k, v in weights.items()}
     differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
@@ -120,3 +133,5 @@ def resume_training(
     result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
     result.kls = [tuple(kl) for kl in card["kls"]]
     result.skipped = card["skipped"]
+    result.validation = ValidationHistory.from_card(card.get("validation"))
+    return best or None
