@@ -44,6 +44,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
+from iai_prob.inference.traced_log_joint import traced_per_particle, tracing_enabled
 
 __all__ = ["LogJoint"]
 
@@ -70,13 +71,26 @@ class LogJoint:
     :param LatentLayout layout: where the globals sit in ``z``.
     :param str data_plate: name of the data plate.
     :param bool enumerate: marginalize enumerated discrete local sites.
+    :param bool traced: evaluate the non-enumerated log joint through a graph traced once
+        per input signature (:mod:`~iai_prob.inference.traced_log_joint`), with the eager
+        Pyro path as fallback; ``False``, or the environment variable
+        ``IAI_TRACE_LOG_JOINT=0``, runs the model under Pyro on every call.
     """
 
-    def __init__(self, model, layout: LatentLayout, data_plate: str, enumerate: bool):
+    def __init__(
+        self,
+        model,
+        layout: LatentLayout,
+        data_plate: str,
+        enumerate: bool,
+        *,
+        traced: bool = True,
+    ):
         self.model = model
         self.layout = layout
         self.data_plate = data_plate
         self.enumerate = enumerate
+        self.traced = traced
 
     def per_particle(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
         """``f_B`` at particles ``z`` of shape ``(S, T_flat, D)``; returns ``(S, T_flat)``.
@@ -86,7 +100,31 @@ class LogJoint:
         if self.enumerate:
             return self._enumerated_per_particle(z, data)
         particle_dim = self._particle_dim()
-        trace = self._trace(z, data, particle_dim)
+        if self.traced and tracing_enabled():
+            value = traced_per_particle(self, z, data, particle_dim)
+            if value is not None:
+                return value
+        return self.eager_per_particle(
+            z, data.args, data.kwargs, data.likelihood_scale, particle_dim
+        )
+
+    def eager_per_particle(
+        self,
+        z: torch.Tensor,
+        args: tuple,
+        kwargs: dict,
+        likelihood_scale,
+        particle_dim: int,
+        *,
+        validate: bool = True,
+    ) -> torch.Tensor:
+        """``f_B`` ``(S, T_flat)`` by running the model under Pyro on ``*args, **kwargs``,
+        its data-plate sites scaled by ``likelihood_scale`` (a float or a 0-d tensor).
+
+        ``validate=False`` skips Pyro's NaN/inf warnings of each site's ``log_prob``
+        (tensor values that a traced graph cannot inspect).
+        """
+        trace = self._trace(z, args, kwargs, likelihood_scale, particle_dim, validate=validate)
         total = self._log_jacobian(z)
         for site in trace.nodes.values():
             if site["type"] == "sample" and not site_is_subsample(site):
@@ -107,7 +145,7 @@ class LogJoint:
         Its ``fn`` has batch dims ``(S, [T,] N)``: the per-point predictive of each
         posterior draw (discrete local sites, if any, are sampled, not summed out).
         """
-        trace = self._trace(z, data, self._particle_dim())
+        trace = self._trace(z, data.args, data.kwargs, data.likelihood_scale, self._particle_dim())
         if name not in trace.nodes:
             raise ValueError(f"the model has no site named {name!r}")
         return trace.nodes[name]
@@ -130,9 +168,9 @@ class LogJoint:
     def _log_jacobian(self, z: torch.Tensor) -> torch.Tensor:
         return sum(log_jacobian for _, _, log_jacobian in self.layout.unpack(z))
 
-    def _conditioned(self, z: torch.Tensor, data: TaskData, particle_dim: int):
+    def _conditioned(self, z: torch.Tensor, likelihood_scale, particle_dim: int):
         model = poutine.condition(self.model, data=self._values(z, particle_dim))
-        scale = _ScaleDataPlate(self.data_plate, data.likelihood_scale)
+        scale = _ScaleDataPlate(self.data_plate, likelihood_scale)
 
         def scaled_model(*args, **kwargs):
             with pyro.plate(_PARTICLES, z.shape[0], dim=particle_dim), scale:
@@ -140,8 +178,8 @@ class LogJoint:
 
         return scaled_model
 
-    def _trace(self, z: torch.Tensor, data: TaskData, particle_dim: int):
-        model = self._conditioned(z, data, particle_dim)
+    def _trace(self, z, args, kwargs, likelihood_scale, particle_dim: int, validate=True):
+        model = self._conditioned(z, likelihood_scale, particle_dim)
         # invalid parameters (e.g. a scale of exp(-200) = 0) give non-finite values that the
         # refinement's safeguard rejects, rather than an exception mid-step
         with (
@@ -149,8 +187,9 @@ class LogJoint:
             poutine.block(),
             pyro.validation_enabled(False),
         ):
-            trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
-        trace.compute_log_prob()
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        with contextlib.nullcontext() if validate else pyro.validation_enabled(False):
+            trace.compute_log_prob()
         return trace
 
     def _enumerated_per_particle(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
@@ -162,7 +201,7 @@ class LogJoint:
         """
         particle_dim = self._particle_dim()
         model = EnumMessenger(first_available_dim=particle_dim - 1)(
-            self._conditioned(z, data, particle_dim)
+            self._conditioned(z, data.likelihood_scale, particle_dim)
         )
         with (
             _vectorization_failures(z.shape[0]),

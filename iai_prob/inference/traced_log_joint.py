@@ -1,0 +1,278 @@
+"""The model's log joint traced once into a pure tensor function, replayed without Pyro.
+
+:class:`~iai_prob.inference.log_joint.LogJoint` evaluates
+
+    f_B(z) = log p(T(z)) + log |det ∂T/∂z| + (N/|B|) Σ_{n∈B} log p(y_n | x_n, T(z))
+
+by running the Pyro model under ``poutine.condition``, a particle plate, a scale
+messenger and ``poutine.trace`` on every call: a refinement step calls it several
+times, and that Python machinery costs milliseconds while the arithmetic costs
+microseconds. Here the same eager computation is run ONCE per input signature under
+``torch.fx.experimental.proxy_tensor.make_fx``, which records the ATen operations it
+performs as a graph
+
+    g(z, s, a_1, …, a_k) → (S, T_flat),    s = N/|B|,  a_i = the tensors in the model's arguments,
+
+so that later calls replay only those operations. The data tensors and the scale are
+inputs of ``g``, not constants: one trace serves every dataset and every mini-batch of
+the same shapes. The signature is everything that shapes the recorded graph: the model
+(and its latent layout and data plate), the particle dim (an outer plate such as
+``psis_diagnostic``'s moves it), the shape, strides, dtype and device of ``z`` and of
+every argument tensor, the value of every non-tensor argument, and the default dtype.
+
+Why ``make_fx`` (measured on the shipped ``logistic_regression`` guide, N = 1,024, 16
+sigma points, one thread): the replayed graph takes 0.9 ms per value and 1.9 ms per
+value and gradient against 1.6 ms and 4.1 ms for the eager Pyro path, and tracing
+takes 0.3 s once per signature. The graph is plain ATen, so gradients (with
+``create_graph``, for the Hessians of ``linearization="mean"``/``"samples"`` and for
+meta-training through ``z``) come from ordinary autograd over the replayed operations
+and need nothing traced beforehand; unlike ``torch.jit.trace`` it refuses to read a
+value out of a traced tensor (``.item()``, ``if x > 0``), so a model whose Python
+control flow depends on its data's values fails to trace and falls back to the eager
+path instead of baking one branch in. ``torch.compile`` was left out: on CPU each new
+shape costs seconds of compilation, more than a posterior takes.
+
+Every trace is checked before use: the replay must give the eager value and gradient
+at the tracing point, else the signature is evaluated eagerly from then on. The eager
+path is also kept (and remembered for the signature) when
+
+* the model reads tensors that require gradients other than through ``z``: learned
+  parameters (``pyro.param``, a ``PyroModule``'s or a decoder's weights in the explicit
+  regime) would be baked in as constants and receive no gradient;
+* an argument is neither a tensor nor a plain value (an object whose state the trace
+  would bake in), or tracing fails for any reason.
+
+Caveats, as for Pyro's ``JitTrace_ELBO``: the model must read its data through its
+arguments (as mini-batching already requires); tensors it reads otherwise (globals,
+attributes) are those of the first trace, in-place edits of them included but not
+reassignment; Python-level configuration the model reads (e.g. an attribute holding a
+float) is baked in, so call :func:`clear_cache` after changing it. Pyro's NaN/inf
+warnings of ``log_prob`` are not raised by the replay.
+
+Tracing is on by default; ``LogJoint(..., traced=False)`` or the environment variable
+``IAI_TRACE_LOG_JOINT=0`` turns it off (read at every call).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import NamedTuple
+
+import pyro
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+__all__ = [
+    "ENV_VAR",
+    "MAX_TRACES",
+    "CacheInfo",
+    "cache_info",
+    "clear_cache",
+    "traced_per_particle",
+    "tracing_enabled",
+]
+
+ENV_VAR = "IAI_TRACE_LOG_JOINT"
+"""Set to ``0`` (or ``false``/``off``/``no``) to evaluate every log joint eagerly."""
+
+MAX_TRACES = 32
+"""Traced signatures kept (least recently used first out)."""
+
+_PLAIN = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, type(None))
+_LOG = logging.getLogger(__name__)
+
+
+class CacheInfo(NamedTuple):
+    """Counts since the last :func:`clear_cache`: ``traces`` built, ``hits`` (replays),
+    ``eager`` (signatures found untraceable), and ``size`` (signatures kept)."""
+
+    traces: int
+    hits: int
+    eager: int
+    size: int
+
+
+class _Entry(NamedTuple):
+    graph: torch.fx.GraphModule | None  # None: evaluate this signature eagerly
+    owners: tuple  # the objects whose ids are in the key, kept alive while it is
+
+
+_cache: OrderedDict = OrderedDict()
+_counts = {"traces": 0, "hits": 0, "eager": 0}
+_lock = threading.RLock()
+
+
+def tracing_enabled() -> bool:
+    """Whether the environment allows tracing (``IAI_TRACE_LOG_JOINT`` is not ``0``)."""
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_info() -> CacheInfo:
+    """How often the cache traced, replayed and fell back (see :class:`CacheInfo`)."""
+    with _lock:
+        return CacheInfo(size=len(_cache), **_counts)
+
+
+def clear_cache() -> None:
+    """Forget every trace (e.g. after changing a model's Python-level configuration)."""
+    with _lock:
+        _cache.clear()
+        _counts.update(traces=0, hits=0, eager=0)
+
+
+def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
+    """``log_joint``'s ``f_B`` at ``z`` ``(S, T_flat, D)`` from the traced graph of this
+    signature (traced now if new), or ``None`` where the eager path must run instead."""
+    split = _split_arguments(data.args, data.kwargs)
+    if split is None:
+        return None
+    spec, statics, tensors = split
+    model = log_joint.model
+    owners = (getattr(model, "__func__", model), getattr(model, "__self__", None))
+    key = (
+        tuple(id(owner) for owner in owners),
+        _layout_key(log_joint.layout),
+        log_joint.data_plate,
+        particle_dim,
+        torch.get_default_dtype(),
+        spec,
+        tuple(statics),
+        _tensor_key(z),
+    )
+    with _lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+    scale = torch.tensor(data.likelihood_scale, dtype=torch.float64, device=z.device)
+    if entry is None:
+        graph = _build(log_joint, z, scale, tensors, particle_dim, spec, statics)
+        if graph is _RETRY:
+            return None
+        entry = _Entry(graph, owners)
+        with _lock:
+            _cache[key] = entry
+            _counts["traces" if graph is not None else "eager"] += 1
+            while len(_cache) > MAX_TRACES:
+                _cache.popitem(last=False)
+    if entry.graph is None:
+        return None
+    try:
+        value = entry.graph(z, scale, *tensors)
+    except torch.linalg.LinAlgError:  # the model's own linear algebra, as in the eager path
+        raise
+    except Exception as error:  # never expected (same shapes); the eager path decides
+        _LOG.debug("replaying the traced log joint failed (%s); using the eager path", error)
+        with _lock:
+            _cache[key] = _Entry(None, owners)
+        return None
+    with _lock:
+        _counts["hits"] += 1
+    return value
+
+
+# ------------------------------------------------------------------- helpers
+_RETRY = object()  # the eager evaluation itself failed: raise from the eager path, cache nothing
+
+
+def _tensor_key(tensor: torch.Tensor) -> tuple:
+    return (tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
+
+
+def _layout_key(layout) -> tuple:
+    sites = tuple(
+        (site.name, site.event_shape, site.unconstrained_shape, repr(site.support))
+        for site in layout.sites
+    )
+    return sites, layout.num_tasks, layout.tasks_dim, layout.max_plate_nesting
+
+
+def _split_arguments(args: tuple, kwargs: dict):
+    """``(spec, statics, tensors)``: the arguments' structure, their non-tensor leaves (with
+    each tensor's shape, strides, dtype and device in its place) and their tensors; ``None``
+    if a leaf is an object the trace would bake in."""
+    leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
+    statics, tensors = [], []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            statics.append(("tensor", _tensor_key(leaf)))
+            tensors.append(leaf)
+        elif isinstance(leaf, _PLAIN):
+            statics.append(("value", type(leaf), leaf))
+        else:
+            return None
+    return spec, statics, tensors
+
+
+def _pure(log_joint, particle_dim: int, spec, statics: list):
+    """``g(z, scale, *tensors)``: the eager log joint with the arguments rebuilt from
+    ``tensors`` and the plain leaves of ``statics``."""
+    positions = [i for i, leaf in enumerate(statics) if leaf[0] == "tensor"]
+    plain = [leaf[-1] if leaf[0] == "value" else None for leaf in statics]
+
+    def g(z, scale, *tensors):
+        leaves = list(plain)
+        for position, tensor in zip(positions, tensors, strict=True):
+            leaves[position] = tensor
+        args, kwargs = tree_unflatten(leaves, spec)
+        return log_joint.eager_per_particle(z, args, kwargs, scale, particle_dim, validate=False)
+
+    return g
+
+
+def _build(log_joint, z, scale, tensors, particle_dim, spec, statics):
+    """The checked, dead-code-free graph of this signature; ``None`` to evaluate it
+    eagerly from now on; ``_RETRY`` if the eager evaluation itself failed."""
+    g = _pure(log_joint, particle_dim, spec, statics)
+    point = z.detach().clone().requires_grad_(z.is_floating_point())
+    inputs = [tensor.detach() for tensor in tensors]
+    try:
+        with torch.enable_grad():
+            reference = g(point, scale, *inputs)
+    except Exception:
+        return _RETRY
+    if _reads_other_leaves(reference, point):
+        _LOG.debug("the model reads tensors that require gradients; using the eager path")
+        return None
+    try:
+        with torch.enable_grad(), pyro.validation_enabled(False):
+            graph = make_fx(g)(point, scale, *inputs)
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        with torch.enable_grad():
+            value = graph(point, scale, *inputs)
+            agree = torch.allclose(value, reference, rtol=1e-5, atol=1e-6, equal_nan=True)
+            if agree and reference.requires_grad:
+                (expected,) = torch.autograd.grad(reference.sum(), point, allow_unused=True)
+                (got,) = torch.autograd.grad(value.sum(), point, allow_unused=True)
+                agree = (expected is None) == (got is None) and (
+                    expected is None
+                    or torch.allclose(got, expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+                )
+    except Exception as error:
+        _LOG.debug("tracing the log joint failed (%s); using the eager path", error)
+        return None
+    if not agree:
+        _LOG.debug("the traced log joint differs from the eager one; using the eager path")
+        return None
+    return graph
+
+
+def _reads_other_leaves(value: torch.Tensor, point: torch.Tensor) -> bool:
+    """Whether ``value``'s autograd graph reaches a leaf tensor other than ``point``."""
+    if value.grad_fn is None:
+        return value.requires_grad
+    seen, stack = set(), [value.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and variable is not point:
+            return True
+        stack.extend(parent for parent, _ in node.next_functions)
+    return False
