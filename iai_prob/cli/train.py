@@ -13,11 +13,12 @@ come from
 * your real datasets: ``--data FILE --x COLS --y COL --group COL``, one dataset per group
   (reverse KL only: real data have no true latents).
 
-Training shows a progress bar, checkpoints every ``--checkpoint-every`` steps into
-``--out`` and resumes from there when run again with the same model and settings (a
-folder holding another run is refused, naming what differs; ``--overwrite`` starts
-again); the same ``--seed`` gives the same guide, bit for bit. The guide is
-``OUT/guide.json`` and ``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
+Training shows a progress bar (with the held-out validation score) and checkpoints
+every ``--checkpoint-every`` steps into ``--out``; it resumes from there when run again
+with the same model and settings (a folder holding another run is refused, naming what
+differs; ``--overwrite`` starts again), and the guide kept is the one that scores best
+on the held-out validation tasks; the same ``--seed`` gives the same guide, bit for bit.
+The guide is ``OUT/guide.json`` and ``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
 """
 
 from __future__ import annotations
@@ -235,6 +236,18 @@ def _family(name: str, config: str | None):
         raise ValueError(f"--config: {error}") from None
 
 
+def _validation_summary(history) -> str:
+    """``, validation score S (untrained U, kept step K)``: the held-out score of the guide
+    saved (lower is better), or nothing when the run had no validation."""
+    if history.final is None:
+        return ""
+    step, score = history.final
+    if not history.final_is_best():
+        step, score = history.best_step, history.best
+    untrained = f"untrained {history.untrained:.4g}, " if history.untrained is not None else ""
+    return f", validation score {score:.4g} ({untrained}kept step {step})"
+
+
 def run(args) -> int:
     """Train, checkpointing ``OUT/last`` and ``OUT/guide`` with the command in its card."""
     from iai_prob.inference import IterativeAmortizedGuide, fit
@@ -283,7 +296,8 @@ def run(args) -> int:
     model_option = f" --model {args.model}" if ":" in args.model else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s (final loss "
-        f"{result.losses[-1]:.4g}); guide in {args.out}/guide.json\n"
+        f"{result.losses[-1]:.4g}){_validation_summary(result.validation)}; guide in "
+        f"{args.out}/guide.json\n"
         f"next: iai infer {args.out} DATA.csv{model_option} --x COLS --y COL [--group COL] "
         "--out post.nc"
     )

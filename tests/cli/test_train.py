@@ -51,7 +51,12 @@ def test_family_training_resumes(tmp_path, capsys):
         "config": {"dim": 2, "noise_scale": 0.5, "prior_scale": 1.0},
     }
     assert card["command"].startswith("iai train linear_regression --config")
-    assert "trained 3 steps" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "trained 3 steps" in summary
+    # the held-out score of the saved guide, as its card records it
+    validation = card["validation"]
+    assert f"validation score {validation['score']:.4g}" in summary
+    assert f"untrained {validation['untrained']:.4g}, kept step {validation['step']})" in summary
 
 
 def test_user_model_trains_and_infers(
