@@ -24,6 +24,12 @@ The model must therefore broadcast over batch dims left of its plates, as Pyro's
 vectorized ELBOs also require: a global's value has shape ``(S, 1…, *event_shape)``.
 A model that does not (``x @ w`` for a vector ``w``) fails in its own tensor code; that
 failure is re-raised as a ``ValueError`` that says how to write it instead.
+
+Running the model under Pyro's handlers costs far more than its arithmetic, so the
+non-enumerated path runs it once per input signature and replays the recorded tensor
+operations afterwards (:mod:`~iai_prob.inference.traced_log_joint`; the data and
+``N/|B|`` are inputs of the replayed graph), falling back to the Pyro path whenever a
+model cannot be traced. :meth:`LogJoint.site` and the enumerated path always run eagerly.
 """
 
 from __future__ import annotations

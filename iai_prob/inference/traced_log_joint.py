@@ -42,12 +42,15 @@ path is also kept (and remembered for the signature) when
 * an argument is neither a tensor nor a plain value (an object whose state the trace
   would bake in), or tracing fails for any reason.
 
+After tracing, every tensor that does not depend on the inputs' values (the prior's
+parameters, tensors built from shapes) is computed once and kept as a constant, and the
+operations left unused are dropped: 56 ATen calls become 41 for the logistic model.
+
 Caveats, as for Pyro's ``JitTrace_ELBO``: the model must read its data through its
 arguments (as mini-batching already requires); tensors it reads otherwise (globals,
-attributes) are those of the first trace, in-place edits of them included but not
-reassignment; Python-level configuration the model reads (e.g. an attribute holding a
-float) is baked in, so call :func:`clear_cache` after changing it. Pyro's NaN/inf
-warnings of ``log_prob`` are not raised by the replay.
+attributes) and Python-level configuration (e.g. an attribute holding a float) are
+read when the signature is traced, so call :func:`clear_cache` after changing them.
+Pyro's NaN/inf warnings of ``log_prob`` are not raised by the replay.
 
 Tracing is on by default; ``LogJoint(..., traced=False)`` or the environment variable
 ``IAI_TRACE_LOG_JOINT=0`` turns it off (read at every call).
@@ -55,6 +58,7 @@ Tracing is on by default; ``LogJoint(..., traced=False)`` or the environment var
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -182,6 +186,7 @@ def _tensor_key(tensor: torch.Tensor) -> tuple:
     return (tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
 
 
+@functools.lru_cache(maxsize=MAX_TRACES)
 def _layout_key(layout) -> tuple:
     sites = tuple(
         (site.name, site.event_shape, site.unconstrained_shape, repr(site.support))
@@ -240,6 +245,7 @@ def _build(log_joint, z, scale, tensors, particle_dim, spec, statics):
     try:
         with torch.enable_grad(), pyro.validation_enabled(False):
             graph = make_fx(g)(point, scale, *inputs)
+        _fold_constants(graph, (point, scale, *inputs))
         graph.graph.eliminate_dead_code()
         graph.recompile()
         with torch.enable_grad():
@@ -259,6 +265,71 @@ def _build(log_joint, z, scale, tensors, particle_dim, spec, statics):
         _LOG.debug("the traced log joint differs from the eager one; using the eager path")
         return None
     return graph
+
+
+# ops whose result depends on their tensor inputs' shape, dtype and device only
+_METADATA_ONLY = {
+    torch.ops.aten.new_zeros.default,
+    torch.ops.aten.new_ones.default,
+    torch.ops.aten.new_empty.default,
+    torch.ops.aten.new_full.default,
+    torch.ops.aten.zeros_like.default,
+    torch.ops.aten.ones_like.default,
+    torch.ops.aten.empty_like.default,
+    torch.ops.aten.full_like.default,
+}
+
+
+def _fold_constants(graph: torch.fx.GraphModule, inputs: tuple) -> None:
+    """Replace every tensor that does not depend on the inputs' values (the prior's
+    parameters, tensors built from shapes, the model's own constants) by its value.
+
+    The signature fixes every input's shape, dtype and device, so such a tensor is the
+    same at every call. Random and side-effecting ops are never folded, and nothing is
+    folded in a graph with in-place ops (one could write into a folded tensor).
+    """
+    nodes = list(graph.graph.nodes)
+    ops = [node for node in nodes if node.op == "call_function"]
+    if any(
+        isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+        for node in ops
+    ):
+        return
+    varying = set()
+    for node in nodes:
+        if _varies(node, varying):
+            varying.add(node)
+    fixed = [
+        node for node in ops if node not in varying and any(user in varying for user in node.users)
+    ]
+    if not fixed:
+        return
+    interpreter = torch.fx.Interpreter(graph, garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(*inputs)
+    for index, node in enumerate(fixed):
+        value = interpreter.env[node]
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = f"_iai_folded_{index}"
+        graph.register_buffer(name, value.detach(), persistent=False)
+        with graph.graph.inserting_before(node):
+            constant = graph.graph.get_attr(name)
+        node.replace_all_uses_with(constant)
+
+
+def _varies(node: torch.fx.Node, varying: set) -> bool:
+    """Whether ``node``'s value may change between calls of one signature: an input, a
+    random or side-effecting op, or an op on such a value (other than its metadata)."""
+    if node.op == "placeholder":
+        return True
+    if node.op != "call_function":
+        return False
+    if node.is_impure():
+        return True
+    return node.target not in _METADATA_ONLY and any(
+        parent in varying for parent in node.all_input_nodes
+    )
 
 
 def _reads_other_leaves(value: torch.Tensor, point: torch.Tensor) -> bool:
