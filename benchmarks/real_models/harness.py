@@ -72,8 +72,8 @@ class DatasetResult:
     mean_error: float
     sd_ratio: tuple[float, float]
     khat: float
-    passes: object
-    converged: object
+    passes: float | None
+    converged: bool | None
     guide_seconds: float
     nuts_seconds: float
     laplace_seconds: float
@@ -148,6 +148,12 @@ def _guide_side(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings, see
     return statistics.median(times), status, z.double().numpy(), log_weights.double().numpy(), task
 
 
+def _reported(status, name: str, kind):
+    """The field ``name`` of the guide's result status as ``kind``, ``None`` if absent."""
+    value = getattr(status, name, None)
+    return None if value is None else kind(value)
+
+
 def _resampled(draws: np.ndarray, log_weights: np.ndarray, seed: int) -> np.ndarray:
     """The draws resampled with replacement by their Pareto-smoothed importance weights."""
     smoothed, _ = smoothed_log_weights(log_weights)
@@ -190,8 +196,8 @@ def run_dataset(
         mean_error=mean_error,
         sd_ratio=sd_ratio,
         khat=float(khat),
-        passes=getattr(status, "passes", None),
-        converged=getattr(status, "converged", None),
+        passes=_reported(status, "passes", float),
+        converged=_reported(status, "converged", bool),
         guide_seconds=guide_seconds,
         nuts_seconds=statistics.median(nuts_seconds),
         laplace_seconds=statistics.median(run.seconds for run in laplace_runs),
@@ -201,14 +207,15 @@ def run_dataset(
 
 def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
     """Train (or load) the guide, then run every dataset of ``entry`` (at most
-    ``settings.max_groups`` of them). A training that fails is reported, not raised."""
+    ``settings.max_groups`` of them). A training that fails is reported in the row (its
+    error's first line), not raised, so that the other models still run."""
     datasets = entry.datasets()[: settings.max_groups]
     result = ModelResult(entry)
     design = RealDesign(np.concatenate([d.x for d in entry.datasets()]))
     try:
         guide, result.train_seconds = train_guide(entry, design, settings, cache)
-    except FloatingPointError as error:  # fit gave up on non-finite steps
-        result.error = f"fit failed: {error}"
+    except (FloatingPointError, ValueError) as error:  # e.g. an invalid prior predictive draw
+        result.error = f"fit failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
         return result
     with torch.no_grad():  # warm-up: first-call costs are not the guide's speed
         guide.posterior(_tensor(datasets[0].x), _tensor(datasets[0].y))
