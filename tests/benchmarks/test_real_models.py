@@ -85,3 +85,66 @@ def test_an_unknown_model_is_one_line_naming_the_choices(script, capsys):
     assert raised.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unknown model(s) nope" in error and "grunfeld_firms" in error
+
+
+def _result(harness, c2st: float, passes, converged) -> object:
+    return harness.DatasetResult(
+        name="g",
+        num_points=20,
+        num_params=4,
+        c2st_guide=c2st,
+        c2st_floor=[0.5, 0.52],
+        c2st_laplace=0.6,
+        c2st_resampled=0.5,
+        mean_error=0.1,
+        sd_ratio=(0.9, 1.1),
+        khat=0.3,
+        passes=passes,
+        converged=converged,
+        guide_seconds=0.01,
+        nuts_seconds=1.0,
+        laplace_seconds=0.001,
+        laplace_iterations=5,
+    )
+
+
+def test_a_grouped_row_gives_median_and_range_and_dashes_for_an_unreported_status(script):
+    from real_models import harness
+    from real_models.models import MODELS
+
+    cells = dict(
+        zip(
+            script.HEADERS,
+            script.row(
+                harness.ModelResult(
+                    MODELS["grunfeld_firms"],
+                    [_result(harness, c, None, None) for c in (0.5, 0.7, 0.52)],
+                )
+            ),
+            strict=True,
+        )
+    )
+    assert cells["N"] == "20 × 3 groups"
+    assert cells["guide C2ST"] == "0.52 [0.50, 0.70]"
+    assert cells["passes"] == cells["converged"] == "—"
+    assert cells["NUTS ÷ guide"] == "100.0×"
+    assert cells[f"C2ST ≤ {script.C2ST_TARGET}"] == "PASS"  # the median over groups
+    reported = [_result(harness, 0.6, p, c) for p, c in ((2.0, True), (40.0, False))]
+    cells = dict(
+        zip(
+            script.HEADERS,
+            script.row(harness.ModelResult(MODELS["grunfeld_firms"], reported)),
+            strict=True,
+        )
+    )
+    assert cells["converged"] == "1/2" and cells["passes"] == "21 [2, 40]"
+    assert cells[f"C2ST ≤ {script.C2ST_TARGET}"] == "MISS"
+
+
+def test_a_failed_fit_is_its_row(script):
+    from real_models import harness
+    from real_models.models import MODELS
+
+    failed = harness.ModelResult(MODELS["randhie_poisson"], error="fit failed: ValueError: x")
+    cells = script.row(failed)
+    assert len(cells) == len(script.HEADERS) and cells[2] == "fit failed: ValueError: x"
