@@ -13,12 +13,15 @@ performs as a graph
 
     g(z, s, a_1, …, a_k) → (S, T_flat),    s = N/|B|,  a_i = the tensors in the model's arguments,
 
-so that later calls replay only those operations. The data tensors and the scale are
-inputs of ``g``, not constants: one trace serves every dataset and every mini-batch of
-the same shapes. The signature is everything that shapes the recorded graph: the model
-(and its latent layout and data plate), the particle dim (an outer plate such as
-``psis_diagnostic``'s moves it), the shape, strides, dtype and device of ``z`` and of
-every argument tensor, the value of every non-tensor argument, and the default dtype.
+so that later calls replay only those operations (a signature is traced at its
+:data:`TRACE_AFTER`-th call: one met only a few times runs eagerly). The data tensors
+and the scale are inputs of ``g``, not constants: one trace serves every dataset and
+every mini-batch of the same shapes. The signature is everything that shapes the
+recorded graph: the model (and its latent layout and data plate), the particle dim (an
+outer plate such as ``psis_diagnostic``'s moves it), the shape, strides, dtype and
+device of ``z`` and of every argument tensor, the value of every non-tensor argument,
+and the default dtype. Whether gradients are wanted is not part of it: the graph is the
+forward computation, and autograd differentiates its replay like any tensor code.
 
 Why ``make_fx`` (measured on the shipped ``logistic_regression`` guide, N = 1,024, 16
 sigma points, one thread): the replayed graph takes 0.9 ms per value and 1.9 ms per
@@ -73,6 +76,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 __all__ = [
     "ENV_VAR",
     "MAX_TRACES",
+    "TRACE_AFTER",
     "CacheInfo",
     "cache_info",
     "clear_cache",
@@ -85,6 +89,12 @@ ENV_VAR = "IAI_TRACE_LOG_JOINT"
 
 MAX_TRACES = 32
 """Traced signatures kept (least recently used first out)."""
+
+TRACE_AFTER = 4
+"""Calls of a signature that run eagerly before it is traced. A trace costs as much as a
+few hundred eager calls, so a signature met only a few times (the last, short mini-batch
+of a training step whose N is drawn at random) is not worth one; one met often (every
+full mini-batch, every step of a posterior) is traced at its fourth call."""
 
 _PLAIN = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, type(None))
 _LOG = logging.getLogger(__name__)
@@ -106,6 +116,7 @@ class _Entry(NamedTuple):
 
 
 _cache: OrderedDict = OrderedDict()
+_seen: OrderedDict = OrderedDict()  # calls so far of the signatures not traced yet
 _counts = {"traces": 0, "hits": 0, "eager": 0}
 _lock = threading.RLock()
 
@@ -125,12 +136,14 @@ def clear_cache() -> None:
     """Forget every trace (e.g. after changing a model's Python-level configuration)."""
     with _lock:
         _cache.clear()
+        _seen.clear()
         _counts.update(traces=0, hits=0, eager=0)
 
 
 def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
     """``log_joint``'s ``f_B`` at ``z`` ``(S, T_flat, D)`` from the traced graph of this
-    signature (traced now if new), or ``None`` where the eager path must run instead."""
+    signature (traced at its :data:`TRACE_AFTER`-th call), or ``None`` where the eager
+    path must run instead."""
     split = _split_arguments(data.args, data.kwargs)
     if split is None:
         return None
@@ -151,6 +164,13 @@ def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
         entry = _cache.get(key)
         if entry is not None:
             _cache.move_to_end(key)
+        else:
+            calls = _seen.pop(key, 0) + 1
+            if calls < TRACE_AFTER:
+                _seen[key] = calls
+                while len(_seen) > 32 * MAX_TRACES:
+                    _seen.popitem(last=False)
+                return None
     scale = torch.tensor(data.likelihood_scale, dtype=torch.float64, device=z.device)
     if entry is None:
         graph = _build(log_joint, z, scale, tensors, particle_dim, spec, statics)

@@ -22,7 +22,9 @@ ROWS = torch.tensor([0, 3, 4, 7, 10])  # a mini-batch |B| = 5 of N = 12
 
 @pytest.fixture(autouse=True)
 def _empty_cache(monkeypatch):
+    """An empty cache, tracing on, and every signature traced at its first call."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(traced_log_joint, "TRACE_AFTER", 1)
     clear_cache()
     yield
     clear_cache()
@@ -135,6 +137,18 @@ def test_one_trace_serves_every_dataset_and_scale_of_one_shape(linreg, simulate,
     # the prior's parameters do not depend on the inputs' values: computed once, kept
     (entry,) = traced_log_joint._cache.values()
     assert any(name.startswith("_iai_folded") for name, _ in entry.graph.named_buffers())
+
+
+def test_a_signature_is_traced_only_once_it_recurs(linreg, simulate, read_task, monkeypatch):
+    """Signatures met a few times (a training step's last, short mini-batch) stay eager."""
+    monkeypatch.setattr(traced_log_joint, "TRACE_AFTER", 3)
+    _, x, y = simulate(linreg, 2, 12)
+    _, data, log_joint = read_task(linreg.model, x, y)
+    z = torch.randn(4, 2, 2)
+    expected = _eager(log_joint).per_particle(z, data)
+    for calls in range(1, 5):
+        torch.testing.assert_close(log_joint.per_particle(z, data), expected)
+        assert cache_info().traces == (calls >= 3) and cache_info().hits == max(0, calls - 2)
 
 
 def test_a_new_shape_or_particle_count_retraces(linreg, simulate, read_task):
