@@ -292,6 +292,8 @@ def test_linalg_errors_and_invalid_values_pass_through(read_task):
 def test_shipped_guides_give_the_same_posterior_traced_or_not(name, monkeypatch):
     guide = pretrained.load(name)
     _, x, y = guide.family.sample(1, 64, generator=torch.Generator().manual_seed(3))
+    if guide.prepare(x[0], y[0]).log_joint.enumerate:
+        pytest.skip("an enumerated log joint (the mixture's) is never traced")
     posteriors = {}
     for mode in ("1", "0"):
         monkeypatch.setenv(ENV_VAR, mode)
@@ -300,4 +302,4 @@ def test_shipped_guides_give_the_same_posterior_traced_or_not(name, monkeypatch)
     torch.testing.assert_close(
         posteriors["1"].covariance_matrix, posteriors["0"].covariance_matrix, rtol=0, atol=1e-5
     )
-    assert cache_info().hits > 0 or guide.prepare(x[0], y[0]).log_joint.enumerate
+    assert cache_info().hits > 0
