@@ -77,6 +77,12 @@ def add_parser(commands) -> None:
         "--show", type=int, default=5, help="groups shown in the summary (0: no summary)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="cap on each dataset's full-data convergence steps (default: the guide's "
+        "convergence setting; 0: check only); a dataset not converged is named in a warning",
+    )
     parser.set_defaults(run=run)
 
 
@@ -213,6 +219,8 @@ def check_options(args) -> None:
     if args.batch_size is not None:
         check_positive_int("--batch-size", args.batch_size)
     check_non_negative_int("--show", args.show)
+    if args.max_steps is not None:
+        check_non_negative_int("--max-steps", args.max_steps)
 
 
 def warn_if_misfit(guide, result, first, columns, table, args) -> None:
@@ -239,17 +247,21 @@ def warn_if_misfit(guide, result, first, columns, table, args) -> None:
 
 def run(args) -> int:
     """Infer, write ``--out``, print the summary."""
+    from dataclasses import replace
     from pathlib import Path
 
     from iai_prob.cli.loading import load_checkpoint
+    from iai_prob.inference import Convergence
     from iai_prob.io import Columns, Table, grouped_posteriors, observation_dtype, stream_posterior
-    from iai_prob.io.export import inference_data, summary_table
+    from iai_prob.io.export import inference_data, status_table, summary_table
 
     check_output_file(args.out, (".nc",), "a netCDF file")
     check_options(args)
     table = Table(args.data, chunk_rows=args.chunk_rows)
     x_columns, y_columns = data_columns(args, table)
     guide = load_checkpoint(args.checkpoint, model=args.model)
+    if args.max_steps is not None:
+        guide.convergence = replace(guide.convergence or Convergence(), max_steps=args.max_steps)
     columns = Columns(tuple(x_columns), tuple(y_columns), observation_dtype(guide))
     first = check_data(guide, table, columns, args)
 
@@ -292,7 +304,12 @@ def run(args) -> int:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     idata.to_netcdf(args.out)
+    statuses, count = status_table(result, show=args.show)
+    if count is not None:
+        print(count, file=sys.stderr)
     if args.show:
         print(summary_table(idata, show=args.show).to_string())
+        if statuses is not None:
+            print(statuses.to_string())
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -432,7 +432,7 @@ def approximate_posterior(
         model = posterior.model if model is None else getattr(model, "model", model)
         task = posterior._prepared(*args, **kwargs)
         with torch.no_grad():
-            state = posterior.final_state(task)
+            state, _ = posterior.solve(task)  # the default answer, converged
         distribution = posterior.refiner.family.distribution(state.loc, state.precision)
         return ApproximatePosterior(distribution, task, model)
     if not callable(posterior):

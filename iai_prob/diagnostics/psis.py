@@ -22,12 +22,11 @@ built by :func:`~iai_prob.diagnostics.to_inference_data` (``sample_stats``
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
 from iai_prob.diagnostics.adapter import PosteriorDraws
+from iai_prob.pareto_smoothing import pareto_smooth
 
 __all__ = [
     "KHAT_THRESHOLD",
@@ -80,24 +79,6 @@ def _log_weights(source) -> tuple[np.ndarray, bool]:
     return value, single
 
 
-def _psislw(log_weights: np.ndarray):
-    """PSIS of ``(S, T)`` log weights: normalized smoothed log weights ``(S, T)``, k̂ ``(T,)``."""
-    import arviz as az
-    from scipy.special import logsumexp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns for every k̂ > 0.7; callers report it
-        if hasattr(az, "psislw"):  # ArviZ 0.x: samples on the last axis
-            smoothed, khat = az.psislw(log_weights.T)
-        else:  # ArviZ ≥ 1.0 (untested here): arviz_stats takes the log-likelihood, −log w
-            from arviz_stats.base import array_stats
-
-            smoothed, khat = array_stats.psislw(-log_weights.T, axis=-1)
-    smoothed = np.asarray(smoothed, dtype=float).T
-    smoothed = smoothed - logsumexp(smoothed, axis=0, keepdims=True)
-    return smoothed, np.atleast_1d(np.asarray(khat, dtype=float))
-
-
 def psis_khat(log_weights):
     """Pareto ``k̂`` of log importance weights ``log p(z, D) − log q(z)``.
 
@@ -107,13 +88,13 @@ def psis_khat(log_weights):
         ``(T,)`` with one ``k̂`` per task.
     """
     weights, single = _log_weights(log_weights)
-    khat = _psislw(weights)[1]
+    khat = pareto_smooth(weights)[1]
     return float(khat[0]) if single else khat
 
 
 def smoothed_log_weights(log_weights) -> tuple[np.ndarray, np.ndarray]:
     """PSIS-smoothed, self-normalized log weights ``(S, T)`` and ``k̂`` ``(T,)``."""
-    return _psislw(_log_weights(log_weights)[0])
+    return pareto_smooth(_log_weights(log_weights)[0])
 
 
 def importance_resample(

@@ -1,9 +1,11 @@
 """Amortized, iteratively refined inference over task latents (the PyTorch / Pyro side)."""
 
 from iai_prob.inference.checkpoint import CheckpointError
+from iai_prob.inference.convergence import Convergence
 from iai_prob.inference.encoders import DeepSets, SetTransformer
 from iai_prob.inference.guide import IterativeAmortizedGuide
 from iai_prob.inference.implicit import ImplicitPredictor
+from iai_prob.inference.posterior_status import PosteriorStatus, PosteriorWarning
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
 from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
@@ -11,6 +13,7 @@ from iai_prob.inference.training import FitResult, fit
 
 __all__ = [
     "CheckpointError",
+    "Convergence",
     "DatasetCollection",
     "DeepSets",
     "DiagonalGaussian",
@@ -20,6 +23,8 @@ __all__ = [
     "ImplicitPredictor",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
+    "PosteriorStatus",
+    "PosteriorWarning",
     "PriorPredictiveTasks",
     "RefinementError",
     "RefinementInfo",

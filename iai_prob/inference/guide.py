@@ -30,6 +30,7 @@ import contextlib
 import functools
 import math
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -40,10 +41,22 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
 from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
+from iai_prob.inference.convergence import (
+    DEFAULT_CONVERGENCE,
+    Convergence,
+    FullData,
+    converge,
+    khat_of,
+)
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.memo import LastDataset
 from iai_prob.inference.objectives import elbo
+from iai_prob.inference.posterior_status import (
+    PosteriorStatus,
+    PosteriorWarning,
+    warn_if_unreliable,
+)
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
     SIGNALS,
@@ -178,6 +191,11 @@ class IterativeAmortizedGuide(AutoGuide):
         many times (a proximal step for non-conjugate models). ``0`` suits a likelihood
         that is Gaussian in the latents (e.g. linear regression): its target does not
         depend on where it is linearized, so a re-linearization retakes the same step.
+    :param convergence: the convergence phase that finishes every default answer
+        (:class:`~iai_prob.inference.convergence.Convergence`: safeguarded full-data steps
+        until the fixed point, its cap and tolerance, the PSIS k̂ draws); ``None`` returns
+        the learned refinement's ``λ_K`` as is (one-shot speed, no guarantee, no status).
+        Not part of the checkpoint: set ``guide.convergence`` after loading.
     """
 
     def __init__(
@@ -201,6 +219,7 @@ class IterativeAmortizedGuide(AutoGuide):
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
         max_relinearizations: int = 2,
+        convergence: Convergence | None = DEFAULT_CONVERGENCE,
     ):
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
         # kept in a tuple: a family that is an nn.Module (explicit regime) must not become a
@@ -244,6 +263,13 @@ class IterativeAmortizedGuide(AutoGuide):
             "inner_lr": float(inner_lr),
             "max_relinearizations": int(max_relinearizations),
         }
+        if convergence is not None and not isinstance(convergence, Convergence):
+            raise ValueError(
+                "convergence must be an iai_prob.inference.Convergence or None, got "
+                f"{type(convergence).__name__}"
+            )
+        self.convergence = convergence
+        self.last_status: PosteriorStatus | None = None
         self.featurize = featurize
         self.refiner: Refiner | None = None
         self.layout_signature: list | None = None
@@ -381,6 +407,71 @@ class IterativeAmortizedGuide(AutoGuide):
         *_, (last, _) = self.trajectory(task, **options)
         return last
 
+    @_serialized
+    def solve(
+        self,
+        task: PreparedTask,
+        *,
+        num_steps: int | None = None,
+        batch_size: int | None = None,
+        names=None,
+    ) -> tuple[RefinementState, PosteriorStatus | None]:
+        """The default answer for a prepared task: the learned refinement's ``λ_K``, then
+        the convergence phase (:mod:`.convergence`) with its status; a
+        :class:`~iai_prob.inference.posterior_status.PosteriorWarning` names the datasets
+        (``names``: labels of a batch's tasks) that did not converge or have ``k̂ > 0.7``.
+
+        With gradients enabled (training, SVI) or ``guide.convergence = None`` it is
+        :meth:`final_state` and the status is ``None``: the phase is a per-dataset solver,
+        not a path for meta-gradients.
+        """
+        state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
+        rule = self.convergence
+        if rule is None or torch.is_grad_enabled():
+            return state, None
+        data = task.data.to_dtype(self._phase_dtype(state))
+        full = FullData.in_memory(data, task.log_joint, rule.chunk_size)
+        steps_per_pass = math.ceil(data.num_points / (batch_size or self.config["batch_size"]))
+        batched = task.layout.num_tasks is not None
+        return self._converged(state, full, steps_per_pass, batched, names)
+
+    def _phase_dtype(self, state: RefinementState) -> torch.dtype:
+        return torch.float64 if self.convergence.float64 else state.loc.dtype
+
+    def _converged(self, state, full: FullData, steps_per_pass: int, batched: bool, names=None):
+        """The convergence phase from the learned ``state`` over ``full``, its status and
+        warnings (see :meth:`solve`)."""
+        rule, refiner = self.convergence, self._require_refiner()
+        dtype, answer_dtype = self._phase_dtype(state), state.loc.dtype
+        state, converged, full_steps, residual = converge(
+            state._replace(loc=state.loc.to(dtype), precision=state.precision.to(dtype)),
+            full,
+            refiner.family,
+            rule,
+            min_precision=refiner.min_precision,
+            linearization=refiner.linearization,
+        )
+        khat = khat_of(
+            refiner.family.distribution(state.loc, state.precision),
+            full,
+            rule.khat_draws,
+            self.config["seed"] + 3,
+        )
+        state = state._replace(
+            loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
+        )
+        learned_steps = state.step - int(full_steps.max())
+        status = PosteriorStatus(
+            converged=converged.cpu(),
+            passes=full_steps.cpu() + learned_steps / steps_per_pass,
+            full_steps=full_steps.cpu(),
+            residual=residual.cpu(),
+            khat=torch.as_tensor(khat),
+        ).for_dataset(batched)
+        self.last_status = status
+        warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched, names=names)
+        return state, status
+
     def _distribution(self, state: RefinementState, layout: LatentLayout):
         family = self._require_refiner().family
         loc = layout.to_joint(state.loc)
@@ -401,11 +492,12 @@ class IterativeAmortizedGuide(AutoGuide):
             self._setup_prototype(*args, **kwargs)
         pyro.module(f"{self._pyro_name}.refiner", self.refiner)
         weights = list(self.refiner.parameters())
-        memo = self._last_dataset.get(args, kwargs, weights, self.config)
+        options = (self.config, self.convergence)
+        memo = self._last_dataset.get(args, kwargs, weights, options)
         if memo is None:  # a new dataset, new weights or options, or gradients on
             task = self.prepare(*args, **kwargs)
-            memo = (task.layout, self.final_state(task))
-            self._last_dataset.put(args, kwargs, weights, self.config, memo)
+            memo = (task.layout, self.solve(task)[0])
+            self._last_dataset.put(args, kwargs, weights, options, memo)
         layout, state = memo
         posterior = self._distribution(state, layout)
         plate = (
@@ -434,7 +526,16 @@ class IterativeAmortizedGuide(AutoGuide):
 
     def _posterior_and_layout(self, *args, **kwargs):
         task = self._prepared(*args, **kwargs)
-        return self._flat_distribution(self.final_state(task), task.layout), task.layout
+        return self._answer(task, *self.solve(task)), task.layout
+
+    def _answer(self, task: PreparedTask, state: RefinementState, status, family=None):
+        """The flat distribution of ``state``, carrying ``status`` as ``.status``."""
+        return self._answer_of(state, status, task.layout, family)
+
+    def _answer_of(self, state, status, layout: LatentLayout, family=None):
+        distribution = self._flat_distribution(state, layout, family)
+        distribution.status = status
+        return distribution
 
     @torch.no_grad()
     @_serialized
@@ -442,6 +543,8 @@ class IterativeAmortizedGuide(AutoGuide):
         """``q(z | D)``: a torch distribution over the flattened unconstrained latents.
 
         Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
+        Its ``status`` (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`) says
+        whether it converged, the passes used and its PSIS ``k̂`` (see :meth:`solve`).
         """
         return self._posterior_and_layout(*args, **kwargs)[0]
 
@@ -529,6 +632,10 @@ class IterativeAmortizedGuide(AutoGuide):
         callable returning a fresh iterator). Memory is constant in ``N``. A stream's
         batches are used as they come (``batch_size`` applies to tensors only), and a pass
         that does not add up to ``num_points`` raises ``ValueError``.
+
+        The learned passes are followed by the convergence phase (:meth:`solve`); over a
+        stream each of its full-data steps is a pass over the stream (a one-shot iterator
+        cannot be read again: its answer is the learned pass's, with a warning).
         """
         if int(passes) != passes or passes < 1:
             raise ValueError(f"passes must be a positive integer, got {passes!r}")
@@ -536,8 +643,7 @@ class IterativeAmortizedGuide(AutoGuide):
             task = self._prepared(x, y)
             batch_size = batch_size or self.config["batch_size"]
             num_steps = passes * math.ceil(task.data.num_points / batch_size)
-            state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
-            return self._flat_distribution(state, task.layout)
+            return self._answer(task, *self.solve(task, num_steps=num_steps, batch_size=batch_size))
         return self._refine_stream(x, passes=passes, num_points=num_points)
 
     def _refine_stream(self, batches: Iterable, *, passes: int, num_points: int | None):
@@ -547,14 +653,15 @@ class IterativeAmortizedGuide(AutoGuide):
                 f"total size (got {num_points!r})"
             )
         make_iterator = batches if callable(batches) else lambda: iter(batches)
-        if passes > 1 and not callable(batches) and iter(batches) is batches:
+        reiterable = callable(batches) or iter(batches) is not batches
+        if passes > 1 and not reiterable:
             raise ValueError(
                 "passes > 1 needs a re-iterable (a list, a DataLoader or a callable returning "
                 "an iterator); got a one-shot iterator"
             )
-        refiner, state, layout = None, None, None
+        refiner, state, layout, steps_per_pass = None, None, None, 0
         for _ in range(passes):
-            streamed = 0
+            streamed, steps_per_pass = 0, 0
             for x_batch, y_batch in make_iterator():
                 task = self._prepared(x_batch, y_batch)
                 task.data.total_points = int(num_points)
@@ -562,7 +669,9 @@ class IterativeAmortizedGuide(AutoGuide):
                 if state is None:
                     state = refiner.init(task.data)
                 state, _ = refiner.step(state, task.data, task.log_joint)
+                log_joint = task.log_joint
                 streamed += task.data.num_points
+                steps_per_pass += 1
             if state is not None and streamed != num_points:
                 raise ValueError(
                     f"refine() streamed {streamed} points in a pass but was told num_points="
@@ -570,7 +679,28 @@ class IterativeAmortizedGuide(AutoGuide):
                 )
         if state is None:
             raise ValueError("refine() got no mini-batches")
-        return self._flat_distribution(state, layout)
+        if self.convergence is None or torch.is_grad_enabled():
+            return self._flat_distribution(state, layout)
+        if not reiterable:
+            warnings.warn(
+                "refine() got a one-shot iterator, which the convergence phase cannot read "
+                "again: the posterior is the learned pass's, unchecked; pass a list, a "
+                "DataLoader or a callable returning an iterator",
+                PosteriorWarning,
+                stacklevel=3,
+            )
+            return self._answer_of(state, None, layout)
+        dtype = self._phase_dtype(state)
+
+        def chunks():
+            for x_batch, y_batch in make_iterator():
+                task = self._prepared(x_batch, y_batch)
+                task.data.total_points = int(num_points)
+                yield task.data.to_dtype(dtype)
+
+        full = FullData(chunks, log_joint, int(num_points))
+        batched = layout.num_tasks is not None
+        return self._answer_of(*self._converged(state, full, steps_per_pass, batched), layout)
 
     @_serialized
     def polish(
@@ -589,7 +719,7 @@ class IterativeAmortizedGuide(AutoGuide):
 
         task = self._prepared(x, y)
         with torch.no_grad():
-            start = self.final_state(task)
+            start, _ = self.solve(task)
         best, family = polish(
             task,
             start,

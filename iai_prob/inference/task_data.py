@@ -113,6 +113,23 @@ class TaskData:
             total_points=self.total_points,
         )
 
+    def to_dtype(self, dtype: torch.dtype) -> TaskData:
+        """The same data with every floating-point tensor argument and the features in
+        ``dtype`` (integer and boolean arguments, e.g. category labels, are kept)."""
+
+        def cast(value):
+            floating = torch.is_tensor(value) and value.is_floating_point()
+            return value.to(dtype) if floating else value
+
+        return TaskData(
+            args=tuple(cast(a) for a in self.args),
+            kwargs={k: cast(v) for k, v in self.kwargs.items()},
+            features=self.features.to(dtype),
+            num_tasks=self.num_tasks,
+            num_points=self.num_points,
+            total_points=self.total_points,
+        )
+
     def subset(self, index: torch.Tensor) -> TaskData:
         """The mini-batch ``index`` (a 1-D index into the data plate), as ``TaskData``."""
 

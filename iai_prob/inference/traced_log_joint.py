@@ -252,7 +252,28 @@ def _pure(log_joint, particle_dim: int, spec, statics: list):
 
 def _build(log_joint, z, scale, tensors, particle_dim, spec, statics):
     """The checked, dead-code-free graph of this signature; ``None`` to evaluate it
-    eagerly from now on; ``_RETRY`` if the eager evaluation itself failed."""
+    eagerly from now on; ``_RETRY`` if the eager evaluation itself failed.
+
+    Building runs the model three times; it does so on a forked generator, so whether
+    (and when) a signature was traced never changes the random numbers a caller draws
+    afterwards (``fit(seed=...)`` stays bit-for-bit reproducible in a process whose
+    cache already holds the signature). A model that draws random numbers in its log
+    joint (dropout) is not a pure function of its inputs: it stays eager.
+    """
+    devices = [z.device] if z.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _build_on_forked_generator(log_joint, z, scale, tensors, particle_dim, spec, statics)
+
+
+def _draws_random_numbers(graph: torch.fx.GraphModule) -> bool:
+    return any(
+        isinstance(node.target, torch._ops.OpOverload)
+        and torch.Tag.nondeterministic_seeded in node.target.tags
+        for node in graph.graph.nodes
+    )
+
+
+def _build_on_forked_generator(log_joint, z, scale, tensors, particle_dim, spec, statics):
     g = _pure(log_joint, particle_dim, spec, statics)
     point = z.detach().clone().requires_grad_(z.is_floating_point())
     inputs = [tensor.detach() for tensor in tensors]
@@ -267,6 +288,9 @@ def _build(log_joint, z, scale, tensors, particle_dim, spec, statics):
     try:
         with torch.enable_grad(), pyro.validation_enabled(False):
             graph = make_fx(g)(point, scale, *inputs)
+        if _draws_random_numbers(graph):
+            _LOG.debug("the model draws random numbers in its log joint; using the eager path")
+            return None
         _fold_constants(graph, (point, scale, *inputs))
         graph.graph.eliminate_dead_code()
         graph.recompile()

@@ -14,6 +14,11 @@ importance weights that PSIS k̂ reads), called with the posterior already compu
   whose ``lp = log p(z_s, D)`` and log importance weights are summed over every row in
   a second streamed pass (:func:`~iai_prob.io.streaming.stream_log_joint`), not over
   the rows that would fit.
+
+Each dataset's :class:`~iai_prob.inference.posterior_status.PosteriorStatus` (from the
+guide's convergence phase) is stored in ``sample_stats`` as ``converged``, ``passes``
+and ``khat`` (one value per group, or scalars for one dataset), and
+:func:`status_table` prints it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from iai_prob.io.grouped import GroupedPosterior
 from iai_prob.io.streaming import StreamedPosterior
 from iai_prob.io.tables import Table
 
-__all__ = ["GROUP_DIM", "inference_data", "summary_table"]
+__all__ = ["GROUP_DIM", "inference_data", "status_table", "summary_table"]
 
 GROUP_DIM = "group"
 """Name of the InferenceData dimension that indexes the groups of a grouped file."""
@@ -138,11 +143,11 @@ def inference_data(
         ``posterior`` group.
     """
     if isinstance(result, GroupedPosterior):
-        return _grouped(guide, result, num_samples=num_samples, seed=seed)
+        return _with_status(_grouped(guide, result, num_samples=num_samples, seed=seed), result)
     if isinstance(result, StreamedPosterior):
         if table is None or columns is None:
             raise ValueError("inference_data of a StreamedPosterior needs table= and columns=")
-        return _single(
+        idata = _single(
             guide,
             result,
             table,
@@ -151,9 +156,55 @@ def inference_data(
             seed=seed,
             max_rows_in_memory=max_rows_in_memory,
         )
+        return _with_status(idata, result)
     raise ValueError(
         f"result must be a GroupedPosterior or a StreamedPosterior, got {type(result).__name__}"
     )
+
+
+def _with_status(idata, result):
+    """``idata`` with the result's status (if any) added to ``sample_stats``."""
+    status = getattr(result, "status", None)
+    if status is None:
+        return idata
+    dims = (GROUP_DIM,) if isinstance(result, GroupedPosterior) else ()
+    idata.sample_stats = idata.sample_stats.assign(
+        {
+            "converged": (dims, status.converged.numpy()),
+            "passes": (dims, status.passes.double().numpy()),
+            "khat": (dims, status.khat.double().numpy()),
+        }
+    )
+    return idata
+
+
+def status_table(result, *, show: int = 5):
+    """Converged, passes and PSIS ``k̂`` of the first ``show`` datasets (a DataFrame), and
+    a one-line count of those not converged or with ``k̂ > 0.7``; ``None`` without status."""
+    import pandas as pd
+
+    from iai_prob.inference.posterior_status import KHAT_LIMIT
+
+    status = getattr(result, "status", None)
+    if status is None:
+        return None, None
+    grouped = isinstance(result, GroupedPosterior)
+    keys = result.keys if grouped else np.array(["(all rows)"])
+    converged = status.converged.reshape(-1).numpy()
+    khat = status.khat.reshape(-1).double().numpy()
+    frame = pd.DataFrame(
+        {
+            "converged": converged,
+            "passes": status.passes.reshape(-1).double().numpy(),
+            "k_hat": np.round(khat, 2),
+        },
+        index=pd.Index(keys, name=GROUP_DIM if grouped else "dataset"),
+    )
+    count = (
+        f"converged: {int(converged.sum())} of {len(converged)}; "
+        f"k̂ > {KHAT_LIMIT}: {int((khat > KHAT_LIMIT).sum())}"
+    )
+    return frame.head(show), count
 
 
 def summary_table(idata, *, show: int = 5, hdi_prob: float = 0.9):

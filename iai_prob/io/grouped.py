@@ -16,6 +16,12 @@ are kept verbatim (the ``group`` coordinates of the InferenceData) in natural or
 runs of digits compare as numbers (``s2`` before ``s10``), equal numbers by their text
 (``01`` before ``1``).
 
+Every group's posterior comes from the guide's convergence phase
+(:mod:`iai_prob.inference.convergence`); the result's ``status`` holds converged,
+passes and PSIS ``k̂`` per group, and one
+:class:`~iai_prob.inference.posterior_status.PosteriorWarning` names the groups (by
+key) that did not converge or have ``k̂ > 0.7``.
+
 Memory: the selected columns are read chunk by chunk but all rows are kept, as float32
 (4 bytes per value, twice that while the rows are sorted by group, plus the group keys:
 10 million rows of 9 columns take 360 MB) because a group may be spread over the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +41,11 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from iai_prob.inference.posterior_status import (
+    PosteriorStatus,
+    PosteriorWarning,
+    warn_if_unreliable,
+)
 from iai_prob.io.columns import Columns
 from iai_prob.io.tables import Table
 
@@ -81,6 +93,9 @@ class GroupedPosterior(NamedTuple):
     :ivar seconds: time to compute the posteriors.
     :ivar batched: whether groups went through the tasks plate (else one call each).
     :ivar data: the rows, split by group (:class:`GroupedData`).
+    :ivar status: converged, passes and ``k̂`` per group ``(G,)``
+        (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`), or ``None`` when
+        the guide's convergence phase is off.
     """
 
     keys: np.ndarray
@@ -91,6 +106,7 @@ class GroupedPosterior(NamedTuple):
     seconds: float
     batched: bool
     data: GroupedData
+    status: PosteriorStatus | None = None
 
     @property
     def groups_per_second(self) -> float:
@@ -196,29 +212,46 @@ def grouped_posteriors(
     layout = guide.prepare(*data.group(0)).layout
     locs = [None] * len(data.keys)
     trils = [None] * len(data.keys)
+    statuses = [None] * len(data.keys)
     batched = _supports_task_batch(guide, *data.stack(np.array([0, 0])))
     bar = tqdm(total=len(data.keys), disable=not progress, desc="groups", unit="group")
-    if batched:
-        for size in np.unique(data.sizes):
-            members = np.flatnonzero(data.sizes == size)
-            for start in range(0, len(members), max_tasks):
-                chunk = members[start : start + max_tasks]
-                posterior = guide.refine(*data.stack(chunk), passes=passes)
-                for index, loc, tril in zip(
-                    chunk, posterior.mean, _scale_tril(posterior), strict=True
-                ):
-                    locs[index], trils[index] = loc, tril
-                bar.update(len(chunk))
-    else:
-        for index in range(len(data.keys)):
-            posterior = guide.refine(*data.group(index), passes=passes)
-            locs[index], trils[index] = posterior.mean, _scale_tril(posterior)
-            bar.update(1)
+    with warnings.catch_warnings():
+        # a call's warning would name its tasks by position; one warning below names keys
+        warnings.simplefilter("ignore", PosteriorWarning)
+        if batched:
+            for size in np.unique(data.sizes):
+                members = np.flatnonzero(data.sizes == size)
+                for start in range(0, len(members), max_tasks):
+                    chunk = members[start : start + max_tasks]
+                    posterior = guide.refine(*data.stack(chunk), passes=passes)
+                    for position, (index, loc, tril) in enumerate(
+                        zip(chunk, posterior.mean, _scale_tril(posterior), strict=True)
+                    ):
+                        locs[index], trils[index] = loc, tril
+                        statuses[index] = _task_status(posterior.status, position)
+                    bar.update(len(chunk))
+        else:
+            for index in range(len(data.keys)):
+                posterior = guide.refine(*data.group(index), passes=passes)
+                locs[index], trils[index] = posterior.mean, _scale_tril(posterior)
+                statuses[index] = posterior.status
+                bar.update(1)
     bar.close()
     posterior = torch.distributions.MultivariateNormal(
         torch.stack(locs), scale_tril=torch.stack(trils)
     )
+    status = None
+    if all(item is not None for item in statuses):
+        status = PosteriorStatus(*(torch.stack(field) for field in zip(*statuses, strict=True)))
+        warn_if_unreliable(
+            status, max_steps=guide.convergence.max_steps, batched=True, names=data.keys
+        )
     seconds = time.perf_counter() - started
     return GroupedPosterior(
-        data.keys, data.sizes, posterior, layout, read_seconds, seconds, batched, data
+        data.keys, data.sizes, posterior, layout, read_seconds, seconds, batched, data, status
     )
+
+
+def _task_status(status: PosteriorStatus | None, position: int) -> PosteriorStatus | None:
+    """Task ``position``'s entry of a batch's status (``None`` stays ``None``)."""
+    return None if status is None else PosteriorStatus(*(value[position] for value in status))

@@ -45,6 +45,12 @@ class StreamedPosterior(NamedTuple):
     num_rows: int
     seconds: float
 
+    @property
+    def status(self):
+        """Converged, passes and ``k̂`` of the answer
+        (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`), or ``None``."""
+        return getattr(self.posterior, "status", None)
+
 
 def minibatches(
     table: Table, columns: Columns, batch_size: int

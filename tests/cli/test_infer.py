@@ -20,6 +20,12 @@ def test_grouped_csv_gives_one_posterior_per_group(tmp_path, grouped_csv, shippe
     assert w.dims == ("chain", "draw", "group", "w_dim_0") and w.shape == (1, 200, 24, 8)
     assert list(idata.posterior["group"].values) == [f"g{i:02d}" for i in range(24)]
     assert idata.sample_stats["log_importance_weight"].dims == ("chain", "draw", "group")
+    # converged and k̂ per group: in the summary and in the file
+    assert "converged: 24 of 24; k̂ > 0.7: 0" in printed.err
+    assert "converged" in printed.out and "k_hat" in printed.out
+    assert idata.sample_stats["converged"].dims == ("group",)
+    assert bool(idata.sample_stats["converged"].all())
+    assert (idata.sample_stats["khat"].values < 0.7).all()
     # the draws of group g05 are those of its own posterior
     frame = __import__("pandas").read_csv(grouped_csv)
     rows = frame[frame["unit"] == "g05"]
@@ -69,3 +75,10 @@ def test_data_unlike_the_training_data_get_one_warning(tmp_path, make_grouped_fr
         "iai infer: warning: posterior predictive check: y varies more than the model allows"
     )
     assert az.from_netcdf(out).posterior["w"].shape == (1, 20, 6, 8)  # the run completed
+
+
+def test_a_negative_max_steps_is_refused_in_one_line(tmp_path, grouped_csv, capsys):
+    argv = ["infer", "linear_regression", str(grouped_csv), "--x", "x0:x7", "--y", "y"]
+    argv += ["--group", "unit", "--out", str(tmp_path / "post.nc"), "--max-steps", "-1"]
+    assert main(argv) == 2
+    assert "--max-steps must be a non-negative integer" in capsys.readouterr().err

@@ -41,11 +41,16 @@ def make_family(name: str):
 
 
 def make_guide(model, **overrides) -> IterativeAmortizedGuide:
-    """A guide with a tiny DeepSets encoder; ``overrides`` replace any option."""
+    """A guide with a tiny DeepSets encoder; ``overrides`` replace any option.
+
+    Its answers are the learned refinement's ``λ_K`` (``convergence=None``): these tests
+    check the learned machinery; ``test_convergence.py`` checks the converged default.
+    """
     options = {
         "encoder": "deep_sets",
         "encoder_options": ENCODER_OPTIONS,
         "batch_size": 16,
+        "convergence": None,
         **overrides,
     }
     return IterativeAmortizedGuide(model, **options)

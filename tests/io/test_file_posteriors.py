@@ -1,13 +1,15 @@
 """Streaming and grouped posteriors from files, against exact posteriors and plain calls."""
 
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
-from iai_prob.inference import IterativeAmortizedGuide
+from iai_prob.inference import Convergence, IterativeAmortizedGuide, PosteriorWarning
 from iai_prob.io import Columns, Table, grouped_posteriors, stream_posterior
+from iai_prob.models import get_family
 
 
 def _kl(q, exact):
@@ -81,22 +83,49 @@ def test_group_errors(grouped_csv, shipped_guide, x_columns):
         grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="unit", max_tasks=0)
 
 
+def _median_kl_to_exact(result, family) -> float:
+    kls = [
+        _kl(
+            torch.distributions.MultivariateNormal(
+                result.posterior.loc[i], scale_tril=result.posterior.scale_tril[i]
+            ),
+            family.exact_posterior(*result.data.group(i)),
+        )
+        for i in range(len(result.keys))
+    ]
+    return float(np.median(kls))
+
+
 def test_more_passes_move_grouped_posteriors_toward_the_exact_ones(grouped_csv, shipped_guide):
+    """The learned passes alone (``convergence=None``) approach the exact posteriors
+    pass by pass; the converged default is there after one."""
     family = shipped_guide.family
     columns = Columns.of([f"x{i}" for i in range(8)], "y", guide=shipped_guide)
     medians = []
-    for passes in (1, 5):
-        result = grouped_posteriors(
-            shipped_guide, Table(grouped_csv), columns, group="unit", passes=passes
-        )
-        kls = [
-            _kl(
-                torch.distributions.MultivariateNormal(
-                    result.posterior.loc[i], scale_tril=result.posterior.scale_tril[i]
-                ),
-                family.exact_posterior(*result.data.group(i)),
+    default, shipped_guide.convergence = shipped_guide.convergence, None
+    try:
+        for passes in (1, 5):
+            result = grouped_posteriors(
+                shipped_guide, Table(grouped_csv), columns, group="unit", passes=passes
             )
-            for i in range(len(result.keys))
-        ]
-        medians.append(np.median(kls))
+            medians.append(_median_kl_to_exact(result, family))
+    finally:
+        shipped_guide.convergence = default
     assert medians[1] < 0.5 * medians[0]
+    result = grouped_posteriors(shipped_guide, Table(grouped_csv), columns, group="unit")
+    assert bool(result.status.converged.all())
+    assert _median_kl_to_exact(result, family) < min(1e-3, medians[1])
+
+
+def test_groups_not_converged_are_named_by_their_keys(tmp_path):
+    family = get_family("logistic_regression", dim=2)
+    _, x, y = family.sample(3, 30, generator=torch.Generator().manual_seed(0))
+    frame = pd.DataFrame(x.reshape(-1, 2).numpy(), columns=["a", "b"])
+    frame["y"] = y.reshape(-1).numpy()
+    frame["site"] = np.repeat(["north", "south", "west"], 30)
+    frame.to_csv(tmp_path / "sites.csv", index=False)
+    guide = IterativeAmortizedGuide(family, convergence=Convergence(max_steps=1, tolerance=1e-9))
+    columns = Columns.of(["a", "b"], "y", guide=guide)
+    with pytest.warns(PosteriorWarning, match="groups 'north', 'south', 'west' did not converge"):
+        result = grouped_posteriors(guide, Table(tmp_path / "sites.csv"), columns, group="site")
+    assert result.status.converged.shape == (3,) and not bool(result.status.converged.any())

@@ -1,0 +1,119 @@
+"""What a posterior says about itself: converged or not, passes used, PSIS ``k̂``.
+
+Every default answer of :class:`~iai_prob.inference.IterativeAmortizedGuide`
+(``posterior``, ``median``, ``quantiles``, ``refine``, the draws Pyro's ``Predictive``
+takes) comes from the convergence phase (:mod:`.convergence`) and carries a
+:class:`PosteriorStatus` (``guide.posterior(x, y).status``, ``guide.last_status``). An
+answer the library cannot vouch for says so: :func:`warn_if_unreliable` emits one
+:class:`PosteriorWarning` naming the datasets that did not converge or whose ``k̂``
+exceeds 0.7 (Yao, Vehtari, Simpson, Gelman 2018: beyond it the Gaussian misses
+posterior mass that importance sampling cannot repair), and what to try.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import pyro
+import torch
+
+import iai_prob
+
+__all__ = ["KHAT_LIMIT", "PosteriorStatus", "PosteriorWarning", "warn_if_unreliable"]
+
+KHAT_LIMIT = 0.7
+"""``k̂`` above which a posterior is flagged."""
+
+
+class PosteriorWarning(UserWarning):
+    """A posterior that did not converge, or whose PSIS ``k̂`` exceeds 0.7."""
+
+
+class PosteriorStatus(NamedTuple):
+    """Per dataset (shape ``()`` for one dataset, ``(T,)`` for a batch of tasks).
+
+    :ivar converged: the full-data step's residual fell below the tolerance.
+    :ivar passes: passes over the data: the learned mini-batch passes plus the
+        full-data steps of the convergence phase.
+    :ivar full_steps: full-data steps taken.
+    :ivar residual: the last full-data step's ``KL(q_target ‖ q)``, nats.
+    :ivar khat: PSIS ``k̂`` of ``q`` against the full-data log joint (``inf`` if a draw's
+        log joint was not finite; ``nan`` where it was not computed).
+    """
+
+    converged: torch.Tensor
+    passes: torch.Tensor
+    full_steps: torch.Tensor
+    residual: torch.Tensor
+    khat: torch.Tensor
+
+    def for_dataset(self, batched: bool) -> PosteriorStatus:
+        """The status with a batch of one squeezed to shape ``()`` when not ``batched``."""
+        return self if batched else PosteriorStatus(*(value[0] for value in self))
+
+    def flagged(self) -> tuple[list[int], list[int]]:
+        """Indices (flattened) of the datasets not converged and of those with
+        ``k̂ > 0.7``."""
+        not_converged = (~self.converged.reshape(-1)).nonzero().flatten().tolist()
+        heavy = (self.khat.reshape(-1) > KHAT_LIMIT).nonzero().flatten().tolist()
+        return not_converged, heavy
+
+
+_LIBRARIES = tuple(os.path.dirname(module.__file__) + os.sep for module in (iai_prob, torch, pyro))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside iai_prob, torch and Pyro (the user's
+    call, also through ``Predictive``), so the warning names the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _named(indices: list[int], names: Sequence | None, batched: bool) -> str:
+    if not batched:
+        return "the dataset"
+    labels = [repr(str(names[i])) if names is not None else str(i) for i in indices]
+    shown = ", ".join(labels[:5])
+    more = f" and {len(labels) - 5} more" if len(labels) > 5 else ""
+    noun = "group" if names is not None else "task"
+    return f"{noun}{'s' if len(labels) > 1 else ''} {shown}{more}"
+
+
+def warn_if_unreliable(
+    status: PosteriorStatus,
+    *,
+    max_steps: int,
+    batched: bool,
+    names: Sequence | None = None,
+) -> None:
+    """One :class:`PosteriorWarning` per kind of problem, naming the datasets (``names``
+    label the tasks of a batch, e.g. group ids)."""
+    not_converged, heavy = status.flagged()
+    stacklevel = _caller_stacklevel()
+    residual = status.residual.reshape(-1)
+    khat = status.khat.reshape(-1)
+    if not_converged:
+        worst = float(residual[not_converged].max())
+        warnings.warn(
+            f"the posterior of {_named(not_converged, names, batched)} did not converge in "
+            f"{max_steps} full-data steps (residual up to {worst:.3g} nats): raise the cap "
+            "(guide.convergence = Convergence(max_steps=...), iai infer --max-steps), or "
+            "check the model and the data's scale",
+            PosteriorWarning,
+            stacklevel=stacklevel,
+        )
+    if heavy:
+        worst = float(khat[heavy].max())
+        warnings.warn(
+            f"PSIS k̂ up to {worst:.2f} > {KHAT_LIMIT} for {_named(heavy, names, batched)}: the "
+            "Gaussian posterior misses mass (heavy tails, skew, several modes or a poor fit); "
+            "compare it with NUTS (iai_prob.diagnostics.compare_with_nuts) before relying on it",
+            PosteriorWarning,
+            stacklevel=stacklevel,
+        )

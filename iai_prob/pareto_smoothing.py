@@ -1,0 +1,36 @@
+"""Pareto-smoothed importance sampling on plain arrays, shared by both backends.
+
+``pareto_smooth(log_weights)`` fits a generalized Pareto distribution to the largest
+importance weights of each column (Vehtari, Simpson, Gelman, Yao, Gabry 2024, through
+ArviZ) and returns the smoothed, self-normalized log weights and the shape ``k̂`` per
+column. The inference code (a posterior's own quality report) and
+:mod:`iai_prob.diagnostics.psis` (the user-facing diagnostics) both use it, so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["pareto_smooth"]
+
+
+def pareto_smooth(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSIS of ``(S, T)`` log weights: normalized smoothed log weights ``(S, T)`` and
+    ``k̂`` ``(T,)``."""
+    import arviz as az
+    from scipy.special import logsumexp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns for every k̂ > 0.7; callers report it
+        if hasattr(az, "psislw"):  # ArviZ 0.x: samples on the last axis
+            smoothed, khat = az.psislw(log_weights.T)
+        else:  # ArviZ ≥ 1.0 (untested here): arviz_stats takes the log-likelihood, −log w
+            from arviz_stats.base import array_stats
+
+            smoothed, khat = array_stats.psislw(-log_weights.T, axis=-1)
+    smoothed = np.asarray(smoothed, dtype=float).T
+    smoothed = smoothed - logsumexp(smoothed, axis=0, keepdims=True)
+    return smoothed, np.atleast_1d(np.asarray(khat, dtype=float))

@@ -1,0 +1,163 @@
+"""The convergence phase: converged wherever the encoder starts, and says when it is not.
+
+The worst start is an untrained guide (its encoder says ``N(0, I)`` for every dataset)
+on a model with wide priors and raw units, where the exact posterior is thousands of
+prior-free sds away: the default answer must still reach the exact posterior.
+"""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Predictive
+
+from iai_prob.inference import Convergence, IterativeAmortizedGuide, PosteriorWarning
+from iai_prob.inference.convergence import FullData
+from iai_prob.inference.objectives import kl_to_exact
+from iai_prob.inference.refinement import RefinementState
+from iai_prob.models import get_family
+
+
+def _raw_units_data(family, num_tasks, num_points, seed=0):
+    """Covariates in raw units (mean 300, sd 50) and their responses from the prior."""
+    _, x, _ = family.sample(num_tasks, num_points, generator=torch.Generator().manual_seed(seed))
+    x = 300.0 + 50.0 * x
+    pyro.set_rng_seed(seed)
+    return x, family.model(x)  # y drawn from the prior predictive
+
+
+def _kl(guide, x, y, family):
+    task = guide._prepared(x, y)
+    with torch.no_grad():
+        state, _ = guide.solve(task)
+    # the closed form in float64: in raw units its float32 rate can even come out negative
+    exact = family.exact_posterior(x.double(), y.double())
+    state = state._replace(loc=state.loc.double(), precision=state.precision.double())
+    order = tuple(site.name for site in family.latent_sites)
+    return kl_to_exact(
+        state, guide.refiner.family, task.layout, exact, site_order=order, num_samples=4096
+    )
+
+
+def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder():
+    family = get_family("linear_regression", dim=3, noise_scale=50.0, prior_scale=100.0)
+    x, y = _raw_units_data(family, 1, 200)
+    guide = IterativeAmortizedGuide(family, num_steps=0, convergence=None)  # λ_0 = N(0, I)
+    amortized = guide.posterior(x[0], y[0])
+    assert amortized.status is None
+    guide.convergence = Convergence()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorWarning)
+        posterior = guide.posterior(x[0], y[0])
+    status = posterior.status
+    assert bool(status.converged) and int(status.full_steps) <= 3
+    assert float(status.khat) < 0.5
+    exact = family.exact_posterior(x, y)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(posterior.mean, posterior.covariance_matrix),
+        torch.distributions.MultivariateNormal(exact.loc[0], exact.covariance_matrix[0]),
+    )
+    kl_amortized = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(amortized.mean, amortized.covariance_matrix),
+        torch.distributions.MultivariateNormal(exact.loc[0], exact.covariance_matrix[0]),
+    )
+    assert float(kl) <= 0.05 < float(kl_amortized)
+
+
+def test_unknown_noise_in_raw_units_converges_to_the_gaussian_optimum():
+    family = get_family(
+        "linear_regression_unknown_noise",
+        dim=2,
+        prior_scale=10.0,
+        noise_concentration=3.0,
+        noise_rate=2000.0,
+    )
+    x, y = _raw_units_data(family, 2, 150, seed=1)
+    guide = IterativeAmortizedGuide(family)
+    kl = _kl(guide, x, y, family)
+    assert bool(guide.last_status.converged.all())
+    assert float(kl.max()) <= 0.05, kl
+
+
+def _two_modes(y):
+    """A location under a sharp Cauchy likelihood, data at −5 and +5: two modes, which
+    no Gaussian covers."""
+    theta = pyro.sample("theta", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Cauchy(theta, 0.1), obs=y)
+
+
+def test_a_posterior_the_gaussian_cannot_represent_is_flagged_by_khat():
+    y = torch.tensor([-5.0, -5.1, -4.9, 5.0, 5.1, 4.9])
+    guide = IterativeAmortizedGuide(_two_modes)
+    with pytest.warns(PosteriorWarning, match=r"k̂ up to .* for the dataset") as record:
+        posterior = guide.posterior(y)
+    assert record[0].filename == __file__  # the warning names the user's line
+    assert float(posterior.status.khat) > 0.7
+
+
+def test_a_phase_stopped_by_its_cap_warns_naming_the_dataset_and_the_cap():
+    family = get_family("logistic_regression", dim=3)
+    _, x, y = family.sample(1, 40, generator=torch.Generator().manual_seed(2))
+    guide = IterativeAmortizedGuide(family, convergence=Convergence(max_steps=1, tolerance=1e-9))
+    with pytest.warns(PosteriorWarning, match="the dataset did not converge in 1 full-data"):
+        posterior = guide.posterior(x[0], y[0])
+    assert not bool(posterior.status.converged) and int(posterior.status.full_steps) == 1
+    guide.convergence = Convergence()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorWarning)
+        assert bool(guide.posterior(x[0], y[0]).status.converged)
+
+
+def test_a_batch_of_tasks_names_its_tasks():
+    family = get_family("logistic_regression", dim=2)
+    _, x, y = family.sample(3, 30, generator=torch.Generator().manual_seed(3))
+    guide = IterativeAmortizedGuide(family, convergence=Convergence(max_steps=0, tolerance=1e-9))
+    with pytest.warns(PosteriorWarning, match=r"tasks 0, 1, 2 did not converge"):
+        posterior = guide.posterior(x, y)
+    assert posterior.status.converged.shape == (3,)
+
+
+def test_predictive_draws_solve_once_and_warn_once():
+    y = torch.tensor([-5.0, -5.1, -4.9, 5.0, 5.1, 4.9])
+    guide = IterativeAmortizedGuide(_two_modes)
+    with pytest.warns(PosteriorWarning) as record:
+        Predictive(_two_modes, guide=guide, num_samples=20)(y)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == len(set(messages))  # the 20 draws share one solve
+    assert any("k̂" in message for message in messages)
+
+
+def test_chunks_add_up_to_the_full_data():
+    family = get_family("logistic_regression", dim=3)
+    _, x, y = family.sample(2, 50, generator=torch.Generator().manual_seed(3))
+    guide = IterativeAmortizedGuide(family)
+    task = guide._prepared(x, y)
+    loc = torch.randn(2, 3, generator=torch.Generator().manual_seed(4))
+    precision = torch.eye(3).expand(2, 3, 3) * 2.0
+    whole = FullData.in_memory(task.data, task.log_joint, chunk_size=1000)
+    chunked = FullData.in_memory(task.data, task.log_joint, chunk_size=7)
+    assert len(chunked.chunks) == 8  # 50 points by 7
+    for a, b in zip(
+        whole.signal(loc, precision, "sigma_points"),
+        chunked.signal(loc, precision, "sigma_points"),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    state = RefinementState(loc, precision)
+    z = guide.refiner.family.distribution(state.loc, state.precision).sample((5,))
+    torch.testing.assert_close(whole.per_particle(z), chunked.per_particle(z), rtol=1e-5, atol=1e-3)
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="max_steps"):
+        Convergence(max_steps=-1)
+    with pytest.raises(ValueError, match="tolerance"):
+        Convergence(tolerance=0.0)
+    with pytest.raises(ValueError, match="khat_draws"):
+        Convergence(khat_draws=10)
+    family = get_family("linear_regression", dim=2)
+    with pytest.raises(ValueError, match="convergence must be"):
+        IterativeAmortizedGuide(family, convergence=30)
