@@ -1,15 +1,15 @@
 """Amortized, iteratively refined inference over task latents (the PyTorch / Pyro side)."""
 
+from iai_prob.convergence_settings import Convergence
 from iai_prob.inference.checkpoint import CheckpointError
-from iai_prob.inference.convergence import Convergence
 from iai_prob.inference.encoders import DeepSets, SetTransformer
 from iai_prob.inference.guide import IterativeAmortizedGuide
 from iai_prob.inference.implicit import ImplicitPredictor
-from iai_prob.inference.posterior_status import PosteriorStatus, PosteriorWarning
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
 from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
 from iai_prob.inference.training import FitResult, fit
+from iai_prob.posterior_status import PosteriorStatus, PosteriorWarning
 
 __all__ = [
     "CheckpointError",

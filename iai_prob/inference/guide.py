@@ -41,22 +41,12 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
 from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
-from iai_prob.inference.convergence import (
-    DEFAULT_CONVERGENCE,
-    Convergence,
-    FullData,
-    converge,
-    khat_of,
-)
+from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
+from iai_prob.inference.convergence import FullData, converge, khat_of
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.memo import LastDataset
 from iai_prob.inference.objectives import elbo
-from iai_prob.inference.posterior_status import (
-    PosteriorStatus,
-    PosteriorWarning,
-    warn_if_unreliable,
-)
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
     SIGNALS,
@@ -77,6 +67,11 @@ from iai_prob.inference.validation import (
     trace_model,
 )
 from iai_prob.models.base import TaskFamily
+from iai_prob.posterior_status import (
+    PosteriorStatus,
+    PosteriorWarning,
+    warn_if_unreliable,
+)
 
 __all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep", "prepare_task"]
 
@@ -192,7 +187,7 @@ class IterativeAmortizedGuide(AutoGuide):
         that is Gaussian in the latents (e.g. linear regression): its target does not
         depend on where it is linearized, so a re-linearization retakes the same step.
     :param convergence: the convergence phase that finishes every default answer
-        (:class:`~iai_prob.inference.convergence.Convergence`: safeguarded full-data steps
+        (:class:`~iai_prob.convergence_settings.Convergence`: safeguarded full-data steps
         until the fixed point, its cap and tolerance, the PSIS k̂ draws); ``None`` returns
         the learned refinement's ``λ_K`` as is (one-shot speed, no guarantee, no status).
         Not part of the checkpoint: set ``guide.convergence`` after loading.
@@ -418,7 +413,7 @@ class IterativeAmortizedGuide(AutoGuide):
     ) -> tuple[RefinementState, PosteriorStatus | None]:
         """The default answer for a prepared task: the learned refinement's ``λ_K``, then
         the convergence phase (:mod:`.convergence`) with its status; a
-        :class:`~iai_prob.inference.posterior_status.PosteriorWarning` names the datasets
+        :class:`~iai_prob.posterior_status.PosteriorWarning` names the datasets
         (``names``: labels of a batch's tasks) that did not converge or have ``k̂ > 0.7``.
 
         With gradients enabled (training, SVI) or ``guide.convergence = None`` it is
@@ -461,13 +456,14 @@ class IterativeAmortizedGuide(AutoGuide):
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
         )
         learned_steps = state.step - int(full_steps.max())
-        status = PosteriorStatus(
-            converged=converged.cpu(),
-            passes=full_steps.cpu() + learned_steps / steps_per_pass,
-            full_steps=full_steps.cpu(),
-            residual=residual.cpu(),
-            khat=torch.as_tensor(khat),
-        ).for_dataset(batched)
+        status = PosteriorStatus.of(
+            converged=converged.cpu().numpy(),
+            passes=(full_steps.cpu() + learned_steps / steps_per_pass).numpy(),
+            full_steps=full_steps.cpu().numpy(),
+            residual=residual.cpu().numpy(),
+            khat=khat,
+            batched=batched,
+        )
         self.last_status = status
         warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched, names=names)
         return state, status
@@ -543,7 +539,7 @@ class IterativeAmortizedGuide(AutoGuide):
         """``q(z | D)``: a torch distribution over the flattened unconstrained latents.
 
         Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
-        Its ``status`` (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`) says
+        Its ``status`` (:class:`~iai_prob.posterior_status.PosteriorStatus`) says
         whether it converged, the passes used and its PSIS ``k̂`` (see :meth:`solve`).
         """
         return self._posterior_and_layout(*args, **kwargs)[0]

@@ -15,7 +15,7 @@ importance weights that PSIS k̂ reads), called with the posterior already compu
   a second streamed pass (:func:`~iai_prob.io.streaming.stream_log_joint`), not over
   the rows that would fit.
 
-Each dataset's :class:`~iai_prob.inference.posterior_status.PosteriorStatus` (from the
+Each dataset's :class:`~iai_prob.posterior_status.PosteriorStatus` (from the
 guide's convergence phase) is stored in ``sample_stats`` as ``converged``, ``passes``
 and ``khat`` (one value per group, or scalars for one dataset), and
 :func:`status_table` prints it.
@@ -170,9 +170,9 @@ def _with_status(idata, result):
     dims = (GROUP_DIM,) if isinstance(result, GroupedPosterior) else ()
     idata.sample_stats = idata.sample_stats.assign(
         {
-            "converged": (dims, status.converged.numpy()),
-            "passes": (dims, status.passes.double().numpy()),
-            "khat": (dims, status.khat.double().numpy()),
+            "converged": (dims, status.converged),
+            "passes": (dims, status.passes),
+            "khat": (dims, status.khat),
         }
     )
     return idata
@@ -183,19 +183,19 @@ def status_table(result, *, show: int = 5):
     a one-line count of those not converged or with ``k̂ > 0.7``; ``None`` without status."""
     import pandas as pd
 
-    from iai_prob.inference.posterior_status import KHAT_LIMIT
+    from iai_prob.posterior_status import KHAT_LIMIT
 
     status = getattr(result, "status", None)
     if status is None:
         return None, None
     grouped = isinstance(result, GroupedPosterior)
     keys = result.keys if grouped else np.array(["(all rows)"])
-    converged = status.converged.reshape(-1).numpy()
-    khat = status.khat.reshape(-1).double().numpy()
+    converged = np.reshape(status.converged, -1)
+    khat = np.reshape(status.khat, -1)
     frame = pd.DataFrame(
         {
             "converged": converged,
-            "passes": status.passes.reshape(-1).double().numpy(),
+            "passes": np.reshape(status.passes, -1),
             "k_hat": np.round(khat, 2),
         },
         index=pd.Index(keys, name=GROUP_DIM if grouped else "dataset"),

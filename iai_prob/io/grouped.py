@@ -19,7 +19,7 @@ runs of digits compare as numbers (``s2`` before ``s10``), equal numbers by thei
 Every group's posterior comes from the guide's convergence phase
 (:mod:`iai_prob.inference.convergence`); the result's ``status`` holds converged,
 passes and PSIS ``k̂`` per group, and one
-:class:`~iai_prob.inference.posterior_status.PosteriorWarning` names the groups (by
+:class:`~iai_prob.posterior_status.PosteriorWarning` names the groups (by
 key) that did not converge or have ``k̂ > 0.7``.
 
 Memory: the selected columns are read chunk by chunk but all rows are kept, as float32
@@ -41,13 +41,13 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from iai_prob.inference.posterior_status import (
+from iai_prob.io.columns import Columns
+from iai_prob.io.tables import Table
+from iai_prob.posterior_status import (
     PosteriorStatus,
     PosteriorWarning,
     warn_if_unreliable,
 )
-from iai_prob.io.columns import Columns
-from iai_prob.io.tables import Table
 
 __all__ = ["GroupedData", "GroupedPosterior", "grouped_posteriors", "read_groups"]
 
@@ -94,7 +94,7 @@ class GroupedPosterior(NamedTuple):
     :ivar batched: whether groups went through the tasks plate (else one call each).
     :ivar data: the rows, split by group (:class:`GroupedData`).
     :ivar status: converged, passes and ``k̂`` per group ``(G,)``
-        (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`), or ``None`` when
+        (:class:`~iai_prob.posterior_status.PosteriorStatus`), or ``None`` when
         the guide's convergence phase is off.
     """
 
@@ -228,7 +228,9 @@ def grouped_posteriors(
                         zip(chunk, posterior.mean, _scale_tril(posterior), strict=True)
                     ):
                         locs[index], trils[index] = loc, tril
-                        statuses[index] = _task_status(posterior.status, position)
+                        statuses[index] = (
+                            None if posterior.status is None else posterior.status.task(position)
+                        )
                     bar.update(len(chunk))
         else:
             for index in range(len(data.keys)):
@@ -242,7 +244,7 @@ def grouped_posteriors(
     )
     status = None
     if all(item is not None for item in statuses):
-        status = PosteriorStatus(*(torch.stack(field) for field in zip(*statuses, strict=True)))
+        status = PosteriorStatus.stack(statuses)
         warn_if_unreliable(
             status, max_steps=guide.convergence.max_steps, batched=True, names=data.keys
         )
@@ -250,8 +252,3 @@ def grouped_posteriors(
     return GroupedPosterior(
         data.keys, data.sizes, posterior, layout, read_seconds, seconds, batched, data, status
     )
-
-
-def _task_status(status: PosteriorStatus | None, position: int) -> PosteriorStatus | None:
-    """Task ``position``'s entry of a batch's status (``None`` stays ``None``)."""
-    return None if status is None else PosteriorStatus(*(value[position] for value in status))

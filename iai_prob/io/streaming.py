@@ -48,7 +48,7 @@ class StreamedPosterior(NamedTuple):
     @property
     def status(self):
         """Converged, passes and ``k̂`` of the answer
-        (:class:`~iai_prob.inference.posterior_status.PosteriorStatus`), or ``None``."""
+        (:class:`~iai_prob.posterior_status.PosteriorStatus`), or ``None``."""
         return getattr(self.posterior, "status", None)
 
 

@@ -1,8 +1,11 @@
 """What a posterior says about itself: converged or not, passes used, PSIS ``k̂``.
 
+Backend-neutral (NumPy arrays, no torch or JAX), shared by both guides.
+
 Every default answer of :class:`~iai_prob.inference.IterativeAmortizedGuide`
 (``posterior``, ``median``, ``quantiles``, ``refine``, the draws Pyro's ``Predictive``
-takes) comes from the convergence phase (:mod:`.convergence`) and carries a
+takes) comes from the convergence phase (:mod:`iai_prob.inference.convergence`, set by
+:class:`~iai_prob.convergence_settings.Convergence`) and carries a
 :class:`PosteriorStatus` (``guide.posterior(x, y).status``, ``guide.last_status``). An
 answer the library cannot vouch for says so: :func:`warn_if_unreliable` emits one
 :class:`PosteriorWarning` naming the datasets that did not converge or whose ``k̂``
@@ -18,10 +21,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import pyro
-import torch
-
-import iai_prob
+import numpy as np
 
 __all__ = ["KHAT_LIMIT", "PosteriorStatus", "PosteriorWarning", "warn_if_unreliable"]
 
@@ -34,7 +34,8 @@ class PosteriorWarning(UserWarning):
 
 
 class PosteriorStatus(NamedTuple):
-    """Per dataset (shape ``()`` for one dataset, ``(T,)`` for a batch of tasks).
+    """Per dataset, NumPy arrays (shape ``()`` for one dataset, ``(T,)`` for a batch of
+    tasks).
 
     :ivar converged: the full-data step's residual fell below the tolerance.
     :ivar passes: passes over the data: the learned mini-batch passes plus the
@@ -45,32 +46,55 @@ class PosteriorStatus(NamedTuple):
         log joint was not finite; ``nan`` where it was not computed).
     """
 
-    converged: torch.Tensor
-    passes: torch.Tensor
-    full_steps: torch.Tensor
-    residual: torch.Tensor
-    khat: torch.Tensor
+    converged: np.ndarray
+    passes: np.ndarray
+    full_steps: np.ndarray
+    residual: np.ndarray
+    khat: np.ndarray
 
-    def for_dataset(self, batched: bool) -> PosteriorStatus:
-        """The status with a batch of one squeezed to shape ``()`` when not ``batched``."""
-        return self if batched else PosteriorStatus(*(value[0] for value in self))
+    @classmethod
+    def of(cls, *, converged, passes, full_steps, residual, khat, batched: bool):
+        """A status from array-likes of shape ``(T,)`` (any backend's arrays), squeezed to
+        shape ``()`` for one dataset (``batched=False``)."""
+        fields = [
+            np.asarray(converged, dtype=bool),
+            np.asarray(passes, dtype=float),
+            np.asarray(full_steps, dtype=int),
+            np.asarray(residual, dtype=float),
+            np.asarray(khat, dtype=float),
+        ]
+        return cls(*(field if batched else field.reshape(-1)[0] for field in fields))
+
+    @classmethod
+    def stack(cls, statuses) -> PosteriorStatus:
+        """One status ``(G,)`` from one per dataset."""
+        return cls(*(np.stack(field) for field in zip(*statuses, strict=True)))
+
+    def task(self, index: int) -> PosteriorStatus:
+        """Task ``index``'s entry of a batch's status."""
+        return PosteriorStatus(*(field[index] for field in self))
 
     def flagged(self) -> tuple[list[int], list[int]]:
         """Indices (flattened) of the datasets not converged and of those with
         ``k̂ > 0.7``."""
-        not_converged = (~self.converged.reshape(-1)).nonzero().flatten().tolist()
-        heavy = (self.khat.reshape(-1) > KHAT_LIMIT).nonzero().flatten().tolist()
+        not_converged = np.flatnonzero(~np.reshape(self.converged, -1)).tolist()
+        heavy = np.flatnonzero(np.reshape(self.khat, -1) > KHAT_LIMIT).tolist()
         return not_converged, heavy
 
 
-_LIBRARIES = tuple(os.path.dirname(module.__file__) + os.sep for module in (iai_prob, torch, pyro))
+_LIBRARIES = ("iai_prob", "torch", "pyro", "jax", "numpyro")
 
 
 def _caller_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside iai_prob, torch and Pyro (the user's
-    call, also through ``Predictive``), so the warning names the user's line."""
+    """The ``stacklevel`` of the first frame outside iai_prob and the libraries it runs
+    in (the user's call, also through ``Predictive``), so the warning names that line."""
+    folders = tuple(
+        os.path.dirname(sys.modules[name].__file__) + os.sep
+        for name in _LIBRARIES
+        if getattr(sys.modules.get(name), "__file__", None)
+    )
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARIES):
+    while frame is not None and frame.f_code.co_filename.startswith(folders):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -96,8 +120,8 @@ def warn_if_unreliable(
     label the tasks of a batch, e.g. group ids)."""
     not_converged, heavy = status.flagged()
     stacklevel = _caller_stacklevel()
-    residual = status.residual.reshape(-1)
-    khat = status.khat.reshape(-1)
+    residual = np.reshape(status.residual, -1)
+    khat = np.reshape(status.khat, -1)
     if not_converged:
         worst = float(residual[not_converged].max())
         warnings.warn(

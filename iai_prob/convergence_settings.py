@@ -1,0 +1,53 @@
+"""The convergence phase's settings, shared by both backends (plain Python).
+
+``IterativeAmortizedGuide(convergence=Convergence(...))`` (or ``guide.convergence = ...``)
+sets how every default answer is finished (:mod:`iai_prob.inference.convergence`): its
+cap on full-data steps, its tolerance, the chunk size of the full-data evaluations, the
+draws of the PSIS ``k̂`` and the precision of the phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iai_prob.checks import check_positive, check_positive_int
+
+__all__ = ["DEFAULT_CONVERGENCE", "Convergence"]
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Settings of the convergence phase (``IterativeAmortizedGuide(convergence=...)``).
+
+    :param int max_steps: at most this many full-data steps per dataset (each reads the
+        data about twice); ``0`` checks convergence without moving.
+    :param float tolerance: converged when the full-data step's residual
+        ``KL(q_target ‖ q)`` is below this many nats.
+    :param int chunk_size: the full data is evaluated this many points at a time.
+    :param int khat_draws: draws from ``q`` for the PSIS ``k̂`` of the answer (``≥ 100``).
+    :param bool float64: run the phase (data, state, log joint) in float64. Raw units make
+        the posterior precision ill-conditioned (covariates near 300 with sd 50 give a
+        condition number near 10⁶), where float32 Cholesky factors and KLs lose the
+        digits the convergence test needs; the answer is returned in the guide's dtype.
+    """
+
+    max_steps: int = 30
+    tolerance: float = 1e-3
+    chunk_size: int = 16_384
+    khat_draws: int = 1000
+    float64: bool = True
+
+    def __post_init__(self):
+        if int(self.max_steps) != self.max_steps or self.max_steps < 0:
+            raise ValueError(f"max_steps must be a non-negative integer, got {self.max_steps!r}")
+        check_positive("tolerance", self.tolerance)
+        check_positive_int("chunk_size", self.chunk_size)
+        check_positive_int("khat_draws", self.khat_draws)
+        if self.khat_draws < 100:
+            raise ValueError(
+                f"khat_draws must be at least 100 for a Pareto fit, got {self.khat_draws}"
+            )
+
+
+DEFAULT_CONVERGENCE = Convergence()
+"""The guide's default: 30 full-data steps at most, converged below 1e-3 nats."""
