@@ -161,3 +161,19 @@ def test_bad_settings_are_refused_by_name():
     family = get_family("linear_regression", dim=2)
     with pytest.raises(ValueError, match="convergence must be"):
         IterativeAmortizedGuide(family, convergence=30)
+
+
+def test_a_stream_is_converged_pass_by_pass_and_a_one_shot_iterator_says_it_is_not():
+    family = get_family("linear_regression", dim=2, noise_scale=1.0, prior_scale=100.0)
+    x, y = _raw_units_data(family, 1, 60)
+    batches = [(x[0, i : i + 20], y[0, i : i + 20]) for i in range(0, 60, 20)]
+    guide = IterativeAmortizedGuide(family, num_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorWarning)
+        posterior = guide.refine(batches, num_points=60)
+    assert bool(posterior.status.converged)
+    whole = guide.posterior(x[0], y[0])
+    torch.testing.assert_close(posterior.mean, whole.mean, rtol=1e-4, atol=1e-4)
+    with pytest.warns(PosteriorWarning, match="cannot read again"):
+        unchecked = guide.refine(iter(batches), num_points=60)
+    assert unchecked.status is None
