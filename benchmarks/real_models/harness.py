@@ -119,7 +119,7 @@ def train_guide(entry: RealModel, design: RealDesign, settings: Settings, cache:
 
 def _unconstrained(layout, draws: dict[str, np.ndarray]) -> np.ndarray:
     """Constrained draws ``{site: (S, …)}`` → the guide's flat unconstrained ``(S, D)``."""
-    values = {k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in draws.items()}
+    values = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in draws.items()}
     return layout.pack(values, batch_ndim=1).numpy()
 
 
