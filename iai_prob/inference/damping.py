@@ -39,7 +39,7 @@ def unscented_batch_elbo(log_joint, loc, precision, batch) -> torch.Tensor:
         return torch.full_like(loc[:, 0], -torch.inf)
     value = value + gaussian_entropy(safe_precision)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
-    return torch.nan_to_num(value, nan=-torch.inf)
+    return torch.where(torch.isfinite(value), value, -torch.inf)  # +inf is an overflow
 
 
 def damped_combine(

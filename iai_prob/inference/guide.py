@@ -416,14 +416,18 @@ class IterativeAmortizedGuide(AutoGuide):
         :class:`~iai_prob.posterior_status.PosteriorWarning` names the datasets
         (``names``: labels of a batch's tasks) that did not converge or have ``k̂ > 0.7``.
 
-        With gradients enabled (training, SVI) or ``guide.convergence = None`` it is
-        :meth:`final_state` and the status is ``None``: the phase is a per-dataset solver,
-        not a path for meta-gradients.
+        The phase starts from the encoder's ``λ_0`` unless ``num_steps`` is given (as
+        :meth:`refine` does) or ``Convergence(refine_first=True)``. With gradients enabled
+        (training, SVI) or ``guide.convergence = None`` it is :meth:`final_state` (the
+        learned refinement's ``λ_K``) and the status is ``None``: the phase is a
+        per-dataset solver, not a path for meta-gradients.
         """
-        state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
         rule = self.convergence
         if rule is None or torch.is_grad_enabled():
-            return state, None
+            return self.final_state(task, num_steps=num_steps, batch_size=batch_size), None
+        if num_steps is None and not rule.refine_first:
+            num_steps = 0  # start from the encoder's λ_0 (see Convergence.refine_first)
+        state = self.final_state(task, num_steps=num_steps, batch_size=batch_size)
         data = task.data.to_dtype(self._phase_dtype(state))
         full = FullData.in_memory(data, task.log_joint, rule.chunk_size)
         steps_per_pass = math.ceil(data.num_points / (batch_size or self.config["batch_size"]))

@@ -32,7 +32,9 @@ def _log_joint(full, loc: torch.Tensor) -> torch.Tensor:
         value = full.per_particle(loc.unsqueeze(0))[0]
     except ValueError:  # a distribution refused the parameters: outside its support
         return torch.full_like(loc[:, 0], -torch.inf)
-    return torch.nan_to_num(value, nan=-torch.inf)
+    # +inf is no better than NaN: a density that overflows (log p of an inverse gamma at
+    # a variance of e^-600) must not win the line search
+    return torch.where(torch.isfinite(value), value, -torch.inf)
 
 
 def _curvature(full, loc, family, min_precision):

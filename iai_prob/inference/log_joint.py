@@ -35,6 +35,7 @@ model cannot be traced. :meth:`LogJoint.site` and the enumerated path always run
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import pyro
 import torch
@@ -194,7 +195,10 @@ class LogJoint:
             pyro.validation_enabled(False),
         ):
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-        with contextlib.nullcontext() if validate else pyro.validation_enabled(False):
+        with (
+            contextlib.nullcontext() if validate else pyro.validation_enabled(False),
+            _non_finite_values_handled(),
+        ):
             trace.compute_log_prob()
         return trace
 
@@ -216,7 +220,8 @@ class LogJoint:
         ):
             trace = poutine.trace(model).get_trace(*data.args, **data.kwargs)
         trace = prune_subsample_sites(trace)
-        trace.compute_log_prob()
+        with _non_finite_values_handled():
+            trace.compute_log_prob()
         trace.pack_tensors()
         costs, factors, _, sum_dims, scale = _compute_model_factors(trace, poutine.Trace())
         terms = [term for terms in costs.values() for term in terms]
@@ -248,6 +253,18 @@ class LogJoint:
         log_prob = log_prob.movedim(log_prob.dim() + self.layout.tasks_dim, 1)
         log_prob = log_prob.expand(log_prob.shape[0], self.layout.num_tasks, *log_prob.shape[2:])
         return log_prob.reshape(*log_prob.shape[:2], -1).sum(-1)
+
+
+@contextlib.contextmanager
+def _non_finite_values_handled():
+    """Silence Pyro's ``Encountered NaN/inf: log_prob_sum`` warnings: a non-finite log
+    joint is the refinement's to handle (its safeguard rejects the step, the convergence
+    phase and the line searches treat it as ``-inf``), not the user's to read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Encountered [-+]?(NaN|inf)", category=UserWarning
+        )
+        yield
 
 
 @contextlib.contextmanager
