@@ -35,6 +35,8 @@ import numpyro
 import numpyro.distributions as dist
 
 from iai_prob.checks import check_non_negative_int, check_probabilities
+from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
+from iai_prob.numpyro.convergence import finish
 from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import get_posterior_family
@@ -51,6 +53,7 @@ from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
 from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
 from iai_prob.numpyro.xla_guard import serial_task_limit
+from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 
 __all__ = ["PYTORCH_ONLY_UPDATES", "TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
 
@@ -122,6 +125,14 @@ class IterativeAmortizedGuide:
     but the port implements the learned natural-gradient rule only: ``"maml"`` and
     ``"meta_sgd"`` (the optimization-based baselines of
     :mod:`iai_prob.inference.gradient_updates`) raise a ``ValueError`` saying so.
+
+    :param convergence: the convergence phase that finishes every default answer
+        (:class:`~iai_prob.convergence_settings.Convergence`, :mod:`.convergence`:
+        safeguarded full-data steps to the fixed point, its cap and tolerance, the PSIS
+        ``k̂`` draws); ``None`` returns the learned refinement's ``λ_K`` as is (one-shot
+        speed, no guarantee, no status). Not part of the checkpoint: set
+        ``guide.convergence`` after loading. :meth:`run` and :meth:`refinement_trace`
+        always give the learned trajectory.
     """
 
     def __init__(
@@ -146,6 +157,7 @@ class IterativeAmortizedGuide:
         inner_lr: float = 0.1,
         max_relinearizations: int = 2,
         prefix: str = "iai",
+        convergence: Convergence | None = DEFAULT_CONVERGENCE,
     ):
         from iai_prob.numpyro.models.base import TaskFamily
 
@@ -199,6 +211,13 @@ class IterativeAmortizedGuide:
             "inner_lr": float(inner_lr),
             "max_relinearizations": int(max_relinearizations),
         }
+        if convergence is not None and not isinstance(convergence, Convergence):
+            raise ValueError(
+                "convergence must be an iai_prob.convergence_settings.Convergence or None, got "
+                f"{type(convergence).__name__}"
+            )
+        self.convergence = convergence
+        self.last_status: PosteriorStatus | None = None
         self.featurize = featurize
         self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built
         self.layout_signature: list | None = None
@@ -369,6 +388,54 @@ class IterativeAmortizedGuide:
         """``λ_K`` for a prepared task."""
         return self.run(params, task, **options)[1]
 
+    def solve(self, params: dict, task: PreparedTask, **options):
+        """The default answer's state for a prepared task and its status: ``λ_K``
+        (:meth:`run`; ``options`` are its keywords) finished by the convergence phase
+        (:mod:`.convergence`), with a
+        :class:`~iai_prob.posterior_status.PosteriorStatus` (converged, passes, residual,
+        PSIS ``k̂``) kept as ``guide.last_status``; one
+        :class:`~iai_prob.posterior_status.PosteriorWarning` names the datasets that did
+        not converge or whose ``k̂`` exceeds 0.7.
+
+        With ``guide.convergence = None``, or under a JAX transformation of the params or
+        the data (``SVI``'s gradient: the phase is a per-dataset solver, not a path for
+        gradients), it returns ``λ_K`` and the status is ``None``.
+        """
+        state = self.final_state(params, task, **options)
+        leaves = jax.tree_util.tree_leaves((params, task.data))
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            return state, None
+        check_state(state)
+        rule = self.convergence
+        if rule is None:
+            return state, None
+        refiner = self._static
+        state, phase = finish(
+            state,
+            task.data,
+            task.log_joint,
+            refiner.family,
+            rule,
+            min_precision=refiner.min_precision,
+            linearization=refiner.linearization,
+            seed=self.config["seed"] + 3,
+        )
+        batch_size = options.get("batch_size") or self.config["batch_size"]
+        steps_per_pass = math.ceil(task.data.size / batch_size)
+        learned_steps = int(state.step) - int(phase.steps.max())
+        batched = task.layout.num_tasks is not None
+        status = PosteriorStatus.of(
+            converged=phase.converged,
+            passes=phase.steps + learned_steps / steps_per_pass,
+            full_steps=phase.steps,
+            residual=phase.residual,
+            khat=phase.khat,
+            batched=batched,
+        )
+        self.last_status = status
+        warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched)
+        return state, status
+
     def _batched_distribution(self, state: RefinementState, layout: LatentLayout):
         family = self.refiner_family()
         loc = state.loc.reshape(*layout.batch_shape, -1) if layout.num_tasks else state.loc[0]
@@ -396,7 +463,7 @@ class IterativeAmortizedGuide:
             self.param_name, lambda _: self.params_of(self.build(*self.dims))[self.param_name]
         )
         params = {self.param_name: arrays}
-        state = self.final_state(params, task)
+        state, _ = self.solve(params, task)
         layout = task.layout
         posterior = self._batched_distribution(state, layout)
         result = {}
@@ -419,14 +486,19 @@ class IterativeAmortizedGuide:
     # ------------------------------------------------------------- user API
     def _posterior_and_layout(self, params, *args, schedule=None, context_index=None, **kwargs):
         task = self.prepare(*args, **kwargs)
-        state = self.final_state(params, task, schedule=schedule, context_index=context_index)
-        check_state(state)
-        return self._flat_distribution(state, task.layout), task.layout
+        state, status = self.solve(params, task, schedule=schedule, context_index=context_index)
+        distribution = self._flat_distribution(state, task.layout)
+        distribution.status = status
+        return distribution, task.layout
 
     def posterior(self, params: dict, *args, schedule=None, context_index=None, **kwargs):
         """``q(z | D)``: a NumPyro distribution over the flattened unconstrained latents.
 
         Batch shape ``()`` for one dataset, ``(T,)`` for a batch of tasks; event ``(D,)``.
+        Its ``status`` (:class:`~iai_prob.posterior_status.PosteriorStatus`, also
+        ``guide.last_status``) says whether it converged, the passes used and its PSIS
+        ``k̂`` (see :meth:`solve`; ``None`` with ``guide.convergence = None``).
+        ``schedule`` and ``context_index`` set the learned steps' mini-batches (:meth:`run`).
         Raises :class:`~iai_prob.numpyro.refinement.RefinementError` for a bad state.
         """
         return self._posterior_and_layout(
