@@ -23,7 +23,10 @@ read in chunks of ``chunk_size`` points with weights ``|B_b|/N`` (``lax.map``), 
 stays bounded for large ``N``. It runs in float64 under :func:`jax.enable_x64`, a
 context local to the call: the user's global JAX configuration is left as it is.
 
-The target is always deterministic: a guide whose learned steps linearize at Monte
+The phase starts from the encoder's ``λ_0`` by default (the guide's :meth:`solve`;
+``Convergence(refine_first=True)`` runs the learned pass first). A log joint of ``+inf``
+(an overflowing density) counts as ``−inf`` in the line searches and the safeguard. The
+target is always deterministic: a guide whose learned steps linearize at Monte
 Carlo draws (``linearization="samples"``) finishes with sigma points.
 """
 
@@ -101,8 +104,11 @@ class FullData(eqx.Module):
         return self._summed(lambda part: self.log_joint.per_particle(z, part))
 
     def per_task_mean(self, z, batch=None):
-        """``f_D`` averaged over the particles, per task ``(T,)``."""
-        return self.per_particle(z).mean(0)
+        """``f_D`` averaged over the particles, per task ``(T,)`` (the ELBOs of the
+        safeguard); ``−inf`` where it is not finite: a density that overflows (``+inf``)
+        is no better than NaN and must not win a step."""
+        value = self.per_particle(z).mean(0)
+        return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
     def value_and_grad(self, z, batch=None):
         """``(f_D, ∇f_D)`` at particles ``z`` ``(S, T, D)``."""

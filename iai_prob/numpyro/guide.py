@@ -389,26 +389,31 @@ class IterativeAmortizedGuide:
         return self.run(params, task, **options)[1]
 
     def solve(self, params: dict, task: PreparedTask, **options):
-        """The default answer's state for a prepared task and its status: ``λ_K``
-        (:meth:`run`; ``options`` are its keywords) finished by the convergence phase
-        (:mod:`.convergence`), with a
+        """The default answer's state for a prepared task and its status: the convergence
+        phase (:mod:`.convergence`) from the guide's refinement (:meth:`run`; ``options``
+        are its keywords), with a
         :class:`~iai_prob.posterior_status.PosteriorStatus` (converged, passes, residual,
         PSIS ``k̂``) kept as ``guide.last_status``; one
         :class:`~iai_prob.posterior_status.PosteriorWarning` names the datasets that did
         not converge or whose ``k̂`` exceeds 0.7.
 
-        With ``guide.convergence = None``, or under a JAX transformation of the params or
-        the data (``SVI``'s gradient: the phase is a per-dataset solver, not a path for
-        gradients), it returns ``λ_K`` and the status is ``None``.
+        The phase starts from the encoder's ``λ_0`` (its fixed point does not depend on
+        the start) unless the learned steps are asked for: ``num_steps`` or ``schedule``
+        given, or ``Convergence(refine_first=True)``. With ``guide.convergence = None``,
+        or under a JAX transformation of the params or the data (``SVI``'s gradient: the
+        phase is a per-dataset solver, not a path for gradients), it returns the learned
+        ``λ_K`` and the status is ``None``.
         """
-        state = self.final_state(params, task, **options)
-        leaves = jax.tree_util.tree_leaves((params, task.data))
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-            return state, None
-        check_state(state)
         rule = self.convergence
-        if rule is None:
-            return state, None
+        leaves = jax.tree_util.tree_leaves((params, task.data))
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+        if rule is None or traced:
+            state = self.final_state(params, task, **options)
+            return (state if traced else check_state(state)), None
+        learned = options.get("num_steps") is not None or options.get("schedule") is not None
+        if not (learned or rule.refine_first):
+            options = {**options, "num_steps": 0}  # from λ_0 (see Convergence.refine_first)
+        state = check_state(self.final_state(params, task, **options))
         refiner = self._static
         state, phase = finish(
             state,

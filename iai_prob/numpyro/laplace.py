@@ -29,8 +29,11 @@ __all__ = ["laplace_point"]
 
 
 def _log_joint(full, loc):
-    """``f_D`` at one point per task ``(T,)``; ``-inf`` where it is NaN."""
-    return jnp.nan_to_num(full.per_particle(loc[None])[0], nan=-jnp.inf)
+    """``f_D`` at one point per task ``(T,)``; ``-inf`` where it is not finite: ``+inf``
+    is no better than NaN (a density that overflows, e.g. an inverse gamma's at a
+    variance of e⁻⁶⁰⁰, must not win the line search)."""
+    value = full.per_particle(loc[None])[0]
+    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
 
 def _curvature(full, loc, family, min_precision):
