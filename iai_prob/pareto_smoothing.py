@@ -14,12 +14,31 @@ import warnings
 
 import numpy as np
 
-__all__ = ["pareto_smooth"]
+__all__ = ["FLAT", "pareto_smooth"]
+
+
+FLAT = 0.01
+"""Log weights within this many nats of each other are equal weights: ``q`` is the
+posterior to float precision (as for a conjugate model solved exactly)."""
 
 
 def pareto_smooth(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PSIS of ``(S, T)`` log weights: normalized smoothed log weights ``(S, T)`` and
-    ``k̂`` ``(T,)``."""
+    ``k̂`` ``(T,)``.
+
+    A column of equal weights (range below :data:`FLAT` nats) leaves the Pareto fit
+    degenerate (``k̂ = ±inf``): its weights are uniform and its ``k̂`` is 0.
+    """
+    log_weights = np.asarray(log_weights, dtype=float)
+    flat = np.ptp(log_weights, axis=0) < FLAT
+    smoothed = np.full(log_weights.shape, -np.log(log_weights.shape[0]))
+    khat = np.zeros(log_weights.shape[1])
+    if not flat.all():
+        smoothed[:, ~flat], khat[~flat] = _fit(log_weights[:, ~flat])
+    return smoothed, khat
+
+
+def _fit(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import arviz as az
     from scipy.special import logsumexp
 

@@ -74,6 +74,17 @@ class FullData:
         indices = torch.arange(data.num_points).split(chunk_size)
         return cls([data.subset(index) for index in indices], log_joint, data.num_points)
 
+    def to_dtype(self, dtype: torch.dtype) -> FullData:
+        """The same data with floating-point tensors in ``dtype``."""
+        chunks = self.chunks
+        if callable(chunks):
+            return FullData(
+                lambda: (chunk.to_dtype(dtype) for chunk in chunks()),
+                self.log_joint,
+                self.num_points,
+            )
+        return FullData([c.to_dtype(dtype) for c in chunks], self.log_joint, self.num_points)
+
     def weighted(self):
         """Yield ``(|B_b| / N, B_b)`` for every chunk."""
         chunks = self.chunks() if callable(self.chunks) else self.chunks
@@ -211,11 +222,6 @@ def khat_of(
     log_weights = (log_p - log_q).double().cpu().numpy()
     finite = np.isfinite(log_weights).all(0)
     khat = np.full(log_weights.shape[1], np.inf)
-    # weights equal to within 1 % (q is the posterior to float32 precision, as for a
-    # conjugate model) leave the Pareto fit degenerate (k̂ = ±inf or < 0): report 0
-    flat = finite & (np.ptp(np.where(finite, log_weights, 0.0), axis=0) < 0.01)
-    khat[flat] = 0.0
-    fit = finite & ~flat
-    if fit.any():
-        khat[fit] = pareto_smooth(log_weights[:, fit])[1]
+    if finite.any():
+        khat[finite] = pareto_smooth(log_weights[:, finite])[1]
     return khat

@@ -48,9 +48,10 @@ class ValidationTasks:
 
     @torch.no_grad()
     def score(self, guide, objective: str, *, max_passes: int, num_samples: int, seed: int):
-        """The training objective of the state refined over ``max_passes`` passes, per
-        task, averaged over the tasks (the same noise at every call: ``seed``); ``inf``
-        when it is not finite or a refinement fails. Lower is better.
+        """The training objective averaged over the refinement steps ``λ_0 … λ_K`` of
+        ``max_passes`` passes (what training minimizes), per task, averaged over the
+        tasks (the same noise at every call: ``seed``); ``inf`` when it is not finite or
+        a refinement fails. Lower is better.
 
         An :class:`~iai_prob.inference.implicit.ImplicitPredictor` is scored by its own
         ``training_loss`` (its predictive negative log-likelihood on held-out points).
@@ -77,20 +78,25 @@ class ValidationTasks:
                 guide.training_loss(args, greedy=True, max_passes=max_passes, generator=generator)
             )
         task = guide.prepare(*batch.args)
-        state = guide.final_state(task, num_steps=refinement_steps(guide, task, max_passes))
+        num_steps = refinement_steps(guide, task, max_passes)
         true_z = None
         if objective != "reverse_kl":
-            true_z = task.layout.pack(batch.theta, batch_ndim=1).to(state.loc.device)
-        loss = objective_loss(
-            objective,
-            state,
-            guide.refiner.family,
-            task,
-            true_z,
-            num_samples=num_samples,
-            generator=generator,
-        )
-        return float(loss)
+            true_z = task.layout.pack(batch.theta, batch_ndim=1).to(task.data.features.device)
+        losses = [
+            objective_loss(
+                objective,
+                state,
+                guide.refiner.family,
+                task,
+                true_z,
+                num_samples=num_samples,
+                generator=generator,
+            )
+            for state, _ in guide.trajectory(task, num_steps=num_steps)
+        ]
+        # the mean over the steps λ_0 … λ_K, as training minimizes: the final state alone
+        # ties a trained and an untrained guide whenever both refine to the answer
+        return float(sum(losses) / len(losses))
 
 
 @torch.no_grad()

@@ -440,8 +440,21 @@ class IterativeAmortizedGuide(AutoGuide):
     def _converged(self, state, full: FullData, steps_per_pass: int, batched: bool, names=None):
         """The convergence phase from the learned ``state`` over ``full``, its status and
         warnings (see :meth:`solve`)."""
+        try:
+            return self._converged_in(
+                self._phase_dtype(state), state, full, steps_per_pass, batched, names
+            )
+        except (RuntimeError, ValueError):
+            if self._phase_dtype(state) == state.loc.dtype:
+                raise
+            # a model with float32 parameters of its own (a learned decoder's nn.Linear)
+            # cannot run on float64 latents: run the phase in the guide's dtype
+            full = full.to_dtype(state.loc.dtype)
+            return self._converged_in(state.loc.dtype, state, full, steps_per_pass, batched, names)
+
+    def _converged_in(self, dtype, state, full, steps_per_pass, batched, names):
         rule, refiner = self.convergence, self._require_refiner()
-        dtype, answer_dtype = self._phase_dtype(state), state.loc.dtype
+        answer_dtype = state.loc.dtype
         state, converged, full_steps, residual = converge(
             state._replace(loc=state.loc.to(dtype), precision=state.precision.to(dtype)),
             full,
