@@ -16,6 +16,14 @@ dict and the object holds no arrays; it works with ``SVI`` (``Trace_ELBO``,
 (:meth:`posterior`, :meth:`median`, …) take the params dict explicitly, as NumPyro's
 autoguides do.
 
+Converged by default: every answer with concrete params (:meth:`posterior`,
+:meth:`median`, :meth:`quantiles`, :meth:`sample_posterior`, and the guide's draws under
+``Predictive`` or ``psis_diagnostic``) finishes with the convergence phase
+(:mod:`iai_prob.numpyro.convergence`, as the PyTorch guide: :meth:`solve`) and carries a
+:class:`~iai_prob.posterior_status.PosteriorStatus` (``posterior(...).status``,
+``guide.last_status``); under ``SVI``'s gradient the guide draws from the learned
+``λ_K``. :meth:`run` and :meth:`refinement_trace` are the learned trajectory.
+
 Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
 arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
 """
