@@ -299,13 +299,8 @@ def khat_of(
     )
     finite = np.isfinite(log_weights).all(0)
     khat = np.full(num_tasks, np.inf)
-    # weights equal to within 1 % (q is the posterior to float precision, as for a
-    # conjugate model) leave the Pareto fit degenerate (k̂ = ±inf or < 0): report 0
-    flat = finite & (np.ptp(np.where(finite, log_weights, 0.0), axis=0) < 0.01)
-    khat[flat] = 0.0
-    fit = finite & ~flat
-    if fit.any():
-        khat[fit] = pareto_smooth(log_weights[:, fit])[1]
+    if finite.any():  # equal weights (q = p to float precision) give k̂ = 0 there
+        khat[finite] = pareto_smooth(log_weights[:, finite])[1]
     return khat
 
 
