@@ -57,6 +57,9 @@ class ValidationTasks:
         ``training_loss`` (its predictive negative log-likelihood on held-out points).
         """
         generator = torch.Generator().manual_seed(seed)
+        self._drop_refused(guide)
+        if not self.batches:
+            return math.inf
         total = 0.0
         for count, batch in self.batches:
             try:
@@ -69,6 +72,24 @@ class ValidationTasks:
                 return math.inf
             total += loss * count
         return total / self.num_tasks
+
+    def _drop_refused(self, guide) -> None:
+        """Drop, once, the batches whose data the model's likelihood refuses (a simulator
+        that overflowed: outside the likelihood's support), so every score reads the same
+        tasks."""
+        if getattr(self, "_checked", False) or hasattr(guide, "training_loss"):
+            return
+        kept = []
+        for count, batch in self.batches:
+            try:
+                guide.prepare(*batch.args)
+            except ValueError as error:
+                if "support" not in str(error):
+                    raise
+                continue
+            kept.append((count, batch))
+        self.batches, self._checked = kept, True
+        self.num_tasks = sum(count for count, _ in kept)
 
     @staticmethod
     def _batch_score(guide, batch, objective, max_passes, num_samples, generator) -> float:

@@ -298,9 +298,7 @@ def fit(
         generator = torch.Generator().manual_seed(seed)
         if getattr(guide, "refiner", False) is None:
             with _global_rng(_step_seeds(seed, -1)[1], device):
-                first = source.sample(1, max(low, 2), generator)
-                args = [a.to(device) if torch.is_tensor(a) else a for a in first.args]
-                guide._setup_prototype(*args)
+                _build_on_a_valid_draw(guide, source, max(low, 2), generator, device)
         trainable = _trainable(guide).to(device)
         optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
         settings = {
@@ -508,6 +506,20 @@ def _validation_card(history: ValidationHistory, saved: tuple | None) -> dict:
     }
 
 
+def _build_on_a_valid_draw(guide, source, num_points, generator, device, tries: int = 20):
+    """Build the guide on one simulated task, drawing again (up to ``tries`` times) while
+    the model's likelihood refuses the draw (a simulator overflow, see
+    :func:`_train_step`)."""
+    for attempt in range(tries):
+        first = source.sample(1, num_points, generator)
+        args = [a.to(device) if torch.is_tensor(a) else a for a in first.args]
+        try:
+            return guide._setup_prototype(*args)
+        except ValueError as error:
+            if "support" not in str(error) or attempt == tries - 1:
+                raise
+
+
 def _train_step(guide, trainable, source, optimizer, result, budget, generator, device, parallel):
     """One optimizer step (skipped when not finite); returns the loss and the exact KL
     (every 10 steps and at the last, where the family has an exact posterior)."""
@@ -528,6 +540,12 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
         finite = bool(torch.isfinite(loss))
     except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
         loss, task, state, finite = torch.tensor(torch.nan), None, None, False
+    except ValueError as error:
+        if "support" not in str(error):
+            raise
+        # a simulated batch its own likelihood refuses: a simulator that overflowed (e.g.
+        # torch.poisson at rates past 1e19 returns negative counts) under a wide prior
+        loss, task, state, finite = torch.tensor(torch.nan), None, None, False
     if finite:
         loss.backward()
         grads = [p.grad for p in trainable.parameters() if p.grad is not None]
@@ -540,9 +558,10 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
         result.skipped += 1
         if result.skipped > budget["max_skipped"]:
             raise FloatingPointError(
-                f"fit: {result.skipped} steps with a non-finite loss or gradient or a failed "
-                f"refinement (more than max_skipped={budget['max_skipped']}); lower the "
-                "learning rate or check the model"
+                f"fit: {result.skipped} steps with a non-finite loss or gradient, a failed "
+                "refinement or simulated data outside the likelihood's support (more than "
+                f"max_skipped={budget['max_skipped']}); lower the learning rate or check the "
+                "model and its priors' scale"
             )
     kl = None
     step = result.steps + 1

@@ -3,10 +3,12 @@ clips gradients; refinement reports a broken state instead of returning it."""
 
 from __future__ import annotations
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
-from iai_prob.inference import RefinementError, fit
+from iai_prob.inference import PriorPredictiveTasks, RefinementError, fit
 from iai_prob.inference import refinement as refinement_module
 from iai_prob.inference import training as training_module
 
@@ -131,3 +133,21 @@ def test_a_task_with_non_finite_curvature_keeps_its_state_alone(
     for index in (0, 2):
         torch.testing.assert_close(step.loc[index], clean.loc[index])
         torch.testing.assert_close(step.precision[index], clean.precision[index])
+
+
+def _counts(x, y=None):
+    """Counts with a log link under a wide prior: torch.poisson returns -9.2e18 for rates
+    past 1e19, outside the Poisson's support."""
+    with pyro.plate("tasks", x.shape[0], dim=-2):
+        w = pyro.sample("w", dist.Normal(0.0, 30.0))
+        with pyro.plate("data", x.shape[1], dim=-1):
+            return pyro.sample("y", dist.Poisson((w * x[..., 0]).exp()), obs=y)
+
+
+def test_simulated_data_outside_the_likelihoods_support_are_skipped_and_counted(make_guide):
+    tasks = PriorPredictiveTasks(
+        _counts, lambda t, n, gen: (torch.rand(t, n, 1, generator=gen) + 1,)
+    )
+    guide = make_guide(_counts)
+    result = fit(guide, tasks, steps=6, tasks_per_step=8, num_points=(8, 16), progress=False)
+    assert result.skipped >= 1 and result.steps == 6
