@@ -259,7 +259,8 @@ def numpyro_posterior(
     """Adapt a NumPyro ``posterior`` on the data ``*args, **kwargs`` for the diagnostics.
 
     :param posterior: ``(guide, params)`` with a NumPyro
-        :class:`~iai_prob.numpyro.IterativeAmortizedGuide` (its ``λ_K`` for this data), or a
+        :class:`~iai_prob.numpyro.IterativeAmortizedGuide` (its default, converged answer
+        for this data), or a
         callable ``posterior(*args, **kwargs)`` returning a NumPyro distribution over the
         joint unconstrained latents, batch ``(T,)`` or ``()``.
     :param model: the NumPyro model or :class:`~iai_prob.numpyro.models.TaskFamily`

@@ -11,20 +11,25 @@ from iai_prob.numpyro.xla_guard import XLAMiscompilationError, disable_ynn_reduc
 disable_ynn_reduce_fusion()  # before JAX starts its backend: see iai_prob.numpyro.xla_guard
 
 from iai_prob.checkpoint_format import CheckpointError  # noqa: E402
+from iai_prob.convergence_settings import Convergence  # noqa: E402
 from iai_prob.numpyro.encoders import DeepSets, SetTransformer  # noqa: E402
 from iai_prob.numpyro.guide import IterativeAmortizedGuide  # noqa: E402
 from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian  # noqa: E402
 from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState  # noqa: E402
 from iai_prob.numpyro.training import FitResult, fit  # noqa: E402
+from iai_prob.posterior_status import PosteriorStatus, PosteriorWarning  # noqa: E402
 
 __all__ = [
     "CheckpointError",
+    "Convergence",
     "DeepSets",
     "DiagonalGaussian",
     "FitResult",
     "FullRankGaussian",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
+    "PosteriorStatus",
+    "PosteriorWarning",
     "RefinementError",
     "RefinementInfo",
     "RefinementState",

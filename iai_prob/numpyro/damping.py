@@ -35,7 +35,7 @@ def unscented_batch_elbo(log_joint, loc, precision, batch):
     points = linearization_points(safe_loc, safe_precision, "sigma_points")
     value = log_joint.per_task_mean(points, batch) + gaussian_entropy(safe_precision)
     value = jnp.where(valid, value, -jnp.inf)
-    return jnp.nan_to_num(value, nan=-jnp.inf)
+    return jnp.where(jnp.isfinite(value), value, -jnp.inf)  # +inf is an overflow
 
 
 def damped_combine(

@@ -2,8 +2,9 @@
 
 The checkpoints in :mod:`iai_prob.pretrained` (trained with PyTorch) load unchanged:
 ``load(name)`` returns ``(guide, params)`` with the NumPyro twin of the card's task
-family as ``guide.family``, and ``guide.posterior(params, x, y)`` matches the PyTorch
-guide's ``posterior(x, y)`` for the same mini-batch order.
+family as ``guide.family``; ``guide.run(params, task, schedule=...)`` (the learned
+refinement) matches the PyTorch guide's trajectory for the same mini-batch order, and
+both guides' default ``posterior`` converge to the same answer.
 """
 
 from __future__ import annotations
