@@ -1,20 +1,9 @@
 """A damped-Newton Laplace point in JAX: the mode of the full-data log joint and its curvature.
 
-The twin of :mod:`iai_prob.inference.laplace`, with the same decisions in the same
-order. The convergence phase (:mod:`.convergence`) starts from the better (by the
-full-data ELBO) of the learned refinement's state and this point, so an encoder that is
-far off (wide priors, raw units) costs a few Newton steps instead of accuracy:
-
-    z ← z + t d,   d = Λ̂(z)⁻¹ ∇f_D(z),   Λ̂(z) = Π(−∇²f_D(z))   (|eigenvalues| ≥ λ_min)
-
-with ``t`` chosen per task by a line search on ``f_D`` that first tries ``t = 1``, then
-doubles ``t`` while ``f_D`` keeps increasing (a log-scale coordinate far from its
-optimum, e.g. ``log σ²`` under raw-unit residuals, makes Newton's own step one unit
-long however far the optimum is), or else quarters it until ``f_D`` increases. A task
-stops when its Newton decrement ``½ ∇fᵀ d`` falls below ``tolerance`` nats or no step
-improves ``f_D``. The result is the Laplace approximation ``N(ẑ, Λ̂(ẑ)⁻¹)`` (Tierney &
-Kadane 1986). The loops are ``lax.while_loop`` / ``lax.cond``: the line searches and the
-Newton steps stop as soon as no task needs them, as in PyTorch.
+The twin of :mod:`iai_prob.inference.laplace` (the math, the line search that doubles or
+quarters the Newton step, and the stopping rule are written there), with the same
+decisions in the same order. The loops are ``lax.while_loop`` / ``lax.cond``: the line
+searches and the Newton steps stop as soon as no task needs them, as in PyTorch.
 """
 
 from __future__ import annotations
