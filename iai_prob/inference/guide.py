@@ -411,8 +411,8 @@ class IterativeAmortizedGuide(AutoGuide):
         batch_size: int | None = None,
         names=None,
     ) -> tuple[RefinementState, PosteriorStatus | None]:
-        """The default answer for a prepared task: the learned refinement's ``λ_K``, then
-        the convergence phase (:mod:`.convergence`) with its status; a
+        """The default answer for a prepared task: the convergence phase
+        (:mod:`.convergence`) from the guide's start, with its status; a
         :class:`~iai_prob.posterior_status.PosteriorWarning` names the datasets
         (``names``: labels of a batch's tasks) that did not converge or have ``k̂ > 0.7``.
 
