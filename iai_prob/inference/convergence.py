@@ -136,18 +136,19 @@ def _residual(state, target) -> torch.Tensor:
     return torch.where(valid, torch.nan_to_num(kl, nan=torch.inf), torch.inf)
 
 
-def _best_start(state, full: FullData, family, min_precision) -> RefinementState:
+def _best_start(state, full: FullData, family, min_precision):
     """Per task, the better by the full-data ELBO of ``state`` and the Laplace point
-    reached by damped Newton from its mean (:mod:`.laplace`)."""
+    reached by damped Newton from its mean (:mod:`.laplace`), and that ELBO."""
     laplace = laplace_point(full, state.loc, family, min_precision=min_precision)
     laplace = laplace._replace(precision=family.project(laplace.precision))
     own = unscented_batch_elbo(full, state.loc, state.precision, None)
     other = unscented_batch_elbo(full, laplace.loc, laplace.precision, None)
     take = other > own
-    return state._replace(
+    start = state._replace(
         loc=torch.where(take[:, None], laplace.loc, state.loc),
         precision=torch.where(take[:, None, None], laplace.precision, state.precision),
     )
+    return start, torch.where(take, other, own)
 
 
 @torch.no_grad()
@@ -164,13 +165,12 @@ def converge(
 
     :returns: ``(state, converged (T,), steps (T,), residual (T,))``.
     """
-    state = _best_start(state, full, family, min_precision)
+    state, base = _best_start(state, full, family, min_precision)
     num_tasks = state.loc.shape[0]
     converged = torch.zeros(num_tasks, dtype=torch.bool, device=state.loc.device)
     steps = torch.zeros(num_tasks, dtype=torch.long, device=state.loc.device)
     rho = torch.ones(num_tasks, dtype=state.loc.dtype, device=state.loc.device)
     previous = torch.full_like(rho, torch.inf)
-    base = unscented_batch_elbo(full, state.loc, state.precision, None)
     for step in range(convergence.max_steps + 1):
         target = _target(full, state, family, min_precision, linearization)
         residual = _residual(state, target)
@@ -179,6 +179,8 @@ def converge(
             break
         rho = torch.where(residual > 0.5 * previous, (rho / 2).clamp_min(0.05), rho)
         previous = residual
+        if base is None:  # the ELBO of a state just stepped to, needed only to step again
+            base = unscented_batch_elbo(full, state.loc, state.precision, None)
 
         def newton(state=state):
             return _target(full, state, family, min_precision, "mean")
@@ -202,7 +204,7 @@ def converge(
         )
         state = check_state(new)
         steps = steps + moved.long()
-        base = unscented_batch_elbo(full, state.loc, state.precision, None)
+        base = None
     return state, converged, steps, residual
 
 
