@@ -17,12 +17,27 @@ tasks and noise are keyed by ``(seed, step)``, so the same seed gives the same r
 for bit and a resumed run reproduces the uninterrupted one. As in PyTorch, the folder
 holds one run (:mod:`iai_prob.training_folder`: locked while training, and resuming
 refuses another model or other settings).
+
+Validation, as in PyTorch (:mod:`iai_prob.validation_history`): ``validation_tasks``
+held-out tasks are drawn once from the training source, ``N`` spread over
+``num_points`` (:func:`~iai_prob.validation_history.validation_sizes`), with a key of
+their own (``(seed, 2³¹ − 2)``, which no step's key ``(seed, step)`` reaches, so the
+training draws and losses are the same with validation on or off). The guide is scored
+on them with the training objective averaged over ``λ_0 … λ_K`` of ``max_passes``
+passes (one compiled function, the same noise at every call; ``inf`` when not finite)
+before the first step, every ``validate_every`` steps and at the end. The progress bar
+shows the latest score and :attr:`FitResult.validation` keeps them; the best parameters
+travel with the training state, the folder's guide is the best one, ``fit`` returns the
+best (the end-of-call ones if they score at least as well), ``early_stopping=patience``
+stops after that many validations without a new best, and a final guide that scores
+worse than the untrained one gives a one-line ``UserWarning``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -35,7 +50,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options
+from iai_prob.fit_options import check_fit_options, check_validation_options
 from iai_prob.numpyro.checkpoint import (
     model_identity,
     read_checkpoint,
@@ -57,15 +72,21 @@ from iai_prob.training_folder import (
     model_run_identity,
     saved_identity,
 )
+from iai_prob.validation_history import ValidationHistory, validation_sizes
 
 __all__ = ["FitResult", "fit"]
+
+_BEST_PREFIX = "best."
+_VALIDATION_INDEX = 2**31 - 2
 
 
 @dataclass
 class FitResult:
     """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the wall
-    time of each step of this call (the first includes compilation) and the trained
-    ``params`` (NumPyro's params dict)."""
+    time of each step of this call (the first includes compilation; validations are not
+    counted), the returned ``params`` (NumPyro's params dict: the best by validation,
+    or the last if they score at least as well), the validation history (untrained,
+    scheduled, best and final scores) and whether early stopping ended the run."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
@@ -74,6 +95,8 @@ class FitResult:
     skipped: int = 0
     params: dict | None = None
     step_seconds: list[float] = field(default_factory=list)
+    validation: ValidationHistory = field(default_factory=ValidationHistory)
+    stopped_early: bool = False
 
 
 def _padded_schedule(key, num_points, capacity, batch_size, passes, max_steps):
@@ -169,13 +192,91 @@ def _check_serial_lapack(latent_dim: int, tasks_per_device: int) -> None:
         )
 
 
-def _training_tensors(params, opt_state) -> dict:
+def _training_tensors(params, opt_state, best=None) -> dict:
+    """The training state's arrays: ``params.*``, ``optimizer.*`` and, if any, the best
+    parameters by validation so far, ``best.*``."""
     tensors = {
         f"params.{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(params))
     }
     for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
         tensors[f"optimizer.{i}"] = np.asarray(leaf)
+    if best is not None:
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(best)):
+            tensors[f"{_BEST_PREFIX}{i}"] = np.asarray(leaf)
     return tensors
+
+
+def _masked_data(guide, x, y, size, capacity):
+    """The prepared data of ``capacity`` simulated points of which the first ``size``
+    (traced) count: the others are masked out."""
+    data = guide.prepare(x, y).data
+    valid = jnp.arange(capacity) < size
+    return eqx.tree_at(
+        lambda d: (d.mask, d.total_points), data, (valid, jnp.asarray(size).astype(x.dtype))
+    ), valid
+
+
+def _validation_key(seed: int):
+    """The validation tasks' and scores' own key: ``(seed, 2³¹ − 2)``, apart from every
+    step's ``(seed, step)`` and from the key that builds the guide, ``(seed, 2³¹ − 1)``."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), _VALIDATION_INDEX)
+
+
+class _ValidationTasks:
+    """A fixed set of held-out tasks, drawn once, and the guide's score on them (the JAX
+    twin of :class:`iai_prob.inference.evaluation.ValidationTasks`).
+
+    Each batch of :func:`~iai_prob.validation_history.validation_sizes` is simulated at
+    the training capacity ``high`` with its first ``N`` points valid, as a training step
+    does, so the scoring function compiles once per batch size (once for the default
+    64 tasks in four batches of 16).
+    """
+
+    def __init__(self, guide, tasks, layout, loss_fn, *, sizes, high, max_passes, key, mesh):
+        self.num_tasks = sum(count for count, _ in sizes)
+        task_key, self._noise_key = jax.random.split(key)
+        self.batches = []
+        for index, (count, points) in enumerate(sizes):
+            theta, x, y = tasks.sample(jax.random.fold_in(task_key, index), count, high)
+            self.batches.append((count, mesh.replicate((theta, x, y, jnp.asarray(points)))))
+
+        @jax.jit
+        def batch_score(arrays, theta, x, y, size, key):
+            data, _ = _masked_data(guide, x, y, size, high)
+            true_z = layout.pack(theta, batch_ndim=1)
+            return loss_fn(arrays, data, true_z, size, max_passes, key)[0]
+
+        self._batch_score = batch_score
+
+    def score(self, arrays) -> float:
+        """The training objective averaged over ``λ_0 … λ_K`` of ``max_passes`` passes,
+        per task, averaged over the tasks (the same noise at every call); ``inf`` when it
+        is not finite. Lower is better."""
+        total = 0.0
+        for index, (count, (theta, x, y, size)) in enumerate(self.batches):
+            key = jax.random.fold_in(self._noise_key, index)
+            loss = float(self._batch_score(arrays, theta, x, y, size, key))
+            if not math.isfinite(loss):
+                return math.inf
+            total += loss * count
+        return total / self.num_tasks
+
+
+def _validation_card(history: ValidationHistory, saved: tuple | None) -> dict:
+    """The guide card's ``validation`` field, as PyTorch writes it: the saved weights'
+    ``(step, score)`` (``None``: not scored), the untrained score and the number of
+    tasks; nothing without validation."""
+    if not history.num_tasks:
+        return {}
+    step, score = saved if saved is not None else (None, None)
+    return {
+        "validation": {
+            "step": step,
+            "score": score,
+            "untrained": history.untrained,
+            "tasks": history.num_tasks,
+        }
+    }
 
 
 def fit(
@@ -200,6 +301,9 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     devices=None,
+    validation_tasks: int = 64,
+    validate_every: int = 50,
+    early_stopping: int | None = None,
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
@@ -211,8 +315,10 @@ def fit(
     (default ``adam(learning_rate)`` after clipping the global norm to ``clip_norm``) and
     ``params`` continues from given parameters (e.g. a pretrained guide's). ``devices``
     (a number of devices, a list of them or a 1-D mesh) shards each step's tasks over
-    them, data-parallel (:mod:`iai_prob.numpyro.sharding`); default: one device. Returns
-    a :class:`FitResult` whose ``params`` are the trained ones.
+    them, data-parallel (:mod:`iai_prob.numpyro.sharding`); default: one device.
+    ``validation_tasks`` (``0``: none, the last parameters are returned),
+    ``validate_every`` and ``early_stopping`` as in PyTorch (module docstring). Returns a
+    :class:`FitResult` whose ``params`` are the best by validation.
     """
     from iai_prob.numpyro.models.base import TaskFamily
     from iai_prob.numpyro.sources import PriorPredictiveTasks
@@ -228,6 +334,11 @@ def fit(
         max_skipped=max_skipped,
         learning_rate=learning_rate,
         clip_norm=clip_norm,
+    )
+    check_validation_options(
+        validation_tasks=validation_tasks,
+        validate_every=validate_every,
+        early_stopping=early_stopping,
     )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -271,13 +382,16 @@ def fit(
             "num_samples": num_samples,
             "clip_norm": clip_norm,
             "learning_rate": None if custom_optimizer else learning_rate,
+            "validation_tasks": validation_tasks,
+            "validate_every": validate_every,
         }
         identity = _run_identity(guide, tasks, custom_optimizer, settings)
         last = find_training_state(folder) if folder is not None and resume else None
+        best = None
         if last is not None:
-            arrays, opt_state = _load_training(last, arrays, opt_state, result, identity)
-        arrays, opt_state = mesh.replicate((arrays, opt_state))
-        budget = {"steps": steps, **settings, "backend": "jax"}
+            arrays, opt_state, best = _load_training(last, arrays, opt_state, result, identity)
+        arrays, opt_state, best = mesh.replicate((arrays, opt_state, best))
+        budget = {"steps": steps, **settings, "backend": "jax", "early_stopping": early_stopping}
         max_steps = max_passes * math.ceil(high / batch_size)
         loss_fn = _make_loss(
             guide,
@@ -297,11 +411,7 @@ def fit(
             passes = jax.random.randint(pass_key, (), 1, max_passes + 1)
             theta, x, y = tasks.sample(data_key, tasks_per_step, high)
             theta, x, y = mesh.shard_tasks((theta, x, y))
-            data = guide.prepare(x, y).data
-            valid = jnp.arange(high) < size
-            data = eqx.tree_at(
-                lambda d: (d.mask, d.total_points), data, (valid, size.astype(x.dtype))
-            )
+            data, valid = _masked_data(guide, x, y, size, high)
             true_z = task.layout.pack(theta, batch_ndim=1)
             (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 arrays, data, true_z, size, passes, loss_key
@@ -324,9 +434,29 @@ def fit(
                 )
             return arrays, opt_state, loss, kl
 
+        validation = None
+        if validation_tasks:
+            validation = _ValidationTasks(
+                guide,
+                tasks,
+                task.layout,
+                loss_fn,
+                sizes=validation_sizes(validation_tasks, low, high),
+                high=high,
+                max_passes=max_passes,
+                key=_validation_key(seed),
+                mesh=mesh,
+            )
+            result.validation.num_tasks = validation.num_tasks
+        history = result.validation
         bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
         started = time.perf_counter() - result.seconds
-        while result.steps < steps:
+        if validation is not None and result.steps == 0 and not history.scores:
+            if history.record(0, validation.score(arrays)):
+                best = arrays
+            bar.set_postfix({"val": f"{history.latest:.4g}"})
+        stop = history.should_stop(early_stopping)
+        while result.steps < steps and not stop:
             key = jax.random.fold_in(root, result.steps)
             step_started = time.perf_counter()
             arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
@@ -345,23 +475,45 @@ def fit(
             if exact and (result.steps % 10 == 0 or result.steps == steps):
                 result.kls.append((result.steps, float(kl)))
                 postfix["kl"] = f"{float(kl):.3g}"
+            scheduled = validation is not None and result.steps % validate_every == 0
+            if scheduled:
+                if history.record(result.steps, validation.score(arrays)):
+                    best = arrays
+                stop = history.should_stop(early_stopping)
+            at_end = result.steps == steps or stop
+            if validation is not None and at_end:
+                score = history.scores[-1][1] if scheduled else validation.score(arrays)
+                history.final = (result.steps, score)
+            if validation is not None and (scheduled or at_end):
+                postfix["val"] = f"{history.latest:.4g}"
             bar.set_postfix(postfix)
             bar.update(1)
             result.seconds = time.perf_counter() - started
-            at_checkpoint = result.steps % checkpoint_every == 0 or result.steps == steps
-            if folder is not None and at_checkpoint:
-                result.params = {guide.param_name: arrays}
-                _save_training(folder / "last", arrays, opt_state, result, budget, identity)
+            if folder is not None and (result.steps % checkpoint_every == 0 or at_end):
+                _save_training(folder / "last", arrays, opt_state, result, budget, identity, best)
+                keep_last = best is None or (at_end and history.final_is_best())
+                saved = history.final if at_end else None
+                if not keep_last:
+                    saved = (history.best_step, history.best)
                 save_guide(
                     guide,
-                    result.params,
+                    {guide.param_name: arrays if keep_last else best},
                     folder / "guide",
                     budget=budget,
                     seconds=result.seconds,
+                    **_validation_card(history, saved),
                 )
         bar.close()
+        result.stopped_early = stop
+        if validation is not None and (history.final is None or history.final[0] != result.steps):
+            history.final = (result.steps, validation.score(arrays))  # nothing left to train
+        if best is not None and not history.final_is_best():
+            arrays = best
         result.params = {guide.param_name: arrays}
-        return result
+    message = history.worse_than_untrained("fit (jax)")
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return result
 
 
 def _run_identity(guide, tasks, custom_optimizer: bool, settings: dict) -> dict:
@@ -387,7 +539,12 @@ def _run_identity(guide, tasks, custom_optimizer: bool, settings: dict) -> dict:
     )
 
 
-def _save_training(path: Path, arrays, opt_state, result: FitResult, budget, identity) -> None:
+def _save_training(
+    path: Path, arrays, opt_state, result: FitResult, budget, identity, best=None
+) -> None:
+    """Write the training state ``path`` (``last``): parameters, optax state, the best
+    parameters by validation so far, and a card with the step, losses, validation history,
+    budget and run identity."""
     card = {
         "kind": "training",
         "backend": "jax",
@@ -396,18 +553,21 @@ def _save_training(path: Path, arrays, opt_state, result: FitResult, budget, ide
         "kls": result.kls,
         "seconds": result.seconds,
         "skipped": result.skipped,
+        "validation": result.validation.to_card(),
         "budget": budget,
         "run": identity,
     }
-    write_checkpoint(path, _training_tensors(arrays, opt_state), card)
+    write_checkpoint(path, _training_tensors(arrays, opt_state, best), card)
 
 
 def _load_training(path: Path, arrays, opt_state, result: FitResult, identity):
-    """The saved parameters and optax state if ``path`` holds this run (else
+    """The saved parameters, optax state and best parameters by validation (``None``: none
+    saved, e.g. a card of an earlier version) if ``path`` holds this run (else
     :class:`~iai_prob.training_folder.RunMismatchError`); fills ``result``."""
     tensors, card = read_checkpoint(path)
     check_same_run(path.parent, saved_identity(card), identity)
-    expected = _training_tensors(arrays, opt_state)
+    saved_best = any(k.startswith(_BEST_PREFIX) for k in tensors)
+    expected = _training_tensors(arrays, opt_state, arrays if saved_best else None)
     shapes = {k: list(np.shape(v)) for k, v in expected.items()}
     found = {k: list(np.shape(v)) for k, v in tensors.items()}
     differing = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))
@@ -424,7 +584,14 @@ def _load_training(path: Path, arrays, opt_state, result: FitResult, identity):
     opt_state = jax.tree_util.tree_unflatten(
         opt_def, [jnp.asarray(tensors[f"optimizer.{i}"]) for i in range(len(opt_leaves))]
     )
+    best = None
+    if saved_best:
+        best = jax.tree_util.tree_unflatten(
+            params_def,
+            [jnp.asarray(tensors[f"{_BEST_PREFIX}{i}"]) for i in range(len(params_leaves))],
+        )
     result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
     result.kls = [tuple(kl) for kl in card["kls"]]
     result.skipped = card["skipped"]
-    return arrays, opt_state
+    result.validation = ValidationHistory.from_card(card.get("validation"))
+    return arrays, opt_state, best
