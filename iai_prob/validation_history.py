@@ -116,6 +116,22 @@ class ValidationHistory:
             "longer or check the model's priors and scale"
         )
 
+    def guide_card_field(self, saved: tuple | None) -> dict:
+        """The guide card's ``validation`` field (both backends write it): the saved
+        weights' ``(step, score)`` (``None``: not scored), the untrained score and the
+        number of tasks; ``{}`` without validation."""
+        if not self.num_tasks:
+            return {}
+        step, score = saved if saved is not None else (None, None)
+        return {
+            "validation": {
+                "step": step,
+                "score": score,
+                "untrained": self.untrained,
+                "tasks": self.num_tasks,
+            }
+        }
+
     def to_card(self) -> dict:
         """As JSON for a training card."""
         return {

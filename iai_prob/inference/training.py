@@ -437,7 +437,7 @@ def _train_loop(
                     folder / "guide",
                     budget={**budget, "seconds": result.seconds},
                     final_loss=loss_value,
-                    **_validation_card(history, saved),
+                    **history.guide_card_field(saved),
                     **guide_card,
                 )
     bar.close()
@@ -488,22 +488,6 @@ def _weights(trainable, weights: dict | None) -> Iterator[None]:
         yield
     finally:
         trainable.load_state_dict(current)
-
-
-def _validation_card(history: ValidationHistory, saved: tuple | None) -> dict:
-    """The guide card's ``validation`` field: the saved weights' ``(step, score)`` (``None``:
-    not scored), the untrained score and the number of tasks; nothing without validation."""
-    if not history.num_tasks:
-        return {}
-    step, score = saved if saved is not None else (None, None)
-    return {
-        "validation": {
-            "step": step,
-            "score": score,
-            "untrained": history.untrained,
-            "tasks": history.num_tasks,
-        }
-    }
 
 
 def _build_on_a_valid_draw(guide, source, num_points, generator, device, tries: int = 20):

@@ -262,23 +262,6 @@ class _ValidationTasks:
         return total / self.num_tasks
 
 
-def _validation_card(history: ValidationHistory, saved: tuple | None) -> dict:
-    """The guide card's ``validation`` field, as PyTorch writes it: the saved weights'
-    ``(step, score)`` (``None``: not scored), the untrained score and the number of
-    tasks; nothing without validation."""
-    if not history.num_tasks:
-        return {}
-    step, score = saved if saved is not None else (None, None)
-    return {
-        "validation": {
-            "step": step,
-            "score": score,
-            "untrained": history.untrained,
-            "tasks": history.num_tasks,
-        }
-    }
-
-
 def fit(
     guide,
     tasks,
@@ -501,7 +484,7 @@ def fit(
                     folder / "guide",
                     budget=budget,
                     seconds=result.seconds,
-                    **_validation_card(history, saved),
+                    **history.guide_card_field(saved),
                 )
         bar.close()
         result.stopped_early = stop
