@@ -41,6 +41,7 @@ def _rows(text: str, headers) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 29 s of one CI worker (JAX compiles NUTS and Laplace): `make test-all`
 def test_quick_run_prints_the_table_with_a_floor_near_chance(script, tmp_path):
     out = tmp_path / "table.md"
     command = [

@@ -35,6 +35,7 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.slow  # three compilations of the training step
+@pytest.mark.heavy  # 42 s of one CI worker: `make test-all` runs it
 def test_a_wrecked_run_keeps_the_untrained_guide_through_a_resume_and_warns(tmp_path):
     family = LinearRegression(dim=2)
     guide, start = _guide_and_params(family)
