@@ -27,6 +27,7 @@ import torch
 
 from iai_prob.diagnostics.adapter import PosteriorDraws
 from iai_prob.pareto_smoothing import pareto_smooth
+from iai_prob.posterior_status import KHAT_LIMIT
 
 __all__ = [
     "KHAT_THRESHOLD",
@@ -37,8 +38,9 @@ __all__ = [
     "smoothed_log_weights",
 ]
 
-KHAT_THRESHOLD = 0.7
-"""k̂ at and above which the importance weights (and the posterior) are not trusted."""
+KHAT_THRESHOLD = KHAT_LIMIT
+"""k̂ at and above which the importance weights (and the posterior) are not trusted: the
+same limit as a posterior's own status (:data:`iai_prob.posterior_status.KHAT_LIMIT`)."""
 
 
 class ImportanceSamplingError(ValueError):
