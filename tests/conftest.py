@@ -4,6 +4,8 @@ The io, cli and examples tests share the shipped linear-regression guide and gro
 tables; helpers reach them as fixtures (``make_grouped_frame``, ``x_columns``).
 """
 
+import os
+
 import numpy as np
 import pandas as pd
 import pyro
@@ -13,6 +15,11 @@ import torch
 from iai_prob import pretrained
 
 SEED = 20240611
+
+# The suite replays traced log joints without compiling them: a test that evaluates one
+# shape hundreds of times would otherwise wait seconds for TorchInductor (and CI's clean
+# machine has no kernel cache). tests/inference/test_compiled_log_joint.py turns it on.
+os.environ.setdefault("IAI_COMPILE_LOG_JOINT", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,12 @@ from iai_prob.inference.damping import damped_combine, unscented_batch_elbo
 from iai_prob.inference.laplace import laplace_point
 from iai_prob.inference.posteriors import GaussianFamily, gaussian_kl
 from iai_prob.inference.refinement import RefinementState, check_state
-from iai_prob.inference.signals import CurvatureSignal, curvature_signal, natural_gradient_target
+from iai_prob.inference.signals import (
+    CurvatureSignal,
+    curvature_signal,
+    difference_spread,
+    natural_gradient_target,
+)
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import pareto_smooth
@@ -101,11 +106,11 @@ class FullData:
         """``f_D`` averaged over the particles, per task ``(T,)``."""
         return self.per_particle(z).mean(0)
 
-    def signal(self, loc, precision, scheme: str) -> CurvatureSignal:
+    def signal(self, loc, precision, scheme: str, spread: float | None = None) -> CurvatureSignal:
         """``(E_q ∇f_D, E_q ∇²f_D, E_q f_D)``, chunk by chunk (each chunk's graph is freed
-        before the next)."""
+        before the next); see :func:`~iai_prob.inference.signals.curvature_signal`."""
         parts = [
-            (weight, curvature_signal(self.log_joint, loc, precision, chunk, scheme))
+            (weight, curvature_signal(self.log_joint, loc, precision, chunk, scheme, spread=spread))
             for weight, chunk in self.weighted()
         ]
         return CurvatureSignal(
@@ -117,9 +122,13 @@ class FullData:
 
 
 def _target(full: FullData, state, family, min_precision, scheme):
-    return natural_gradient_target(
-        full.signal(state.loc, state.precision, scheme), state.loc, family, min_precision
-    )
+    """The CVI target of the full data at ``state``; ``scheme="mean"`` linearizes at the
+    mean, with the Hessian by central differences of gradients (the sigma points' kernel)."""
+    spread = None
+    if scheme == "mean":
+        scheme, spread = "sigma_points", difference_spread(state.loc.dtype)
+    signal = full.signal(state.loc, state.precision, scheme, spread)
+    return natural_gradient_target(signal, state.loc, family, min_precision)
 
 
 def _residual(state, target) -> torch.Tensor:
@@ -139,7 +148,7 @@ def _residual(state, target) -> torch.Tensor:
 def _best_start(state, full: FullData, family, min_precision):
     """Per task, the better by the full-data ELBO of ``state`` and the Laplace point
     reached by damped Newton from its mean (:mod:`.laplace`), and that ELBO."""
-    laplace = laplace_point(full, state.loc, family, min_precision=min_precision)
+    laplace = laplace_point(full, state.loc, family, state.precision, min_precision=min_precision)
     laplace = laplace._replace(precision=family.project(laplace.precision))
     own = unscented_batch_elbo(full, state.loc, state.precision, None)
     other = unscented_batch_elbo(full, laplace.loc, laplace.precision, None)

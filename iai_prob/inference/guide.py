@@ -42,6 +42,7 @@ from pyro.infer.autoguide import AutoGuide
 
 from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
+from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, khat_of
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
@@ -560,6 +561,24 @@ class IterativeAmortizedGuide(AutoGuide):
         whether it converged, the passes used and its PSIS ``k̂`` (see :meth:`solve`).
         """
         return self._posterior_and_layout(*args, **kwargs)[0]
+
+    @torch.no_grad()
+    @_serialized
+    def precompile(self, *args, **kwargs):
+        """Compile the log joint's kernels for this dataset's shapes now, and return its
+        :meth:`posterior`.
+
+        Without it a shape is traced after a few dozen evaluations and compiled after a
+        few hundred (:mod:`~iai_prob.inference.compiled_log_joint`: about the tenth to
+        twentieth posterior of one shape), so one-off calls never wait for TorchInductor.
+        Call it once before many datasets (or groups) of one shape, as NumPyro compiles
+        a ``jit``-ted function at its first call: it costs seconds once (less when
+        TorchInductor's on-disk cache already holds the kernels), and the posteriors of
+        that shape then run several times faster. A kernel that cannot be compiled keeps
+        the traced replay; ``IAI_COMPILE_LOG_JOINT=0`` turns compiling off.
+        """
+        with compiling_now():
+            return self._posterior_and_layout(*args, **kwargs)[0]
 
     def _flat_distribution(self, state: RefinementState, layout: LatentLayout, family=None):
         family = family or self._require_refiner().family

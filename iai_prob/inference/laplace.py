@@ -21,7 +21,7 @@ import torch
 
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.refinement import RefinementState
-from iai_prob.inference.signals import natural_gradient_target
+from iai_prob.inference.signals import difference_spread, natural_gradient_target
 
 __all__ = ["laplace_point"]
 
@@ -37,10 +37,11 @@ def _log_joint(full, loc: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(value), value, -torch.inf)
 
 
-def _curvature(full, loc, family, min_precision):
-    """``(∇f_D, Λ̂)`` at ``loc``, chunk by chunk (the "mean" linearization)."""
-    eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device).expand(*loc.shape, -1)
-    signal = full.signal(loc, eye, "mean")
+def _curvature(full, loc, metric, family, min_precision):
+    """``(∇f_D, Λ̂)`` at ``loc``, chunk by chunk: gradients at ``loc ± s Σ^{½} e_i`` for a
+    tiny ``s`` in the units of ``metric`` ``= Σ⁻¹`` (central differences of the gradient,
+    :func:`~iai_prob.inference.signals.difference_spread`)."""
+    signal = full.signal(loc, metric, "sigma_points", difference_spread(loc.dtype))
     _, precision = natural_gradient_target(signal, loc, family, min_precision)
     return signal.grad, precision
 
@@ -50,6 +51,7 @@ def laplace_point(
     full,
     loc: torch.Tensor,
     family: GaussianFamily,
+    metric: torch.Tensor | None = None,
     *,
     min_precision: float = 1e-3,
     max_steps: int = 50,
@@ -57,12 +59,19 @@ def laplace_point(
     max_doublings: int = 20,
     max_backtracks: int = 12,
 ) -> RefinementState:
-    """The Laplace state ``(ẑ, Λ̂(ẑ))`` per task from ``loc`` ``(T, D)`` (see module)."""
+    """The Laplace state ``(ẑ, Λ̂(ẑ))`` per task from ``loc`` ``(T, D)`` (see module).
+
+    ``metric`` ``(T, D, D)`` (a precision; the identity if not given) sets the scale of
+    the first Hessian's central differences; later ones use the last Hessian.
+    """
     value = _log_joint(full, loc)
     done = torch.zeros_like(value, dtype=torch.bool)
     precision = None
+    if metric is None:
+        metric = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device).expand(*loc.shape, -1)
     for _ in range(max_steps):
-        grad, precision = _curvature(full, loc, family, min_precision)
+        grad, precision = _curvature(full, loc, metric, family, min_precision)
+        metric = precision
         direction = torch.linalg.solve(precision, grad.unsqueeze(-1)).squeeze(-1)
         decrement = 0.5 * (grad * direction).sum(-1)
         finite = torch.isfinite(direction).all(-1)
@@ -103,5 +112,5 @@ def laplace_point(
         done = done | shrinking  # no step improved f_D: as far as Newton goes
         loc, value = best_loc, best_value
     if precision is None or not bool(done.all()):
-        precision = _curvature(full, loc, family, min_precision)[1]
+        precision = _curvature(full, loc, metric, family, min_precision)[1]
     return RefinementState(loc, precision)

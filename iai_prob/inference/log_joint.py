@@ -51,7 +51,11 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
-from iai_prob.inference.traced_log_joint import traced_per_particle, tracing_enabled
+from iai_prob.inference.traced_log_joint import (
+    traced_per_particle,
+    traced_value_and_grad,
+    tracing_enabled,
+)
 
 __all__ = ["LogJoint"]
 
@@ -104,15 +108,35 @@ class LogJoint:
 
         Enumerated discrete sites are summed out exactly (see the module docstring).
         """
-        if self.enumerate:
-            return self._enumerated_per_particle(z, data)
-        particle_dim = self._particle_dim()
-        if self.traced and tracing_enabled():
-            value = traced_per_particle(self, z, data, particle_dim)
+        if self._traceable():
+            value = traced_per_particle(self, z, data, self._particle_dim())
             if value is not None:
                 return value
+        return self._untraced_per_particle(z, data)
+
+    def value_and_grad(self, z: torch.Tensor, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f_B, ∇_z f_B)`` at particles ``z`` ``(S, T_flat, D)``: ``(S, T_flat)`` and
+        ``(S, T_flat, D)``, detached (particles and tasks are independent, so ``∇`` of
+        the sum is each one's own gradient). A signature replayed often runs one compiled
+        kernel for both (:mod:`~iai_prob.inference.compiled_log_joint`)."""
+        if self._traceable():
+            result = traced_value_and_grad(self, z, data, self._particle_dim())
+            if result is not None:
+                return result
+        with torch.enable_grad():
+            point = z.detach().requires_grad_(True)
+            value = self._untraced_per_particle(point, data)
+            (grad,) = torch.autograd.grad(value.sum(), point, allow_unused=True)
+        return value.detach(), torch.zeros_like(point) if grad is None else grad
+
+    def _traceable(self) -> bool:
+        return not self.enumerate and self.traced and tracing_enabled()
+
+    def _untraced_per_particle(self, z: torch.Tensor, data: TaskData) -> torch.Tensor:
+        if self.enumerate:
+            return self._enumerated_per_particle(z, data)
         return self.eager_per_particle(
-            z, data.args, data.kwargs, data.likelihood_scale, particle_dim
+            z, data.args, data.kwargs, data.likelihood_scale, self._particle_dim()
         )
 
     def eager_per_particle(

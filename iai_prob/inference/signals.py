@@ -29,6 +29,7 @@ __all__ = [
     "LINEARIZATIONS",
     "CurvatureSignal",
     "curvature_signal",
+    "difference_spread",
     "linearization_points",
     "natural_gradient_target",
     "preprocess_gradient",
@@ -47,15 +48,22 @@ class CurvatureSignal(NamedTuple):
 
 
 def linearization_points(
-    loc: torch.Tensor, precision: torch.Tensor, scheme: str, num_particles: int = 8
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    scheme: str,
+    num_particles: int = 8,
+    spread: float | None = None,
 ) -> torch.Tensor:
-    """Points ``(S, T, D)`` at which to average gradients and Hessians under ``q``."""
+    """Points ``(S, T, D)`` at which to average gradients and Hessians under ``q``.
+
+    Sigma points are ``μ ± spread · Σ^{½} e_i``, ``spread = √D`` unless given.
+    """
     if scheme == "mean":
         return loc.unsqueeze(0)
     scale_tril = covariance_tril(precision)
     if scheme == "sigma_points":
         dim = loc.shape[-1]
-        offsets = math.sqrt(dim) * scale_tril.mT  # rows: √D Σ^{½} e_i
+        offsets = (math.sqrt(dim) if spread is None else spread) * scale_tril.mT
         offsets = offsets.movedim(-2, 0)  # (D, T, D)
         return torch.cat([loc + offsets, loc - offsets], dim=0)
     if scheme == "samples":
@@ -71,33 +79,48 @@ def curvature_signal(
     batch,
     scheme: str,
     num_particles: int = 8,
+    spread: float | None = None,
 ) -> CurvatureSignal:
     """Average gradient and Hessian of ``f_B`` under ``q = N(loc, precision⁻¹)``.
 
-    With ``scheme="sigma_points"`` only gradients are taken: by Stein's lemma
+    With ``scheme="sigma_points"`` only gradients are taken (``log_joint.value_and_grad``,
+    one compiled kernel where available): by Stein's lemma
     ``E_q ∇²f = Λ E_q[(z − μ) ∇f(z)ᵀ]``, and the sigma-point rule applied to it is exact
-    for quadratic ``f`` (one backward pass for both moments). ``"mean"`` and ``"samples"``
-    differentiate twice. Runs with gradients enabled even under ``torch.no_grad()`` (as
-    in ``Predictive``) and returns detached tensors: the signal is an input to the
-    update, not a path for meta-gradients.
+    for quadratic ``f``. At points ``μ ± s Σ^{½} e_i`` it reads ``(D/s²) Λ Ê[(z − μ) ∇fᵀ]``,
+    which for a small ``spread`` ``s`` (:func:`difference_spread`) is the Hessian at the
+    mean by central differences of the gradient (error ``O(s²)``, relative to ``Σ``'s
+    scale): the ``"mean"`` linearization from gradients alone. ``"mean"`` and
+    ``"samples"`` differentiate twice. Runs with gradients enabled even under
+    ``torch.no_grad()`` (as in ``Predictive``) and returns detached tensors: the signal
+    is an input to the update, not a path for meta-gradients.
     """
     loc, precision = loc.detach(), precision.detach()
-    points = linearization_points(loc, precision, scheme, num_particles)
-    stein = scheme == "sigma_points"
-    with torch.enable_grad():
-        z = points.requires_grad_(True)
-        value = log_joint.per_task_mean(z, batch)
-        (grad,) = torch.autograd.grad(value.sum() * z.shape[0], z, create_graph=not stein)
-        if stein:
-            offsets = (precision.unsqueeze(0) @ (z.detach() - loc).unsqueeze(-1)).squeeze(-1)
-            hessian = (offsets.unsqueeze(-1) * grad.unsqueeze(-2)).mean(0)
-        else:
+    points = linearization_points(loc, precision, scheme, num_particles, spread)
+    if scheme == "sigma_points":
+        value, grad = log_joint.value_and_grad(points, batch)
+        offsets = (precision.unsqueeze(0) @ (points - loc).unsqueeze(-1)).squeeze(-1)
+        hessian = (offsets.unsqueeze(-1) * grad.unsqueeze(-2)).mean(0)
+        if spread is not None:
+            hessian = hessian * (loc.shape[-1] / spread**2)
+        value = value.mean(0)
+    else:
+        with torch.enable_grad():
+            z = points.requires_grad_(True)
+            value = log_joint.per_task_mean(z, batch)
+            (grad,) = torch.autograd.grad(value.sum() * z.shape[0], z, create_graph=True)
             hessian = _hessian_rows(grad, z).mean(0)
     return CurvatureSignal(
         grad=grad.detach().mean(0),
         hessian=(0.5 * (hessian + hessian.mT)).detach(),
         log_joint=value.detach(),
     )
+
+
+def difference_spread(dtype: torch.dtype) -> float:
+    """The sigma-point spread that makes :func:`curvature_signal` central differences of
+    the gradient: ``eps^{1/3}`` of ``dtype`` in units of ``Σ^{½}`` (about ``6e-6`` in
+    float64), which balances the ``O(s²)`` truncation against the ``O(eps/s)`` rounding."""
+    return torch.finfo(dtype).eps ** (1 / 3)
 
 
 def _hessian_rows(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

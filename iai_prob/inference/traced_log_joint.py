@@ -73,6 +73,8 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from iai_prob.inference.compiled_log_joint import CompiledLogJoint, compiles_now
+
 __all__ = [
     "ENV_VAR",
     "MAX_TRACES",
@@ -81,6 +83,7 @@ __all__ = [
     "cache_info",
     "clear_cache",
     "traced_per_particle",
+    "traced_value_and_grad",
     "tracing_enabled",
 ]
 
@@ -113,7 +116,7 @@ class CacheInfo(NamedTuple):
 
 
 class _Entry(NamedTuple):
-    graph: torch.fx.GraphModule | None  # None: evaluate this signature eagerly
+    evaluator: CompiledLogJoint | None  # None: evaluate this signature eagerly
     owners: tuple  # the objects whose ids are in the key, kept alive while it is
 
 
@@ -144,8 +147,20 @@ def clear_cache() -> None:
 
 def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
     """``log_joint``'s ``f_B`` at ``z`` ``(S, T_flat, D)`` from the traced graph of this
-    signature (traced at its :data:`TRACE_AFTER`-th call), or ``None`` where the eager
-    path must run instead."""
+    signature (traced at its :data:`TRACE_AFTER`-th call, compiled at its
+    :data:`~iai_prob.inference.compiled_log_joint.COMPILE_AFTER`-th replay), or ``None``
+    where the eager path must run instead."""
+    return _evaluate(log_joint, z, data, particle_dim, CompiledLogJoint.value)
+
+
+def traced_value_and_grad(log_joint, z: torch.Tensor, data, particle_dim: int):
+    """``(f_B, ∇_z f_B)`` at ``z`` ``(S, T_flat, D)``, detached, from this signature's traced
+    (or compiled) graph; ``None`` where the eager path must run instead."""
+    return _evaluate(log_joint, z, data, particle_dim, CompiledLogJoint.value_and_grad)
+
+
+def _evaluate(log_joint, z, data, particle_dim, evaluation):
+    """``evaluation(evaluator, z, scale, *tensors)`` on this signature's traced graph."""
     split = _split_arguments(data.args, data.kwargs)
     if split is None:
         return None
@@ -168,7 +183,7 @@ def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
             _cache.move_to_end(key)
         else:
             calls = _seen.pop(key, 0) + 1
-            if calls < TRACE_AFTER:
+            if calls < TRACE_AFTER and not compiles_now():
                 _seen[key] = calls
                 while len(_seen) > 32 * MAX_TRACES:
                     _seen.popitem(last=False)
@@ -178,16 +193,16 @@ def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
         graph = _build(log_joint, z, scale, tensors, particle_dim, spec, statics)
         if graph is _RETRY:
             return None
-        entry = _Entry(graph, owners)
+        entry = _Entry(None if graph is None else CompiledLogJoint(graph), owners)
         with _lock:
             _cache[key] = entry
             _counts["traces" if graph is not None else "eager"] += 1
             while len(_cache) > MAX_TRACES:
                 _cache.popitem(last=False)
-    if entry.graph is None:
+    if entry.evaluator is None:
         return None
     try:
-        value = entry.graph(z, scale, *tensors)
+        result = evaluation(entry.evaluator, z, scale, *tensors)
     except torch.linalg.LinAlgError:  # the model's own linear algebra, as in the eager path
         raise
     except Exception as error:  # never expected (same shapes); the eager path decides
@@ -197,7 +212,7 @@ def traced_per_particle(log_joint, z: torch.Tensor, data, particle_dim: int):
         return None
     with _lock:
         _counts["hits"] += 1
-    return value
+    return result
 
 
 # ------------------------------------------------------------------- helpers

@@ -136,7 +136,7 @@ def test_one_trace_serves_every_dataset_and_scale_of_one_shape(linreg, simulate,
     assert cache_info().traces == 1 and cache_info().hits == 3
     # the prior's parameters do not depend on the inputs' values: computed once, kept
     (entry,) = traced_log_joint._cache.values()
-    assert any(name.startswith("_iai_folded") for name, _ in entry.graph.named_buffers())
+    assert any(name.startswith("_iai_folded") for name, _ in entry.evaluator.graph.named_buffers())
 
 
 def test_a_signature_is_traced_only_once_it_recurs(linreg, simulate, read_task, monkeypatch):
