@@ -52,9 +52,9 @@ __all__ = [
     "COMPILE_AFTER",
     "ENV_VAR",
     "CompiledLogJoint",
+    "compiles_now",
     "compiling_enabled",
     "compiling_now",
-    "compiles_now",
 ]
 
 ENV_VAR = "IAI_COMPILE_LOG_JOINT"
@@ -110,7 +110,7 @@ class CompiledLogJoint:
         """``g(z, …)``; differentiable through the replay when gradients are enabled."""
         kernel = self._kernel("value", z, inputs)
         if kernel is not None:
-            return kernel(z, *inputs)
+            return kernel(z, *inputs)[0]
         return self.graph(z, *inputs)
 
     def value_and_grad(
@@ -120,7 +120,8 @@ class CompiledLogJoint:
         z = z.detach()
         kernel = self._kernel("value_and_grad", z, inputs)
         if kernel is not None:
-            return kernel(z, *inputs)
+            value, grad = kernel(z, *inputs)
+            return value, grad
         return _replayed_value_and_grad(self.graph, z, inputs)
 
     # ----------------------------------------------------------------- helpers
@@ -154,15 +155,18 @@ class CompiledLogJoint:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on import
-                if kind == "value":
-                    kernel = torch.compile(self.graph, dynamic=False, fullgraph=True)
-                    with torch.no_grad():
-                        expected, got = (self.graph(z, *inputs),), (kernel(z, *inputs),)
-                else:
-                    joint = make_fx(_value_and_grad_of(self.graph))(z, *inputs)
-                    kernel = torch.compile(joint, dynamic=False, fullgraph=True)
-                    expected = _replayed_value_and_grad(self.graph, z, inputs)
-                    got = kernel(z, *inputs)
+                from torch._inductor.compile_fx import compile_fx
+
+                evaluation = _value_of if kind == "value" else _value_and_grad_of
+                graph = make_fx(evaluation(self.graph))(z, *inputs)
+                with torch.no_grad():
+                    kernel = compile_fx(graph, [z, *inputs])
+                    got = tuple(kernel(z, *inputs))
+                    expected = (
+                        (self.graph(z, *inputs),)
+                        if kind == "value"
+                        else _replayed_value_and_grad(self.graph, z, inputs)
+                    )
         except Exception as error:  # no compiler, an unsupported op: the replay stays
             _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
             return _FAILED
@@ -176,6 +180,15 @@ class CompiledLogJoint:
             time.perf_counter() - started,
         )
         return kernel
+
+
+def _value_of(graph):
+    """``(z, *inputs) ↦ (g,)``: the value as a one-tuple (compiled graphs return sequences)."""
+
+    def value(z, *inputs):
+        return (graph(z, *inputs),)
+
+    return value
 
 
 def _value_and_grad_of(graph):

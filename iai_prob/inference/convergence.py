@@ -40,7 +40,7 @@ import torch
 from iai_prob.convergence_settings import Convergence
 from iai_prob.inference.damping import damped_combine, unscented_batch_elbo
 from iai_prob.inference.laplace import laplace_point
-from iai_prob.inference.posteriors import GaussianFamily, gaussian_kl
+from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, gaussian_kl
 from iai_prob.inference.refinement import RefinementState, check_state
 from iai_prob.inference.signals import (
     CurvatureSignal,
@@ -98,6 +98,8 @@ class FullData:
 
     def per_particle(self, z: torch.Tensor, batch=None) -> torch.Tensor:
         """``f_D`` at particles ``z`` ``(S, T, D)``: ``(S, T)``."""
+        if isinstance(self.chunks, list) and len(self.chunks) == 1:  # the usual case
+            return self.log_joint.per_particle(z, self.chunks[0])
         return sum(
             weight * self.log_joint.per_particle(z, chunk) for weight, chunk in self.weighted()
         )
@@ -219,15 +221,25 @@ def converge(
 
 @torch.no_grad()
 def khat_of(
-    distribution, full: FullData, num_draws: int, seed: int, max_elements: int = 1 << 22
+    family: GaussianFamily,
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    full: FullData,
+    num_draws: int,
+    seed: int,
+    max_elements: int = 1 << 22,
 ) -> np.ndarray:
-    """PSIS ``k̂`` ``(T,)`` of ``q`` (a distribution with batch ``(T,)``) against the full
-    data: ``log w_s = f_D(z_s) − log q(z_s)`` for ``num_draws`` seeded draws, evaluated
-    in groups of draws so that a group touches at most ``max_elements`` data points."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        draws = distribution.sample((num_draws,))
-    log_q = distribution.log_prob(draws)
+    """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` (``(T, D)``, ``(T, D, D)``) against
+    the full data: ``log w_s = f_D(z_s) − log q(z_s)`` for ``num_draws`` draws
+    ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``, ``ε_s`` from a generator seeded with ``seed``),
+    evaluated in groups of draws so that a group touches at most ``max_elements`` data
+    points."""
+    generator = torch.Generator(device=loc.device).manual_seed(seed)
+    noise = torch.randn(
+        num_draws, *loc.shape, dtype=loc.dtype, device=loc.device, generator=generator
+    )
+    draws = loc + (covariance_tril(precision) @ noise.unsqueeze(-1)).squeeze(-1)
+    log_q = family.distribution(loc, precision).log_prob(draws)
     per_group = max(1, max_elements // max(1, full.num_points * draws.shape[1]))
     log_p = torch.cat([full.per_particle(group) for group in draws.split(per_group)])
     log_weights = (log_p - log_q).double().cpu().numpy()

@@ -465,7 +465,9 @@ class IterativeAmortizedGuide(AutoGuide):
             linearization=refiner.linearization,
         )
         khat = khat_of(
-            refiner.family.distribution(state.loc, state.precision),
+            refiner.family,
+            state.loc,
+            state.precision,
             full,
             rule.khat_draws,
             self.config["seed"] + 3,

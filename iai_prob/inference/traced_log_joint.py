@@ -142,6 +142,7 @@ def clear_cache() -> None:
     with _lock:
         _cache.clear()
         _seen.clear()
+        _bindings.clear()
         _counts.update(traces=0, hits=0, eager=0)
 
 
@@ -161,22 +162,12 @@ def traced_value_and_grad(log_joint, z: torch.Tensor, data, particle_dim: int):
 
 def _evaluate(log_joint, z, data, particle_dim, evaluation):
     """``evaluation(evaluator, z, scale, *tensors)`` on this signature's traced graph."""
-    split = _split_arguments(data.args, data.kwargs)
-    if split is None:
+    binding = _bound(log_joint, data, particle_dim)
+    if binding is None:
         return None
-    spec, statics, tensors = split
-    model = log_joint.model
-    owners = (getattr(model, "__func__", model), getattr(model, "__self__", None))
-    key = (
-        tuple(id(owner) for owner in owners),
-        _layout_key(log_joint.layout),
-        log_joint.data_plate,
-        particle_dim,
-        torch.get_default_dtype(),
-        spec,
-        tuple(statics),
-        _tensor_key(z),
-    )
+    spec, statics, tensors = binding.split
+    owners = binding.owners
+    key = (binding.key, torch.get_default_dtype(), _tensor_key(z))
     with _lock:
         entry = _cache.get(key)
         if entry is not None:
@@ -188,7 +179,7 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation):
                 while len(_seen) > 32 * MAX_TRACES:
                     _seen.popitem(last=False)
                 return None
-    scale = torch.tensor(data.likelihood_scale, dtype=torch.float64, device=z.device)
+    scale = binding.scale(z.device)
     if entry is None:
         graph = _build(log_joint, z, scale, tensors, particle_dim, spec, statics)
         if graph is _RETRY:
@@ -213,6 +204,62 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation):
     with _lock:
         _counts["hits"] += 1
     return result
+
+
+class _Binding(NamedTuple):
+    """What a signature's key, inputs and scale take from one (log joint, data) pair."""
+
+    log_joint: object
+    data: object
+    key: tuple
+    owners: tuple
+    split: tuple
+    scales: dict
+
+    def scale(self, device: torch.device) -> torch.Tensor:
+        """``N/|B|`` as a float64 scalar tensor on ``device``."""
+        scale = self.scales.get(device)
+        if scale is None:
+            scale = self.scales[device] = torch.tensor(
+                self.data.likelihood_scale, dtype=torch.float64, device=device
+            )
+        return scale
+
+
+_bindings: OrderedDict = OrderedDict()
+
+
+def _bound(log_joint, data, particle_dim: int) -> _Binding | None:
+    """The binding of ``(log_joint, data, particle_dim)``, remembered for the last few
+    pairs (a solver evaluates one dataset dozens of times, and flattening its arguments
+    costs more than a compiled kernel); ``None`` if an argument cannot be traced. Task
+    data are never changed in place (a subset or a dtype change is a new object)."""
+    memo = (id(log_joint), id(data), particle_dim)
+    with _lock:
+        binding = _bindings.get(memo)
+        if binding is not None and binding.log_joint is log_joint and binding.data is data:
+            _bindings.move_to_end(memo)
+            return binding
+    split = _split_arguments(data.args, data.kwargs)
+    if split is None:
+        return None
+    spec, statics, _ = split
+    model = log_joint.model
+    owners = (getattr(model, "__func__", model), getattr(model, "__self__", None))
+    key = (
+        tuple(id(owner) for owner in owners),
+        _layout_key(log_joint.layout),
+        log_joint.data_plate,
+        particle_dim,
+        spec,
+        tuple(statics),
+    )
+    binding = _Binding(log_joint, data, key, owners, split, {})
+    with _lock:
+        _bindings[memo] = binding
+        while len(_bindings) > MAX_TRACES:
+            _bindings.popitem(last=False)
+    return binding
 
 
 # ------------------------------------------------------------------- helpers

@@ -93,7 +93,9 @@ def test_a_kernel_that_fails_to_compile_keeps_the_replay(monkeypatch, read_task)
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(torch, "compile", no_compiler)
+    from torch._inductor import compile_fx
+
+    monkeypatch.setattr(compile_fx, "compile_fx", no_compiler)
     x, y = _user_data(2)
     layout, data, log_joint = read_task(user_model, x, y)
     z = torch.randn(3, 1, layout.latent_dim)
