@@ -7,7 +7,8 @@ its NumPyro twin and NumPyro NUTS on the same datasets (issue 18, target 1).
 For the shipped ``logistic_regression`` and ``linear_regression`` guides (d = 8): the
 median wall time of ``guide.posterior`` (PyTorch), ``guide.posterior(params, …)``
 (NumPyro, after its compile) and NUTS (500 warmup + 1,000 draws, compiled once with
-``jit_model_args``) over the datasets after one warm-up dataset each; their ratios; and
+``jit_model_args``) over the datasets after one warm-up dataset each (PyTorch:
+``guide.precompile``, as JAX and NUTS compile at their first call); their ratios; and
 the accuracy the target requires (logistic: C2ST of 1,000 PyTorch-guide draws against
 the NUTS draws; linear: median KL to the exact posterior).
 """
@@ -28,8 +29,8 @@ from iai_prob.diagnostics.compare import c2st_accuracy
 GUIDES = ("logistic_regression", "linear_regression")
 
 
-def _median_seconds(run, count: int) -> float:
-    run(0)  # warm-up: compiles (JAX) or traces (PyTorch)
+def _median_seconds(run, count: int, warm_up=None) -> float:
+    (warm_up or run)(0)  # compiles (JAX at its first call, PyTorch by guide.precompile)
     times = []
     for index in range(1, count + 1):
         start = time.perf_counter()
@@ -68,8 +69,11 @@ def measure(name: str, num_points: int, count: int) -> list[object]:
         mcmc.run(jax.random.PRNGKey(index), xj[index], yj[index])
         jax.block_until_ready(mcmc.get_samples())
 
+    def torch_precompile(index):
+        guide.precompile(x[index], y[index])
+
     seconds = {
-        "torch": _median_seconds(torch_posterior, count),
+        "torch": _median_seconds(torch_posterior, count, torch_precompile),
         "jax": _median_seconds(jax_posterior, count),
         "nuts": _median_seconds(nuts, count),
     }

@@ -236,6 +236,7 @@ def costs_row(model_result) -> list[str]:
     return [
         model_result.entry.name,
         duration(model_result.train_seconds),
+        duration(model_result.guide_compile_seconds),
         duration(model_result.nuts_compile_seconds),
         duration(model_result.laplace_compile_seconds),
         summary(iterations, fmt=str) if iterations else "—",
@@ -245,6 +246,7 @@ def costs_row(model_result) -> list[str]:
 COST_HEADERS = (
     "model",
     "fit (a cached guide: its recorded time)",
+    "guide compile (`precompile`, per shape)",
     "NUTS compile",
     "Laplace compile",
     "Newton iterations",

@@ -48,6 +48,9 @@ import warnings
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.signals import Target, sigma_point_target
+
 __all__ = [
     "COMPILE_AFTER",
     "ENV_VAR",
@@ -103,12 +106,12 @@ class CompiledLogJoint:
     def __init__(self, graph: torch.fx.GraphModule):
         self.graph = graph
         self.calls = 0
-        self._kernels: dict[str, object] = {}
+        self._kernels: dict[object, object] = {}
         self._lock = threading.Lock()
 
     def value(self, z: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         """``g(z, …)``; differentiable through the replay when gradients are enabled."""
-        kernel = self._kernel("value", z, inputs)
+        kernel = self._kernel("value", _value_of(self.graph), (z, *inputs))
         if kernel is not None:
             return kernel(z, *inputs)[0]
         return self.graph(z, *inputs)
@@ -118,19 +121,38 @@ class CompiledLogJoint:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, ∇_z Σ g)`` at ``z``, detached."""
         z = z.detach()
-        kernel = self._kernel("value_and_grad", z, inputs)
+        kernel = self._kernel("value_and_grad", _value_and_grad_of(self.graph), (z, *inputs))
         if kernel is not None:
             value, grad = kernel(z, *inputs)
             return value, grad
         return _replayed_value_and_grad(self.graph, z, inputs)
 
+    def target(
+        self,
+        loc: torch.Tensor,
+        precision: torch.Tensor,
+        inputs: tuple,
+        family: GaussianFamily,
+        min_precision: float,
+        spread: float | None,
+    ) -> Target:
+        """:func:`~iai_prob.inference.signals.sigma_point_target` at ``N(loc, precision⁻¹)``
+        on this signature's sigma points ``(S = 2D, T, D)``: one kernel for the points,
+        the gradients, the Stein Hessian and the projected target."""
+        options = (family, min_precision, spread)
+        kind = ("target", family.name, repr(family.config()), min_precision, spread)
+        kernel = self._kernel(kind, _target_of(self.graph, *options), (loc, precision, *inputs))
+        if kernel is not None:
+            return Target.unflatten(kernel(loc, precision, *inputs))
+        return sigma_point_target(_Bound(self, inputs), loc, precision, None, *options)
+
     # ----------------------------------------------------------------- helpers
-    def _kernel(self, kind: str, z, inputs):
-        """The compiled kernel of ``kind``, compiling it at the threshold; ``None`` while
-        the replay must run (gradients enabled, below the threshold, compiling off, or it
-        failed). Only inference (``torch.no_grad()``) counts and compiles: training draws
-        a new ``N`` at every step, and compiling its many signatures would cost more than
-        it saves."""
+    def _kernel(self, kind, function, args: tuple):
+        """The compiled kernel of ``kind`` (``function`` traced at ``args``), compiling it
+        at the threshold; ``None`` while the replay must run (gradients enabled, below
+        the threshold, compiling off, or it failed). Only inference (``torch.no_grad()``)
+        counts and compiles: training draws a new ``N`` at every step, and compiling its
+        many signatures would cost more than it saves."""
         if torch.is_grad_enabled():
             return None
         self.calls += 1
@@ -143,43 +165,72 @@ class CompiledLogJoint:
             with self._lock:
                 kernel = self._kernels.get(kind)
                 if kernel is None:
-                    kernel = self._kernels[kind] = self._compiled(kind, z, inputs)
+                    kernel = self._kernels[kind] = _compiled(kind, function, args)
             if kernel is _FAILED:
                 return None
         return kernel
 
-    def _compiled(self, kind: str, z, inputs):
-        """A checked compiled kernel of ``kind``, or ``_FAILED``."""
-        z = z.detach()
-        started = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on import
-                from torch._inductor.compile_fx import compile_fx
 
-                evaluation = _value_of if kind == "value" else _value_and_grad_of
-                graph = make_fx(evaluation(self.graph))(z, *inputs)
-                with torch.no_grad():
-                    kernel = compile_fx(graph, [z, *inputs])
-                    got = tuple(kernel(z, *inputs))
-                    expected = (
-                        (self.graph(z, *inputs),)
-                        if kind == "value"
-                        else _replayed_value_and_grad(self.graph, z, inputs)
-                    )
-        except Exception as error:  # no compiler, an unsupported op: the replay stays
-            _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
-            return _FAILED
-        if not all(_close(a, b) for a, b in zip(got, expected, strict=True)):
-            _LOG.debug("the compiled log joint's %s differs from the replay; replaying it", kind)
-            return _FAILED
-        _LOG.info(
-            "compiled the log joint's %s at z of shape %s in %.1f s",
-            kind,
-            tuple(z.shape),
-            time.perf_counter() - started,
+class _Bound:
+    """A signature's evaluations with its data inputs bound, read by
+    :func:`~iai_prob.inference.signals.curvature_signal` like a log joint."""
+
+    def __init__(self, evaluations, inputs: tuple):
+        self.evaluations = evaluations
+        self.inputs = inputs
+
+    def value_and_grad(self, z: torch.Tensor, batch=None):
+        return self.evaluations.value_and_grad(z, *self.inputs)
+
+
+class _Traced:
+    """The graph's pure value and gradient, for tracing a kernel that calls them."""
+
+    def __init__(self, graph):
+        self.value_and_grad = _value_and_grad_of(graph)
+
+
+def _compiled(kind, function, args: tuple):
+    """``function`` traced at ``args`` and compiled, checked against ``function`` run
+    eagerly at ``args``; ``_FAILED`` where anything goes wrong."""
+    args = tuple(arg.detach() for arg in args)
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on import
+            from torch._inductor.compile_fx import compile_fx
+
+            graph = make_fx(function)(*args)
+            kernel = compile_fx(graph, list(args))
+            got = tuple(kernel(*args))
+            expected = tuple(function(*args))
+    except Exception as error:  # no compiler, an unsupported op: the replay stays
+        _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
+        return _FAILED
+    if not all(_close(a, b) for a, b in zip(got, expected, strict=True)):
+        _LOG.debug("the compiled log joint's %s differs from the replay; replaying it", kind)
+        return _FAILED
+    _LOG.info(
+        "compiled the log joint's %s at inputs of shapes %s in %.1f s",
+        kind if isinstance(kind, str) else kind[0],
+        [tuple(arg.shape) for arg in args[:2]],
+        time.perf_counter() - started,
+    )
+    return kernel
+
+
+def _target_of(graph, family, min_precision, spread):
+    """``(loc, precision, *inputs) ↦`` the flattened sigma-point target on ``graph``."""
+
+    def target(loc, precision, *inputs):
+        traced = _Traced(graph)
+        bound = _Bound(traced, inputs)
+        result = sigma_point_target(
+            bound, loc, precision, None, family, min_precision, spread, traceable=True
         )
-        return kernel
+        return result.flatten()
+
+    return target
 
 
 def _value_of(graph):

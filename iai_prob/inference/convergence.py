@@ -44,6 +44,7 @@ from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, gauss
 from iai_prob.inference.refinement import RefinementState, check_state
 from iai_prob.inference.signals import (
     CurvatureSignal,
+    Target,
     curvature_signal,
     difference_spread,
     natural_gradient_target,
@@ -108,6 +109,16 @@ class FullData:
         """``f_D`` averaged over the particles, per task ``(T,)``."""
         return self.per_particle(z).mean(0)
 
+    def target(self, loc, precision, family, min_precision: float, spread=None) -> Target:
+        """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_D``: from one
+        kernel where the data is one chunk, else from the chunks' summed signals."""
+        if isinstance(self.chunks, list) and len(self.chunks) == 1:
+            return self.log_joint.target(
+                loc, precision, self.chunks[0], family, min_precision, spread
+            )
+        signal = self.signal(loc, precision, "sigma_points", spread)
+        return Target(*natural_gradient_target(signal, loc, family, min_precision), signal)
+
     def signal(self, loc, precision, scheme: str, spread: float | None = None) -> CurvatureSignal:
         """``(E_q ∇f_D, E_q ∇²f_D, E_q f_D)``, chunk by chunk (each chunk's graph is freed
         before the next); see :func:`~iai_prob.inference.signals.curvature_signal`."""
@@ -124,13 +135,16 @@ class FullData:
 
 
 def _target(full: FullData, state, family, min_precision, scheme):
-    """The CVI target of the full data at ``state``; ``scheme="mean"`` linearizes at the
-    mean, with the Hessian by central differences of gradients (the sigma points' kernel)."""
+    """The CVI target ``(η̂, Λ̂)`` of the full data at ``state``; ``scheme="mean"``
+    linearizes at the mean, with the Hessian by central differences of gradients."""
     spread = None
     if scheme == "mean":
         scheme, spread = "sigma_points", difference_spread(state.loc.dtype)
-    signal = full.signal(state.loc, state.precision, scheme, spread)
-    return natural_gradient_target(signal, state.loc, family, min_precision)
+    if scheme != "sigma_points":
+        signal = full.signal(state.loc, state.precision, scheme)
+        return natural_gradient_target(signal, state.loc, family, min_precision)
+    target = full.target(state.loc, state.precision, family, min_precision, spread)
+    return target.linear, target.precision
 
 
 def _residual(state, target) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.refinement import RefinementState
-from iai_prob.inference.signals import difference_spread, natural_gradient_target
+from iai_prob.inference.signals import difference_spread
 
 __all__ = ["laplace_point"]
 
@@ -41,9 +41,8 @@ def _curvature(full, loc, metric, family, min_precision):
     """``(∇f_D, Λ̂)`` at ``loc``, chunk by chunk: gradients at ``loc ± s Σ^{½} e_i`` for a
     tiny ``s`` in the units of ``metric`` ``= Σ⁻¹`` (central differences of the gradient,
     :func:`~iai_prob.inference.signals.difference_spread`)."""
-    signal = full.signal(loc, metric, "sigma_points", difference_spread(loc.dtype))
-    _, precision = natural_gradient_target(signal, loc, family, min_precision)
-    return signal.grad, precision
+    target = full.target(loc, metric, family, min_precision, difference_spread(loc.dtype))
+    return target.signal.grad, target.precision
 
 
 @torch.no_grad()

@@ -49,10 +49,13 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
+from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.signals import Target, sigma_point_target
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.traced_log_joint import (
     traced_per_particle,
+    traced_target,
     traced_value_and_grad,
     tracing_enabled,
 )
@@ -128,6 +131,25 @@ class LogJoint:
             value = self._untraced_per_particle(point, data)
             (grad,) = torch.autograd.grad(value.sum(), point, allow_unused=True)
         return value.detach(), torch.zeros_like(point) if grad is None else grad
+
+    def target(
+        self,
+        loc: torch.Tensor,
+        precision: torch.Tensor,
+        data: TaskData,
+        family: GaussianFamily,
+        min_precision: float,
+        spread: float | None = None,
+    ) -> Target:
+        """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_B`` at
+        ``N(loc, precision⁻¹)``: one compiled kernel where the sigma points' signature is
+        compiled (:mod:`~iai_prob.inference.compiled_log_joint`)."""
+        options = (family, min_precision, spread)
+        if self._traceable():
+            result = traced_target(self, loc, precision, data, self._particle_dim(), *options)
+            if result is not None:
+                return result
+        return sigma_point_target(self, loc, precision, data, *options)
 
     def _traceable(self) -> bool:
         return not self.enumerate and self.traced and tracing_enabled()

@@ -204,7 +204,9 @@ def symmetrize(matrix: torch.Tensor) -> torch.Tensor:
     return 0.5 * (matrix + matrix.mT)
 
 
-def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
+def absolute_eigenvalues(
+    matrix: torch.Tensor, floor: float, *, traceable: bool = False
+) -> torch.Tensor:
     """``V max(|λ|, floor) Vᵀ`` for ``matrix = V diag(λ) Vᵀ``: a positive-definite curvature.
 
     Where the log density is not concave (a saddle of ``log σ`` and weights, a mixture),
@@ -221,6 +223,10 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     alone, which the refinement's safeguard rejects (that task keeps its state), instead
     of an error for the whole batch. Where float32 ``eigh`` fails to converge (an
     ill-conditioned curvature somewhere in the batch), the batch is decomposed in float64.
+
+    ``traceable=True`` decomposes every element and selects with ``torch.where``: the
+    same result without a Python branch on values, for a graph traced once
+    (:mod:`~iai_prob.inference.compiled_log_joint`).
     """
     symmetric = symmetrize(matrix)
     dim = matrix.shape[-1]
@@ -228,6 +234,11 @@ def absolute_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
     finite = torch.isfinite(symmetric).flatten(-2).all(-1)
     shifted = torch.where(finite[..., None, None], symmetric - floor * eye, -eye)
     above_floor = finite & (torch.linalg.cholesky_ex(shifted)[1] == 0)
+    if traceable:
+        decomposed = _floored_absolute_eigenvalues(symmetric.reshape(-1, dim, dim), floor)
+        return torch.where(
+            above_floor[..., None, None], symmetric, decomposed.reshape(symmetric.shape)
+        )
     if bool(above_floor.all()):
         return symmetric
     flat = symmetric.reshape(-1, dim, dim)

@@ -28,11 +28,13 @@ from iai_prob.inference.posteriors import GaussianFamily, absolute_eigenvalues, 
 __all__ = [
     "LINEARIZATIONS",
     "CurvatureSignal",
+    "Target",
     "curvature_signal",
     "difference_spread",
     "linearization_points",
     "natural_gradient_target",
     "preprocess_gradient",
+    "sigma_point_target",
 ]
 
 LINEARIZATIONS = ("sigma_points", "mean", "samples")
@@ -116,6 +118,43 @@ def curvature_signal(
     )
 
 
+class Target(NamedTuple):
+    """The CVI target ``(η̂, Λ̂)`` and the curvature signal it was computed from."""
+
+    linear: torch.Tensor
+    precision: torch.Tensor
+    signal: CurvatureSignal
+
+    def flatten(self) -> tuple[torch.Tensor, ...]:
+        return (self.linear, self.precision, *self.signal)
+
+    @classmethod
+    def unflatten(cls, tensors) -> Target:
+        linear, precision, *signal = tensors
+        return cls(linear, precision, CurvatureSignal(*signal))
+
+
+def sigma_point_target(
+    log_joint,
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    batch,
+    family: GaussianFamily,
+    min_precision: float = 1e-3,
+    spread: float | None = None,
+    *,
+    traceable: bool = False,
+) -> Target:
+    """:func:`natural_gradient_target` of the sigma-point :func:`curvature_signal` (with
+    ``spread``: central differences, the target linearized at the mean); ``traceable``
+    keeps it free of Python branches on values, for a compiled kernel."""
+    signal = curvature_signal(log_joint, loc, precision, batch, "sigma_points", spread=spread)
+    linear, target_precision = natural_gradient_target(
+        signal, loc, family, min_precision, traceable=traceable
+    )
+    return Target(linear, target_precision, signal)
+
+
 def difference_spread(dtype: torch.dtype) -> float:
     """The sigma-point spread that makes :func:`curvature_signal` central differences of
     the gradient: ``eps^{1/3}`` of ``dtype`` in units of ``Σ^{½}`` (about ``6e-6`` in
@@ -152,10 +191,15 @@ def natural_gradient_target(
     loc: torch.Tensor,
     family: GaussianFamily,
     min_precision: float = 1e-3,
+    *,
+    traceable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CVI target ``(η̂, Λ̂)``: ``Λ̂ = Π(−H̄)`` (eigenvalues ``≥ min_precision``,
-    projected on the family's structure) and ``η̂ = ḡ + Λ̂ μ``."""
-    precision = family.project(absolute_eigenvalues(-signal.hessian, min_precision))
+    projected on the family's structure) and ``η̂ = ḡ + Λ̂ μ``; ``traceable``: see
+    :func:`~iai_prob.inference.posteriors.absolute_eigenvalues`."""
+    precision = family.project(
+        absolute_eigenvalues(-signal.hessian, min_precision, traceable=traceable)
+    )
     linear = signal.grad + (precision @ loc.unsqueeze(-1)).squeeze(-1)
     return linear, precision
 

@@ -74,6 +74,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from iai_prob.inference.compiled_log_joint import CompiledLogJoint, compiles_now
+from iai_prob.inference.signals import linearization_points
 
 __all__ = [
     "ENV_VAR",
@@ -83,6 +84,7 @@ __all__ = [
     "cache_info",
     "clear_cache",
     "traced_per_particle",
+    "traced_target",
     "traced_value_and_grad",
     "tracing_enabled",
 ]
@@ -158,6 +160,19 @@ def traced_value_and_grad(log_joint, z: torch.Tensor, data, particle_dim: int):
     """``(f_B, ∇_z f_B)`` at ``z`` ``(S, T_flat, D)``, detached, from this signature's traced
     (or compiled) graph; ``None`` where the eager path must run instead."""
     return _evaluate(log_joint, z, data, particle_dim, CompiledLogJoint.value_and_grad)
+
+
+def traced_target(log_joint, loc, precision, data, particle_dim: int, *options):
+    """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_B`` at
+    ``N(loc, precision⁻¹)`` (``options``: family, minimum precision, spread) from the
+    traced (or compiled) graph of its sigma points' signature; ``None`` where the eager
+    path must run instead."""
+    points = linearization_points(loc, precision, "sigma_points", spread=options[-1])
+
+    def target(evaluator, z, scale, *tensors):
+        return evaluator.target(loc, precision, (scale, *tensors), *options)
+
+    return _evaluate(log_joint, points, data, particle_dim, target)
 
 
 def _evaluate(log_joint, z, data, particle_dim, evaluation):

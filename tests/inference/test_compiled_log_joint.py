@@ -143,9 +143,9 @@ def test_a_precompiled_posterior_is_the_replayed_one(monkeypatch):
         assert bool(posterior.status.converged)
         assert int(posterior.status.full_steps) == int(replayed.status.full_steps)
     compiled_kinds = {
-        kind
+        kind if isinstance(kind, str) else kind[0]
         for entry in traced_log_joint._cache.values()
         for kind, kernel in entry.evaluator._kernels.items()
         if callable(kernel)
     }
-    assert compiled_kinds == {"value", "value_and_grad"}
+    assert compiled_kinds == {"value", "target"}  # the phase reads gradients via targets
