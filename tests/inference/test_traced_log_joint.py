@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch.fx.passes.shape_prop import ShapeProp
 
 from iai_prob import pretrained
 from iai_prob.inference import traced_log_joint
@@ -303,3 +304,35 @@ def test_shipped_guides_give_the_same_posterior_traced_or_not(name, monkeypatch)
         posteriors["1"].covariance_matrix, posteriors["0"].covariance_matrix, rtol=0, atol=1e-5
     )
     assert cache_info().hits > 0
+
+
+def _count_model(x, y=None):
+    """A Poisson regression written as users write it: ``(x * w).sum(-1)``."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        return pyro.sample("y", dist.Poisson((x * w).sum(-1).exp()), obs=y)
+
+
+def test_per_point_work_leaves_the_particle_broadcast(read_task):
+    """``lgamma(y + 1)`` runs on the data's shape and the linear predictor is one
+    contraction, not an ``(S, N, k)`` product; the values are the eager ones."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 3, generator=generator)
+    y = torch.poisson(torch.full((30,), 2.0), generator=generator)
+    layout, data, log_joint = read_task(_count_model, x, y)
+    z = 0.3 * torch.randn(40, 1, layout.latent_dim)
+    expected = _eager(log_joint).per_particle(z, data)
+    torch.testing.assert_close(log_joint.per_particle(z, data), expected)  # exact: training
+    with torch.no_grad():  # inference replays the rewritten graph: equal to rounding
+        torch.testing.assert_close(log_joint.per_particle(z, data), expected)
+    (entry,) = traced_log_joint._cache.values()
+    graph = entry.evaluator.fast
+    assert graph is not entry.evaluator.graph
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    ShapeProp(graph).propagate(z, scale, *[t for t in (x, y)])
+    nodes = [n for n in graph.graph.nodes if n.op == "call_function"]
+    (lgamma,) = [n for n in nodes if n.target is torch.ops.aten.lgamma.default]
+    assert tuple(lgamma.meta["tensor_meta"].shape) == (30,)
+    assert any(n.target is torch.ops.aten.einsum.default for n in nodes)
+    sizes = [n.meta["tensor_meta"].shape.numel() for n in nodes if "tensor_meta" in n.meta]
+    assert max(sizes) < 40 * 30 * 3  # nothing of (particles, points, features)
