@@ -71,6 +71,7 @@ def test_compiled_matches_eager_on_every_family(name, make_family, simulate, rea
     _check_compiled(log_joint, 0.5 * torch.randn(3, 2, layout.latent_dim), data.subset(ROWS))
 
 
+@pytest.mark.heavy  # 10 s of compiling; the precompiled-posterior test covers the default run
 def test_compiled_matches_eager_on_a_user_model(read_task):
     x, y = _user_data(0)
     layout, data, log_joint = read_task(user_model, x, y, link="probit", noise=0.1 * x[:, 0])
