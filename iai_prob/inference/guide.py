@@ -488,8 +488,8 @@ class IterativeAmortizedGuide(AutoGuide):
         warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched, names=names)
         return state, status
 
-    def _distribution(self, state: RefinementState, layout: LatentLayout):
-        family = self._require_refiner().family
+    def _distribution(self, state: RefinementState, layout: LatentLayout, family=None):
+        family = family or self._require_refiner().family
         loc = layout.to_joint(state.loc)
         precision = layout.to_joint(state.precision.flatten(-2)).unflatten(
             -1, state.precision.shape[-2:]
@@ -506,16 +506,21 @@ class IterativeAmortizedGuide(AutoGuide):
         """Sample the global latents for the dataset in ``*args, **kwargs``."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        pyro.module(f"{self._pyro_name}.refiner", self.refiner)
-        weights = list(self.refiner.parameters())
+        # under SVI the refiner's weights are the guide's parameters; without gradients
+        # (Predictive draws) registering them, and reading ``self.refiner`` inside a
+        # PyroModule call, syncs every weight with the param store: 4 ms a draw each
+        if torch.is_grad_enabled():
+            pyro.module(f"{self._pyro_name}.refiner", self.refiner)
+        refiner = self._modules["refiner"]
+        weights = list(refiner.parameters())
         options = (self.config, self.convergence)
         memo = self._last_dataset.get(args, kwargs, weights, options)
         if memo is None:  # a new dataset, new weights or options, or gradients on
             task = self.prepare(*args, **kwargs)
-            memo = (task.layout, self.solve(task)[0])
+            layout, state = task.layout, self.solve(task)[0]
+            memo = (layout, self._distribution(state, layout, refiner.family))
             self._last_dataset.put(args, kwargs, weights, options, memo)
-        layout, state = memo
-        posterior = self._distribution(state, layout)
+        layout, posterior = memo
         plate = (
             contextlib.nullcontext()
             if layout.num_tasks is None
@@ -594,6 +599,31 @@ class IterativeAmortizedGuide(AutoGuide):
         """Posterior median of each global site: ``T(μ)`` (per task when batched)."""
         posterior, layout = self._posterior_and_layout(*args, **kwargs)
         return _constrained(posterior.mean, layout)
+
+    @torch.no_grad()
+    @_serialized
+    def sample(self, *args, num_samples: int = 1000, **kwargs) -> dict[str, torch.Tensor]:
+        """``num_samples`` posterior draws of each global site, constrained, by site name:
+        shape ``(num_samples, [T,] *event_shape)``.
+
+        One solve (:meth:`posterior`, with its status and warnings) and then sampling:
+        ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``) with ``ε_s`` from a generator seeded by the
+        guide's ``seed``, so a call is a function of its data; each draw is mapped to the
+        sites' supports.
+        """
+        check_positive_int("num_samples", num_samples)
+        posterior, layout = self._posterior_and_layout(*args, **kwargs)
+        loc = posterior.mean
+        generator = torch.Generator(device=loc.device).manual_seed(self.config["seed"] + 4)
+        noise = torch.randn(
+            (num_samples, *loc.shape), dtype=loc.dtype, device=loc.device, generator=generator
+        )
+        scale_tril = getattr(posterior, "scale_tril", None)
+        if scale_tril is None:  # a diagonal family: independent normals
+            draws = loc + posterior.stddev * noise
+        else:
+            draws = loc + (scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+        return _constrained(draws, layout)
 
     @torch.no_grad()
     @_serialized

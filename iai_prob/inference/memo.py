@@ -4,8 +4,8 @@
 times on the same dataset (under ``torch.no_grad()``), and each call would trace the
 model and run the whole refinement again: 1,000 draws cost 1,000 refinements. The
 refined state ``λ_K`` depends only on the dataset, the guide's options and its weights,
-so :class:`LastDataset` keeps the last one computed without gradients and hands it back
-while all three are unchanged:
+so :class:`LastDataset` keeps the last one computed without gradients (the guide keeps its
+posterior distribution) and hands it back while all three are unchanged:
 
 * the dataset: the very same argument objects (``is``), each tensor at the same
   ``_version`` (an in-place edit such as ``y[0] = 1`` bumps it), other arguments equal;

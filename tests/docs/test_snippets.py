@@ -101,10 +101,10 @@ def test_capped_fit_lowers_the_budget_and_nothing_else(tmp_path):
     assert capped("guide", "tasks")[1] == {"steps": 2, "tasks_per_step": 4}  # fit's defaults
 
 
-# Pages whose blocks take minutes (JAX compiles, SBC, NUTS): 188 s and 169 s of one
-# worker in the CI run of 2026-12-06, a third of the suite's budget. `make test` leaves
-# them out (marker ``heavy``); `make test-all` runs them.
-HEAVY_PAGES = {"docs/numpyro.md", "docs/diagnostics.md"}
+# Pages whose blocks take minutes (JAX compiles, SBC, NUTS, training and resuming): 188 s,
+# 169 s and 88 s of one worker in CI runs of 2026-12-06, a third of the suite's budget.
+# `make test` leaves them out (marker ``heavy``); `make test-all` runs them.
+HEAVY_PAGES = {"docs/numpyro.md", "docs/diagnostics.md", "docs/reliability.md"}
 
 
 def _page_param(page: Path):

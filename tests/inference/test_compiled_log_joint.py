@@ -16,8 +16,8 @@ from iai_prob.models import FAMILIES, get_family
 
 from .test_traced_log_joint import ROWS, _eager, _family, _user_data, user_model
 
-EVERY_FAMILY = [
-    name if name in ("logistic_regression",) else pytest.param(name, marks=pytest.mark.heavy)
+EVERY_FAMILY = [  # heavy: 10-25 s of compiling each on a cold TorchInductor cache
+    pytest.param(name, marks=pytest.mark.heavy)
     for name in sorted(FAMILIES)
     if name != "gaussian_mixture"  # enumerated: never traced, so never compiled
 ]

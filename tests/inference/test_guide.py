@@ -196,6 +196,29 @@ def test_posterior_median_and_quantiles(batched, linreg, make_guide, dataset):
     )
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_sample_draws_the_posterior_by_site(batched, linreg, make_guide, dataset):
+    """``guide.sample``: constrained draws by site, seeded by the guide, moments of ``q``."""
+    x, y = dataset(linreg, 3, 10, batched)
+    guide = make_guide(linreg)
+    q = guide.posterior(x, y)
+    draws = guide.sample(x, y, num_samples=20_000)["w"]
+    assert draws.shape == (20_000, *((3,) if batched else ()), 2)
+    torch.testing.assert_close(draws.mean(0), q.mean, rtol=0, atol=0.05 * float(q.stddev.max()))
+    torch.testing.assert_close(draws.std(0), q.stddev, rtol=0.05, atol=0)
+    torch.testing.assert_close(guide.sample(x, y, num_samples=20_000)["w"], draws)  # seeded
+    with pytest.raises(ValueError, match="num_samples"):
+        guide.sample(x, y, num_samples=0)
+
+
+def test_sample_of_a_constrained_site_lies_in_its_support(make_family, make_guide, simulate):
+    family = make_family("dirichlet_categorical")
+    _, x, y = simulate(family, 1, 20)
+    probs = make_guide(family).sample(x[0], y[0], num_samples=500)["probs"]
+    assert probs.shape[0] == 500 and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(500))
+
+
 @pytest.mark.parametrize(
     "name",
     ["beta_bernoulli", "dirichlet_categorical"],
