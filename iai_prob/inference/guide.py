@@ -464,13 +464,14 @@ class IterativeAmortizedGuide(AutoGuide):
             min_precision=refiner.min_precision,
             linearization=refiner.linearization,
         )
-        khat = khat_of(
+        khat = khat_of(  # f_D at the draws in the guide's dtype (see khat_of)
             refiner.family,
             state.loc,
             state.precision,
-            full,
+            full if dtype == answer_dtype else full.to_dtype(answer_dtype),
             rule.khat_draws,
             self.config["seed"] + 3,
+            log_p_dtype=answer_dtype,
         )
         state = state._replace(
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
