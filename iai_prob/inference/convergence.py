@@ -91,6 +91,12 @@ class FullData:
             )
         return FullData([c.to_dtype(dtype) for c in chunks], self.log_joint, self.num_points)
 
+    @property
+    def single_chunk(self) -> TaskData | None:
+        """The data when held in memory as one chunk (weight 1), else ``None``."""
+        chunks = self.chunks
+        return chunks[0] if isinstance(chunks, list) and len(chunks) == 1 else None
+
     def weighted(self):
         """Yield ``(|B_b| / N, B_b)`` for every chunk."""
         chunks = self.chunks() if callable(self.chunks) else self.chunks
@@ -99,8 +105,8 @@ class FullData:
 
     def per_particle(self, z: torch.Tensor, batch=None) -> torch.Tensor:
         """``f_D`` at particles ``z`` ``(S, T, D)``: ``(S, T)``."""
-        if isinstance(self.chunks, list) and len(self.chunks) == 1:  # the usual case
-            return self.log_joint.per_particle(z, self.chunks[0])
+        if self.single_chunk is not None:  # the usual case: no weights to apply
+            return self.log_joint.per_particle(z, self.single_chunk)
         return sum(
             weight * self.log_joint.per_particle(z, chunk) for weight, chunk in self.weighted()
         )
@@ -112,9 +118,9 @@ class FullData:
     def target(self, loc, precision, family, min_precision: float, spread=None) -> Target:
         """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_D``: from one
         kernel where the data is one chunk, else from the chunks' summed signals."""
-        if isinstance(self.chunks, list) and len(self.chunks) == 1:
+        if self.single_chunk is not None:
             return self.log_joint.target(
-                loc, precision, self.chunks[0], family, min_precision, spread
+                loc, precision, self.single_chunk, family, min_precision, spread
             )
         signal = self.signal(loc, precision, "sigma_points", spread)
         return Target(*natural_gradient_target(signal, loc, family, min_precision), signal)

@@ -6,6 +6,9 @@ ELBO) of the learned refinement's state and this point, so an encoder that is fa
 
     z ← z + t d,   d = Λ̂(z)⁻¹ ∇f_D(z),   Λ̂(z) = Π(−∇²f_D(z))   (|eigenvalues| ≥ λ_min)
 
+(the Hessian by central differences of the gradient along the last Hessian's axes, so
+that one compiled kernel gives it, see :func:`_curvature`)
+
 with ``t`` chosen per task by a line search on ``f_D`` that first tries ``t = 1``, then
 doubles ``t`` while ``f_D`` keeps increasing (a log-scale coordinate far from its
 optimum, e.g. ``log σ²`` under raw-unit residuals, makes Newton's own step one unit
