@@ -106,6 +106,7 @@ SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 70 s of one CI worker (2026-12-06); make test-all runs it
 def test_svi_trains_a_fresh_guide_and_enum_elbo_marginalizes_the_mixture():
     family = LinearRegression(dim=2)
     guide = IterativeAmortizedGuide(family, num_steps=1, batch_size=16, **SMALL)
