@@ -4,29 +4,34 @@ The traced graph (:mod:`~iai_prob.inference.traced_log_joint`) takes Pyro off th
 path, but every replayed ATen operation still costs microseconds of dispatch, and a
 gradient adds a pass of the autograd engine: on a small dataset that overhead, not the
 arithmetic, is the cost of a posterior. A graph replayed :data:`COMPILE_AFTER` times is
-therefore compiled with ``torch.compile`` (TorchInductor: fused C++ kernels on the CPU,
-Triton kernels on CUDA) into the two evaluations the solvers need,
+therefore compiled by TorchInductor (fused C++ kernels on the CPU, Triton kernels on
+CUDA) into the three evaluations the solvers need,
 
-    value(z, s, a…)          = g(z, s, a…)                       (S, T)
-    value_and_grad(z, s, a…) = (g, ∇_z Σ_{s,t} g)                 (S, T), (S, T, D)
+    value(z, s, a…)            = g(z, s, a…)                       (S, T)
+    value_and_grad(z, s, a…)   = (g, ∇_z Σ_{s,t} g)                 (S, T), (S, T, D)
+    target(μ, Λ, s, a…)        = the sigma-point CVI target at N(μ, Λ⁻¹)
+                                 (:func:`~iai_prob.inference.signals.sigma_point_target`)
 
 (particles and tasks are independent, so the gradient of the sum is every particle's and
-task's own gradient). The second is the forward-and-backward graph that ``make_fx``
-records through ``torch.func.grad_and_value``: the compiled kernel runs no autograd at
+task's own gradient). Each is a function that ``make_fx`` records around the graph (the
+gradient through ``torch.func.grad_and_value``): a compiled kernel runs no autograd at
 call time, and nothing differentiates a compiled graph twice (which compiled graphs do
-not support; the solvers' curvature comes from gradients, see
-:func:`~iai_prob.inference.signals.curvature_signal`). Only evaluations under
+not support; the solvers' curvature comes from gradients). The recorded graph goes to
+Inductor's graph compiler directly (``torch._inductor.compile_fx.compile_fx``, the
+backend behind ``torch.compile``): the signature already fixes every shape, dtype and
+device, so no Dynamo frame or guard is needed. Only evaluations under
 ``torch.no_grad()`` (every posterior, refinement and convergence phase) count towards the
 threshold and use the kernels; training, whose ``N`` is drawn anew at every step,
 replays.
 
-Measured on the real-model suite's Student-t regression (N = 21, D = 6, 12 sigma
-points, one thread): the value 0.62 ms replayed against 0.10 ms compiled; value and
-gradient 1.5 ms (replay and autograd) against 0.13 ms; compiling costs 0.3–2.5 s (value)
-and 3–10 s (value and gradient) per signature, the lower figures once TorchInductor's
-on-disk cache holds the kernels. Hence the threshold: a signature met in one or two
-posteriors is never compiled, one met in every posterior of a benchmark or a large file
-is, as NumPyro compiles a ``jit``-ted solver once per shape.
+Measured on the real-model suite (one thread): the value of the diabetes regression
+(N = 442, one point) 460 µs replayed against 17 µs compiled, and 94 µs through
+``torch.compile``'s Dynamo frame; value and gradient of the Student-t regression (N = 21,
+12 sigma points) 1.5 ms (replay and autograd) against 0.13 ms; compiling a shape's
+kernels (``guide.precompile``) costs 10–35 s, less once TorchInductor's on-disk cache
+holds them. Hence the threshold: a signature met in one or two posteriors is never
+compiled, one met in every posterior of a benchmark or a large file is, as NumPyro
+compiles a ``jit``-ted solver once per shape.
 
 Every kernel is checked at its first call against the replay (values and gradients equal
 within ``√eps`` of the dtype, relative to their largest entry) and timed against it (the
