@@ -163,7 +163,9 @@ class CompiledLogJoint:
         kernel = self._kernel(kind, _target_of(self.fast, *options), (loc, precision, *inputs))
         if kernel is not None:
             return Target.unflatten(kernel(loc, precision, *inputs))
-        return sigma_point_target(_Bound(self, inputs), loc, precision, None, *options)
+        return sigma_point_target(
+            _Bound(self.value_and_grad, inputs), loc, precision, None, *options
+        )
 
     # ----------------------------------------------------------------- helpers
     def _kernel(self, kind, function, args: tuple):
@@ -191,22 +193,15 @@ class CompiledLogJoint:
 
 
 class _Bound:
-    """A signature's evaluations with its data inputs bound, read by
+    """A ``value_and_grad(z, *inputs)`` with its data inputs bound, read by
     :func:`~iai_prob.inference.signals.curvature_signal` like a log joint."""
 
-    def __init__(self, evaluations, inputs: tuple):
-        self.evaluations = evaluations
+    def __init__(self, value_and_grad, inputs: tuple):
+        self._value_and_grad = value_and_grad
         self.inputs = inputs
 
     def value_and_grad(self, z: torch.Tensor, batch=None):
-        return self.evaluations.value_and_grad(z, *self.inputs)
-
-
-class _Traced:
-    """The graph's pure value and gradient, for tracing a kernel that calls them."""
-
-    def __init__(self, graph):
-        self.value_and_grad = _value_and_grad_of(graph)
+        return self._value_and_grad(z, *self.inputs)
 
 
 def _compiled(kind, function, args: tuple):
@@ -263,8 +258,7 @@ def _target_of(graph, family, min_precision, spread):
     """``(loc, precision, *inputs) ↦`` the flattened sigma-point target on ``graph``."""
 
     def target(loc, precision, *inputs):
-        traced = _Traced(graph)
-        bound = _Bound(traced, inputs)
+        bound = _Bound(_value_and_grad_of(graph), inputs)
         result = sigma_point_target(
             bound, loc, precision, None, family, min_precision, spread, traceable=True
         )
@@ -296,8 +290,9 @@ def _value_and_grad_of(graph):
     return value_and_grad
 
 
-def replayed_value_and_grad(graph, z, inputs):
-    """``(g, ∇_z Σ g)`` by replaying ``graph`` under autograd, detached."""
+def replayed_value_and_grad(graph, z, inputs=()):
+    """``(g, ∇_z Σ g)`` by running ``graph(z, *inputs)`` (a replay, or any function of
+    ``z``) under autograd, detached."""
     with torch.enable_grad():
         point = z.detach().requires_grad_(True)
         value = graph(point, *inputs)

@@ -49,6 +49,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
+from iai_prob.inference.compiled_log_joint import replayed_value_and_grad
 from iai_prob.inference.posteriors import GaussianFamily
 from iai_prob.inference.signals import Target, sigma_point_target
 from iai_prob.inference.sites import LatentLayout
@@ -126,11 +127,7 @@ class LogJoint:
             result = traced_value_and_grad(self, z, data, self._particle_dim())
             if result is not None:
                 return result
-        with torch.enable_grad():
-            point = z.detach().requires_grad_(True)
-            value = self._untraced_per_particle(point, data)
-            (grad,) = torch.autograd.grad(value.sum(), point, allow_unused=True)
-        return value.detach(), torch.zeros_like(point) if grad is None else grad
+        return replayed_value_and_grad(lambda point: self._untraced_per_particle(point, data), z)
 
     def target(
         self,

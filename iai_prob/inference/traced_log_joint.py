@@ -173,16 +173,21 @@ def traced_target(log_joint, loc, precision, data, particle_dim: int, *options):
     ``N(loc, precision⁻¹)`` (``options``: family, minimum precision, spread) from the
     traced (or compiled) graph of its sigma points' signature; ``None`` where the eager
     path must run instead."""
-    points = linearization_points(loc, precision, "sigma_points", spread=options[-1])
+    num_tasks, dim = loc.shape
+    points_like = loc.new_empty(2 * dim, num_tasks, dim)  # the sigma points' signature
 
     def target(evaluator, z, scale, *tensors):
         return evaluator.target(loc, precision, (scale, *tensors), *options)
 
-    return _evaluate(log_joint, points, data, particle_dim, target)
+    def points():  # to trace the signature at: computed only then
+        return linearization_points(loc, precision, "sigma_points", spread=options[-1])
+
+    return _evaluate(log_joint, points_like, data, particle_dim, target, points)
 
 
-def _evaluate(log_joint, z, data, particle_dim, evaluation):
-    """``evaluation(evaluator, z, scale, *tensors)`` on this signature's traced graph."""
+def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
+    """``evaluation(evaluator, z, scale, *tensors)`` on this signature's traced graph;
+    ``example()`` gives the point to trace it at when ``z`` only carries the signature."""
     binding = _bound(log_joint, data, particle_dim)
     if binding is None:
         return None
@@ -202,7 +207,8 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation):
                 return None
     scale = binding.scale(z.device)
     if entry is None:
-        graph = _build(log_joint, z, scale, tensors, particle_dim, spec, statics)
+        point = z if example is None else example()
+        graph = _build(log_joint, point, scale, tensors, particle_dim, spec, statics)
         if graph is _RETRY:
             return None
         entry = _Entry(None if graph is None else CompiledLogJoint(*graph), owners)
@@ -524,7 +530,7 @@ def _contract_products(graph: torch.fx.GraphModule) -> int:
         if node.op != "call_function" or node.target is not reduce or node.kwargs:
             continue
         product, dims, *keepdim = node.args
-        if list(dims) not in ([-1],) or any(keepdim) or not isinstance(product, torch.fx.Node):
+        if list(dims) != [-1] or any(keepdim) or not isinstance(product, torch.fx.Node):
             continue
         if product.target is not mul or len(product.users) != 1 or product.kwargs:
             continue
