@@ -89,7 +89,6 @@ class ModelResult:
     datasets: list[DatasetResult] = field(default_factory=list)
     error: str | None = None
     guide_compile_seconds: float = 0.0
-    compiled_sizes: set = field(default_factory=set)
     nuts_compile_seconds: float = 0.0
     laplace_compile_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -221,10 +220,11 @@ def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
         result.error = f"fit failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
         return result
     started = time.perf_counter()  # warm-up: compiling is not the guide's speed
+    compiled_sizes = set()
     for dataset in datasets:  # every data shape, as NUTS compiles once per shape
-        if len(dataset.y) not in result.compiled_sizes:
+        if len(dataset.y) not in compiled_sizes:
             guide.precompile(_tensor(dataset.x), _tensor(dataset.y))
-            result.compiled_sizes.add(len(dataset.y))
+            compiled_sizes.add(len(dataset.y))
     result.guide_compile_seconds = time.perf_counter() - started
     model = numpyro_model(entry.model)
     nuts = NutsReference(model, settings.num_warmup, settings.num_samples)
