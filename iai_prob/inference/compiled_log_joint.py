@@ -55,9 +55,9 @@ import warnings
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from iai_prob.inference.posteriors import GaussianFamily
-from iai_prob.inference.signals import Target, sigma_point_target
 
 __all__ = [
     "COMPILE_AFTER",
@@ -67,6 +67,7 @@ __all__ = [
     "compiles_now",
     "compiling_enabled",
     "compiling_now",
+    "kind_name",
     "replayed_value_and_grad",
 ]
 
@@ -118,9 +119,15 @@ class CompiledLogJoint:
     (:func:`~iai_prob.inference.traced_log_joint._rewritten`), which inference replays
     and compiles."""
 
-    def __init__(self, graph: torch.fx.GraphModule, fast: torch.fx.GraphModule | None = None):
+    def __init__(
+        self,
+        graph: torch.fx.GraphModule,
+        fast: torch.fx.GraphModule | None = None,
+        num_particles: int | None = None,
+    ):
         self.graph = graph
         self.fast = graph if fast is None else fast
+        self.num_particles = num_particles
         self.calls = 0
         self._kernels: dict[object, object] = {}
         self._lock = threading.Lock()
@@ -129,10 +136,8 @@ class CompiledLogJoint:
         """``g(z, …)``; differentiable through the replay when gradients are enabled."""
         if torch.is_grad_enabled():
             return self.graph(z, *inputs)
-        kernel = self._kernel("value", _value_of(self.fast), (z, *inputs))
-        if kernel is not None:
-            return kernel(z, *inputs)[0]
-        return self.fast(z, *inputs)
+        kernel = self._kernel("value", self.fast, (z, *inputs))
+        return (self.fast if kernel is None else kernel)(z, *inputs)
 
     def value_and_grad(
         self, z: torch.Tensor, *inputs: torch.Tensor
@@ -142,30 +147,24 @@ class CompiledLogJoint:
         graph = self.graph if torch.is_grad_enabled() else self.fast
         kernel = self._kernel("value_and_grad", _value_and_grad_of(graph), (z, *inputs))
         if kernel is not None:
-            value, grad = kernel(z, *inputs)
-            return value, grad
+            return kernel(z, *inputs)
         return replayed_value_and_grad(graph, z, inputs)
 
-    def target(
-        self,
-        loc: torch.Tensor,
-        precision: torch.Tensor,
-        inputs: tuple,
-        family: GaussianFamily,
-        min_precision: float,
-        spread: float | None,
-    ) -> Target:
-        """:func:`~iai_prob.inference.signals.sigma_point_target` at ``N(loc, precision⁻¹)``
-        on this signature's sigma points ``(S = 2D, T, D)``: one kernel for the points,
-        the gradients, the Stein Hessian and the projected target."""
-        options = (family, min_precision, spread)
-        kind = ("target", family.name, repr(family.config()), min_precision, spread)
-        kernel = self._kernel(kind, _target_of(self.fast, *options), (loc, precision, *inputs))
+    def solve(self, function, state: tuple, inputs: tuple, options: tuple = ()):
+        """``function(log_joint, *state, *options, traceable=…)``, a solver step (a pytree
+        of tensors) on this signature's log joint with its data ``inputs`` bound
+        (:class:`_Bound`), as one kernel once compiled: e.g. the sigma-point CVI target, a
+        damped-Newton iteration with its whole line search. ``state`` are tensors;
+        ``options`` are the step's constants (numbers, a Gaussian family), part of the
+        kernel's key. The step must be free of Python branches on values when
+        ``traceable`` is true (it is then recorded by ``make_fx``)."""
+        kind = (function, *(_constant_key(option) for option in options))
+        step = _step_of(self.fast, self.num_particles, function, len(state), options)
+        kernel = self._kernel(kind, step, (*state, *inputs))
         if kernel is not None:
-            return Target.unflatten(kernel(loc, precision, *inputs))
-        return sigma_point_target(
-            _Bound(self.value_and_grad, inputs), loc, precision, None, *options
-        )
+            return kernel(*state, *inputs)
+        bound = _Bound(self.value, self.value_and_grad, inputs, self.num_particles)
+        return function(bound, *state, *options, traceable=False)
 
     # ----------------------------------------------------------------- helpers
     def _kernel(self, kind, function, args: tuple):
@@ -193,15 +192,35 @@ class CompiledLogJoint:
 
 
 class _Bound:
-    """A ``value_and_grad(z, *inputs)`` with its data inputs bound, read by
-    :func:`~iai_prob.inference.signals.curvature_signal` like a log joint."""
+    """A signature's log joint with its data inputs bound, read by a solver step like a
+    :class:`~iai_prob.inference.log_joint.LogJoint` bound to its data: ``value_and_grad``
+    at the signature's own particles, ``per_particle`` at any number of them (evaluated
+    ``num_particles`` at a time, the last group padded with copies of the first particle)."""
 
-    def __init__(self, value_and_grad, inputs: tuple):
+    def __init__(self, value, value_and_grad, inputs: tuple, num_particles: int | None):
+        self._value = value
         self._value_and_grad = value_and_grad
         self.inputs = inputs
+        self.num_particles = num_particles
 
     def value_and_grad(self, z: torch.Tensor, batch=None):
         return self._value_and_grad(z, *self.inputs)
+
+    def per_particle(self, z: torch.Tensor, batch=None) -> torch.Tensor:
+        size = self.num_particles or z.shape[0]
+        count = z.shape[0]
+        padding = -count % size
+        if padding:
+            z = torch.cat([z, z[:1].expand(padding, *z.shape[1:])])
+        values = [self._value(group, *self.inputs) for group in z.split(size)]
+        return torch.cat(values)[:count]
+
+
+def _constant_key(option):
+    """A solver step's constant as part of a kernel's key (a family by its configuration)."""
+    if isinstance(option, GaussianFamily):
+        return ("family", option.name, repr(option.config()))
+    return option
 
 
 def _compiled(kind, function, args: tuple):
@@ -214,10 +233,10 @@ def _compiled(kind, function, args: tuple):
             warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on import
             from torch._inductor.compile_fx import compile_fx
 
-            graph = make_fx(function)(*args)
-            kernel = compile_fx(graph, list(args))
-            got = tuple(kernel(*args))
-            expected = tuple(function(*args))
+            expected, spec = tree_flatten(function(*args))
+            graph = make_fx(lambda *tensors: tree_flatten(function(*tensors))[0])(*args)
+            kernel = _Kernel(compile_fx(graph, list(args)), spec)
+            got, _ = tree_flatten(kernel(*args))
     except Exception as error:  # no compiler, an unsupported op: the replay stays
         _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
         return _FAILED
@@ -237,11 +256,16 @@ def _compiled(kind, function, args: tuple):
         return _FAILED
     _LOG.info(
         "compiled the log joint's %s at inputs of shapes %s in %.1f s",
-        kind if isinstance(kind, str) else kind[0],
+        kind_name(kind),
         [tuple(arg.shape) for arg in args[:2]],
         time.perf_counter() - started,
     )
     return kernel
+
+
+def kind_name(kind) -> str:
+    """A kernel's kind by name: ``"value"``, ``"value_and_grad"`` or a solver step's name."""
+    return kind if isinstance(kind, str) else kind[0].__name__
 
 
 def _seconds(function, args: tuple, repeats: int = 3) -> float:
@@ -254,26 +278,26 @@ def _seconds(function, args: tuple, repeats: int = 3) -> float:
     return best
 
 
-def _target_of(graph, family, min_precision, spread):
-    """``(loc, precision, *inputs) ↦`` the flattened sigma-point target on ``graph``."""
+class _Kernel:
+    """A compiled graph returning its function's pytree (a tensor, a tuple, a NamedTuple)."""
 
-    def target(loc, precision, *inputs):
-        bound = _Bound(_value_and_grad_of(graph), inputs)
-        result = sigma_point_target(
-            bound, loc, precision, None, family, min_precision, spread, traceable=True
-        )
-        return result.flatten()
+    def __init__(self, compiled, spec):
+        self._compiled = compiled
+        self._spec = spec
 
-    return target
+    def __call__(self, *args):
+        return tree_unflatten(list(self._compiled(*args)), self._spec)
 
 
-def _value_of(graph):
-    """``(z, *inputs) ↦ (g,)``: the value as a one-tuple (compiled graphs return sequences)."""
+def _step_of(graph, num_particles, function, num_state: int, options: tuple):
+    """``(*state, *inputs) ↦ function(bound graph, *state, *options)``, traceable."""
 
-    def value(z, *inputs):
-        return (graph(z, *inputs),)
+    def step(*tensors):
+        inputs = tensors[num_state:]
+        bound = _Bound(graph, _value_and_grad_of(graph), inputs, num_particles)
+        return function(bound, *tensors[:num_state], *options, traceable=True)
 
-    return value
+    return step
 
 
 def _value_and_grad_of(graph):
@@ -301,7 +325,10 @@ def replayed_value_and_grad(graph, z, inputs=()):
 
 
 def agrees(got: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Equal non-finite entries, finite ones within ``√eps`` of the largest magnitude."""
+    """Equal non-finite entries, finite ones within ``√eps`` of the largest magnitude
+    (integer and boolean entries: equal)."""
+    if not expected.is_floating_point():
+        return torch.equal(got, expected)
     finite = torch.isfinite(expected)
     if not torch.equal(finite, torch.isfinite(got)):
         return False

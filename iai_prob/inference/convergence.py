@@ -44,10 +44,10 @@ from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, gauss
 from iai_prob.inference.refinement import RefinementState, check_state
 from iai_prob.inference.signals import (
     CurvatureSignal,
-    Target,
     curvature_signal,
     difference_spread,
     natural_gradient_target,
+    sigma_point_target,
 )
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
@@ -115,15 +115,23 @@ class FullData:
         """``f_D`` averaged over the particles, per task ``(T,)``."""
         return self.per_particle(z).mean(0)
 
-    def target(self, loc, precision, family, min_precision: float, spread=None) -> Target:
-        """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_D``: from one
-        kernel where the data is one chunk, else from the chunks' summed signals."""
+    def value_and_grad(self, z: torch.Tensor, batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f_D, ∇f_D)`` at particles ``z`` ``(S, T, D)``, summed over the weighted chunks."""
         if self.single_chunk is not None:
-            return self.log_joint.target(
-                loc, precision, self.single_chunk, family, min_precision, spread
-            )
-        signal = self.signal(loc, precision, "sigma_points", spread)
-        return Target(*natural_gradient_target(signal, loc, family, min_precision), signal)
+            return self.log_joint.value_and_grad(z, self.single_chunk)
+        value = grad = 0
+        for weight, chunk in self.weighted():
+            chunk_value, chunk_grad = self.log_joint.value_and_grad(z, chunk)
+            value, grad = value + weight * chunk_value, grad + weight * chunk_grad
+        return value, grad
+
+    def solve(self, function, state: tuple, options: tuple = ()):
+        """A solver step ``function(f_D, *state, *options, traceable=…)``
+        (:meth:`~iai_prob.inference.log_joint.LogJoint.solve`): one compiled kernel where
+        the data is one chunk, else the step run on the chunks' weighted sums."""
+        if self.single_chunk is not None:
+            return self.log_joint.solve(function, self.single_chunk, state, options)
+        return function(self, *state, *options, traceable=False)
 
     def signal(self, loc, precision, scheme: str, spread: float | None = None) -> CurvatureSignal:
         """``(E_q ∇f_D, E_q ∇²f_D, E_q f_D)``, chunk by chunk (each chunk's graph is freed
@@ -149,7 +157,9 @@ def _target(full: FullData, state, family, min_precision, scheme):
     if scheme != "sigma_points":
         signal = full.signal(state.loc, state.precision, scheme)
         return natural_gradient_target(signal, state.loc, family, min_precision)
-    target = full.target(state.loc, state.precision, family, min_precision, spread)
+    target = full.solve(
+        sigma_point_target, (state.loc, state.precision), (family, min_precision, spread)
+    )
     return target.linear, target.precision
 
 

@@ -50,18 +50,16 @@ from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from iai_prob.inference.compiled_log_joint import replayed_value_and_grad
-from iai_prob.inference.posteriors import GaussianFamily
-from iai_prob.inference.signals import Target, sigma_point_target
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.traced_log_joint import (
     traced_per_particle,
-    traced_target,
+    traced_solve,
     traced_value_and_grad,
     tracing_enabled,
 )
 
-__all__ = ["LogJoint"]
+__all__ = ["BoundLogJoint", "LogJoint"]
 
 _PARTICLES = "_iai_particles"
 
@@ -129,24 +127,17 @@ class LogJoint:
                 return result
         return replayed_value_and_grad(lambda point: self._untraced_per_particle(point, data), z)
 
-    def target(
-        self,
-        loc: torch.Tensor,
-        precision: torch.Tensor,
-        data: TaskData,
-        family: GaussianFamily,
-        min_precision: float,
-        spread: float | None = None,
-    ) -> Target:
-        """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_B`` at
-        ``N(loc, precision⁻¹)``: one compiled kernel where the sigma points' signature is
-        compiled (:mod:`~iai_prob.inference.compiled_log_joint`)."""
-        options = (family, min_precision, spread)
+    def solve(self, function, data: TaskData, state: tuple, options: tuple = ()):
+        """A solver step ``function(log_joint, *state, *options, traceable=…)`` on ``f_B``
+        (``log_joint``: this one bound to ``data``, with ``value_and_grad(z)`` and
+        ``per_particle(z)``): one compiled kernel where the signature of the sigma points
+        of ``N(state[0], state[1]⁻¹)`` is compiled
+        (:meth:`~iai_prob.inference.compiled_log_joint.CompiledLogJoint.solve`)."""
         if self._traceable():
-            result = traced_target(self, loc, precision, data, self._particle_dim(), *options)
+            result = traced_solve(self, function, data, self._particle_dim(), state, options)
             if result is not None:
                 return result
-        return sigma_point_target(self, loc, precision, data, *options)
+        return function(BoundLogJoint(self, data), *state, *options, traceable=False)
 
     def _traceable(self) -> bool:
         return not self.enumerate and self.traced and tracing_enabled()
@@ -351,3 +342,18 @@ def _to_particles_and_tasks(term: torch.Tensor, kept: list, shape: torch.Size) -
         if symbol in remaining:
             view[axis] = shape[axis]
     return term.reshape(view).expand(shape)
+
+
+class BoundLogJoint:
+    """A :class:`LogJoint` bound to one mini-batch, read by solver steps: ``f_B`` and its
+    gradient at particles ``(S, T_flat, D)`` (``batch`` is ignored)."""
+
+    def __init__(self, log_joint: LogJoint, data: TaskData):
+        self.log_joint = log_joint
+        self.data = data
+
+    def per_particle(self, z: torch.Tensor, batch=None) -> torch.Tensor:
+        return self.log_joint.per_particle(z, self.data)
+
+    def value_and_grad(self, z: torch.Tensor, batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.log_joint.value_and_grad(z, self.data)

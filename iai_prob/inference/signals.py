@@ -125,30 +125,23 @@ class Target(NamedTuple):
     precision: torch.Tensor
     signal: CurvatureSignal
 
-    def flatten(self) -> tuple[torch.Tensor, ...]:
-        return (self.linear, self.precision, *self.signal)
-
-    @classmethod
-    def unflatten(cls, tensors) -> Target:
-        linear, precision, *signal = tensors
-        return cls(linear, precision, CurvatureSignal(*signal))
-
 
 def sigma_point_target(
     log_joint,
     loc: torch.Tensor,
     precision: torch.Tensor,
-    batch,
     family: GaussianFamily,
     min_precision: float = 1e-3,
     spread: float | None = None,
     *,
     traceable: bool = False,
 ) -> Target:
-    """:func:`natural_gradient_target` of the sigma-point :func:`curvature_signal` (with
-    ``spread``: central differences, the target linearized at the mean); ``traceable``
-    keeps it free of Python branches on values, for a compiled kernel."""
-    signal = curvature_signal(log_joint, loc, precision, batch, "sigma_points", spread=spread)
+    """:func:`natural_gradient_target` of the sigma-point :func:`curvature_signal` of
+    ``log_joint`` (bound to its data; with ``spread``: central differences, the target
+    linearized at the mean). A solver step
+    (:meth:`~iai_prob.inference.log_joint.LogJoint.solve`): ``traceable`` keeps it free
+    of Python branches on values, for a compiled kernel."""
+    signal = curvature_signal(log_joint, loc, precision, None, "sigma_points", spread=spread)
     linear, target_precision = natural_gradient_target(
         signal, loc, family, min_precision, traceable=traceable
     )

@@ -90,7 +90,7 @@ __all__ = [
     "cache_info",
     "clear_cache",
     "traced_per_particle",
-    "traced_target",
+    "traced_solve",
     "traced_value_and_grad",
     "tracing_enabled",
 ]
@@ -168,21 +168,22 @@ def traced_value_and_grad(log_joint, z: torch.Tensor, data, particle_dim: int):
     return _evaluate(log_joint, z, data, particle_dim, CompiledLogJoint.value_and_grad)
 
 
-def traced_target(log_joint, loc, precision, data, particle_dim: int, *options):
-    """:func:`~iai_prob.inference.signals.sigma_point_target` of ``f_B`` at
-    ``N(loc, precision⁻¹)`` (``options``: family, minimum precision, spread) from the
-    traced (or compiled) graph of its sigma points' signature; ``None`` where the eager
-    path must run instead."""
+def traced_solve(log_joint, function, data, particle_dim: int, state: tuple, options: tuple):
+    """A solver step ``function(bound log joint, *state, *options, traceable=…)``
+    (:meth:`~iai_prob.inference.compiled_log_joint.CompiledLogJoint.solve`) on the traced
+    (or compiled) graph of the signature of the sigma points of ``N(loc, precision⁻¹)``,
+    ``(loc, precision) = state[:2]``; ``None`` where the eager path must run instead."""
+    loc, precision = state[:2]
     num_tasks, dim = loc.shape
     points_like = loc.new_empty(2 * dim, num_tasks, dim)  # the sigma points' signature
 
-    def target(evaluator, z, scale, *tensors):
-        return evaluator.target(loc, precision, (scale, *tensors), *options)
+    def solve(evaluator, z, scale, *tensors):
+        return evaluator.solve(function, state, (scale, *tensors), options)
 
     def points():  # to trace the signature at: computed only then
-        return linearization_points(loc, precision, "sigma_points", spread=options[-1])
+        return linearization_points(loc, precision, "sigma_points")
 
-    return _evaluate(log_joint, points_like, data, particle_dim, target, points)
+    return _evaluate(log_joint, points_like, data, particle_dim, solve, points)
 
 
 def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
@@ -211,7 +212,8 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
         graph = _build(log_joint, point, scale, tensors, particle_dim, spec, statics)
         if graph is _RETRY:
             return None
-        entry = _Entry(None if graph is None else CompiledLogJoint(*graph), owners)
+        evaluator = None if graph is None else CompiledLogJoint(*graph, num_particles=z.shape[0])
+        entry = _Entry(evaluator, owners)
         with _lock:
             _cache[key] = entry
             _counts["traces" if graph is not None else "eager"] += 1
