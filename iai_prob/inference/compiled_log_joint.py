@@ -231,6 +231,7 @@ def _compiled(kind, function, args: tuple):
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on import
+            warnings.simplefilter("ignore", FutureWarning)  # and in its lowerings
             from torch._inductor.compile_fx import compile_fx
 
             expected, spec = tree_flatten(function(*args))

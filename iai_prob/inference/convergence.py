@@ -13,11 +13,14 @@ starts"; Heaton et al. 2023, safeguarded learned optimization):
     r(λ)    = KL(q_λ̂ ‖ q_λ)                    the fixed-point residual, nats
     λ ← (1 − ρ)λ + ρλ̂                         ρ = 1 first (a Newton step on E_q f_D)
 
-Each step is safeguarded by :func:`~iai_prob.inference.damping.damped_combine`: the
-full-data ELBO (sigma-point quadrature) may not decrease; a rejected step backtracks
+Each step is safeguarded as :func:`~iai_prob.inference.damping.damped_combine` does:
+the full-data ELBO (sigma-point quadrature) may not decrease; a rejected step backtracks
 ``ρ ← ρ/4`` and then falls back to the target linearized at the mean alone (a damped
 Newton step on ``f_D``), so every accepted step is an ascent and the phase cannot
-diverge. A task whose residual did not halve in a step halves its ``ρ`` (an oscillating
+diverge. A step (:func:`cvi_step`: the target, the residual, the step size and every
+backtracked candidate's ELBO at once) is one solver step, so a compiled model runs one
+kernel per step; on a small dataset the dispatch of each evaluation, not its arithmetic,
+is the cost. A task whose residual did not halve in a step halves its ``ρ`` (an oscillating
 non-conjugate target settles). A task is **converged** when ``r(λ) < tolerance``; the
 phase stops when every task is, or after ``max_steps`` steps (the user's cap). For a
 conjugate model the first target is the exact posterior, so it converges in one step
@@ -34,16 +37,17 @@ converged or not, the passes used, the last residual and the PSIS ``k̂`` of the
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from iai_prob.convergence_settings import Convergence
-from iai_prob.inference.damping import damped_combine, unscented_batch_elbo
+from iai_prob.inference.damping import Backtracked, backtracked_combine, unscented_batch_elbo
 from iai_prob.inference.laplace import laplace_point
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, gaussian_kl
 from iai_prob.inference.refinement import RefinementState, check_state
 from iai_prob.inference.signals import (
-    CurvatureSignal,
     curvature_signal,
     difference_spread,
     natural_gradient_target,
@@ -53,7 +57,7 @@ from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import pareto_smooth
 
-__all__ = ["FullData", "converge", "khat_of"]
+__all__ = ["CviStep", "FullData", "converge", "cvi_step", "khat_of"]
 
 
 class FullData:
@@ -133,48 +137,91 @@ class FullData:
             return self.log_joint.solve(function, self.single_chunk, state, options)
         return function(self, *state, *options, traceable=False)
 
-    def signal(self, loc, precision, scheme: str, spread: float | None = None) -> CurvatureSignal:
-        """``(E_q ∇f_D, E_q ∇²f_D, E_q f_D)``, chunk by chunk (each chunk's graph is freed
-        before the next); see :func:`~iai_prob.inference.signals.curvature_signal`."""
-        parts = [
-            (weight, curvature_signal(self.log_joint, loc, precision, chunk, scheme, spread=spread))
-            for weight, chunk in self.weighted()
-        ]
-        return CurvatureSignal(
-            *(
-                sum(weight * getattr(part, field) for weight, part in parts)
-                for field in CurvatureSignal._fields
-            )
-        )
+
+class CviStep(NamedTuple):
+    """One step of the phase per task (:func:`cvi_step`)."""
+
+    residual: torch.Tensor  # (T,): KL(q_target ‖ q) at the step's start
+    step_size: torch.Tensor  # (T,): ρ, halved where the residual did not halve
+    proposal: Backtracked  # the backtracked step (the start where none was accepted)
 
 
-def _target(full: FullData, state, family, min_precision, scheme):
-    """The CVI target ``(η̂, Λ̂)`` of the full data at ``state``; ``scheme="mean"``
-    linearizes at the mean, with the Hessian by central differences of gradients."""
-    spread = None
-    if scheme == "mean":
-        scheme, spread = "sigma_points", difference_spread(state.loc.dtype)
-    if scheme != "sigma_points":
-        signal = full.signal(state.loc, state.precision, scheme)
-        return natural_gradient_target(signal, state.loc, family, min_precision)
-    target = full.solve(
-        sigma_point_target, (state.loc, state.precision), (family, min_precision, spread)
+def cvi_step(
+    log_joint,
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    step_size: torch.Tensor,
+    previous: torch.Tensor,
+    base: torch.Tensor,
+    family: GaussianFamily,
+    min_precision: float,
+    scheme: str,
+    *,
+    traceable: bool = False,
+) -> CviStep:
+    """One full-data step of the phase from ``N(loc, precision⁻¹)`` (whose ELBO is
+    ``base``; ``previous``: the last residual) as one solver step
+    (:meth:`FullData.solve`): the CVI target ``λ̂``, the residual, the step size, and
+    ``(1 − ρ)λ + ρλ̂`` backtracked on the ELBO, every step size at once
+    (:func:`~iai_prob.inference.damping.backtracked_combine`)."""
+    target = _cvi_target(log_joint, loc, precision, family, min_precision, scheme, traceable)
+    residual = _residual(loc, precision, *target)
+    step_size = torch.where(residual > 0.5 * previous, (step_size / 2).clamp_min(0.05), step_size)
+    proposal = backtracked_combine(
+        log_joint, loc, precision, step_size, target, base, tolerance=ACCEPT_TOLERANCE
+    )
+    return CviStep(residual, step_size, proposal)
+
+
+ACCEPT_TOLERANCE = 1e-6
+"""A step is accepted when it lowers the full-data ELBO by at most this fraction of it."""
+
+
+def _cvi_target(log_joint, loc, precision, family, min_precision, scheme, traceable=False):
+    """The CVI target ``(η̂, Λ̂)`` of ``log_joint`` at ``N(loc, precision⁻¹)``;
+    ``scheme="mean"`` linearizes at the mean, the Hessian by central differences of
+    gradients; ``"samples"`` (not traceable) differentiates twice at random draws."""
+    if scheme == "samples":
+        signal = curvature_signal(log_joint, loc, precision, None, scheme)
+        return natural_gradient_target(signal, loc, family, min_precision)
+    spread = difference_spread(loc.dtype) if scheme == "mean" else None
+    target = sigma_point_target(
+        log_joint, loc, precision, family, min_precision, spread, traceable=traceable
     )
     return target.linear, target.precision
 
 
-def _residual(state, target) -> torch.Tensor:
-    """``KL(q_target ‖ q_state)`` per task; ``inf`` where the target is not a valid state."""
-    ones = torch.ones_like(state.loc[:, 0])
-    target_loc, target_precision = combine_natural(state.loc, state.precision, *target, ones)
+def _residual(loc, precision, target_linear, target_precision) -> torch.Tensor:
+    """``KL(q_target ‖ q)`` per task; ``inf`` where the target is not a valid state."""
+    ones = torch.ones_like(loc[:, 0])
+    target_loc, target_precision = combine_natural(
+        loc, precision, target_linear, target_precision, ones
+    )
     valid = torch.isfinite(target_loc).all(-1) & (
         torch.linalg.cholesky_ex(target_precision)[1] == 0
     )
-    eye = torch.eye(state.loc.shape[-1], dtype=state.loc.dtype, device=state.loc.device)
-    safe_loc = torch.where(valid[:, None], target_loc, state.loc)
+    eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    safe_loc = torch.where(valid[:, None], target_loc, loc)
     safe_precision = torch.where(valid[:, None, None], target_precision, eye)
-    kl = gaussian_kl(safe_loc, safe_precision, state.loc, state.precision)
+    kl = gaussian_kl(safe_loc, safe_precision, loc, precision)
     return torch.where(valid, torch.nan_to_num(kl, nan=torch.inf), torch.inf)
+
+
+def _newton_fallback(full, state, step_size, base, proposal, retry, family, min_precision):
+    """Where no CVI step was accepted (``retry``): the target linearized at the mean
+    alone (a damped Newton step on ``f_D``), backtracked the same way."""
+    target = _cvi_target(full, state.loc, state.precision, family, min_precision, "mean")
+    newton = backtracked_combine(
+        full, state.loc, state.precision, step_size, target, base, tolerance=ACCEPT_TOLERANCE
+    )
+    return Backtracked(
+        *(_where_tasks(retry, new, old) for new, old in zip(newton, proposal, strict=True))
+    )
+
+
+def _where_tasks(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` for the tasks in ``mask`` ``(T,)``, else ``old`` (any trailing shape)."""
+    return torch.where(mask.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
 
 
 def _best_start(state, full: FullData, family, min_precision):
@@ -182,12 +229,16 @@ def _best_start(state, full: FullData, family, min_precision):
     reached by damped Newton from its mean (:mod:`.laplace`), and that ELBO."""
     laplace = laplace_point(full, state.loc, family, state.precision, min_precision=min_precision)
     laplace = laplace._replace(precision=family.project(laplace.precision))
-    own = unscented_batch_elbo(full, state.loc, state.precision, None)
-    other = unscented_batch_elbo(full, laplace.loc, laplace.precision, None)
+    own, other = unscented_batch_elbo(  # both candidates' sigma points evaluated at once
+        full,
+        torch.stack([state.loc, laplace.loc]),
+        torch.stack([state.precision, laplace.precision]),
+        None,
+    )
     take = other > own
     start = state._replace(
-        loc=torch.where(take[:, None], laplace.loc, state.loc),
-        precision=torch.where(take[:, None, None], laplace.precision, state.precision),
+        loc=_where_tasks(take, laplace.loc, state.loc),
+        precision=_where_tasks(take, laplace.precision, state.precision),
     )
     return start, torch.where(take, other, own)
 
@@ -210,42 +261,35 @@ def converge(
     num_tasks = state.loc.shape[0]
     converged = torch.zeros(num_tasks, dtype=torch.bool, device=state.loc.device)
     steps = torch.zeros(num_tasks, dtype=torch.long, device=state.loc.device)
-    rho = torch.ones(num_tasks, dtype=state.loc.dtype, device=state.loc.device)
-    previous = torch.full_like(rho, torch.inf)
+    step_size = torch.ones(num_tasks, dtype=state.loc.dtype, device=state.loc.device)
+    previous = torch.full_like(step_size, torch.inf)
+    options = (family, min_precision, linearization)
     for step in range(convergence.max_steps + 1):
-        target = _target(full, state, family, min_precision, linearization)
-        residual = _residual(state, target)
+        tensors = (state.loc, state.precision, step_size, previous, base)
+        if linearization == "samples":  # random draws and double differentiation: eager
+            result = cvi_step(full, *tensors, *options)
+        else:  # one compiled kernel per step once compiled
+            result = full.solve(cvi_step, tensors, options)
+        residual = result.residual
         converged = converged | (residual < convergence.tolerance)
         if bool(converged.all()) or step == convergence.max_steps:
             break
-        rho = torch.where(residual > 0.5 * previous, (rho / 2).clamp_min(0.05), rho)
-        previous = residual
-        if base is None:  # the ELBO of a state just stepped to, needed only to step again
-            base = unscented_batch_elbo(full, state.loc, state.precision, None)
-
-        def newton(state=state):
-            return _target(full, state, family, min_precision, "mean")
-
-        loc, precision, _ = damped_combine(
-            state.loc,
-            state.precision,
-            rho,
-            [lambda target=target: target, newton],
-            None,
-            full,
-            base=base,
-            tolerance=1e-6,
-        )
+        step_size, previous, proposal = result.step_size, residual, result.proposal
+        retry = ~proposal.accepted & ~converged
+        if bool(retry.any()):
+            proposal = _newton_fallback(
+                full, state, step_size, base, proposal, retry, family, min_precision
+            )
         moved = ~converged
         new = RefinementState(
-            torch.where(moved[:, None], loc, state.loc),
-            torch.where(moved[:, None, None], family.project(precision), state.precision),
+            _where_tasks(moved, proposal.loc, state.loc),
+            _where_tasks(moved, family.project(proposal.precision), state.precision),
             state.step + 1,
             state.points_seen + full.num_points,
         )
         state = check_state(new)
+        base = torch.where(moved, proposal.value, base)
         steps = steps + moved.long()
-        base = None
     return state, converged, steps, residual
 
 

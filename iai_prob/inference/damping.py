@@ -15,6 +15,7 @@ points, so the check is deterministic. Accepted steps keep their gradient path t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -22,24 +23,79 @@ from iai_prob.inference.posteriors import gaussian_entropy
 from iai_prob.inference.signals import linearization_points
 from iai_prob.inference.updates import combine_natural
 
-__all__ = ["damped_combine", "unscented_batch_elbo"]
+__all__ = ["Backtracked", "backtracked_combine", "damped_combine", "unscented_batch_elbo"]
 
 
 @torch.no_grad()
 def unscented_batch_elbo(log_joint, loc, precision, batch) -> torch.Tensor:
-    """``E_q f_B + H(q)`` per task ``(T,)``, with sigma-point quadrature (``−inf`` if invalid)."""
+    """``E_q f_B + H(q)`` per task ``(…, T)``, with sigma-point quadrature (``−inf`` if
+    invalid); ``loc`` ``(…, T, D)`` may stack candidate states in front, whose sigma points
+    are then evaluated together as particles."""
     valid = torch.isfinite(loc).all(-1) & (torch.linalg.cholesky_ex(precision)[1] == 0)
     safe_loc = torch.where(valid.unsqueeze(-1), loc, torch.zeros_like(loc))
     eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
-    safe_precision = torch.where(valid[:, None, None], precision, eye)
-    points = linearization_points(safe_loc, safe_precision, "sigma_points")
+    safe_precision = torch.where(valid[..., None, None], precision, eye)
+    points = linearization_points(safe_loc, safe_precision, "sigma_points")  # (2D, …, T, D)
     try:
-        value = log_joint.per_task_mean(points, batch)
+        value = log_joint.per_particle(points.reshape(-1, *loc.shape[-2:]), batch)
     except ValueError:  # a distribution refused the parameters: outside its support
-        return torch.full_like(loc[:, 0], -torch.inf)
-    value = value + gaussian_entropy(safe_precision)
+        if loc.dim() > 2 and loc.shape[0] > 1:  # then candidate by candidate
+            pairs = zip(loc, precision, strict=True)
+            return torch.stack([unscented_batch_elbo(log_joint, *pair, batch) for pair in pairs])
+        return torch.full_like(loc[..., 0], -torch.inf)
+    value = value.reshape(points.shape[:-1]).mean(0) + gaussian_entropy(safe_precision)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     return torch.where(torch.isfinite(value), value, -torch.inf)  # +inf is an overflow
+
+
+class Backtracked(NamedTuple):
+    """The result of :func:`backtracked_combine` per task."""
+
+    loc: torch.Tensor  # (T, D): the accepted state, or the state where none was
+    precision: torch.Tensor  # (T, D, D)
+    value: torch.Tensor  # (T,): its unscented ELBO
+    accepted: torch.Tensor  # (T,): whether a step was accepted
+
+
+def backtracked_combine(
+    log_joint,
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    step_size: torch.Tensor,
+    target: tuple[torch.Tensor, torch.Tensor],
+    base: torch.Tensor,
+    *,
+    max_backtracks: int = 6,
+    shrink: float = 0.25,
+    tolerance: float = 1e-4,
+) -> Backtracked:
+    """:func:`damped_combine`'s backtracking on one target with every step size
+    ``ρ shrink^k`` (``k ≤ max_backtracks``) evaluated at once and no Python branch on
+    values (a part of a compiled solver step): the first ``k`` whose ELBO is at least
+    ``base`` (less the tolerance) is taken, as the sequential search would."""
+    scales = shrink ** torch.arange(max_backtracks + 1, dtype=loc.dtype, device=loc.device)
+    rho = (step_size * scales[:, None]).clamp(max=1.0)  # (K, T)
+    count = rho.shape[0]
+    candidates = combine_natural(
+        loc.expand(count, *loc.shape),
+        precision.expand(count, *precision.shape),
+        target[0].expand(count, *target[0].shape),
+        target[1].expand(count, *target[1].shape),
+        rho,
+    )
+    values = unscented_batch_elbo(log_joint, *candidates, None)  # (K, T)
+    accept = values >= base - tolerance * base.abs().clamp_min(1.0)
+    first = accept.long().argmax(0)  # the first accepted step size
+    accepted = accept.any(0)
+
+    def chosen(tensor, own):
+        index = first.reshape(1, -1, *(1,) * (tensor.dim() - 2)).expand(1, *tensor.shape[1:])
+        picked = tensor.gather(0, index)[0]
+        return torch.where(accepted.reshape(-1, *(1,) * (own.dim() - 1)), picked, own)
+
+    return Backtracked(
+        chosen(candidates[0], loc), chosen(candidates[1], precision), chosen(values, base), accepted
+    )
 
 
 def damped_combine(

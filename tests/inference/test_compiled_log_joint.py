@@ -150,4 +150,4 @@ def test_a_precompiled_posterior_is_the_replayed_one(monkeypatch):
         if callable(kernel)
     }
     # the phase reads gradients only inside its solver steps
-    assert compiled_kinds == {"value", "newton_step", "sigma_point_target"}
+    assert compiled_kinds == {"value", "newton_step", "cvi_step"}
