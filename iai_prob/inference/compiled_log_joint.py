@@ -5,18 +5,26 @@ path, but every replayed ATen operation still costs microseconds of dispatch, an
 gradient adds a pass of the autograd engine: on a small dataset that overhead, not the
 arithmetic, is the cost of a posterior. A graph replayed :data:`COMPILE_AFTER` times is
 therefore compiled by TorchInductor (fused C++ kernels on the CPU, Triton kernels on
-CUDA) into the three evaluations the solvers need,
+CUDA) into the evaluations the solvers need,
 
     value(z, s, a…)            = g(z, s, a…)                       (S, T)
     value_and_grad(z, s, a…)   = (g, ∇_z Σ_{s,t} g)                 (S, T), (S, T, D)
-    target(μ, Λ, s, a…)        = the sigma-point CVI target at N(μ, Λ⁻¹)
-                                 (:func:`~iai_prob.inference.signals.sigma_point_target`)
+    solve(step, state, s, a…)  = a whole solver step on g: the sigma-point CVI target
+                                 (:func:`~iai_prob.inference.signals.sigma_point_target`),
+                                 a damped-Newton iteration with its line search
+                                 (:func:`~iai_prob.inference.laplace.newton_step`), a
+                                 backtracked convergence-phase step
+                                 (:func:`~iai_prob.inference.convergence.cvi_step`)
 
 (particles and tasks are independent, so the gradient of the sum is every particle's and
 task's own gradient). Each is a function that ``make_fx`` records around the graph (the
-gradient through ``torch.func.grad_and_value``): a compiled kernel runs no autograd at
-call time, and nothing differentiates a compiled graph twice (which compiled graphs do
-not support; the solvers' curvature comes from gradients). The recorded graph goes to
+gradient through ``torch.func.grad_and_value``; a solver step evaluates ``g`` at any
+number of particles, the signature's own count at a time): a compiled kernel runs no
+autograd at call time, and nothing differentiates a compiled graph twice (which
+compiled graphs do not support; the solvers' curvature comes from gradients). A solver
+step is one kernel call instead of dozens of evaluations and the small tensor
+operations between them, whose dispatch is the cost of a posterior on a small
+dataset. The recorded graph goes to
 Inductor's graph compiler directly (``torch._inductor.compile_fx.compile_fx``, the
 backend behind ``torch.compile``): the signature already fixes every shape, dtype and
 device, so no Dynamo frame or guard is needed. Only evaluations under
@@ -27,14 +35,18 @@ replays.
 Measured on the real-model suite (one thread): the value of the diabetes regression
 (N = 442, one point) 460 µs replayed against 17 µs compiled, and 94 µs through
 ``torch.compile``'s Dynamo frame; value and gradient of the Student-t regression (N = 21,
-12 sigma points) 1.5 ms (replay and autograd) against 0.13 ms; compiling a shape's
+12 sigma points) 1.5 ms (replay and autograd) against 0.13 ms; a damped-Newton iteration
+of a 20-row Grunfeld regression (the curvature and 33 step lengths) 0.4 ms as one
+kernel against 1.5 ms as separately compiled evaluations and the glue between them;
+compiling a shape's
 kernels (``guide.precompile``) costs 10–35 s, less once TorchInductor's on-disk cache
 holds them. Hence the threshold: a signature met in one or two posteriors is never
 compiled, one met in every posterior of a benchmark or a large file is, as NumPyro
 compiles a ``jit``-ted solver once per shape.
 
 Every kernel is checked at its first call against the replay (values and gradients equal
-within ``√eps`` of the dtype, relative to their largest entry) and timed against it (the
+within ``√eps`` of the dtype, relative to their largest entry; a solver step's outputs,
+which pass through linear solves, within ``eps^{1/3}``) and timed against it (the
 best of three calls each): Inductor's code is not faster everywhere (a ``k̂`` over 1,000
 draws of a Poisson regression on N = 2,000 ran 71 ms compiled, 26 ms replayed). A
 compile or a check that fails (no C++ compiler, an operation Inductor does not
@@ -241,7 +253,10 @@ def _compiled(kind, function, args: tuple):
     except Exception as error:  # no compiler, an unsupported op: the replay stays
         _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
         return _FAILED
-    if not all(agrees(a, b) for a, b in zip(got, expected, strict=True)):
+    # a solver step's outputs pass through linear solves, whose conditioning amplifies
+    # rounding (a Newton step in raw units): eps^(1/3) there, √eps for the log joint
+    exponent = 0.5 if isinstance(kind, str) else 1 / 3
+    if not all(agrees(a, b, exponent) for a, b in zip(got, expected, strict=True)):
         _LOG.debug("the compiled log joint's %s differs from the replay; replaying it", kind)
         return _FAILED
     with torch.no_grad():
@@ -325,9 +340,9 @@ def replayed_value_and_grad(graph, z, inputs=()):
     return value.detach(), torch.zeros_like(point) if grad is None else grad
 
 
-def agrees(got: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Equal non-finite entries, finite ones within ``√eps`` of the largest magnitude
-    (integer and boolean entries: equal)."""
+def agrees(got: torch.Tensor, expected: torch.Tensor, exponent: float = 0.5) -> bool:
+    """Equal non-finite entries, finite ones within ``eps^exponent`` (``√eps`` by default)
+    of the largest magnitude (integer and boolean entries: equal)."""
     if not expected.is_floating_point():
         return torch.equal(got, expected)
     finite = torch.isfinite(expected)
@@ -337,6 +352,6 @@ def agrees(got: torch.Tensor, expected: torch.Tensor) -> bool:
         return False
     if not bool(finite.any()):
         return True
-    tolerance = torch.finfo(expected.dtype).eps ** 0.5
+    tolerance = torch.finfo(expected.dtype).eps ** exponent
     scale = expected[finite].abs().max().clamp_min(1.0)
     return bool(((got[finite] - expected[finite]).abs() <= tolerance * scale).all())
