@@ -43,6 +43,9 @@ class NewtonStep(NamedTuple):
     value: torch.Tensor  # (T,): f_D there
     precision: torch.Tensor  # (T, D, D): Λ̂(z), at the iteration's start
     stop: torch.Tensor  # (T,): converged (decrement < tolerance), no finite step, or stuck
+    direction: torch.Tensor  # (T, D): the Newton direction d
+    longer: torch.Tensor  # (T,): f_D still increased at the ladder's longest length
+    shorter: torch.Tensor  # (T,): no length of the ladder increased f_D
 
 
 def _finite_or_minus_inf(value: torch.Tensor) -> torch.Tensor:
@@ -110,14 +113,48 @@ def newton_step(
     accepted = down > value
     first = accepted.long().argmax(0)  # the first quartering that increased f_D
     index = torch.where(improved, longest, max_doublings + 1 + first)
-    moved = (improved | accepted.any(0)) & finite & (decrement >= tolerance)
+    searching = finite & (decrement >= tolerance)
+    moved = (improved | accepted.any(0)) & searching
     chosen = candidates.gather(0, index[None, :, None].expand(1, *loc.shape))[0]
     return NewtonStep(
         loc=torch.where(moved[:, None], chosen, loc),
         value=torch.where(moved, values.gather(0, index[None])[0], value),
         precision=precision,
         stop=~moved,
+        direction=direction,
+        longer=searching & improved & (longest == max_doublings),
+        shorter=searching & ~moved,
     )
+
+
+def _searched_further(full, loc, value, step, ladder, max_doublings, max_backtracks):
+    """The sequential search past a short ladder's ends, for the tasks it left open:
+    doublings while ``f_D`` keeps increasing (``step.longer``), quarterings until it
+    increases (``step.shorter``), up to the search's limits; one evaluation each."""
+    best_loc, best_value, stop = step.loc, step.value, step.stop
+    growing, shrinking = step.longer, step.shorter
+    length = 2.0 ** ladder[0]
+    for _ in range(ladder[0], max_doublings):
+        if not bool(growing.any()):
+            break
+        length *= 2
+        candidate = loc + length * step.direction
+        trial = _log_joint(full, candidate.unsqueeze(0))[0]
+        growing = growing & (trial > best_value)
+        best_value = torch.where(growing, trial, best_value)
+        best_loc = torch.where(growing[:, None], candidate, best_loc)
+    length = 0.25 ** ladder[1]
+    for _ in range(ladder[1], max_backtracks):
+        if not bool(shrinking.any()):
+            break
+        length /= 4
+        candidate = loc + length * step.direction
+        trial = _log_joint(full, candidate.unsqueeze(0))[0]
+        better = shrinking & (trial > value)
+        best_value = torch.where(better, trial, best_value)
+        best_loc = torch.where(better[:, None], candidate, best_loc)
+        stop, shrinking = stop & ~better, shrinking & ~better
+    return step._replace(loc=best_loc, value=best_value, stop=stop)
 
 
 @torch.no_grad()
@@ -132,20 +169,27 @@ def laplace_point(
     tolerance: float = 1e-6,
     max_doublings: int = 20,
     max_backtracks: int = 12,
+    at_once: bool = True,
 ) -> RefinementState:
     """The Laplace state ``(ẑ, Λ̂(ẑ))`` per task from ``loc`` ``(T, D)`` (see module):
     one :func:`newton_step` (one compiled kernel once compiled) per iteration.
 
     ``metric`` ``(T, D, D)`` (a precision; the identity if not given) sets the scale of
     the first Hessian's central differences; later ones use the last Hessian.
+    ``at_once=False`` (data whose evaluation costs more than its dispatch) gives each
+    iteration the ladder ``t ∈ {1, 2, ¼}`` and continues the search one length at a
+    time past its ends where it must: the same steps, fewer evaluations.
     """
     value = _log_joint(full, loc.unsqueeze(0))[0]
     done = torch.zeros_like(value, dtype=torch.bool)
     if metric is None:
         metric = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device).expand(*loc.shape, -1)
-    options = (family, min_precision, tolerance, max_doublings, max_backtracks)
+    ladder = (max_doublings, max_backtracks) if at_once else (1, 1)
+    options = (family, min_precision, tolerance, *ladder)
     for _ in range(max_steps):
         step = full.solve(newton_step, (loc, metric, value), options)
+        if not at_once and bool((step.longer | step.shorter).any()):
+            step = _searched_further(full, loc, value, step, ladder, max_doublings, max_backtracks)
         metric = step.precision
         loc = torch.where(done[:, None], loc, step.loc)
         value = torch.where(done, value, step.value)

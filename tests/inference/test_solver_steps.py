@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from iai_prob.inference import Convergence, convergence
+from iai_prob.inference.convergence import FullData, converge
 from iai_prob.inference.damping import backtracked_combine, damped_combine, unscented_batch_elbo
-from iai_prob.inference.laplace import newton_step
+from iai_prob.inference.laplace import laplace_point, newton_step
 from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.signals import sigma_point_target
+from iai_prob.models import get_family
 
 FAMILY = GaussianFamily("full_rank")
 
@@ -28,6 +32,9 @@ class PoissonRates:
 
     def value_and_grad(self, z: torch.Tensor, batch=None):
         return self.per_particle(z), self.a - self.b * z.exp()
+
+    def solve(self, function, state, options):
+        return function(self, *state, *options)
 
 
 def _sequential_newton(log_joint, loc, metric, tolerance=1e-6, doublings=20, backtracks=12):
@@ -144,3 +151,34 @@ def test_stacked_candidates_have_the_elbo_of_each_alone():
         [unscented_batch_elbo(log_joint, m, p, None) for m, p in zip(loc, precision, strict=True)]
     )
     torch.testing.assert_close(stacked, alone)
+
+
+def test_a_short_ladder_continued_one_length_at_a_time_finds_the_same_laplace_point():
+    """Data too large to evaluate every step length at once: the ladder ``{1, 2, ¼}``,
+    continued past its ends where it must, takes the steps the whole ladder takes."""
+    log_joint = _log_joint()
+    loc = torch.tensor([[9.0, 7.0], [-6.0, -5.0], [0.5, -0.5]], dtype=torch.float64)
+    whole = laplace_point(log_joint, loc, FAMILY, at_once=True, max_steps=8, tolerance=0.0)
+    short = laplace_point(log_joint, loc, FAMILY, at_once=False, max_steps=8, tolerance=0.0)
+    torch.testing.assert_close(short.loc, whole.loc)
+    torch.testing.assert_close(short.precision, whole.precision)
+
+
+def test_the_phase_is_the_same_with_candidates_at_once_or_one_at_a_time(monkeypatch, read_task):
+    family = get_family("logistic_regression", dim=3)
+    _, x, y = family.sample(2, 60, generator=torch.Generator().manual_seed(5))
+    _, data, log_joint = read_task(family.model, x, y)
+    full = FullData.in_memory(data.to_dtype(torch.float64), log_joint, chunk_size=1000)
+    start = RefinementState(
+        torch.full((2, 3), 3.0, dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * 0.1,
+    )
+    answers = []
+    for points in (convergence.AT_ONCE_POINTS, 0):  # every candidate at once, then not
+        monkeypatch.setattr(convergence, "AT_ONCE_POINTS", points)
+        answers.append(converge(start, full, FAMILY, Convergence(), min_precision=1e-3))
+    (state, converged, steps, _), (state_1, converged_1, steps_1, _) = answers
+    assert bool(converged.all()) and bool(converged_1.all())
+    assert steps.tolist() == steps_1.tolist()
+    torch.testing.assert_close(state.loc, state_1.loc)
+    torch.testing.assert_close(state.precision, state_1.precision)
