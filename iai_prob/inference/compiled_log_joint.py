@@ -38,11 +38,10 @@ Measured on the real-model suite (one thread): the value of the diabetes regress
 12 sigma points) 1.5 ms (replay and autograd) against 0.13 ms; a damped-Newton iteration
 of a 20-row Grunfeld regression (the curvature and 33 step lengths) 0.4 ms as one
 kernel against 1.5 ms as separately compiled evaluations and the glue between them;
-compiling a shape's
-kernels (``guide.precompile``) costs 10–35 s, less once TorchInductor's on-disk cache
-holds them. Hence the threshold: a signature met in one or two posteriors is never
-compiled, one met in every posterior of a benchmark or a large file is, as NumPyro
-compiles a ``jit``-ted solver once per shape.
+compiling a shape's kernels (``guide.precompile``) costs 18–53 s on the real-model
+suite, less once TorchInductor's on-disk cache holds them. Hence the threshold: a
+signature met in one or two posteriors is never compiled, one met in every posterior of
+a benchmark or a large file is, as NumPyro compiles a ``jit``-ted solver once per shape.
 
 Every kernel is checked at its first call against the replay (values and gradients equal
 within ``√eps`` of the dtype, relative to their largest entry; a solver step's outputs,
