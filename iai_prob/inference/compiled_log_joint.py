@@ -75,6 +75,7 @@ __all__ = [
     "ENV_VAR",
     "CompiledLogJoint",
     "agrees",
+    "compile_checked",
     "compiles_now",
     "compiling_enabled",
     "compiling_now",
@@ -196,7 +197,11 @@ class CompiledLogJoint:
             with self._lock:
                 kernel = self._kernels.get(kind)
                 if kernel is None:
-                    kernel = self._kernels[kind] = _compiled(kind, function, args)
+                    # a solver step's outputs pass through linear solves, whose conditioning
+                    # amplifies rounding (a Newton step in raw units): eps^(1/3) there
+                    exponent = 0.5 if isinstance(kind, str) else 1 / 3
+                    kernel = compile_checked("log joint", kind, function, args, exponent)
+                    kernel = self._kernels[kind] = _FAILED if kernel is None else kernel
             if kernel is _FAILED:
                 return None
         return kernel
@@ -234,9 +239,11 @@ def _constant_key(option):
     return option
 
 
-def _compiled(kind, function, args: tuple):
-    """``function`` traced at ``args`` and compiled, checked against ``function`` run
-    eagerly at ``args``; ``_FAILED`` where anything goes wrong."""
+def compile_checked(what: str, kind, function, args: tuple, exponent: float = 0.5):
+    """``function`` (of tensors, returning a pytree of tensors) traced at ``args`` and
+    compiled by TorchInductor, checked against ``function`` run eagerly at ``args``
+    (within ``eps^exponent``, see :func:`agrees`) and timed against it; ``None`` where
+    anything goes wrong or it is not faster (``what`` and ``kind`` name it in the log)."""
     args = tuple(arg.detach() for arg in args)
     started = time.perf_counter()
     try:
@@ -250,27 +257,26 @@ def _compiled(kind, function, args: tuple):
             kernel = _Kernel(compile_fx(graph, list(args)), spec)
             got, _ = tree_flatten(kernel(*args))
     except Exception as error:  # no compiler, an unsupported op: the replay stays
-        _LOG.debug("compiling the log joint's %s failed (%s); replaying it", kind, error)
-        return _FAILED
-    # a solver step's outputs pass through linear solves, whose conditioning amplifies
-    # rounding (a Newton step in raw units): eps^(1/3) there, √eps for the log joint
-    exponent = 0.5 if isinstance(kind, str) else 1 / 3
+        _LOG.debug("compiling the %s's %s failed (%s); replaying it", what, kind, error)
+        return None
     if not all(agrees(a, b, exponent) for a, b in zip(got, expected, strict=True)):
-        _LOG.debug("the compiled log joint's %s differs from the replay; replaying it", kind)
-        return _FAILED
+        _LOG.debug("the compiled %s's %s differs from the replay; replaying it", what, kind)
+        return None
     with torch.no_grad():
         compiled_seconds, replay_seconds = _seconds(kernel, args), _seconds(function, args)
     if compiled_seconds >= replay_seconds:
         _LOG.debug(
-            "the compiled log joint's %s is not faster than the replay (%.3g s against "
+            "the compiled %s's %s is not faster than the replay (%.3g s against "
             "%.3g s); replaying it",
+            what,
             kind,
             compiled_seconds,
             replay_seconds,
         )
-        return _FAILED
+        return None
     _LOG.info(
-        "compiled the log joint's %s at inputs of shapes %s in %.1f s",
+        "compiled the %s's %s at inputs of shapes %s in %.1f s",
+        what,
         kind_name(kind),
         [tuple(arg.shape) for arg in args[:2]],
         time.perf_counter() - started,
@@ -280,7 +286,7 @@ def _compiled(kind, function, args: tuple):
 
 def kind_name(kind) -> str:
     """A kernel's kind by name: ``"value"``, ``"value_and_grad"`` or a solver step's name."""
-    return kind if isinstance(kind, str) else kind[0].__name__
+    return kind if isinstance(kind, str) else getattr(kind[0], "__name__", str(kind[0]))
 
 
 def _seconds(function, args: tuple, repeats: int = 3) -> float:

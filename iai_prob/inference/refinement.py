@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from iai_prob.inference.compiled_forward import compiled_forward
 from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
 from iai_prob.inference.gradient_updates import GRADIENT_RULES, GradientStepUpdate
@@ -202,9 +203,8 @@ class Refiner(nn.Module):
         if self.update_rule in GRADIENT_RULES:
             return check_state(RefinementState(*self.gradient_update.init(data.features.shape[0])))
         context = data.features[:, : self.context_size]
-        loc, precision = self.family.from_raw(
-            self.init_head(self.encoder(context, data.total_points))
-        )
+        embedding = compiled_forward(self.encoder, context, data.total_points)
+        loc, precision = self.family.from_raw(self.init_head(embedding))
         return check_state(RefinementState(loc, precision))
 
     def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):
@@ -221,7 +221,7 @@ class Refiner(nn.Module):
             return self._gradient_step(state, batch, log_joint)
         embedding = None
         if "data" in self.signals:
-            embedding = self.encoder(batch.features, batch.num_points)
+            embedding = compiled_forward(self.encoder, batch.features, batch.num_points)
         if "grad" not in self.signals:
             target = self.site_target(embedding, batch.likelihood_scale)
             new_state, step_size = self._advance(state, batch, log_joint, [target], embedding)
