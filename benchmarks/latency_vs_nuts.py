@@ -11,8 +11,9 @@ median wall time of ``guide.posterior`` (PyTorch), ``guide.posterior(params, …
 ``guide.precompile``, as JAX and NUTS compile at their first call); their ratios; and
 the accuracy the target requires (logistic: C2ST of 1,000 PyTorch-guide draws against
 the NUTS draws; linear: median KL to the exact posterior). A second table times 1,000
-draws (issue 18, target 4): ``guide.sample`` and Pyro's sequential ``Predictive`` against
-one ``guide.posterior``.
+draws (issue 18, target 4): ``guide.sample``, Pyro's sequential ``Predictive`` and
+``iai_prob.inference.Predictive`` (the same call, one solve and one vectorized model
+run) against one ``guide.posterior``.
 """
 
 from __future__ import annotations
@@ -109,32 +110,36 @@ def measure(name: str, num_points: int, count: int) -> list[object]:
 
 
 def measure_draws(name: str, num_points: int, count: int, num_samples: int = 1000) -> list:
-    """Issue 18, target 4: ``guide.sample`` and ``Predictive`` with ``num_samples`` draws
-    against one ``guide.posterior``, medians over ``count`` datasets (after a precompile)."""
-    from pyro.infer import Predictive
+    """Issue 18, target 4: ``guide.sample`` and both ``Predictive`` with ``num_samples``
+    draws against one ``guide.posterior``, medians over ``count`` datasets (after a
+    precompile; Pyro's sequential ``Predictive`` on two of them: it takes seconds)."""
+    import pyro.infer
+
+    from iai_prob.inference import Predictive
 
     guide = pretrained.load(name)
     _, x, y = guide.family.sample(count + 1, num_points, generator=torch.Generator().manual_seed(8))
     guide.precompile(x[0], y[0])
-    predictive = Predictive(
-        guide.family.model, guide=guide, num_samples=num_samples, return_sites=["w"]
-    )
+    options = {"guide": guide, "num_samples": num_samples, "return_sites": ["w"]}
+    predictive = pyro.infer.Predictive(guide.family.model, **options)
+    ours = Predictive(guide.family.model, **options)
     seconds = {
         "posterior": _median_seconds(lambda i: guide.posterior(x[i], y[i]), count),
         "sample": _median_seconds(
             lambda i: guide.sample(x[i], y[i], num_samples=num_samples), count
         ),
         "predictive": _median_seconds(lambda i: predictive(x[i], y[i]), min(count, 2)),
+        "ours": _median_seconds(lambda i: ours(x[i], y[i]), count),
     }
-    sample_ratio = seconds["sample"] / seconds["posterior"]
-    predictive_ratio = seconds["predictive"] / seconds["posterior"]
+    ratios = {key: seconds[key] / seconds["posterior"] for key in ("sample", "predictive", "ours")}
     return [
         name,
         f"{seconds['posterior'] * 1e3:.1f} ms",
         f"{seconds['sample'] * 1e3:.1f} ms",
         f"{seconds['predictive'] * 1e3:.0f} ms",
-        f"{sample_ratio:.2f}x {verdict(sample_ratio <= 1.2)}",
-        f"{predictive_ratio:.0f}x {verdict(predictive_ratio <= 1.2)}",
+        f"{seconds['ours'] * 1e3:.1f} ms",
+        *(f"{ratios[key]:.2f}x {verdict(ratios[key] <= 1.2)}" for key in ("sample", "ours")),
+        f"{ratios['predictive']:.0f}x {verdict(ratios['predictive'] <= 1.2)}",
     ]
 
 
@@ -168,15 +173,18 @@ def main() -> None:
     draws = [measure_draws(name, num_points, count) for name in GUIDES]
     report.add(
         f"### 1,000 draws of one dataset (N = {num_points}, {count} datasets): "
-        "`guide.sample` and `Predictive(model, guide=guide, num_samples=1000)`\n\n"
+        "`guide.sample` and `Predictive(model, guide=guide, num_samples=1000)`, Pyro's and "
+        "`iai_prob.inference`'s\n\n"
         + markdown_table(
             [
                 "guide",
                 "posterior",
                 "sample(1,000)",
-                "Predictive(1,000)",
+                "Pyro Predictive(1,000)",
+                "iai_prob Predictive(1,000)",
                 "sample ÷ posterior (≤ 1.2x)",
-                "Predictive ÷ posterior (≤ 1.2x)",
+                "iai_prob Predictive ÷ posterior (≤ 1.2x)",
+                "Pyro Predictive ÷ posterior (≤ 1.2x)",
             ],
             draws,
         )

@@ -6,6 +6,7 @@ from iai_prob.inference.encoders import DeepSets, SetTransformer
 from iai_prob.inference.guide import IterativeAmortizedGuide
 from iai_prob.inference.implicit import ImplicitPredictor
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
+from iai_prob.inference.predictive import Predictive
 from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
 from iai_prob.inference.training import FitResult, fit
@@ -25,6 +26,7 @@ __all__ = [
     "LowRankGaussian",
     "PosteriorStatus",
     "PosteriorWarning",
+    "Predictive",
     "PriorPredictiveTasks",
     "RefinementError",
     "RefinementInfo",
