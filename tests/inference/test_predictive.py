@@ -27,9 +27,7 @@ def test_the_sites_and_shapes_of_pyros_predictive_with_the_guides_own_draws():
         pyros = pyro.infer.Predictive(
             family.model, guide=guide, num_samples=4, return_sites=return_sites
         )(x, y)
-        ours = Predictive(family.model, guide=guide, num_samples=4, return_sites=return_sites)(
-            x, y
-        )
+        ours = Predictive(family.model, guide=guide, num_samples=4, return_sites=return_sites)(x, y)
         assert _shapes(ours) == _shapes(pyros)
     draws = guide.sample(x, y, num_samples=4)
     torch.testing.assert_close(ours["w"].reshape(4, -1), draws["w"].reshape(4, -1))
