@@ -15,7 +15,9 @@ draws the ``S`` latents from one solve (:meth:`IterativeAmortizedGuide.sample
 model's plates (``(S,)``, a 1 for each of the model's plates the site does not live in,
 then the site's shape in one model trace) and runs the model once over all of them
 through Pyro's own vectorized ``Predictive(model, posterior_samples=…,
-parallel=True)``. With any other guide, or given ``posterior_samples``, it is Pyro's.
+parallel=True)`` (not at all when ``return_sites`` names only the guide's sites: the
+conditioned model would return the draws). With any other guide, or given
+``posterior_samples``, it is Pyro's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class Predictive(pyro.infer.Predictive):
             return super().forward(*args, **kwargs)
         draws = self.guide.sample(*args, num_samples=self.num_samples, **kwargs)
         shaped = _shaped_for_model(self.model, draws, self.num_samples, args, kwargs)
+        if self.return_sites and set(self.return_sites) <= set(shaped):
+            # only the guide's sites: the model, conditioned on them, would return them
+            return {site: shaped[site] for site in self.return_sites}
         return pyro.infer.Predictive(
             self.model,
             posterior_samples=shaped,
