@@ -138,6 +138,24 @@ class FullData:
         return function(self, *state, *options, traceable=False)
 
 
+ACCEPT_TOLERANCE = 1e-6
+"""A step is accepted when it lowers the full-data ELBO by at most this fraction of it."""
+
+MAX_BACKTRACKS = 6
+"""Step sizes ``ρ/4^k`` tried on a target, ``k ≤ MAX_BACKTRACKS``, before the fallback."""
+
+AT_ONCE_SIZE = 4096
+"""Data points × tasks × latent dims (a candidate's sigma points number ``2D``) up to
+which a step evaluates every candidate of its searches at once (all backtracked step
+sizes, all Newton step lengths): there a candidate's arithmetic costs less than its
+dispatch. Above it the searches evaluate the likeliest candidates at once and continue
+one at a time where they must. Measured a posterior, every candidate at once against one
+at a time: Grunfeld (20 × 4 = 80) 18.5 against 24.5 ms, diabetes (442 × 5 = 2,210) 14.3
+against 17.1 ms, breast cancer (569 × 4) 16.7 against 18.8 ms; anes96 (944 × 7 = 6,608)
+45.5 against 28.4 ms, the shipped logistic guide (1,024 × 8) 37.9 against 20.5 ms, the
+Poisson regression (2,000 × 9) 60 against 45 ms."""
+
+
 class CviStep(NamedTuple):
     """One step of the phase per task (:func:`cvi_step`)."""
 
@@ -157,7 +175,7 @@ def cvi_step(
     family: GaussianFamily,
     min_precision: float,
     scheme: str,
-    max_backtracks: int = 6,
+    max_backtracks: int = MAX_BACKTRACKS,
     *,
     traceable: bool = False,
 ) -> CviStep:
@@ -181,24 +199,6 @@ def cvi_step(
         tolerance=ACCEPT_TOLERANCE,
     )
     return CviStep(residual, step_size, proposal, target)
-
-
-ACCEPT_TOLERANCE = 1e-6
-"""A step is accepted when it lowers the full-data ELBO by at most this fraction of it."""
-
-MAX_BACKTRACKS = 6
-"""Step sizes ``ρ/4^k`` tried on a target, ``k ≤ MAX_BACKTRACKS``, before the fallback."""
-
-AT_ONCE_SIZE = 4096
-"""Data points × tasks × latent dims (a candidate's sigma points number ``2D``) up to
-which a step evaluates every candidate of its searches at once (all backtracked step
-sizes, all Newton step lengths): there a candidate's arithmetic costs less than its
-dispatch. Above it the searches evaluate the likeliest candidates at once and continue
-one at a time where they must. Measured a posterior, every candidate at once against one
-at a time: Grunfeld (20 × 4 = 80) 18.5 against 24.5 ms, diabetes (442 × 5 = 2,210) 14.3
-against 17.1 ms, breast cancer (569 × 4) 16.7 against 18.8 ms; anes96 (944 × 7 = 6,608)
-45.5 against 28.4 ms, the shipped logistic guide (1,024 × 8) 37.9 against 20.5 ms, the
-Poisson regression (2,000 × 9) 60 against 45 ms."""
 
 
 def _at_once(full: FullData, num_tasks: int, dim: int) -> bool:
