@@ -148,7 +148,7 @@ class CompiledLogJoint:
         """``g(z, …)``; differentiable through the replay when gradients are enabled."""
         if torch.is_grad_enabled():
             return self.graph(z, *inputs)
-        kernel = self._kernel("value", self.fast, (z, *inputs))
+        kernel = self._kernel("value", lambda: self.fast, (z, *inputs))
         return (self.fast if kernel is None else kernel)(z, *inputs)
 
     def value_and_grad(
@@ -157,7 +157,7 @@ class CompiledLogJoint:
         """``(g, ∇_z Σ g)`` at ``z``, detached."""
         z = z.detach()
         graph = self.graph if torch.is_grad_enabled() else self.fast
-        kernel = self._kernel("value_and_grad", _value_and_grad_of(graph), (z, *inputs))
+        kernel = self._kernel("value_and_grad", lambda: _value_and_grad_of(graph), (z, *inputs))
         if kernel is not None:
             return kernel(z, *inputs)
         return replayed_value_and_grad(graph, z, inputs)
@@ -171,20 +171,27 @@ class CompiledLogJoint:
         kernel's key. The step must be free of Python branches on values when
         ``traceable`` is true (it is then recorded by ``make_fx``)."""
         kind = (function, *(_constant_key(option) for option in options))
-        step = _step_of(self.fast, self.num_particles, function, len(state), options)
-        kernel = self._kernel(kind, step, (*state, *inputs))
+        # a solver step's outputs pass through linear solves, whose conditioning amplifies
+        # rounding (a Newton step in raw units): checked within eps^(1/3), not √eps
+        kernel = self._kernel(
+            kind,
+            lambda: _step_of(self.fast, self.num_particles, function, len(state), options),
+            (*state, *inputs),
+            exponent=1 / 3,
+        )
         if kernel is not None:
             return kernel(*state, *inputs)
         bound = _Bound(self.value, self.value_and_grad, inputs, self.num_particles)
         return function(bound, *state, *options, traceable=False)
 
     # ----------------------------------------------------------------- helpers
-    def _kernel(self, kind, function, args: tuple):
-        """The compiled kernel of ``kind`` (``function`` traced at ``args``), compiling it
-        at the threshold; ``None`` while the replay must run (gradients enabled, below
-        the threshold, compiling off, or it failed). Only inference (``torch.no_grad()``)
-        counts and compiles: training draws a new ``N`` at every step, and compiling its
-        many signatures would cost more than it saves."""
+    def _kernel(self, kind, make_function, args: tuple, exponent: float = 0.5):
+        """The compiled kernel of ``kind`` (``make_function()`` traced at ``args``, checked
+        within ``eps^exponent``; built only to compile), compiling it at the threshold;
+        ``None`` while the replay must run (gradients enabled, below the threshold,
+        compiling off, or it failed). Only inference (``torch.no_grad()``) counts and
+        compiles: training draws a new ``N`` at every step, and compiling its many
+        signatures would cost more than it saves."""
         if torch.is_grad_enabled():
             return None
         self.calls += 1
@@ -197,9 +204,7 @@ class CompiledLogJoint:
             with self._lock:
                 kernel = self._kernels.get(kind)
                 if kernel is None:
-                    # a solver step's outputs pass through linear solves, whose conditioning
-                    # amplifies rounding (a Newton step in raw units): eps^(1/3) there
-                    exponent = 0.5 if isinstance(kind, str) else 1 / 3
+                    function = make_function()
                     kernel = compile_checked("log joint", kind, function, args, exponent)
                     kernel = self._kernels[kind] = _FAILED if kernel is None else kernel
             if kernel is _FAILED:
