@@ -4,6 +4,8 @@ For every dataset of a model (one, or one per group):
 
 * the guide: ``guide.posterior(x, y)`` at its defaults, timed (median of a few calls after
   an untimed ``guide.precompile`` per data shape, as NUTS is compiled once per shape);
+  for a model of several groups also every group of a size in one call, as
+  ``iai infer --group`` answers them;
   ``passes`` and ``converged`` are read from the result's ``status`` when the guide
   reports one; ``k̂`` is PSIS's on the log
   importance weights ``log p(z, D) − log q(z)`` of the guide's draws;
@@ -83,11 +85,14 @@ class DatasetResult:
 
 @dataclass
 class ModelResult:
-    """A model's datasets, or why it could not run."""
+    """A model's datasets, or why it could not run. ``grouped_seconds``: for a model of
+    several datasets (groups), the guide's seconds per group when every group of a size is
+    answered in one call, as ``iai infer --group`` does (``None`` for one dataset)."""
 
     entry: RealModel
     datasets: list[DatasetResult] = field(default_factory=list)
     error: str | None = None
+    grouped_seconds: float | None = None
     guide_compile_seconds: float = 0.0
     nuts_compile_seconds: float = 0.0
     laplace_compile_seconds: float = 0.0
@@ -136,18 +141,15 @@ def _moments(draws: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[flo
 @torch.no_grad()
 def _guide_side(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings, seed: int):
     """Timed posterior, its status, draws ``(S, D)`` and log importance weights ``(S,)``."""
-    times, posterior = [], None
-    for _ in range(settings.guide_repeats):
-        started = time.perf_counter()
-        posterior = guide.posterior(x, y)
-        times.append(time.perf_counter() - started)
+    seconds = _median_call_seconds(guide, x, y, settings)
+    posterior = guide.posterior(x, y)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         z = posterior.sample((settings.num_draws,))
     task = guide.prepare(x, y)
     log_weights = log_joint_per_draw(task, z[:, None, :])[:, 0] - posterior.log_prob(z)
     status = getattr(posterior, "status", None)
-    return statistics.median(times), status, z.double().numpy(), log_weights.double().numpy(), task
+    return seconds, status, z.double().numpy(), log_weights.double().numpy(), task
 
 
 def _reported(status, name: str, kind):
@@ -207,6 +209,29 @@ def run_dataset(
     )
 
 
+def _groups_by_size(datasets: list[Dataset]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The datasets stacked into one batch ``(T, N, d)``, ``(T, N)`` per size ``N``."""
+    sizes = sorted({len(d.y) for d in datasets})
+    return [
+        (
+            torch.stack([_tensor(d.x) for d in datasets if len(d.y) == size]),
+            torch.stack([_tensor(d.y) for d in datasets if len(d.y) == size]),
+        )
+        for size in sizes
+    ]
+
+
+@torch.no_grad()
+def _median_call_seconds(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings) -> float:
+    """The median seconds of ``guide.posterior(x, y)`` over ``settings.guide_repeats`` calls."""
+    times = []
+    for _ in range(settings.guide_repeats):
+        started = time.perf_counter()
+        guide.posterior(x, y)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
     """Train (or load) the guide, then run every dataset of ``entry`` (at most
     ``settings.max_groups`` of them). A training that fails is reported in the row (its
@@ -225,7 +250,13 @@ def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
         if len(dataset.y) not in compiled_sizes:
             guide.precompile(_tensor(dataset.x), _tensor(dataset.y))
             compiled_sizes.add(len(dataset.y))
+    batches = _groups_by_size(datasets) if len(datasets) > 1 else []
+    for x, y in batches:
+        guide.precompile(x, y)
     result.guide_compile_seconds = time.perf_counter() - started
+    if batches:
+        seconds = [_median_call_seconds(guide, x, y, settings) for x, y in batches]
+        result.grouped_seconds = sum(seconds) / len(datasets)
     model = numpyro_model(entry.model)
     nuts = NutsReference(model, settings.num_warmup, settings.num_samples)
     laplace = LaplaceBaseline(model)

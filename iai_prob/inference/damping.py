@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from iai_prob.inference.posteriors import gaussian_entropy
+from iai_prob.inference.posteriors import gaussian_entropy, reversed_precision
 from iai_prob.inference.signals import linearization_points
 from iai_prob.inference.updates import combine_natural
 
@@ -31,7 +31,8 @@ def unscented_batch_elbo(log_joint, loc, precision, batch) -> torch.Tensor:
     """``E_q f_B + H(q)`` per task ``(…, T)``, with sigma-point quadrature (``−inf`` if
     invalid); ``loc`` ``(…, T, D)`` may stack candidate states in front, whose sigma points
     are then evaluated together as particles."""
-    valid = torch.isfinite(loc).all(-1) & (torch.linalg.cholesky_ex(precision)[1] == 0)
+    factored = torch.linalg.cholesky_ex(reversed_precision(precision))[1] == 0
+    valid = torch.isfinite(loc).all(-1) & factored  # else rejected, not raised
     safe_loc = torch.where(valid.unsqueeze(-1), loc, torch.zeros_like(loc))
     eye = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
     safe_precision = torch.where(valid[..., None, None], precision, eye)
@@ -46,6 +47,14 @@ def unscented_batch_elbo(log_joint, loc, precision, batch) -> torch.Tensor:
     value = value.reshape(points.shape[:-1]).mean(0) + gaussian_entropy(safe_precision)
     value = torch.where(valid, value, torch.full_like(value, -torch.inf))
     return torch.where(torch.isfinite(value), value, -torch.inf)  # +inf is an overflow
+
+
+def _improves(value: torch.Tensor, base: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+    """Whether a candidate's ELBO ``value`` is acceptable against the state's ``base``: at
+    least ``base − slack`` and finite, so that an invalid candidate (``−inf``: not positive
+    definite, outside a support) is never taken from a state whose own ELBO is ``−inf``
+    (e.g. a sigma point whose rate overflowed)."""
+    return torch.isfinite(value) & (value >= base - slack)
 
 
 class Backtracked(NamedTuple):
@@ -84,7 +93,7 @@ def backtracked_combine(
         rho,
     )
     values = unscented_batch_elbo(log_joint, *candidates, None)  # (K, T)
-    accept = values >= base - tolerance * base.abs().clamp_min(1.0)
+    accept = _improves(values, base, tolerance * base.abs().clamp_min(1.0))
     first = accept.long().argmax(0)  # the first accepted step size
     accepted = accept.any(0)
 
@@ -138,7 +147,7 @@ def damped_combine(
                     loc.detach(), precision.detach(), *target, rho
                 )
             value = unscented_batch_elbo(log_joint, new_loc, new_precision, batch)
-            accept = pending & (value >= base - slack)
+            accept = pending & _improves(value, base, slack)
             factor = torch.where(accept, torch.full_like(factor, scale), factor)
             choice = torch.where(accept, torch.full_like(choice, index), choice)
             pending = pending & ~accept

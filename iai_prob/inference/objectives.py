@@ -19,10 +19,37 @@ from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
 
-__all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "objective_loss", "reverse_kl"]
+__all__ = [
+    "OBJECTIVES",
+    "elbo",
+    "forward_kl",
+    "kl_to_exact",
+    "objective_loss",
+    "reverse_kl",
+    "task_elbos",
+    "task_losses",
+]
 
 OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
 """Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
+
+
+def task_elbos(
+    state: RefinementState,
+    family: GaussianFamily,
+    log_joint: LogJoint,
+    data: TaskData,
+    *,
+    num_samples: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Monte Carlo ELBO of each task, ``(T,)`` (differentiable in the state)."""
+    noise = torch.randn(
+        num_samples, *state.loc.shape, generator=generator, dtype=state.loc.dtype
+    ).to(state.loc.device)
+    z = state.loc + (covariance_tril(state.precision) @ noise.unsqueeze(-1)).squeeze(-1)
+    entropy = family.distribution(state.loc, state.precision).entropy()
+    return log_joint.per_particle(z, data).mean(0) + entropy
 
 
 def elbo(
@@ -35,12 +62,9 @@ def elbo(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Monte Carlo ELBO summed over tasks (differentiable in the state)."""
-    noise = torch.randn(
-        num_samples, *state.loc.shape, generator=generator, dtype=state.loc.dtype
-    ).to(state.loc.device)
-    z = state.loc + (covariance_tril(state.precision) @ noise.unsqueeze(-1)).squeeze(-1)
-    entropy = family.distribution(state.loc, state.precision).entropy().sum()
-    return log_joint(z, data) / num_samples + entropy
+    return task_elbos(
+        state, family, log_joint, data, num_samples=num_samples, generator=generator
+    ).sum()
 
 
 def reverse_kl(state, family, log_joint, data, *, num_samples=8, generator=None) -> torch.Tensor:
@@ -56,6 +80,28 @@ def forward_kl(
     return -family.distribution(state.loc, state.precision).log_prob(true_z).mean()
 
 
+def task_losses(
+    objective: str,
+    state: RefinementState,
+    family: GaussianFamily,
+    task,
+    true_z: torch.Tensor | None,
+    *,
+    num_samples: int = 8,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The loss ``objective`` (one of :data:`OBJECTIVES`) of ``state`` on each task of a
+    prepared ``task``, ``(T,)``: ``−ELBO``, ``−log q(z_true)`` or their sum."""
+    loss = torch.zeros_like(state.loc[:, 0])
+    if objective in ("reverse_kl", "mixed"):
+        loss = loss - task_elbos(
+            state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator
+        )
+    if objective in ("forward_kl", "mixed"):
+        loss = loss - family.distribution(state.loc, state.precision).log_prob(true_z)
+    return loss
+
+
 def objective_loss(
     objective: str,
     state: RefinementState,
@@ -66,16 +112,11 @@ def objective_loss(
     num_samples: int = 8,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The loss ``objective`` (one of :data:`OBJECTIVES`) of ``state`` on a prepared
-    ``task``, averaged over tasks: ``−ELBO``, ``−log q(z_true)`` or their sum."""
-    loss = 0.0
-    if objective in ("reverse_kl", "mixed"):
-        loss = loss + reverse_kl(
-            state, family, task.log_joint, task.data, num_samples=num_samples, generator=generator
-        )
-    if objective in ("forward_kl", "mixed"):
-        loss = loss + forward_kl(state, family, true_z)
-    return loss
+    """:func:`task_losses` averaged over tasks."""
+    losses = task_losses(
+        objective, state, family, task, true_z, num_samples=num_samples, generator=generator
+    )
+    return losses.mean()
 
 
 def kl_to_exact(

@@ -34,6 +34,7 @@ __all__ = [
     "gaussian_entropy",
     "gaussian_kl",
     "get_posterior_family",
+    "reversed_precision",
     "symmetrize",
 ]
 
@@ -170,18 +171,39 @@ def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamil
 
 
 def covariance_tril(precision: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``."""
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
+    """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``, without forming
+    ``Λ⁻¹``.
+
+    With ``J`` the exchange matrix (indices reversed), factor the reversed precision
+    ``J Λ J = R Rᵀ``; then ``Λ⁻¹ = (J R⁻ᵀ J)(J R⁻ᵀ J)ᵀ``, and ``J R⁻ᵀ J`` is lower
+    triangular with a positive diagonal, so it is ``L``. One Cholesky factorization and
+    one triangular inverse: inverting ``Λ`` and factoring the inverse would square the
+    rounding of an ill-conditioned ``Λ`` (a Poisson regression on raw counts in float32
+    has condition numbers past 1e8, where the second factorization fails).
+    """
+    reversed_factor = torch.linalg.cholesky(reversed_precision(precision))
+    identity = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
+    upper = torch.linalg.solve_triangular(reversed_factor.mT, identity, upper=True)
+    return upper.flip(-2, -1)
+
+
+def reversed_precision(precision: torch.Tensor) -> torch.Tensor:
+    """``J Λ J``, the precision with its indices reversed: the matrix
+    :func:`covariance_tril` and :func:`gaussian_entropy` factor, so that
+    ``torch.linalg.cholesky_ex(reversed_precision(Λ))`` says exactly where both succeed."""
+    return precision.flip(-2, -1)
 
 
 def gaussian_entropy(precision: torch.Tensor) -> torch.Tensor:
     """Entropy of ``N(μ, Λ⁻¹)``: ``D/2 (1 + log 2π) − ½ log det Λ``, shape ``(...,)``.
 
-    From one Cholesky factor of ``Λ``; building a ``MultivariateNormal`` from the
-    precision would also invert it.
+    From one Cholesky factor of ``J Λ J`` (:func:`reversed_precision`, the factor
+    :func:`covariance_tril` uses; ``det J Λ J = det Λ``); building a
+    ``MultivariateNormal`` from the precision would also invert it.
     """
     dim = precision.shape[-1]
-    half_log_det = torch.linalg.cholesky(precision).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    factor = torch.linalg.cholesky(reversed_precision(precision))
+    half_log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return 0.5 * dim * (1.0 + math.log(2 * math.pi)) - half_log_det
 
 

@@ -24,7 +24,12 @@ from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
 from iai_prob.inference.gradient_updates import GRADIENT_RULES, GradientStepUpdate
 from iai_prob.inference.numerics import flushing_denormals
-from iai_prob.inference.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
+from iai_prob.inference.posteriors import (
+    GaussianFamily,
+    gaussian_entropy,
+    gaussian_kl,
+    reversed_precision,
+)
 from iai_prob.inference.signals import (
     LINEARIZATIONS,
     curvature_signal,
@@ -115,9 +120,12 @@ def _keep_where(done: torch.Tensor, kept, new):
 
 
 def check_state(state: RefinementState) -> RefinementState:
-    """Raise :class:`RefinementError` if any task's state is not finite or not PD."""
+    """Raise :class:`RefinementError` if any task's state is not finite or not PD (its
+    precision factors as :func:`~iai_prob.inference.posteriors.covariance_tril` factors
+    it, so that a state that passes can be sampled)."""
     finite = torch.isfinite(state.loc).all(-1) & torch.isfinite(state.precision).all((-1, -2))
-    positive = torch.linalg.cholesky_ex(torch.nan_to_num(state.precision))[1] == 0
+    precision = reversed_precision(torch.nan_to_num(state.precision))
+    positive = torch.linalg.cholesky_ex(precision)[1] == 0
     bad = (~(finite & positive)).nonzero().flatten().tolist()
     if bad:
         raise RefinementError(

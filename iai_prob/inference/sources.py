@@ -43,6 +43,18 @@ class TaskBatch(NamedTuple):
         theta = None if self.theta is None else {k: v.to(device) for k, v in self.theta.items()}
         return TaskBatch(args, theta)
 
+    def tasks(self, keep: torch.Tensor) -> TaskBatch:
+        """The tasks where ``keep`` ``(T,)`` is true (arguments without a leading task
+        dimension are shared, and kept whole)."""
+        count = keep.shape[0]
+
+        def select(value):
+            per_task = torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == count
+            return value[keep.to(value.device)] if per_task else value
+
+        theta = None if self.theta is None else {k: select(v) for k, v in self.theta.items()}
+        return TaskBatch(tuple(select(a) for a in self.args), theta)
+
 
 class TaskSource:
     """A distribution over tasks for :func:`~iai_prob.inference.fit`."""

@@ -50,8 +50,10 @@ well), ``early_stopping=patience`` stops after that many validations without a n
 and a final guide that scores worse than the untrained one gives a one-line warning.
 Pyro's ``Encountered NaN/inf: log_prob_sum`` warnings, which a trial state with invalid
 parameters (e.g. a huge scale) raises before the refinement's safeguard rejects it, are
-not shown: such trial steps are rejected, and a training step whose loss or gradient is
-not finite is skipped and counted in :attr:`FitResult.skipped`.
+not shown: such trial steps are rejected; a task whose loss is not finite (its simulated
+data overflow the likelihood at the ELBO's draws) is left out of its step and counted in
+:attr:`FitResult.dropped_tasks`, and a training step whose loss or gradient is still not
+finite is skipped and counted in :attr:`FitResult.skipped`.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.evaluation import ValidationTasks, refinement_steps
 from iai_prob.inference.numerics import flush_denormals
-from iai_prob.inference.objectives import OBJECTIVES, kl_to_exact, objective_loss
+from iai_prob.inference.objectives import OBJECTIVES, kl_to_exact, task_losses
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
 from iai_prob.inference.training_state import resume_training, run_identity, save_training
@@ -86,14 +88,16 @@ __all__ = ["FitResult", "fit"]
 @dataclass
 class FitResult:
     """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the
-    skipped steps, the validation history (untrained, scheduled, best and final scores)
-    and whether early stopping ended the run."""
+    skipped steps, the tasks left out of a step for a non-finite loss, the validation
+    history (untrained, scheduled, best and final scores) and whether early stopping ended
+    the run."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     skipped: int = 0
+    dropped_tasks: int = 0
     validation: ValidationHistory = field(default_factory=ValidationHistory)
     stopped_early: bool = False
 
@@ -109,12 +113,16 @@ def _trainable(guide) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
-def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator, num_samples):
+def _step_loss(guide, batch: TaskBatch, budget: dict, generator):
+    """The step's loss (the mean over tasks and refinement steps), the prepared task, the
+    last state and which tasks' losses are finite (``None`` for an implicit predictor)."""
+    objective, greedy, max_passes = budget["objective"], budget["greedy"], budget["max_passes"]
+    num_samples = budget["num_samples"]
     if hasattr(guide, "training_loss"):
         loss = guide.training_loss(
             batch.args, greedy=greedy, max_passes=max_passes, generator=generator
         )
-        return loss, None, None
+        return loss, None, None, None
     task = guide.prepare(*batch.args)
     family = guide.refiner.family
     true_z = None
@@ -124,11 +132,11 @@ def _step_loss(guide, batch: TaskBatch, objective, greedy, max_passes, generator
     num_steps = refinement_steps(guide, task, passes)
     total, count, state = 0.0, 0, None
     for state, _ in guide.trajectory(task, num_steps=num_steps, greedy=greedy):
-        loss = objective_loss(
+        total = total + task_losses(
             objective, state, family, task, true_z, num_samples=num_samples, generator=generator
         )
-        total, count = total + loss, count + 1
-    return total / count, task, state
+        count += 1
+    return (total / count).mean(), task, state, torch.isfinite(total.detach())
 
 
 def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
@@ -512,15 +520,16 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
     batch = parallel.shard(source.sample(budget["tasks_per_step"], size, generator)).to(device)
     optimizer.zero_grad()
     try:
-        loss, task, state = _step_loss(
-            guide,
-            batch,
-            budget["objective"],
-            budget["greedy"],
-            budget["max_passes"],
-            generator,
-            budget["num_samples"],
-        )
+        loss, task, state, finite_tasks = _step_loss(guide, batch, budget, generator)
+        if finite_tasks is not None and finite_tasks.any() and not finite_tasks.all():
+            # a task whose loss is not finite (its simulated data overflow the likelihood
+            # at the ELBO's draws: a Poisson rate past float range under a wide prior) is
+            # left out and counted, and the step retaken on the others, rather than voided
+            # for all: masking it out of the loss would still send 0 · inf = NaN through
+            # the shared weights' gradients
+            result.dropped_tasks += int((~finite_tasks).sum())
+            batch = batch.tasks(finite_tasks)
+            loss, task, state, _ = _step_loss(guide, batch, budget, generator)
         finite = bool(torch.isfinite(loss))
     except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
         loss, task, state, finite = torch.tensor(torch.nan), None, None, False

@@ -82,6 +82,7 @@ def save_training(
         "kls": result.kls,
         "seconds": result.seconds,
         "skipped": result.skipped,
+        "dropped_tasks": result.dropped_tasks,
         "validation": result.validation.to_card(),
         "optimizer_param_groups": optimizer_state["param_groups"],
         "optimizer_scalars": scalars,
@@ -133,5 +134,6 @@ def resume_training(
     result.steps, result.losses, result.seconds = card["step"], card["losses"], card["seconds"]
     result.kls = [tuple(kl) for kl in card["kls"]]
     result.skipped = card["skipped"]
+    result.dropped_tasks = card.get("dropped_tasks", 0)  # absent in earlier versions
     result.validation = ValidationHistory.from_card(card.get("validation"))
     return best or None

@@ -265,7 +265,8 @@ def converge(
 
 @eqx.filter_jit
 def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: int):
-    """``f_D(z_s) − log q(z_s)`` ``(S, T)`` for ``num_draws`` draws, ``per_group`` at a time."""
+    """``f_D(z_s) − log q(z_s)`` ``(S, T)`` for ``num_draws`` draws, ``per_group`` at a
+    time; ``f_D`` in the dtype of ``full``'s data (the draws and ``log q`` in ``loc``'s)."""
     TRACE_COUNTS["khat"] += 1
     posterior = family.distribution(loc, precision)
     draws = posterior.sample(key, (num_draws,))
@@ -274,9 +275,9 @@ def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: i
     padded = jnp.concatenate(
         [draws, jnp.broadcast_to(loc, (num_groups * per_group - num_draws, *loc.shape))]
     )
-    grouped = padded.reshape(num_groups, per_group, *loc.shape)
+    grouped = padded.reshape(num_groups, per_group, *loc.shape).astype(full.data.features.dtype)
     log_p = jax.lax.map(full.per_particle, grouped).reshape(-1, loc.shape[0])[:num_draws]
-    return log_p - log_q
+    return log_p.astype(log_q.dtype) - log_q
 
 
 def khat_of(
@@ -290,7 +291,10 @@ def khat_of(
 ) -> np.ndarray:
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` against the full data from
     ``num_draws`` seeded draws, evaluated in groups of draws that touch at most
-    ``max_elements`` data points each."""
+    ``max_elements`` data points each. ``f_D`` is evaluated in the dtype of ``full``'s
+    data: :func:`finish` passes the guide's float32, which halves the cost of the
+    thousand full-data evaluations, while the draws and ``log q`` keep the phase's float64
+    (as :func:`iai_prob.inference.convergence.khat_of`)."""
     num_tasks = loc.shape[0]
     per_group = min(num_draws, max(1, max_elements // max(1, full.data.size * num_tasks)))
     key = jax.random.PRNGKey(seed)
@@ -363,7 +367,10 @@ def finish(
                 min_precision=min_precision,
                 linearization=linearization,
             )
-            khat = khat_of(phase.loc, phase.precision, full, family, convergence.khat_draws, seed)
+            evaluated = FullData(_cast(full.data, dtype), full.index, full.mask, log_joint)
+            khat = khat_of(
+                phase.loc, phase.precision, evaluated, family, convergence.khat_draws, seed
+            )
             parts.append(
                 Phase(
                     np.asarray(phase.loc),

@@ -31,6 +31,7 @@ arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +73,35 @@ TRACE_COUNTS: Counter = Counter()
 """How many times each jitted refinement function was traced (compiled), by name; a
 test checks that datasets of the same shape reuse the compilation."""
 
+
+
+@functools.lru_cache(maxsize=64)
+def _seeded_schedule(num_points: int, batch_size: int, num_steps: int, seed: int) -> Schedule:
+    """The mini-batch schedule of a call, a function of its sizes and seed alone: computed
+    once per shape (its random permutations cost milliseconds of eager dispatch), and
+    concrete even when first asked for under a JAX trace (``SVI``), so the cache holds no
+    tracer."""
+    with jax.ensure_compile_time_eval():
+        return minibatch_schedule(num_points, batch_size, num_steps, jax.random.PRNGKey(seed))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _distribution(family, loc, precision, batch_shape: tuple):
+    """``q = N(μ, Λ⁻¹)`` of the tasks' states ``(T, D)``, ``(T, D, D)`` with batch shape
+    ``batch_shape`` (``()``: the one task), built in one compiled call: eagerly, its
+    dozen small operations cost milliseconds, more than the rest of an answer."""
+    dim = loc.shape[-1]
+    return family.distribution(
+        loc.reshape(*batch_shape, dim), precision.reshape(*batch_shape, dim, dim)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _seeded_context(num_points: int, context_size: int, seed: int) -> jax.Array:
+    """The one-shot encoder's context subset, once per ``(N, context size, seed)``
+    (concrete under a trace, as :func:`_seeded_schedule`)."""
+    with jax.ensure_compile_time_eval():
+        return jax.random.permutation(jax.random.PRNGKey(seed), num_points)[:context_size]
 
 class PreparedTask(NamedTuple):
     """A dataset read through the model: layout, data and the log-joint evaluator."""
@@ -295,7 +325,7 @@ class IterativeAmortizedGuide:
     def prepare(self, *args, **kwargs) -> PreparedTask:
         """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
         config = self.config
-        data, _, tasks = read_task_data(
+        data, trace, tasks = read_task_data(
             self.model,
             args,
             kwargs,
@@ -303,8 +333,9 @@ class IterativeAmortizedGuide:
             tasks_plate=config["tasks_plate"],
             featurize=self.featurize,
         )
-        task_args, task_kwargs = data.task(0)
-        trace = trace_model(self.model, task_args, task_kwargs)
+        if tasks is not None:  # the layout is read off one task's trace
+            task_args, task_kwargs = data.task(0)
+            trace = trace_model(self.model, task_args, task_kwargs)
         layout = discover_layout(
             trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"], tasks=tasks
         )
@@ -331,16 +362,16 @@ class IterativeAmortizedGuide:
             num_steps = self.config["num_steps"]
         if num_steps is None:
             num_steps = math.ceil(num_points / batch_size)
-        key = jax.random.PRNGKey(self.config["seed"])
-        return minibatch_schedule(num_points, min(batch_size, num_points), num_steps, key)
+        return _seeded_schedule(
+            num_points, min(batch_size, num_points), num_steps, self.config["seed"]
+        )
 
     def context_index(self, num_points: int):
         """The seeded random context subset of the one-shot encoder (``None``: all points)."""
         context_size = self.config["context_size"]
         if num_points <= context_size:
             return None
-        key = jax.random.PRNGKey(self.config["seed"] + 1)
-        return jax.random.permutation(key, num_points)[:context_size]
+        return _seeded_context(num_points, context_size, self.config["seed"] + 1)
 
     def run(
         self,
@@ -450,15 +481,8 @@ class IterativeAmortizedGuide:
         return state, status
 
     def _batched_distribution(self, state: RefinementState, layout: LatentLayout):
-        family = self.refiner_family()
-        loc = state.loc.reshape(*layout.batch_shape, -1) if layout.num_tasks else state.loc[0]
-        precision = state.precision
-        precision = (
-            precision.reshape(*layout.batch_shape, *precision.shape[-2:])
-            if layout.num_tasks
-            else precision[0]
-        )
-        return family.distribution(loc, precision)
+        batch_shape = tuple(layout.batch_shape) if layout.num_tasks else ()
+        return _distribution(self.refiner_family(), state.loc, state.precision, batch_shape)
 
     def refiner_family(self):
         self._require_built()
@@ -519,10 +543,8 @@ class IterativeAmortizedGuide:
         )[0]
 
     def _flat_distribution(self, state: RefinementState, layout: LatentLayout):
-        family = self.refiner_family()
-        if layout.num_tasks is None:
-            return family.distribution(state.loc[0], state.precision[0])
-        return family.distribution(state.loc, state.precision)
+        batch_shape = () if layout.num_tasks is None else (layout.num_tasks,)
+        return _distribution(self.refiner_family(), state.loc, state.precision, batch_shape)
 
     def median(self, params: dict, *args, **kwargs) -> dict:
         """Posterior median of each global site: ``T(μ)`` (per task when batched)."""

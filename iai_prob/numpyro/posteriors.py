@@ -15,6 +15,7 @@ target onto the structure and ``distribution`` returns the NumPyro distribution.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
@@ -51,12 +52,18 @@ def symmetrize(matrix):
     return 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
 
 
+@jax.jit
 def covariance_tril(precision):
-    """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹`` (as the torch side)."""
-    chol = jnp.linalg.cholesky(precision)
+    """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``, from one factor of
+    the reversed precision ``J Λ J = R Rᵀ``: ``L = J R⁻ᵀ J`` (the torch side's
+    :func:`iai_prob.inference.posteriors.covariance_tril` has the derivation). Compiled,
+    as answering a posterior calls it eagerly."""
+    from jax.scipy.linalg import solve_triangular
+
+    reversed_factor = jnp.linalg.cholesky(jnp.flip(precision, (-2, -1)))
     eye = jnp.broadcast_to(jnp.eye(precision.shape[-1], dtype=precision.dtype), precision.shape)
-    inverse = _cho_solve(chol, eye)
-    return jnp.linalg.cholesky(symmetrize(inverse))
+    upper = solve_triangular(jnp.swapaxes(reversed_factor, -1, -2), eye, lower=False)
+    return jnp.flip(upper, (-2, -1))
 
 
 def _cho_solve(chol, rhs):

@@ -3,6 +3,8 @@ clips gradients; refinement reports a broken state instead of returning it."""
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -34,16 +36,16 @@ def _fail_on(monkeypatch, steps_to_break, how):
     def broken(guide, *args):
         step = calls["n"]
         calls["n"] += 1
-        loss, task, state = original(guide, *args)
+        loss, task, state, finite = original(guide, *args)
         if step not in steps_to_break:
-            return loss, task, state
+            return loss, task, state, finite
         if how == "loss":
-            return loss * torch.nan, task, state
+            return loss * torch.nan, task, state, finite
         if how == "gradient":  # finite loss, NaN gradient
             parameter = next(guide.refiner.parameters())
             poisoned = torch.sqrt(parameter.flatten()[0] * 0.0)  # value 0, d/dp = inf·0 = NaN
             assert torch.isfinite(loss + poisoned)
-            return loss + poisoned, task, state
+            return loss + poisoned, task, state, finite
         raise RefinementError("injected: state not positive definite")
 
     monkeypatch.setattr(training_module, "_step_loss", broken)
@@ -151,3 +153,72 @@ def test_simulated_data_outside_the_likelihoods_support_are_skipped_and_counted(
     guide = make_guide(_counts)
     result = fit(guide, tasks, steps=6, tasks_per_step=8, num_points=(8, 16), progress=False)
     assert result.skipped >= 1 and result.steps == 6
+
+
+def _flagged(x, y=None):
+    """A regression whose tasks with ``x[t, 0, 0] > 5`` have a log joint of ``−inf``
+    everywhere (a factor), so their training loss is ``+inf`` whatever the state."""
+    with pyro.plate("tasks", x.shape[0], dim=-2):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.factor("flag", torch.where(x[:, :1, 0] > 5.0, -torch.inf, 0.0))
+        with pyro.plate("data", x.shape[1], dim=-1):
+            return pyro.sample("y", dist.Normal(w * x[..., 0], 1.0), obs=y)
+
+
+def _first_task_flagged(num_tasks, num_points, generator):
+    x = torch.randn(num_tasks, num_points, 1, generator=generator)
+    x[0, 0, 0] = 10.0
+    return (x,)
+
+
+def test_a_task_with_a_non_finite_loss_is_left_out_and_the_step_retaken(make_guide):
+    """One task's infinite loss neither voids the step for the others (it is retaken on
+    them) nor reaches the weights (0 · inf in a masked mean would make them NaN)."""
+    tasks = PriorPredictiveTasks(_flagged, _first_task_flagged)
+    guide = make_guide(_flagged)
+    fit(guide, tasks, steps=1, learning_rate=0.0, validation_tasks=0, **TINY)  # build it
+    before = _weights(guide)
+    result = fit(guide, tasks, steps=3, validation_tasks=0, **TINY)
+    assert result.skipped == 0 and result.dropped_tasks == 3  # task 0 of every step
+    assert all(torch.isfinite(v).all() for v in guide.refiner.state_dict().values())
+    assert any(not torch.equal(v, before[k]) for k, v in guide.refiner.state_dict().items())
+    assert all(map(math.isfinite, result.losses))
+
+
+def test_task_batch_keeps_the_selected_tasks_and_shared_arguments():
+    from iai_prob.inference.sources import TaskBatch
+
+    x, y, shared = torch.arange(6.0).reshape(3, 2), torch.arange(3.0), torch.tensor(7.0)
+    batch = TaskBatch((x, y, shared, "label"), {"w": torch.arange(3.0)})
+    kept = batch.tasks(torch.tensor([True, False, True]))
+    assert kept.args[0].tolist() == [[0.0, 1.0], [4.0, 5.0]] and kept.args[1].tolist() == [0, 2]
+    assert kept.args[2] is shared and kept.args[3] == "label"
+    assert kept.theta["w"].tolist() == [0.0, 2.0]
+    assert TaskBatch((x,), None).tasks(torch.tensor([True, True, False])).theta is None
+
+
+def test_no_step_is_taken_to_an_invalid_candidate_from_a_state_whose_elbo_is_minus_inf():
+    """From a state whose ELBO is ``−inf``, an invalid candidate (``−inf`` too: not
+    positive definite) is not "no worse": the task keeps its state."""
+    from iai_prob.inference.damping import backtracked_combine, damped_combine
+
+    class MinusInf:
+        def per_particle(self, z, batch=None):
+            return torch.full(z.shape[:-1], -torch.inf, dtype=z.dtype)
+
+    loc = torch.zeros(2, 2, dtype=torch.float64)
+    precision = torch.eye(2, dtype=torch.float64).expand(2, 2, 2).clone()
+    target = (
+        torch.zeros(2, 2, dtype=torch.float64),
+        -torch.eye(2, dtype=torch.float64).expand(2, 2, 2),
+    )
+    step = torch.full((2,), 1.0, dtype=torch.float64)
+    base = torch.full((2,), -torch.inf, dtype=torch.float64)
+    _, new_precision, used = damped_combine(
+        loc, precision, step, [lambda: target], None, MinusInf(), base=base
+    )
+    assert (used == 0).all()
+    torch.testing.assert_close(new_precision, precision)
+    result = backtracked_combine(MinusInf(), loc, precision, step, target, base)
+    assert not result.accepted.any()
+    torch.testing.assert_close(result.precision, precision)

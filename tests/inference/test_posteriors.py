@@ -11,6 +11,7 @@ from iai_prob.inference.posteriors import (
     FullRankGaussian,
     LowRankGaussian,
     absolute_eigenvalues,
+    covariance_tril,
     gaussian_entropy,
     gaussian_kl,
     get_posterior_family,
@@ -234,3 +235,24 @@ def test_absolute_eigenvalues_never_passes_a_non_finite_curvature_through():
     """An infinite off-diagonal entry next to a large diagonal is masked, not returned."""
     large = torch.tensor([[1e6, float("inf")], [float("inf"), 1e6]])
     assert torch.isnan(absolute_eigenvalues(large, 0.5)).all()
+
+
+@pytest.mark.parametrize("top", [0.0, 3.0, 6.0])
+def test_covariance_tril_is_the_lower_cholesky_factor_of_the_inverse(top):
+    """``L`` with ``L Lᵀ = Λ⁻¹``, lower triangular with a positive diagonal, from one
+    factorization of the reversed precision; within float32's rounding of the float64
+    answer up to condition numbers of 1e6."""
+    dim = 9
+    rotation, _ = torch.linalg.qr(
+        torch.randn(dim, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    )
+    precision = rotation @ torch.diag(torch.logspace(0, top, dim, dtype=torch.float64)) @ rotation.T
+    precision = 0.5 * (precision + precision.T)
+    exact = torch.linalg.cholesky(torch.linalg.inv(precision))
+    factor = covariance_tril(precision)
+    torch.testing.assert_close(factor, exact, rtol=0, atol=1e-9 * exact.abs().max())
+    assert torch.equal(factor, factor.tril()) and (factor.diagonal() > 0).all()
+    single = covariance_tril(precision.float()).double()
+    assert ((single - exact).abs().max() / exact.abs().max()) < 2e-2
+    batch = torch.stack([precision, 2 * precision])
+    torch.testing.assert_close(covariance_tril(batch)[1], exact / 2**0.5)
