@@ -74,7 +74,6 @@ TRACE_COUNTS: Counter = Counter()
 test checks that datasets of the same shape reuse the compilation."""
 
 
-
 @functools.lru_cache(maxsize=64)
 def _seeded_schedule(num_points: int, batch_size: int, num_steps: int, seed: int) -> Schedule:
     """The mini-batch schedule of a call, a function of its sizes and seed alone: computed
@@ -102,6 +101,7 @@ def _seeded_context(num_points: int, context_size: int, seed: int) -> jax.Array:
     (concrete under a trace, as :func:`_seeded_schedule`)."""
     with jax.ensure_compile_time_eval():
         return jax.random.permutation(jax.random.PRNGKey(seed), num_points)[:context_size]
+
 
 class PreparedTask(NamedTuple):
     """A dataset read through the model: layout, data and the log-joint evaluator."""
