@@ -412,7 +412,8 @@ def _rewritten(graph: torch.fx.GraphModule, inputs: tuple) -> torch.fx.GraphModu
     order, so training keeps ``graph``, whose replay is the eager computation bit for bit.
     """
     fast = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
-    changed = _hoist_out_of_expands(fast) + _contract_products(fast)
+    changed = _expand_xlogy(fast)  # first: its count mask is then hoisted
+    changed += _hoist_out_of_expands(fast) + _contract_products(fast)
     if not changed:
         return graph
     fast.graph.eliminate_dead_code()
@@ -515,6 +516,37 @@ def _hoist_out_of_expands(graph: torch.fx.GraphModule) -> int:
         graph.graph.erase_node(node)
         moved += 1
     return moved
+
+
+def _expand_xlogy(graph: torch.fx.GraphModule) -> int:
+    """Rewrite ``xlogy(a, b)`` as ``a · log(where(a = 0, 1, b))``: the same values (``0``
+    at ``a = 0``, also for ``b = 0`` or ``inf``) and gradients (``a / b``, and ``0`` at
+    ``a = 0``), except that a NaN ``b`` at ``a = 0`` gives ``0`` where ``xlogy`` gives
+    NaN; a NaN parameter still makes the density NaN through its other terms (a
+    Poisson's ``−rate``).
+
+    A Poisson ``log_prob`` calls ``xlogy(count, rate)``, which ATen's CPU kernel computes
+    one element at a time: 8.8 ms against 3.5 ms for this form at the ``k̂``'s 1,000 draws
+    of a Poisson model on ``N = 944`` points (anes96, one thread, measured), where ``log``
+    and ``where`` are vectorized; the mask ``a = 0`` is on the data's shape once
+    :func:`_hoist_out_of_expands` has run."""
+    aten = torch.ops.aten
+    count = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.xlogy.Tensor or node.kwargs:
+            continue
+        a, b = node.args
+        if not all(isinstance(arg, torch.fx.Node) for arg in (a, b)):
+            continue
+        call = graph.graph.call_function
+        with graph.graph.inserting_before(node):
+            zero = call(aten.eq.Scalar, (a, 0))
+            safe = call(aten.where.self, (zero, call(aten.ones_like.default, (b,)), b))
+            expanded = call(aten.mul.Tensor, (a, call(aten.log.default, (safe,))))
+        node.replace_all_uses_with(expanded)
+        graph.graph.erase_node(node)
+        count += 1
+    return count
 
 
 def _contract_products(graph: torch.fx.GraphModule) -> int:

@@ -553,8 +553,10 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
             raise FloatingPointError(
                 f"fit: {result.skipped} steps with a non-finite loss or gradient, a failed "
                 "refinement or simulated data outside the likelihood's support (more than "
-                f"max_skipped={budget['max_skipped']}); lower the learning rate or check the "
-                "model and its priors' scale"
+                f"max_skipped={budget['max_skipped']}); lower the learning rate, check the "
+                "model and its priors' scale, or train in float64 "
+                "(torch.set_default_dtype(torch.float64) before building the guide): a model "
+                "on raw counts or raw units can have posterior precisions float32 cannot factor"
             )
     kl = None
     step = result.steps + 1

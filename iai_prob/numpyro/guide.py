@@ -60,7 +60,14 @@ from iai_prob.numpyro.refinement import (
 )
 from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
-from iai_prob.numpyro.task_data import TaskData, read_task_data, trace_model
+from iai_prob.numpyro.task_data import (
+    TaskData,
+    call_signature,
+    check_finite_features,
+    read_task_data,
+    read_task_data_compiled,
+    trace_model,
+)
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 
@@ -261,6 +268,8 @@ class IterativeAmortizedGuide:
         self.layout_signature: list | None = None
         self.card: dict = {}
         self._static = None  # the refiner's non-array part (structure, config)
+        # call signature -> (layout, log joint), or None where the model must run eagerly
+        self._prepared: dict = {}
 
     # ------------------------------------------------------------------ setup
     @property
@@ -323,8 +332,31 @@ class IterativeAmortizedGuide:
         return self.params_of(self.build(task.layout.latent_dim, task.data.features.shape[-1]))
 
     def prepare(self, *args, **kwargs) -> PreparedTask:
-        """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
+        """Trace the model on ``*args, **kwargs`` and read its latent layout and data.
+
+        The layout and log joint of a call signature (:func:`.task_data.call_signature`)
+        are kept: a later call with the same shapes reads its data through one compiled
+        call (:func:`.task_data.read_task_data_compiled`) instead of an eager model trace.
+        """
         config = self.config
+        key = call_signature(args, kwargs)
+        known = self._prepared.get(key) if key is not None else None
+        if known is not None:
+            layout, log_joint = known
+            try:
+                data = read_task_data_compiled(
+                    self.model,
+                    tuple(args),
+                    dict(kwargs),
+                    config["data_plate"],
+                    config["tasks_plate"],
+                    self.featurize,
+                )
+            except jax.errors.JAXTypeError:  # the model needs concrete values: read eagerly
+                self._prepared[key] = None
+            else:
+                check_finite_features(data.features)
+                return PreparedTask(layout, data, log_joint)
         data, trace, tasks = read_task_data(
             self.model,
             args,
@@ -350,6 +382,8 @@ class IterativeAmortizedGuide:
                 f"was built for {self.dims[1]}; check the covariates' dimension"
             )
         log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
+        if key is not None and key not in self._prepared:
+            self._prepared[key] = (layout, log_joint)
         return PreparedTask(layout, data, log_joint)
 
     # ------------------------------------------------------------- refinement

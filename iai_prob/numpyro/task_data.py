@@ -25,7 +25,14 @@ from numpyro.distributions import constraints
 
 from iai_prob.numpyro.sites import plate_frames
 
-__all__ = ["TaskData", "read_task_data", "trace_model"]
+__all__ = [
+    "TaskData",
+    "call_signature",
+    "check_finite_features",
+    "read_task_data",
+    "read_task_data_compiled",
+    "trace_model",
+]
 
 _MAX_ONE_HOT = 64
 
@@ -97,6 +104,45 @@ class TaskData(eqx.Module):
         """``(args, kwargs)`` of task ``index`` as the model takes one dataset, or of the
         tasks ``index`` (a slice) as it takes a batch of them."""
         return self._map(lambda leaf, axis: leaf if axis is None else leaf[index])
+
+
+def check_finite_features(features) -> None:
+    """Refuse data with NaN or inf values (concrete features only: under a JAX trace the
+    values are not known)."""
+    if not isinstance(features, jax.core.Tracer) and not np.isfinite(np.asarray(features)).all():
+        raise ValueError("the data contain NaN or inf values; clean or mask them first")
+
+
+def call_signature(args: tuple, kwargs: dict):
+    """What :func:`read_task_data`'s layout depends on: the arguments' structure, each
+    array's shape and dtype and every other argument's value; ``None`` when an argument
+    is neither an array nor hashable (then nothing is cached for the call)."""
+    leaves, treedef = jax.tree_util.tree_flatten((tuple(args), dict(kwargs)))
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array | np.ndarray):
+            parts.append(("array", tuple(leaf.shape), str(leaf.dtype)))
+            continue
+        try:
+            hash(leaf)
+        except TypeError:
+            return None
+        parts.append(("value", type(leaf).__name__, leaf))
+    return treedef, tuple(parts)
+
+
+@eqx.filter_jit
+def read_task_data_compiled(
+    model, args, kwargs, data_plate: str, tasks_plate: str, featurize
+) -> TaskData:
+    """:func:`read_task_data`'s ``TaskData``, compiled once per :func:`call_signature`: the
+    model is traced when compiling only, so a call costs one dispatch instead of an
+    eager model run (milliseconds of small operations). Its features are not checked for
+    finiteness (:func:`check_finite_features` does it on the result); a model whose
+    trace needs concrete values raises a :class:`jax.errors.JAXTypeError`."""
+    return read_task_data(
+        model, args, kwargs, data_plate=data_plate, tasks_plate=tasks_plate, featurize=featurize
+    )[0]
 
 
 def trace_model(model, args, kwargs):
@@ -199,8 +245,7 @@ def read_task_data(
         features = jnp.concatenate(
             [jnp.broadcast_to(p, (p.shape[0], num_points, p.shape[-1])) for p in parts], -1
         )
-    if not isinstance(features, jax.core.Tracer) and not np.isfinite(np.asarray(features)).all():
-        raise ValueError("the data contain NaN or inf values; clean or mask them first")
+    check_finite_features(features)
     if num_tasks is None:  # task-major storage: a leading T = 1
         leaves = [
             leaf if axis is None else jnp.asarray(leaf)[None]

@@ -336,3 +336,30 @@ def test_per_point_work_leaves_the_particle_broadcast(read_task):
     assert any(n.target is torch.ops.aten.einsum.default for n in nodes)
     sizes = [n.meta["tensor_meta"].shape.numel() for n in nodes if "tensor_meta" in n.meta]
     assert max(sizes) < 40 * 30 * 3  # nothing of (particles, points, features)
+
+
+def test_xlogy_is_rewritten_with_its_values_and_gradients_at_zero_counts(read_task):
+    """A Poisson's ``xlogy(y, rate)`` becomes ``y · log(where(y = 0, 1, rate))`` (ATen's
+    ``xlogy`` is not vectorized) with the count mask on the data's shape; values and
+    gradients are the eager ones, zero counts included."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(25, 3, generator=generator)
+    y = torch.poisson(torch.full((25,), 0.7), generator=generator)
+    assert (y == 0).sum() >= 5
+    layout, data, log_joint = read_task(_count_model, x, y)
+    z = (0.3 * torch.randn(40, 1, layout.latent_dim, generator=generator)).requires_grad_()
+    eager = _eager(log_joint).per_particle(z, data)
+    (expected,) = torch.autograd.grad(eager.sum(), z)
+    with torch.no_grad():
+        for _ in range(traced_log_joint.TRACE_AFTER + 1):
+            value, gradient = log_joint.value_and_grad(z.detach(), data)
+    torch.testing.assert_close(value, eager.detach())
+    torch.testing.assert_close(gradient, expected)
+    (entry,) = traced_log_joint._cache.values()
+    nodes = [n for n in entry.evaluator.fast.graph.nodes if n.op == "call_function"]
+    assert not any(n.target is torch.ops.aten.xlogy.Tensor for n in nodes)
+    assert any(n.target is torch.ops.aten.xlogy.Tensor for n in entry.evaluator.graph.graph.nodes)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    ShapeProp(entry.evaluator.fast).propagate(z.detach(), scale, x, y)
+    (mask,) = [n for n in nodes if n.target is torch.ops.aten.eq.Scalar]
+    assert tuple(mask.meta["tensor_meta"].shape) == (25,)
