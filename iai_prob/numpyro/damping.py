@@ -27,7 +27,9 @@ __all__ = ["damped_combine", "unscented_batch_elbo"]
 def unscented_batch_elbo(log_joint, loc, precision, batch):
     """``E_q f_B + H(q)`` per task ``(T,)`` with sigma points (``−inf`` if invalid)."""
     loc, precision = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(precision)
-    chol = jnp.linalg.cholesky(precision)
+    # the factorization covariance_tril uses (of the reversed precision): valid exactly
+    # where the sigma points can be formed
+    chol = jnp.linalg.cholesky(jnp.flip(precision, (-2, -1)))
     valid = jnp.isfinite(loc).all(-1) & jnp.isfinite(chol).all((-1, -2))
     safe_loc = jnp.where(valid[:, None], loc, 0.0)
     eye = jnp.eye(loc.shape[-1], dtype=loc.dtype)
@@ -87,7 +89,9 @@ def damped_combine(
             rho = jnp.minimum(fixed_step * scale, 1.0)
             new_loc, new_precision = combine_natural(fixed_loc, fixed_precision, *target, rho)
             value = unscented_batch_elbo(log_joint, new_loc, new_precision, batch)
-            accept = pending & (value >= base - slack)
+            # a finite ELBO only: from a state whose own ELBO is −inf, an invalid
+            # candidate (−inf too) is not "no worse" (as the PyTorch twin)
+            accept = pending & jnp.isfinite(value) & (value >= base - slack)
             factor = jnp.where(accept, scale, factor)
             choice = jnp.where(accept, index, choice)
             return attempt_index + 1, scale * shrink, factor, choice

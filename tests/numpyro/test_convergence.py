@@ -192,3 +192,28 @@ def test_bad_settings_are_refused_by_name():
     family = get_family("linear_regression", dim=2)
     with pytest.raises(ValueError, match="convergence must be"):
         IterativeAmortizedGuide(family, convergence=30)
+
+
+def test_no_step_is_taken_to_an_invalid_candidate_from_a_state_whose_elbo_is_minus_inf():
+    """As the PyTorch twin: from a state whose ELBO is ``−inf``, an invalid candidate
+    (not positive definite, ELBO ``−inf`` too) is not "no worse"; the task keeps its state."""
+    from iai_prob.numpyro.damping import damped_combine
+
+    class MinusInf:
+        def per_task_mean(self, z, batch=None):
+            return jnp.full(z.shape[1:-1], -jnp.inf)
+
+    loc = jnp.zeros((2, 2))
+    precision = jnp.broadcast_to(jnp.eye(2), (2, 2, 2))
+    target = (jnp.zeros((2, 2)), -precision)
+    _, new_precision, used = damped_combine(
+        loc,
+        precision,
+        jnp.ones(2),
+        [lambda: target],
+        None,
+        MinusInf(),
+        base=jnp.full(2, -jnp.inf),
+    )
+    assert (np.asarray(used) == 0).all()
+    np.testing.assert_allclose(new_precision, precision)
