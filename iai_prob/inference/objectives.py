@@ -52,19 +52,9 @@ def task_elbos(
     return log_joint.per_particle(z, data).mean(0) + entropy
 
 
-def elbo(
-    state: RefinementState,
-    family: GaussianFamily,
-    log_joint: LogJoint,
-    data: TaskData,
-    *,
-    num_samples: int = 8,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Monte Carlo ELBO summed over tasks (differentiable in the state)."""
-    return task_elbos(
-        state, family, log_joint, data, num_samples=num_samples, generator=generator
-    ).sum()
+def elbo(state, family, log_joint, data, **options) -> torch.Tensor:
+    """Monte Carlo ELBO summed over tasks (:func:`task_elbos`; ``options``: its keywords)."""
+    return task_elbos(state, family, log_joint, data, **options).sum()
 
 
 def reverse_kl(state, family, log_joint, data, *, num_samples=8, generator=None) -> torch.Tensor:
@@ -102,21 +92,9 @@ def task_losses(
     return loss
 
 
-def objective_loss(
-    objective: str,
-    state: RefinementState,
-    family: GaussianFamily,
-    task,
-    true_z: torch.Tensor | None,
-    *,
-    num_samples: int = 8,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """:func:`task_losses` averaged over tasks."""
-    losses = task_losses(
-        objective, state, family, task, true_z, num_samples=num_samples, generator=generator
-    )
-    return losses.mean()
+def objective_loss(objective: str, state, family, task, true_z, **options) -> torch.Tensor:
+    """:func:`task_losses` averaged over tasks (``options``: its keywords)."""
+    return task_losses(objective, state, family, task, true_z, **options).mean()
 
 
 def kl_to_exact(
