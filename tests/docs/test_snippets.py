@@ -102,9 +102,15 @@ def test_capped_fit_lowers_the_budget_and_nothing_else(tmp_path):
 
 
 # Pages whose blocks take minutes (JAX compiles, SBC, NUTS, training and resuming): 188 s,
-# 169 s and 88 s of one worker in CI runs of 2026-12-06, a third of the suite's budget.
-# `make test` leaves them out (marker ``heavy``); `make test-all` runs them.
-HEAVY_PAGES = {"docs/numpyro.md", "docs/diagnostics.md", "docs/reliability.md"}
+# 169 s and 88 s of one worker in CI runs of 2026-12-06, a third of the suite's budget, and
+# docs/regimes.md's 35 s (2026-12-07). `make test` leaves them out (marker ``heavy``);
+# `make test-all` runs them.
+HEAVY_PAGES = {
+    "docs/numpyro.md",
+    "docs/diagnostics.md",
+    "docs/reliability.md",
+    "docs/regimes.md",
+}
 
 
 def _page_param(page: Path):

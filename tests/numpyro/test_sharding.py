@@ -79,7 +79,7 @@ print("REPORT " + json.dumps(report))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # 57 s of one CI worker (2026-12-07): `make test-all` runs it
 def test_two_host_devices_match_one_device_with_the_same_global_batch():
     flags = os.environ.get("XLA_FLAGS", "")
     env = {

@@ -128,7 +128,7 @@ def test_prior_predictive_tasks_draw_the_model_s_joint():
         fit(_guide(), [(jnp.zeros((4, 2)), jnp.zeros(4))], steps=1, progress=False)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # 36 s of one CI worker (2026-12-07): `make test-all` runs it
 def test_fit_trains_on_a_user_model_s_prior_predictive():
     guide = IterativeAmortizedGuide(_user_model, batch_size=16, **SMALL)
     source = PriorPredictiveTasks(_user_model, _covariates)

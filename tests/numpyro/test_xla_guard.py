@@ -85,7 +85,9 @@ def test_serial_eigh_matches_eigh_in_one_call():
     np.testing.assert_allclose(rebuilt, matrix, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("trajectory", [False, True])
+@pytest.mark.parametrize(  # the trajectory case: 23 s of one CI worker, `make test-all`
+    "trajectory", [False, pytest.param(True, marks=pytest.mark.heavy)]
+)
 def test_chunked_refinement_equals_the_whole_batch(trajectory, monkeypatch):
     """Refining 7 tasks in chunks of 3 gives what refining them at once gives."""
     from iai_prob.numpyro import guide as guide_module
