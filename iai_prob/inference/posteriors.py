@@ -177,9 +177,10 @@ def covariance_tril(precision: torch.Tensor) -> torch.Tensor:
     With ``J`` the exchange matrix (indices reversed), factor the reversed precision
     ``J Λ J = R Rᵀ``; then ``Λ⁻¹ = (J R⁻ᵀ J)(J R⁻ᵀ J)ᵀ``, and ``J R⁻ᵀ J`` is lower
     triangular with a positive diagonal, so it is ``L``. One Cholesky factorization and
-    one triangular inverse: inverting ``Λ`` and factoring the inverse would square the
-    rounding of an ill-conditioned ``Λ`` (a Poisson regression on raw counts in float32
-    has condition numbers past 1e8, where the second factorization fails).
+    one triangular inverse, where inverting ``Λ`` and factoring the inverse took two
+    factorizations and an inverse, each adding rounding for an ill-conditioned ``Λ`` (a
+    count model on raw units in float32 reaches condition numbers past 1e7); the checks
+    that a state can be sampled factor the same matrix (:func:`reversed_precision`).
     """
     reversed_factor = torch.linalg.cholesky(reversed_precision(precision))
     identity = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)

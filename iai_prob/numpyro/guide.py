@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -79,6 +79,10 @@ PYTORCH_ONLY_UPDATES = ("maml", "meta_sgd")
 TRACE_COUNTS: Counter = Counter()
 """How many times each jitted refinement function was traced (compiled), by name; a
 test checks that datasets of the same shape reuse the compilation."""
+
+
+MAX_PREPARED = 256
+"""Call signatures whose layout a guide keeps (:meth:`IterativeAmortizedGuide.prepare`)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,8 +272,9 @@ class IterativeAmortizedGuide:
         self.layout_signature: list | None = None
         self.card: dict = {}
         self._static = None  # the refiner's non-array part (structure, config)
-        # call signature -> (layout, log joint), or None where the model must run eagerly
-        self._prepared: dict = {}
+        # call signature -> (layout, log joint), or None where the model must run eagerly;
+        # the most recent MAX_PREPARED signatures
+        self._prepared: OrderedDict = OrderedDict()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -384,6 +389,8 @@ class IterativeAmortizedGuide:
         log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
         if key is not None and key not in self._prepared:
             self._prepared[key] = (layout, log_joint)
+            while len(self._prepared) > MAX_PREPARED:
+                self._prepared.popitem(last=False)
         return PreparedTask(layout, data, log_joint)
 
     # ------------------------------------------------------------- refinement
