@@ -141,8 +141,7 @@ def _moments(draws: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[flo
 @torch.no_grad()
 def _guide_side(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings, seed: int):
     """Timed posterior, its status, draws ``(S, D)`` and log importance weights ``(S,)``."""
-    seconds = _median_call_seconds(guide, x, y, settings)
-    posterior = guide.posterior(x, y)
+    seconds, posterior = _timed_posterior(guide, x, y, settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         z = posterior.sample((settings.num_draws,))
@@ -222,14 +221,15 @@ def _groups_by_size(datasets: list[Dataset]) -> list[tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def _median_call_seconds(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings) -> float:
-    """The median seconds of ``guide.posterior(x, y)`` over ``settings.guide_repeats`` calls."""
-    times = []
+def _timed_posterior(guide, x: torch.Tensor, y: torch.Tensor, settings: Settings):
+    """The median seconds of ``guide.posterior(x, y)`` over ``settings.guide_repeats``
+    calls, and the last call's posterior."""
+    times, posterior = [], None
     for _ in range(settings.guide_repeats):
         started = time.perf_counter()
-        guide.posterior(x, y)
+        posterior = guide.posterior(x, y)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(times), posterior
 
 
 def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
@@ -255,7 +255,7 @@ def run_model(entry: RealModel, settings: Settings, cache: Path) -> ModelResult:
         guide.precompile(x, y)
     result.guide_compile_seconds = time.perf_counter() - started
     if batches:
-        seconds = [_median_call_seconds(guide, x, y, settings) for x, y in batches]
+        seconds = [_timed_posterior(guide, x, y, settings)[0] for x, y in batches]
         result.grouped_seconds = sum(seconds) / len(datasets)
     model = numpyro_model(entry.model)
     nuts = NutsReference(model, settings.num_warmup, settings.num_samples)

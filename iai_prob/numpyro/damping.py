@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from iai_prob.numpyro.posteriors import gaussian_entropy
+from iai_prob.numpyro.posteriors import gaussian_entropy, reversed_precision
 from iai_prob.numpyro.signals import linearization_points
 from iai_prob.numpyro.updates import combine_natural
 
@@ -27,9 +27,7 @@ __all__ = ["damped_combine", "unscented_batch_elbo"]
 def unscented_batch_elbo(log_joint, loc, precision, batch):
     """``E_q f_B + H(q)`` per task ``(T,)`` with sigma points (``−inf`` if invalid)."""
     loc, precision = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(precision)
-    # the factorization covariance_tril uses (of the reversed precision): valid exactly
-    # where the sigma points can be formed
-    chol = jnp.linalg.cholesky(jnp.flip(precision, (-2, -1)))
+    chol = jnp.linalg.cholesky(reversed_precision(precision))  # as covariance_tril factors
     valid = jnp.isfinite(loc).all(-1) & jnp.isfinite(chol).all((-1, -2))
     safe_loc = jnp.where(valid[:, None], loc, 0.0)
     eye = jnp.eye(loc.shape[-1], dtype=loc.dtype)

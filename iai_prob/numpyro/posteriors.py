@@ -33,6 +33,7 @@ __all__ = [
     "gaussian_entropy",
     "gaussian_kl",
     "get_posterior_family",
+    "reversed_precision",
     "symmetrize",
 ]
 
@@ -52,6 +53,13 @@ def symmetrize(matrix):
     return 0.5 * (matrix + jnp.swapaxes(matrix, -1, -2))
 
 
+def reversed_precision(precision):
+    """``J Λ J``, the precision with its indices reversed: the matrix
+    :func:`covariance_tril` factors, so that its Cholesky factor is finite exactly where
+    sigma points can be formed (as :func:`iai_prob.inference.posteriors.reversed_precision`)."""
+    return jnp.flip(precision, (-2, -1))
+
+
 @jax.jit
 def covariance_tril(precision):
     """Lower Cholesky factor ``L`` of the covariance, ``L Lᵀ = Λ⁻¹``, from one factor of
@@ -60,7 +68,7 @@ def covariance_tril(precision):
     as answering a posterior calls it eagerly."""
     from jax.scipy.linalg import solve_triangular
 
-    reversed_factor = jnp.linalg.cholesky(jnp.flip(precision, (-2, -1)))
+    reversed_factor = jnp.linalg.cholesky(reversed_precision(precision))
     eye = jnp.broadcast_to(jnp.eye(precision.shape[-1], dtype=precision.dtype), precision.shape)
     upper = solve_triangular(jnp.swapaxes(reversed_factor, -1, -2), eye, lower=False)
     return jnp.flip(upper, (-2, -1))
