@@ -33,8 +33,8 @@ def main(argv=None) -> int:
 
     import jax
 
+    from iai_prob.models import LinearRegression
     from iai_prob.numpyro import IterativeAmortizedGuide, fit
-    from iai_prob.numpyro.models import LinearRegression
 
     if len(jax.devices()) < args.devices:
         print(f"JAX sees {len(jax.devices())} device(s), not {args.devices}", file=sys.stderr)
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     }
     rows, baseline, params = [], None, {}
     for devices in (None, args.devices):
-        guide = IterativeAmortizedGuide(LinearRegression(dim=8))
+        guide = IterativeAmortizedGuide(LinearRegression(dim=8).on("numpyro"))
         result = fit(guide, guide.family, devices=devices, **options)
         step = float(np.median(result.step_seconds[1:]))
         baseline = baseline or step

@@ -112,9 +112,9 @@ def accuracy_and_throughput(sizes, num_tasks, report):
 def training_step(report, tasks_per_step=16):
     from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
     from iai_prob.inference import fit as torch_fit
+    from iai_prob.models import LinearRegression
     from iai_prob.models import LinearRegression as TorchLinearRegression
     from iai_prob.numpyro import IterativeAmortizedGuide, fit
-    from iai_prob.numpyro.models import LinearRegression
 
     options = {
         "tasks_per_step": tasks_per_step,
@@ -131,7 +131,7 @@ def training_step(report, tasks_per_step=16):
 
     rows = []
     torch_step = (torch_seconds(4) - torch_seconds(1)) / 3
-    guide = IterativeAmortizedGuide(LinearRegression())
+    guide = IterativeAmortizedGuide(LinearRegression().on("numpyro"))
     result = fit(guide, guide.family, steps=4, **options)
     jax_one, jax_step = result.step_seconds[0], float(np.median(result.step_seconds[1:]))
     rows.append(

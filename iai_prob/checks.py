@@ -1,7 +1,7 @@
 """Checks of constructor arguments shared by both backends (imports neither torch nor JAX).
 
-The task families of :mod:`iai_prob.models` and :mod:`iai_prob.numpyro.models` take the
-same arguments and refuse the same bad values with the same messages.
+The task families of :mod:`iai_prob.models` (one definition for both backends) and the
+guides and ``fit`` of both backends refuse the same bad values with the same messages.
 """
 
 from __future__ import annotations

@@ -381,16 +381,16 @@ class ApproximatePosterior:
 def is_numpyro(posterior, model=None, args=()) -> bool:
     """Whether ``posterior`` / ``model`` / the data belong to NumPyro (imports no JAX).
 
-    True for a ``(guide, params)`` pair of a NumPyro guide, a NumPyro task family or data
-    given as JAX arrays. An object can only be one of NumPyro's if the module defining it
-    was imported already, so this looks the classes up in ``sys.modules``.
+    True for a ``(guide, params)`` pair of a NumPyro guide, a task family bound to NumPyro
+    (``family.on("numpyro")``) or data given as JAX arrays. An object can only be one of
+    NumPyro's if the module defining it was imported already, so this looks the guide's
+    class up in ``sys.modules``.
     """
     guide_module = sys.modules.get("iai_prob.numpyro.guide")
-    family_module = sys.modules.get("iai_prob.numpyro.models.base")
     guide = posterior[0] if isinstance(posterior, tuple) and posterior else posterior
     if guide_module is not None and isinstance(guide, guide_module.IterativeAmortizedGuide):
         return True
-    if family_module is not None and isinstance(model, family_module.TaskFamily):
+    if isinstance(model, TaskFamily) and model.backend == "numpyro":
         return True
     return any(type(arg).__module__.split(".")[0] in ("jax", "jaxlib") for arg in args)
 

@@ -44,8 +44,8 @@ from iai_prob.diagnostics.adapter import (
     named_constants,
     tasks_plate_name,
 )
+from iai_prob.models.base import TaskFamily
 from iai_prob.numpyro.guide import IterativeAmortizedGuide
-from iai_prob.numpyro.models.base import TaskFamily
 from iai_prob.numpyro.task_data import trace_model
 
 __all__ = ["NumPyroPosterior", "numpyro_posterior", "simulate", "split_guide"]
@@ -69,8 +69,8 @@ def split_guide(posterior) -> tuple[IterativeAmortizedGuide, dict]:
 
 
 def simulate(family: TaskFamily, num_tasks: int, num_points: int, *, seed: int = 0):
-    """``(θ, x, y)`` from the NumPyro family's simulator, seeded by ``seed``."""
-    return family.sample(jax.random.PRNGKey(seed), num_tasks, num_points)
+    """``(θ, x, y)`` from the family's simulator under NumPyro, seeded by ``seed``."""
+    return family.on("numpyro").sample(jax.random.PRNGKey(seed), num_tasks, num_points)
 
 
 class NumPyroPosterior:
@@ -253,6 +253,11 @@ def _is_array(value) -> bool:
     return isinstance(value, jax.Array | np.ndarray) and np.issubdtype(value.dtype, np.number)
 
 
+def _numpyro_model(model):
+    """The NumPyro model of ``model``: a task family's, run under NumPyro, or ``model``."""
+    return model.on("numpyro").model if isinstance(model, TaskFamily) else model
+
+
 def numpyro_posterior(
     posterior, model, *args, data_plate: str = "data", tasks_plate: str = "tasks", **kwargs
 ) -> NumPyroPosterior:
@@ -263,12 +268,12 @@ def numpyro_posterior(
         for this data), or a
         callable ``posterior(*args, **kwargs)`` returning a NumPyro distribution over the
         joint unconstrained latents, batch ``(T,)`` or ``()``.
-    :param model: the NumPyro model or :class:`~iai_prob.numpyro.models.TaskFamily`
-        (``None`` takes the guide's own model).
+    :param model: the NumPyro model or a :class:`~iai_prob.models.base.TaskFamily` (run
+        under NumPyro; ``None`` takes the guide's own model).
     """
     if isinstance(posterior, tuple | IterativeAmortizedGuide):
         guide, params = split_guide(posterior)
-        model = guide.model if model is None else getattr(model, "model", model)
+        model = guide.model if model is None else _numpyro_model(model)
         task = guide.prepare(*args, **kwargs)
         distribution = guide.posterior(params, *args, **kwargs)
         return NumPyroPosterior(distribution, task, model, args, kwargs)
@@ -279,7 +284,7 @@ def numpyro_posterior(
         )
     if model is None:
         raise ValueError("model is required when posterior is not a (guide, params) pair")
-    model = getattr(model, "model", model)
+    model = _numpyro_model(model)
     # an unbuilt guide reads the model's layout and data exactly as a trained one would
     reader = IterativeAmortizedGuide(model, data_plate=data_plate, tasks_plate=tasks_plate)
     task = reader.prepare(*args, **kwargs)

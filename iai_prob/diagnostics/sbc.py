@@ -152,9 +152,9 @@ def sbc(
         ``(x, y) -> distribution`` over the unconstrained latents with batch ``(T,)``
         (e.g. ``family.exact_posterior`` for a conjugate family); for NumPyro, the pair
         ``(guide, params)`` or a callable returning a NumPyro distribution.
-    :param TaskFamily family: simulates ``θ ~ p(θ)`` and ``D ~ p(D | θ)``: a Pyro
-        :class:`~iai_prob.models.base.TaskFamily`, or a NumPyro one
-        (:mod:`iai_prob.numpyro.models`, simulated with ``jax.random.PRNGKey(seed)``).
+    :param TaskFamily family: simulates ``θ ~ p(θ)`` and ``D ~ p(D | θ)``: a
+        :class:`~iai_prob.models.base.TaskFamily` (for a NumPyro guide, or a family bound
+        with ``on("numpyro")``, simulated under NumPyro with ``jax.random.PRNGKey(seed)``).
     :param int num_datasets: ``M``.
     :param int num_points: ``N`` points per dataset.
     :param int num_draws: ``L`` posterior draws per dataset (ranks in ``0..L``).

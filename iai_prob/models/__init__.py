@@ -1,6 +1,8 @@
-"""Task families: Pyro models with fast simulators and, where conjugate, exact posteriors.
+"""Task families: models with fast simulators and, where conjugate, exact posteriors.
 
-Every family follows :class:`~iai_prob.models.base.TaskFamily`. :data:`FAMILIES` holds the
+Every family follows :class:`~iai_prob.models.base.TaskFamily` and is written once for
+both backends: it runs under Pyro by default and under NumPyro once bound with
+``family.on("numpyro")`` (:mod:`iai_prob.models.backend`). :data:`FAMILIES` holds the
 synthetic ones; the real-data tasks (:mod:`.digits`) and the explicit-regime families
 with learned decoders (:mod:`.neural_process`, :mod:`.neural_statistician`) are built
 directly.
@@ -10,6 +12,7 @@ from iai_prob.models.base import DATA_PLATE, TASKS_PLATE, LatentSite, TaskFamily
 from iai_prob.models.beta_bernoulli import BetaBernoulli
 from iai_prob.models.dirichlet_categorical import DirichletCategorical
 from iai_prob.models.gaussian_mixture import GaussianMixture
+from iai_prob.models.generative import GenerativeTaskFamily
 from iai_prob.models.linear_regression import LinearRegression
 from iai_prob.models.linear_regression_unknown_noise import LinearRegressionUnknownNoise
 from iai_prob.models.logistic_regression import LogisticRegression
@@ -46,6 +49,7 @@ __all__ = [
     "BetaBernoulli",
     "DirichletCategorical",
     "GaussianMixture",
+    "GenerativeTaskFamily",
     "LatentSite",
     "LinearRegression",
     "LinearRegressionUnknownNoise",

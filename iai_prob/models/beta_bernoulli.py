@@ -9,10 +9,7 @@ beta function (Gelman et al. 2013, *Bayesian Data Analysis*, §2.4).
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
+import math
 
 from iai_prob.models.base import LatentSite, check_positive
 from iai_prob.models.generative import GenerativeTaskFamily
@@ -37,47 +34,50 @@ class BetaBernoulli(GenerativeTaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
-        return (LatentSite("probs", (), constraints.unit_interval),)
+        return (LatentSite("probs", (), self.ppl.constraints.unit_interval),)
 
     def config(self) -> dict:
         return {"concentration1": self.concentration1, "concentration0": self.concentration0}
 
-    def model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x=None, y=None):
+        ppl = self.ppl
         tasks, num_points, like = self._data_plates(x, y)
         with tasks:
-            prior = dist.Beta(
-                like.new_tensor(self.concentration1), like.new_tensor(self.concentration0)
+            prior = ppl.dist.Beta(
+                ppl.constant(self.concentration1, like), ppl.constant(self.concentration0, like)
             )
-            probs = pyro.sample("probs", prior)
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Bernoulli(probs), obs=y)
+            probs = ppl.sample("probs", prior)
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
+            return ppl.sample("y", ppl.dist.Bernoulli(probs), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
-        shape = (num_tasks,)
-        ones = torch._standard_gamma(torch.full(shape, self.concentration1), generator=generator)
-        zeros = torch._standard_gamma(torch.full(shape, self.concentration0), generator=generator)
-        probs = ones / (ones + zeros)
-        y = torch.bernoulli(probs.unsqueeze(-1).expand(num_tasks, num_points), generator=generator)
-        return {"probs": probs}, self._no_covariates(num_tasks, num_points), y
+    def _simulate(self, draws, num_tasks, num_points):
+        probs = draws.beta(self.concentration1, self.concentration0, (num_tasks,))
+        y = draws.bernoulli(probs[:, None], (num_tasks, num_points))
+        return {"probs": probs}, self.ppl.empty_covariates(num_tasks, num_points), y
 
-    def _posterior_params(self, x: torch.Tensor | None, y: torch.Tensor):
+    def _posterior_params(self, x, y):
         y = self._observations(x, y)
-        if not ((y == 0) | (y == 1)).all():
-            raise ValueError("BetaBernoulli expects y with values in {0, 1}")
-        ones = y.to(self._float_like(x, y).dtype).sum(-1)
+        self.ppl.require((y == 0) | (y == 1), "BetaBernoulli expects y with values in {0, 1}")
+        ones = self.ppl.as_float(y, self.ppl.float_like(x, y)).sum(-1)
         return self.concentration1 + ones, self.concentration0 + y.shape[-1] - ones
 
-    def exact_posterior(self, x: torch.Tensor | None, y: torch.Tensor) -> dist.Distribution:
+    def exact_posterior(self, x, y):
+        """``Beta(α + k, β + N − k)`` over ``p``, as a distribution of event shape ``(1,)``."""
         concentration1, concentration0 = self._posterior_params(x, y)
-        return dist.Beta(concentration1.unsqueeze(-1), concentration0.unsqueeze(-1)).to_event(1)
+        posterior = self.ppl.dist.Beta(concentration1[..., None], concentration0[..., None])
+        return posterior.to_event(1)
 
-    def log_evidence(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    def log_evidence(self, x, y):
         concentration1, concentration0 = self._posterior_params(x, y)
-        prior = torch.tensor([self.concentration1, self.concentration0], dtype=concentration1.dtype)
-        log_beta_prior = prior.lgamma().sum() - prior.sum().lgamma()
-        log_beta_post = (
-            concentration1.lgamma()
-            + concentration0.lgamma()
-            - (concentration1 + concentration0).lgamma()
+        lgamma = self.ppl.lgamma
+        log_beta_posterior = (
+            lgamma(concentration1)
+            + lgamma(concentration0)
+            - lgamma(concentration1 + concentration0)
         )
-        return log_beta_post - log_beta_prior.to(concentration1.device)
+        log_beta_prior = (
+            math.lgamma(self.concentration1)
+            + math.lgamma(self.concentration0)
+            - math.lgamma(self.concentration1 + self.concentration0)
+        )
+        return log_beta_posterior - log_beta_prior

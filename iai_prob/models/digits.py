@@ -134,7 +134,8 @@ class DigitsFewShot(TaskFamily):
             logits = (x.unsqueeze(-2) * weights).sum(-1) + bias
             return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
+    def _simulate(self, draws, num_tasks, num_points):
+        generator = draws.generator
         xs, ys = [], []
         for _ in range(num_tasks):
             order = torch.randperm(len(self.classes), generator=generator)[: self.num_ways]
@@ -194,10 +195,11 @@ class DigitsGeneration(GenerativeTaskFamily):
             self.concentration + ones, self.concentration + y.shape[-2] - ones
         ).to_event(1)
 
-    def _simulate(self, num_tasks, num_points, generator):
+    def _simulate(self, draws, num_tasks, num_points):
+        generator = draws.generator
         picks = torch.randint(0, len(self.classes), (num_tasks,), generator=generator)
         ys = []
         for pick in picks.tolist():
             pool = (self.labels == self.classes[pick]).nonzero().squeeze(-1)
             ys.append(self.images[_draw(pool, num_points, generator)])
-        return {}, self._no_covariates(num_tasks, num_points), torch.stack(ys)
+        return {}, self.ppl.empty_covariates(num_tasks, num_points), torch.stack(ys)

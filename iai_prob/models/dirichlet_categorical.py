@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
-
 from iai_prob.models.base import LatentSite, check_positive, check_positive_int
 from iai_prob.models.generative import GenerativeTaskFamily
 
@@ -42,48 +37,46 @@ class DirichletCategorical(GenerativeTaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
-        return (LatentSite("probs", (self.num_categories,), constraints.simplex),)
+        return (LatentSite("probs", (self.num_categories,), self.ppl.constraints.simplex),)
 
     def config(self) -> dict:
         return {"num_categories": self.num_categories, "concentration": self.concentration}
 
-    def _prior_concentration(self, like: torch.Tensor) -> torch.Tensor:
-        return like.new_full((self.num_categories,), self.concentration)
-
-    def model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x=None, y=None):
+        ppl = self.ppl
         tasks, num_points, like = self._data_plates(x, y)
+        prior = ppl.dist.Dirichlet(ppl.full((self.num_categories,), self.concentration, like))
         with tasks:
-            probs = pyro.sample("probs", dist.Dirichlet(self._prior_concentration(like)))
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Categorical(probs), obs=y)
+            probs = ppl.sample("probs", prior)
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
+            return ppl.sample("y", ppl.dist.Categorical(probs), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
-        alpha = torch.full((num_tasks, self.num_categories), self.concentration)
-        probs = torch._sample_dirichlet(alpha, generator=generator)
-        y = torch.multinomial(probs, num_points, replacement=True, generator=generator)
-        return {"probs": probs}, self._no_covariates(num_tasks, num_points), y
+    def _simulate(self, draws, num_tasks, num_points):
+        probs = draws.dirichlet(self.concentration, (num_tasks, self.num_categories))
+        y = draws.categorical(probs, num_points)
+        return {"probs": probs}, self.ppl.empty_covariates(num_tasks, num_points), y
 
-    def _counts(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    def _counts(self, x, y):
         """Category counts ``c`` of shape ``([T,] K)`` in the float dtype of the data."""
         y = self._observations(x, y)
-        if ((y < 0) | (y >= self.num_categories) | (y != y.round())).any():
-            raise ValueError(
-                f"DirichletCategorical(num_categories={self.num_categories}) expects integer "
-                f"y in [0, {self.num_categories})"
-            )
-        one_hot = torch.nn.functional.one_hot(y.long(), self.num_categories)
-        return one_hot.sum(-2).to(self._float_like(x, y).dtype)
+        self.ppl.require(
+            (y >= 0) & (y < self.num_categories) & (y == y.round()),
+            f"DirichletCategorical(num_categories={self.num_categories}) expects integer "
+            f"y in [0, {self.num_categories})",
+        )
+        return self.ppl.one_hot(y, self.num_categories, self.ppl.float_like(x, y)).sum(-2)
 
-    def exact_posterior(self, x: torch.Tensor | None, y: torch.Tensor) -> dist.Dirichlet:
-        return dist.Dirichlet(self.concentration + self._counts(x, y))
+    def exact_posterior(self, x, y):
+        """``Dirichlet(α + c)`` over ``π``."""
+        return self.ppl.dist.Dirichlet(self.concentration + self._counts(x, y))
 
-    def log_evidence(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    def log_evidence(self, x, y):
         counts = self._counts(x, y)
         num_points = y.shape[-1]
         total = self.num_categories * self.concentration
         return (
             math.lgamma(total)
             - math.lgamma(total + num_points)
-            + (self.concentration + counts).lgamma().sum(-1)
+            + self.ppl.lgamma(self.concentration + counts).sum(-1)
             - self.num_categories * math.lgamma(self.concentration)
         )

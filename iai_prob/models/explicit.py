@@ -96,7 +96,8 @@ class ExplicitTaskFamily(TaskFamily, nn.Module):
             prior = dist.Normal(like.new_zeros(()), 1.0).expand([self.z_dim]).to_event(1)
             return pyro.sample("z", prior)
 
-    def _simulate(self, num_tasks, num_points, generator):
+    def _simulate(self, draws, num_tasks, num_points):
+        generator = draws.generator
         _, x, y = self.data_family.sample(num_tasks, num_points, generator=generator)
         return {}, x, y
 

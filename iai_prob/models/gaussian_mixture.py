@@ -13,12 +13,6 @@ Stephens 2005, "Markov chain Monte Carlo methods and the label switching problem
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
-import torch
-from pyro.ops.indexing import Vindex
-from torch.distributions import constraints
-
 from iai_prob.models.base import LatentSite, check_positive, check_positive_int
 from iai_prob.models.generative import GenerativeTaskFamily
 
@@ -57,6 +51,7 @@ class GaussianMixture(GenerativeTaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
+        constraints = self.ppl.constraints
         return (
             LatentSite("weights", (self.num_components,), constraints.simplex),
             LatentSite("locs", (self.num_components, self.dim), constraints.real),
@@ -71,36 +66,33 @@ class GaussianMixture(GenerativeTaskFamily):
             "concentration": self.concentration,
         }
 
-    def model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x=None, y=None):
+        ppl = self.ppl
         tasks, num_points, like = self._data_plates(x, y)
         num_components = self.num_components
         with tasks:
-            weights = pyro.sample(
-                "weights", dist.Dirichlet(like.new_full((num_components,), self.concentration))
-            )
-            locs = pyro.sample(
-                "locs",
-                dist.Normal(like.new_zeros(()), self.prior_scale)
-                .expand([num_components, self.dim])
-                .to_event(2),
-            )
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            assignment = pyro.sample(
-                "assignment", dist.Categorical(weights), infer={"enumerate": "parallel"}
+            concentration = ppl.full((num_components,), self.concentration, like)
+            weights = ppl.sample("weights", ppl.dist.Dirichlet(concentration))
+            prior = ppl.dist.Normal(ppl.constant(0.0, like), self.prior_scale)
+            locs = ppl.sample("locs", prior.expand([num_components, self.dim]).to_event(2))
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
+            assignment = ppl.sample(
+                "assignment", ppl.dist.Categorical(weights), infer={"enumerate": "parallel"}
             )
             # Vindex broadcasts the batch dims of locs, (T, 1) or (), against the
             # assignment, whose shape is (T, N), (N,) or (K, 1, 1) when enumerated.
-            loc = Vindex(locs)[..., assignment, :]
-            return pyro.sample("y", dist.Normal(loc, self.noise_scale).to_event(1), obs=y)
+            loc = ppl.Vindex(locs)[..., assignment, :]
+            return ppl.sample("y", ppl.dist.Normal(loc, self.noise_scale).to_event(1), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
-        alpha = torch.full((num_tasks, self.num_components), self.concentration)
-        weights = torch._sample_dirichlet(alpha, generator=generator)
-        locs = self.prior_scale * torch.randn(
-            num_tasks, self.num_components, self.dim, generator=generator
+    def _simulate(self, draws, num_tasks, num_points):
+        weights = draws.dirichlet(self.concentration, (num_tasks, self.num_components))
+        locs = self.prior_scale * draws.normal((num_tasks, self.num_components, self.dim))
+        assignment = draws.categorical(weights, num_points)
+        tasks = self.ppl.arange(num_tasks)[:, None]
+        noise = self.noise_scale * draws.normal((num_tasks, num_points, self.dim))
+        y = locs[tasks, assignment] + noise
+        return (
+            {"weights": weights, "locs": locs},
+            self.ppl.empty_covariates(num_tasks, num_points),
+            y,
         )
-        assignment = torch.multinomial(weights, num_points, replacement=True, generator=generator)
-        index = assignment.unsqueeze(-1).expand(num_tasks, num_points, self.dim)
-        noise = self.noise_scale * torch.randn(num_tasks, num_points, self.dim, generator=generator)
-        y = locs.gather(1, index) + noise
-        return {"weights": weights, "locs": locs}, self._no_covariates(num_tasks, num_points), y

@@ -12,18 +12,7 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
-
-from iai_prob.models.base import (
-    LatentSite,
-    TaskFamily,
-    check_positive,
-    check_positive_int,
-    linear_predictor,
-)
+from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
 
 __all__ = ["LinearRegression"]
 
@@ -46,57 +35,56 @@ class LinearRegression(TaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
-        return (LatentSite("w", (self.dim,), constraints.real),)
+        return (LatentSite("w", (self.dim,), self.ppl.constraints.real),)
 
     def config(self) -> dict:
         return {"dim": self.dim, "noise_scale": self.noise_scale, "prior_scale": self.prior_scale}
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x, y=None):
+        ppl = self.ppl
         tasks, num_points = self.plates(x, point_dims=1)
         with tasks:
-            w = pyro.sample(
-                "w", dist.Normal(x.new_zeros(()), self.prior_scale).expand([self.dim]).to_event(1)
-            )
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Normal(linear_predictor(x, w), self.noise_scale), obs=y)
+            prior = ppl.dist.Normal(ppl.constant(0.0, x), self.prior_scale)
+            w = ppl.sample("w", prior.expand([self.dim]).to_event(1))
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
+            mean = ppl.linear_predictor(x, w)
+            return ppl.sample("y", ppl.dist.Normal(mean, self.noise_scale), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
-        w = self.prior_scale * torch.randn(num_tasks, self.dim, generator=generator)
-        x = torch.randn(num_tasks, num_points, self.dim, generator=generator)
-        noise = self.noise_scale * torch.randn(num_tasks, num_points, generator=generator)
-        y = torch.einsum("tnd,td->tn", x, w) + noise
+    def _simulate(self, draws, num_tasks, num_points):
+        w = self.prior_scale * draws.normal((num_tasks, self.dim))
+        x = draws.normal((num_tasks, num_points, self.dim))
+        noise = self.noise_scale * draws.normal((num_tasks, num_points))
+        y = self.ppl.einsum("tnd,td->tn", x, w) + noise
         return {"w": w}, x, y
 
-    def _posterior_natural(self, x: torch.Tensor, y: torch.Tensor):
+    def _posterior_natural(self, x, y):
         """Posterior precision ``Λ_N`` and linear term ``η_N = Xᵀy/σ²``."""
+        x, y = self.ppl.asarray(x), self.ppl.asarray(y)
         if x.shape[-1] != self.dim or x.shape[:-1] != y.shape:
             raise ValueError(
                 f"LinearRegression(dim={self.dim}) expects x of shape (..., N, {self.dim}) and "
                 f"y of shape (..., N); got {tuple(x.shape)} and {tuple(y.shape)}"
             )
         noise_precision = self.noise_scale**-2
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        precision = eye / self.prior_scale**2 + noise_precision * x.mT @ x
-        linear = noise_precision * (x.mT @ y.unsqueeze(-1)).squeeze(-1)
+        precision = self.ppl.eye(self.dim, x) / self.prior_scale**2 + noise_precision * x.mT @ x
+        linear = noise_precision * self.ppl.einsum("...nd,...n->...d", x, y)
         return precision, linear
 
-    def exact_posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.MultivariateNormal:
+    def exact_posterior(self, x, y):
+        """``N(m_N, Λ_N⁻¹)`` over ``w``."""
         precision, linear = self._posterior_natural(x, y)
-        chol = torch.linalg.cholesky(precision)
-        scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(chol))
-        mean = torch.cholesky_solve(linear.unsqueeze(-1), chol)
-        return dist.MultivariateNormal(mean.squeeze(-1), scale_tril=scale_tril)
+        mean = self.ppl.solve(precision, linear[..., None])[..., 0]
+        return self.ppl.dist.MultivariateNormal(mean, precision_matrix=precision)
 
-    def log_evidence(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def log_evidence(self, x, y):
         precision, linear = self._posterior_natural(x, y)
-        chol = torch.linalg.cholesky(precision)
-        mean = torch.cholesky_solve(linear.unsqueeze(-1), chol).squeeze(-1)
+        chol = self.ppl.cholesky(precision)
+        mean = self.ppl.cholesky_solve(linear[..., None], chol)[..., 0]
         num_points = y.shape[-1]
-        log_det_precision = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         quadratic = (y**2).sum(-1) / self.noise_scale**2 - (mean * linear).sum(-1)
         return (
             -0.5 * num_points * math.log(2 * math.pi * self.noise_scale**2)
             - self.dim * math.log(self.prior_scale)
-            - 0.5 * log_det_precision
+            - 0.5 * self.ppl.log_det_from_cholesky(chol)
             - 0.5 * quadratic
         )

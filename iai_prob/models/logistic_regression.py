@@ -9,18 +9,7 @@ reference; here NUTS or importance sampling serve as ground truth).
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
-
-from iai_prob.models.base import (
-    LatentSite,
-    TaskFamily,
-    check_positive,
-    check_positive_int,
-    linear_predictor,
-)
+from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
 
 __all__ = ["LogisticRegression"]
 
@@ -40,23 +29,22 @@ class LogisticRegression(TaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
-        return (LatentSite("w", (self.dim,), constraints.real),)
+        return (LatentSite("w", (self.dim,), self.ppl.constraints.real),)
 
     def config(self) -> dict:
         return {"dim": self.dim, "prior_scale": self.prior_scale}
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x, y=None):
+        ppl = self.ppl
         tasks, num_points = self.plates(x, point_dims=1)
         with tasks:
-            w = pyro.sample(
-                "w", dist.Normal(x.new_zeros(()), self.prior_scale).expand([self.dim]).to_event(1)
-            )
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
-            return pyro.sample("y", dist.Bernoulli(logits=linear_predictor(x, w)), obs=y)
+            prior = ppl.dist.Normal(ppl.constant(0.0, x), self.prior_scale)
+            w = ppl.sample("w", prior.expand([self.dim]).to_event(1))
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
+            return ppl.sample("y", ppl.bernoulli_logits(ppl.linear_predictor(x, w)), obs=y)
 
-    def _simulate(self, num_tasks, num_points, generator):
-        w = self.prior_scale * torch.randn(num_tasks, self.dim, generator=generator)
-        x = torch.randn(num_tasks, num_points, self.dim, generator=generator)
-        probs = torch.sigmoid(torch.einsum("tnd,td->tn", x, w))
-        y = torch.bernoulli(probs, generator=generator)
+    def _simulate(self, draws, num_tasks, num_points):
+        w = self.prior_scale * draws.normal((num_tasks, self.dim))
+        x = draws.normal((num_tasks, num_points, self.dim))
+        y = draws.bernoulli(self.ppl.sigmoid(self.ppl.einsum("tnd,td->tn", x, w)))
         return {"w": w}, x, y

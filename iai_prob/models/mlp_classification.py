@@ -11,9 +11,6 @@ classification tasks with temperature-scaled logits). No closed-form posterior.
 
 from __future__ import annotations
 
-import pyro.distributions as dist
-import torch
-
 from iai_prob.models.base import check_positive, check_positive_int
 from iai_prob.models.mlp_regression import MLPRegression
 
@@ -47,8 +44,8 @@ class MLPClassification(MLPRegression):
             "logit_scale": self.logit_scale,
         }
 
-    def _likelihood(self, output: torch.Tensor):
-        return dist.Bernoulli(logits=self.logit_scale * output)
+    def _likelihood(self, output):
+        return self.ppl.bernoulli_logits(self.logit_scale * output)
 
-    def _observe(self, output: torch.Tensor, generator) -> torch.Tensor:
-        return torch.bernoulli(torch.sigmoid(self.logit_scale * output), generator=generator)
+    def _observe(self, draws, output):
+        return draws.bernoulli(self.ppl.sigmoid(self.logit_scale * output))

@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import math
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
-
 from iai_prob.models.base import LatentSite, TaskFamily, check_positive, check_positive_int
 
 __all__ = ["MLPRegression"]
@@ -45,11 +40,12 @@ class MLPRegression(TaskFamily):
 
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]:
+        real = self.ppl.constraints.real
         return (
-            LatentSite("w1", (self.hidden, self.dim), constraints.real),
-            LatentSite("b1", (self.hidden,), constraints.real),
-            LatentSite("w2", (self.hidden,), constraints.real),
-            LatentSite("b2", (), constraints.real),
+            LatentSite("w1", (self.hidden, self.dim), real),
+            LatentSite("b1", (self.hidden,), real),
+            LatentSite("w2", (self.hidden,), real),
+            LatentSite("b2", (), real),
         )
 
     def _prior_scales(self) -> dict[str, float]:
@@ -69,40 +65,41 @@ class MLPRegression(TaskFamily):
             "noise_scale": self.noise_scale,
         }
 
-    @staticmethod
-    def _forward(x, w1, b1, w2, b2):
+    def _forward(self, x, w1, b1, w2, b2):
         """Network output for ``x`` of shape ``(..., N, d)``; parameters carry batch dims
         ``(..., 1)`` that broadcast against the data dim."""
-        hidden = torch.tanh((x.unsqueeze(-2) * w1).sum(-1) + b1)
+        hidden = self.ppl.tanh((x[..., None, :] * w1).sum(-1) + b1)
         return (hidden * w2).sum(-1) + b2
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def model(self, x, y=None):
+        ppl = self.ppl
         tasks, num_points = self.plates(x, point_dims=1)
-        zero = x.new_zeros(())
+        zero = ppl.constant(0.0, x)
         params = {}
         with tasks:
             for site, scale in zip(self.latent_sites, self._prior_scales().values(), strict=True):
-                prior = dist.Normal(zero, scale).expand(list(site.shape))
-                params[site.name] = pyro.sample(site.name, prior.to_event(len(site.shape)))
+                prior = ppl.dist.Normal(zero, scale).expand(list(site.shape))
+                params[site.name] = ppl.sample(site.name, prior.to_event(len(site.shape)))
         # Batched parameters have shape (T, 1, *shape): their dim of size 1 is the
-        # data dim, so x.unsqueeze(-2) * w1 has shape (T, N, H, d).
-        with tasks, pyro.plate(self.data_plate, num_points, dim=-1):
+        # data dim, so x[..., None, :] * w1 has shape (T, N, H, d).
+        with tasks, ppl.plate(self.data_plate, num_points, dim=-1):
             mean = self._forward(x, *(params[site.name] for site in self.latent_sites))
-            return pyro.sample("y", self._likelihood(mean), obs=y)
+            return ppl.sample("y", self._likelihood(mean), obs=y)
 
-    def _likelihood(self, output: torch.Tensor):
+    def _likelihood(self, output):
         """``p(y | f(x))`` for network outputs ``f(x)``."""
-        return dist.Normal(output, self.noise_scale)
+        return self.ppl.dist.Normal(output, self.noise_scale)
 
-    def _observe(self, output: torch.Tensor, generator) -> torch.Tensor:
+    def _observe(self, draws, output):
         """Simulate ``y`` for network outputs ``f(x)`` of shape ``(T, N)``."""
-        return output + self.noise_scale * torch.randn(output.shape, generator=generator)
+        return output + self.noise_scale * draws.normal(output.shape)
 
-    def _simulate(self, num_tasks, num_points, generator):
+    def _simulate(self, draws, num_tasks, num_points):
+        scales = self._prior_scales().values()
         theta = {
-            site.name: scale * torch.randn(num_tasks, *site.shape, generator=generator)
-            for site, scale in zip(self.latent_sites, self._prior_scales().values(), strict=True)
+            site.name: scale * draws.normal((num_tasks, *site.shape))
+            for site, scale in zip(self.latent_sites, scales, strict=True)
         }
-        x = torch.randn(num_tasks, num_points, self.dim, generator=generator)
-        mean = self._forward(x, *(theta[site.name].unsqueeze(1) for site in self.latent_sites))
-        return theta, x, self._observe(mean, generator)
+        x = draws.normal((num_tasks, num_points, self.dim))
+        mean = self._forward(x, *(theta[site.name][:, None] for site in self.latent_sites))
+        return theta, x, self._observe(draws, mean)

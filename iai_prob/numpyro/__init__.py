@@ -1,8 +1,9 @@
 """The NumPyro / JAX port of iai_prob (install with the ``jax`` extra; imports no torch).
 
 The same names and keyword arguments as :mod:`iai_prob.inference`:
-:class:`IterativeAmortizedGuide`, :func:`fit`, the task families in
-:mod:`iai_prob.numpyro.models`, and checkpoints that load in both backends
+:class:`IterativeAmortizedGuide`, :func:`fit` (on the task families of
+:mod:`iai_prob.models`, which run under NumPyro with ``family.on("numpyro")``), and
+checkpoints that load in both backends
 (:mod:`iai_prob.numpyro.pretrained` loads the shipped ones).
 """
 

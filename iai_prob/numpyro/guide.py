@@ -159,8 +159,9 @@ class IterativeAmortizedGuide:
     """Amortized guide ``q_φ(θ | D)`` refined over mini-batches of ``D`` (NumPyro).
 
     :param model: a NumPyro model whose global latents lie outside the data plate, or a
-        :class:`~iai_prob.numpyro.models.TaskFamily` (its ``model`` is used and it is kept
-        as ``guide.family``).
+        :class:`~iai_prob.models.base.TaskFamily` (bound to NumPyro with
+        ``family.on("numpyro")``, its ``model`` is used and it is kept as
+        ``guide.family``).
     :param str prefix: prefix of the parameter name in NumPyro's params dict.
 
     The other keyword arguments are those of the PyTorch guide: ``family``, ``encoder``,
@@ -208,12 +209,13 @@ class IterativeAmortizedGuide:
         prefix: str = "iai",
         convergence: Convergence | None = DEFAULT_CONVERGENCE,
     ):
-        from iai_prob.numpyro.models.base import TaskFamily
+        from iai_prob.models.base import TaskFamily
 
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
-        self.family = task_family if isinstance(task_family, TaskFamily) else None
-        if isinstance(model, TaskFamily):
-            model = model.model
+        self.family = None
+        if isinstance(task_family, TaskFamily):  # the family itself or its model method
+            self.family = task_family.on("numpyro")
+            model = self.family.model
         if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
             raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
         if int(batch_size) != batch_size or batch_size < 1:

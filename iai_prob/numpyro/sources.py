@@ -3,11 +3,12 @@
 
 :func:`iai_prob.numpyro.fit` draws every step's tasks inside one jitted function from
 ``tasks.sample(key, num_tasks, num_points) -> (theta, x, y)``. The task families of
-:mod:`iai_prob.numpyro.models` do so with their own simulators; :class:`PriorPredictiveTasks`
-does it for a user's model ``model(x, y=None)``: draw the covariates ``x`` with the user's
-sampler, run the model once on the batch (its globals in the ``"tasks"`` plate at
-``dim=-2``, as the families'), and read ``θ`` (the sample sites outside the data plate)
-and ``y`` (the observed site) from the trace, so ``θ, D ~ p(θ) p(D | θ, x)``.
+:mod:`iai_prob.models` (bound with ``on("numpyro")``) do so with their own simulators;
+:class:`PriorPredictiveTasks` does it for a user's model ``model(x, y=None)``: draw the
+covariates ``x`` with the user's sampler, run the model once on the batch (its globals in
+the ``"tasks"`` plate at ``dim=-2``, as the families'), and read ``θ`` (the sample sites
+outside the data plate) and ``y`` (the observed site) from the trace, so
+``θ, D ~ p(θ) p(D | θ, x)``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from iai_prob.numpyro.models.base import check_positive_int
+from iai_prob.checks import check_positive_int
 
 __all__ = ["PriorPredictiveTasks"]
 

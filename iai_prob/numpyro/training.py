@@ -290,9 +290,9 @@ def fit(
 ) -> FitResult:
     """Meta-train ``guide`` on ``tasks`` (see module docstring).
 
-    ``tasks`` is a task family of :mod:`iai_prob.numpyro.models` or a user model's prior
-    predictive, :class:`~iai_prob.numpyro.sources.PriorPredictiveTasks`. Collections of
-    real datasets (the PyTorch ``DatasetCollection``) are not supported in JAX.
+    ``tasks`` is a task family of :mod:`iai_prob.models` (run under NumPyro) or a user
+    model's prior predictive, :class:`~iai_prob.numpyro.sources.PriorPredictiveTasks`.
+    Collections of real datasets (the PyTorch ``DatasetCollection``) are not supported in JAX.
 
     Options as :func:`iai_prob.inference.fit`; ``optimizer`` is an optax transformation
     (default ``adam(learning_rate)`` after clipping the global norm to ``clip_norm``) and
@@ -303,7 +303,7 @@ def fit(
     ``validate_every`` and ``early_stopping`` as in PyTorch (module docstring). Returns a
     :class:`FitResult` whose ``params`` are the best by validation.
     """
-    from iai_prob.numpyro.models.base import TaskFamily
+    from iai_prob.models.base import TaskFamily
     from iai_prob.numpyro.sources import PriorPredictiveTasks
 
     low, high = check_fit_options(
@@ -325,9 +325,11 @@ def fit(
     )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if isinstance(tasks, TaskFamily):
+        tasks = tasks.on("numpyro")
     if not isinstance(tasks, TaskFamily | PriorPredictiveTasks):
         raise ValueError(
-            "tasks must be a task family of iai_prob.numpyro.models (a simulator) or "
+            "tasks must be a task family of iai_prob.models (a simulator) or "
             "iai_prob.numpyro.sources.PriorPredictiveTasks(model, covariates); "
             f"got {tasks!r}"
         )

@@ -25,7 +25,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_site_shape
 
 from iai_prob.models import DATA_PLATE, TASKS_PLATE, get_family
-from iai_prob.models.linear_regression_unknown_noise import NormalInverseGamma
+from iai_prob.models.pyro_distributions import NormalInverseGamma
 
 # Prior-predictive moment checks: this many tasks, and the largest z-score of a
 # difference of moments that still counts as agreement (about 50 moments each).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iai_prob.models.base import linear_predictor
+from iai_prob.models.pyro_backend import linear_predictor
 
 
 @pytest.mark.parametrize(

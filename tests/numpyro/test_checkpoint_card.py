@@ -10,9 +10,9 @@ import pytest
 
 from iai_prob import pretrained as shipped
 from iai_prob.checkpoint_format import CheckpointError, read_card, write_card
+from iai_prob.models import LinearRegression
 from iai_prob.numpyro import pretrained
 from iai_prob.numpyro.checkpoint import load_guide
-from iai_prob.numpyro.models import LinearRegression
 
 BIG = {"dim": 10**9, "noise_scale": 0.5, "prior_scale": 1.0}
 
@@ -54,7 +54,7 @@ def _tampered(tmp_path, **changes):
 def test_sizes_in_a_rehashed_card_are_refused_before_building(tmp_path, changes, family, pattern):
     path = _tampered(tmp_path, **changes)
     with pytest.raises(CheckpointError, match=pattern):
-        load_guide(path, LinearRegression(dim=family))
+        load_guide(path, LinearRegression(dim=family).on("numpyro"))
 
 
 def test_the_shipped_guides_load(tmp_path):
@@ -75,4 +75,4 @@ def test_weights_holding_nan_are_refused(tmp_path):
     _, card = read_card(shipped._folder() / "linear_regression")
     write_card(path, card)  # re-hashed: only the content check stands
     with pytest.raises(CheckpointError, match="hold NaN or inf values"):
-        load_guide(path, LinearRegression(dim=8))
+        load_guide(path, LinearRegression(dim=8).on("numpyro"))

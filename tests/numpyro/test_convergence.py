@@ -20,10 +20,10 @@ import torch
 
 from iai_prob import pretrained as torch_pretrained
 from iai_prob.convergence_settings import Convergence
+from iai_prob.models import get_family
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
 from iai_prob.numpyro.convergence import TRACE_COUNTS, FullData
 from iai_prob.numpyro.laplace import _log_joint
-from iai_prob.numpyro.models import get_family
 from iai_prob.numpyro.posteriors import gaussian_kl
 from iai_prob.posterior_status import PosteriorWarning
 
@@ -45,7 +45,9 @@ def _kl_to_exact(posterior, exact):
 
 
 def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder():
-    family = get_family("linear_regression", dim=3, noise_scale=50.0, prior_scale=100.0)
+    family = get_family("linear_regression", dim=3, noise_scale=50.0, prior_scale=100.0).on(
+        "numpyro"
+    )
     theta, x, _ = family.sample(jax.random.PRNGKey(0), 1, 200)
     x = 300.0 + 50.0 * x[0]  # covariates in raw units: mean 300, sd 50
     y = x @ theta["w"][0] + 50.0 * jax.random.normal(jax.random.PRNGKey(1), (200,))
@@ -69,7 +71,7 @@ def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder():
 
 
 def test_a_phase_stopped_by_its_cap_warns_naming_the_dataset_and_the_cap():
-    family = get_family("logistic_regression", dim=3)
+    family = get_family("logistic_regression", dim=3).on("numpyro")
     _, x, y = family.sample(jax.random.PRNGKey(2), 1, 40)
     guide = IterativeAmortizedGuide(
         family,
@@ -97,7 +99,7 @@ def test_a_phase_stopped_by_its_cap_warns_naming_the_dataset_and_the_cap():
 
 
 def test_a_batch_of_tasks_names_its_tasks():
-    family = get_family("logistic_regression", dim=2)
+    family = get_family("logistic_regression", dim=2).on("numpyro")
     _, x, y = family.sample(jax.random.PRNGKey(3), 3, 30)
     guide = IterativeAmortizedGuide(
         family,
@@ -112,7 +114,7 @@ def test_a_batch_of_tasks_names_its_tasks():
 
 
 def test_chunks_add_up_to_the_full_data():
-    family = get_family("logistic_regression", dim=3)
+    family = get_family("logistic_regression", dim=3).on("numpyro")
     _, x, y = family.sample(jax.random.PRNGKey(3), 2, 50)
     guide = IterativeAmortizedGuide(family, **SMALL)
     task = guide.prepare(x, y)
@@ -152,7 +154,7 @@ def test_an_overflowing_log_joint_counts_as_minus_infinity():
 
 def test_a_traced_call_gives_the_learned_state_without_a_status():
     """Under a JAX transformation of the params (SVI's gradient) the phase cannot run."""
-    family = get_family("linear_regression", dim=2)
+    family = get_family("linear_regression", dim=2).on("numpyro")
     _, x, y = family.sample(jax.random.PRNGKey(5), 1, 20)
     guide = IterativeAmortizedGuide(family, num_steps=0, **SMALL)
     params = guide.init_params(x[0], y[0])
@@ -189,7 +191,7 @@ def test_pytorch_and_numpyro_converged_posteriors_agree():
 
 
 def test_bad_settings_are_refused_by_name():
-    family = get_family("linear_regression", dim=2)
+    family = get_family("linear_regression", dim=2).on("numpyro")
     with pytest.raises(ValueError, match="convergence must be"):
         IterativeAmortizedGuide(family, convergence=30)
 

@@ -17,8 +17,8 @@ import pytest
 from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 from numpyro.infer.importance import psis_diagnostic
 
+from iai_prob.models import GaussianMixture, LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
-from iai_prob.numpyro.models import GaussianMixture, LinearRegression
 
 NUM_POINTS = 150
 
@@ -108,7 +108,7 @@ SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim
 @pytest.mark.slow
 @pytest.mark.heavy  # 70 s of one CI worker (2026-12-06); make test-all runs it
 def test_svi_trains_a_fresh_guide_and_enum_elbo_marginalizes_the_mixture():
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     guide = IterativeAmortizedGuide(family, num_steps=1, batch_size=16, **SMALL)
     _, x, y = family.sample(jax.random.PRNGKey(0), 1, 32)
     svi = SVI(family.model, guide, optax.adam(1e-2), Trace_ELBO())
@@ -121,7 +121,7 @@ def test_svi_trains_a_fresh_guide_and_enum_elbo_marginalizes_the_mixture():
     after = jax.tree_util.tree_leaves(svi.get_params(state))
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
-    mixture = GaussianMixture(dim=2, num_components=2)
+    mixture = GaussianMixture(dim=2, num_components=2).on("numpyro")
     mixture_guide = IterativeAmortizedGuide(mixture, num_steps=1, batch_size=16, **SMALL)
     _, mx, my = mixture.sample(jax.random.PRNGKey(2), 1, 32)
     params = mixture_guide.init_params(mx[0], my[0])

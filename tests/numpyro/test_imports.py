@@ -13,7 +13,8 @@ import pytest
 
 PORT_MODULES = [
     "iai_prob.numpyro",
-    "iai_prob.numpyro.models",
+    "iai_prob.models",
+    "iai_prob.models.numpyro_backend",
     "iai_prob.numpyro.pretrained",
     "iai_prob.numpyro.sources",
     "iai_prob.numpyro.sharding",

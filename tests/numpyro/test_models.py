@@ -1,4 +1,4 @@
-"""The NumPyro task families against their Pyro twins, over every family of both sides.
+"""Every task family run under NumPyro against the same family run under Pyro.
 
 * the same names, configs, latent sites, site names and plates (so one checkpoint serves
   both backends);
@@ -23,10 +23,9 @@ from numpyro import handlers
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from iai_prob import models as torch_models
-from iai_prob.numpyro import models
-from iai_prob.numpyro.models import DATA_PLATE, TASKS_PLATE, GenerativeTaskFamily
-from iai_prob.numpyro.models.bernoulli_logits import BernoulliLogits
+from iai_prob import models
+from iai_prob.models import DATA_PLATE, TASKS_PLATE, GenerativeTaskFamily
+from iai_prob.models.numpyro_distributions import BernoulliLogits
 from tests.models.conftest import BAD_ARGUMENTS, FAMILY_CONFIGS, PERTURBATIONS
 
 FAMILY_NAMES = sorted(models.FAMILIES)
@@ -34,14 +33,20 @@ CONJUGATE_NAMES = [name for name in FAMILY_NAMES if models.FAMILIES[name].has_ex
 GENERATIVE_NAMES = [
     name for name in FAMILY_NAMES if issubclass(models.FAMILIES[name], GenerativeTaskFamily)
 ]
+
+
+def _numpyro_family(name, **config):
+    return models.get_family(name, **config).on("numpyro")
+
+
 MOMENT_TASKS = 20_000
 MAX_Z = 5.0
 
 
 def _pair(name, **overrides):
-    """The NumPyro family ``name`` and its Pyro twin, in the tests' configuration."""
+    """The family ``name`` under NumPyro and under Pyro, in the tests' configuration."""
     config = {**FAMILY_CONFIGS[name], **overrides}
-    return models.get_family(name, **config), torch_models.get_family(name, **config)
+    return _numpyro_family(name, **config), models.get_family(name, **config)
 
 
 def _torch_data(family, num_tasks, num_points, seed=0):
@@ -73,8 +78,15 @@ def _plates(frames):
     return {frame.name: (frame.dim, frame.size) for frame in frames}
 
 
-def test_every_pytorch_family_has_a_twin():
-    assert set(models.FAMILIES) == set(torch_models.FAMILIES)
+def test_a_family_is_bound_to_one_backend_at_a_time():
+    family = models.get_family("linear_regression", dim=2)
+    bound = family.on("numpyro")
+    assert (family.backend, bound.backend) == ("pyro", "numpyro")
+    assert bound.config() == family.config() and bound.on("numpyro") is bound
+    assert type(bound.latent_sites[0].support).__module__.startswith("numpyro")
+    assert type(family.latent_sites[0].support).__module__.startswith("torch")
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        family.on("jax")
     with pytest.raises(ValueError, match="unknown task family 'nope'"):
         models.get_family("nope")
 
@@ -196,7 +208,7 @@ def test_bad_arguments_name_the_culprit():
         for kwargs in BAD_ARGUMENTS[name]:
             (argument,) = kwargs
             with pytest.raises(ValueError, match=argument):
-                models.get_family(name, **{**FAMILY_CONFIGS[name], **kwargs})
+                _numpyro_family(name, **{**FAMILY_CONFIGS[name], **kwargs})
 
 
 @pytest.mark.parametrize("name", GENERATIVE_NAMES)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from iai_prob import models as torch_models
+from iai_prob import models
 from iai_prob import pretrained as torch_pretrained
 from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
-from iai_prob.numpyro import IterativeAmortizedGuide, models, pretrained
+from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
 from iai_prob.numpyro.checkpoint import load_guide
 from iai_prob.numpyro.guide import TRACE_COUNTS
 from iai_prob.numpyro.refinement import batches_to_schedule
@@ -141,18 +141,16 @@ SMALL_GUIDE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", sorted(set(torch_models.FAMILIES) - set(torch_pretrained.available()))
-)
+@pytest.mark.parametrize("name", sorted(set(models.FAMILIES) - set(torch_pretrained.available())))
 def test_a_pytorch_guide_of_every_other_family_refines_alike_in_jax(name, tmp_path):
     """Checkpoint parity beyond the shipped guides: same λ_0 and λ_K within 1e-4.
 
     For ``mlp_classification`` this failed (λ_K off by 0.6) until the families used
-    :class:`~iai_prob.numpyro.models.bernoulli_logits.BernoulliLogits`: a fresh guide's
+    :class:`~iai_prob.models.numpyro_distributions.BernoulliLogits`: a fresh guide's
     λ_0 puts the output weights at exactly zero, where NumPyro's Bernoulli gradient is
     wrong.
     """
-    torch_family = torch_models.get_family(name, **FAMILY_CONFIGS[name])
+    torch_family = models.get_family(name, **FAMILY_CONFIGS[name])
     torch_guide = TorchGuide(torch_family, **SMALL_GUIDE)
     _, x, y = torch_family.sample(3, 40, generator=torch.Generator().manual_seed(0))
     torch_guide(x, y)  # builds the refiner for this model
@@ -161,7 +159,7 @@ def test_a_pytorch_guide_of_every_other_family_refines_alike_in_jax(name, tmp_pa
     batches = [b.numpy() for b in torch_guide.schedule(40)]
     torch_guide.save(tmp_path / "guide")
 
-    family = models.get_family(name, **FAMILY_CONFIGS[name])
+    family = torch_family.on("numpyro")
     guide, params = load_guide(tmp_path / "guide", family)
     task = guide.prepare(jnp.asarray(x.numpy()), jnp.asarray(y.numpy()))
     first, last, _ = guide.run(params, task, schedule=batches_to_schedule(batches))
@@ -173,12 +171,12 @@ def test_a_pytorch_guide_of_every_other_family_refines_alike_in_jax(name, tmp_pa
 
 
 def test_pytorch_only_update_rules_are_refused_by_name(tmp_path):
-    torch_family = torch_models.get_family("beta_bernoulli", **FAMILY_CONFIGS["beta_bernoulli"])
+    torch_family = models.get_family("beta_bernoulli", **FAMILY_CONFIGS["beta_bernoulli"])
     torch_guide = TorchGuide(torch_family, update="meta_sgd", inner_lr=0.05, **SMALL_GUIDE)
     _, x, y = torch_family.sample(1, 8, generator=torch.Generator().manual_seed(0))
     torch_guide(x, y)
     torch_guide.save(tmp_path / "guide")
-    family = models.get_family("beta_bernoulli", **FAMILY_CONFIGS["beta_bernoulli"])
+    family = torch_family.on("numpyro")
     with pytest.raises(ValueError, match=r"update='meta_sgd' is implemented in the PyTorch"):
         load_guide(tmp_path / "guide", family)
     with pytest.raises(ValueError, match="unknown update 'adam'"):

@@ -27,11 +27,11 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
-from iai_prob.numpyro.models import LinearRegression
+from iai_prob.models import LinearRegression
 from iai_prob.numpyro.sharding import TaskMesh, task_mesh
 
 assert len(jax.devices()) == 2, jax.devices()
-family = LinearRegression(dim=2)
+family = LinearRegression(dim=2).on("numpyro")
 options = {"steps": 3, "num_points": (4, 8), "max_passes": 1, "objective": "mixed",
            "progress": False, "seed": 3}
 small = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}

@@ -16,10 +16,9 @@ import torch
 from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
 from iai_prob.inference import fit as torch_fit
 from iai_prob.inference.checkpoint import load_guide as load_torch_guide
-from iai_prob.models import LinearRegression as TorchLinearRegression
+from iai_prob.models import LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
 from iai_prob.numpyro.checkpoint import load_guide
-from iai_prob.numpyro.models import LinearRegression
 from iai_prob.numpyro.objectives import kl_to_exact
 from iai_prob.numpyro.refinement import batches_to_schedule
 from iai_prob.numpyro.sources import PriorPredictiveTasks
@@ -30,12 +29,12 @@ OPTIONS = {"tasks_per_step": 4, "num_points": (8, 32), "objective": "mixed", "pr
 
 
 def _guide():
-    return IterativeAmortizedGuide(LinearRegression(dim=2), batch_size=16, **SMALL)
+    return IterativeAmortizedGuide(LinearRegression(dim=2).on("numpyro"), batch_size=16, **SMALL)
 
 
 @pytest.mark.slow
 def test_fit_resumes_exactly_and_pytorch_loads_the_result(tmp_path):
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     full = fit(_guide(), family, steps=3, **OPTIONS)
     assert len(full.losses) == 3 and all(np.isfinite(full.losses))
     assert full.kls and full.kls[-1][1] < 0.05  # conjugate family: CVI steps are exact
@@ -54,14 +53,14 @@ def test_fit_resumes_exactly_and_pytorch_loads_the_result(tmp_path):
     # the folder holds this run: another seed or another model is refused before compiling
     with pytest.raises(RunMismatchError, match="holds a run with seed 0, not 1"):
         fit(_guide(), family, steps=4, checkpoint_dir=tmp_path, seed=1, **OPTIONS)
-    other = LinearRegression(dim=3)
+    other = LinearRegression(dim=3).on("numpyro")
     with pytest.raises(RunMismatchError, match=r"model linear_regression\(dim=2, .*dim=3"):
         guide_3 = IterativeAmortizedGuide(other, batch_size=16, **SMALL)
         fit(guide_3, other, steps=4, checkpoint_dir=tmp_path, **OPTIONS)
 
     # the JAX-trained guide loads back in JAX and in PyTorch, and both refine alike
     jax_guide, params = load_guide(tmp_path / "guide", family)
-    torch_guide = load_torch_guide(tmp_path / "guide", TorchLinearRegression(dim=2))
+    torch_guide = load_torch_guide(tmp_path / "guide", LinearRegression(dim=2))
     for (_, a), (_, b) in zip(
         sorted(jax.tree_util.tree_leaves_with_path(params), key=str),
         sorted(jax.tree_util.tree_leaves_with_path(resumed.params), key=str),
@@ -79,7 +78,7 @@ def test_fit_resumes_exactly_and_pytorch_loads_the_result(tmp_path):
 
 
 def test_fit_rejects_bad_options():
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     with pytest.raises(ValueError, match="objective"):
         fit(_guide(), family, objective="elbo")
     with pytest.raises(ValueError, match="num_points"):
@@ -91,7 +90,7 @@ def test_fit_rejects_bad_options():
         fit(_guide(), [(np.zeros((3, 2)), np.zeros(3))])
     # more tasks of D = 8 per step than stay serial in jaxlib's LAPACK (390) hung on 2 cores
     with pytest.raises(ValueError, match="tasks_per_step gives 391 tasks per device"):
-        family = LinearRegression(dim=8)
+        family = LinearRegression(dim=8).on("numpyro")
         guide = IterativeAmortizedGuide(family, batch_size=16, **SMALL)
         fit(guide, family, tasks_per_step=391, num_points=(4, 8))
 
@@ -136,7 +135,7 @@ def test_fit_trains_on_a_user_model_s_prior_predictive():
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     assert result.kls == []  # no closed form known for a user's model
     # the model is conjugate, so the trained guide's refinement is exact
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     _, x, y = family.sample(jax.random.PRNGKey(9), 1, 40)
     posterior = guide.posterior(result.params, x[0], y[0])
     exact = family.exact_posterior(x[0], y[0])
@@ -145,10 +144,10 @@ def test_fit_trains_on_a_user_model_s_prior_predictive():
 
 
 def test_a_folder_in_use_or_holding_a_pytorch_run_is_refused(tmp_path):
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     with lock_folder(tmp_path), pytest.raises(FolderInUseError, match="in use"):
         fit(_guide(), family, steps=1, checkpoint_dir=tmp_path, **OPTIONS)
-    torch_family = TorchLinearRegression(dim=2)
+    torch_family = LinearRegression(dim=2)
     torch_guide = TorchGuide(torch_family, batch_size=16, **SMALL)
     torch_fit(torch_guide, torch_family, steps=1, checkpoint_dir=tmp_path, **OPTIONS)
     with pytest.raises(RunMismatchError, match="holds a run with backend 'torch', not 'jax'"):

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from iai_prob.models import LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
 from iai_prob.numpyro.checkpoint import load_guide, read_checkpoint
-from iai_prob.numpyro.models import LinearRegression
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
 # a learning rate that wrecks the guide in two steps: its held-out score becomes inf
@@ -37,7 +37,7 @@ def _same(a, b) -> bool:
 @pytest.mark.slow  # three compilations of the training step
 @pytest.mark.heavy  # 42 s of one CI worker: `make test-all` runs it
 def test_a_wrecked_run_keeps_the_untrained_guide_through_a_resume_and_warns(tmp_path):
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     guide, start = _guide_and_params(family)
     plain = fit(guide, family, steps=4, params=start, validation_tasks=0, **WRECKED)
     assert plain.validation.scores == [] and not _same(plain.params, start)
@@ -67,7 +67,7 @@ def test_a_wrecked_run_keeps_the_untrained_guide_through_a_resume_and_warns(tmp_
 
 
 def test_validation_scores_the_untrained_guide_and_keeps_the_last_when_best():
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     guide, start = _guide_and_params(family)
     options = {**WRECKED, "learning_rate": 1e-3, "objective": "mixed"}
     with warnings.catch_warnings():
@@ -92,7 +92,7 @@ def test_validation_scores_the_untrained_guide_and_keeps_the_last_when_best():
     ],
 )
 def test_bad_validation_options_are_refused_before_any_work(options, message, tmp_path):
-    family = LinearRegression(dim=2)
+    family = LinearRegression(dim=2).on("numpyro")
     guide = IterativeAmortizedGuide(family, batch_size=8, **SMALL)
     with pytest.raises(ValueError, match=message):
         fit(guide, family, checkpoint_dir=tmp_path / "run", progress=False, **options)

@@ -8,8 +8,8 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+from iai_prob.models import LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide
-from iai_prob.numpyro.models import LinearRegression
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
 
@@ -52,7 +52,7 @@ def test_local_latents_that_would_not_be_inferred_are_refused(row):
 
 @pytest.mark.parametrize("levels", [[0.5, 1.5], [-0.1], [float("nan")]])
 def test_quantiles_outside_zero_one_are_refused(levels):
-    guide = IterativeAmortizedGuide(LinearRegression(dim=2), **SMALL)
+    guide = IterativeAmortizedGuide(LinearRegression(dim=2).on("numpyro"), **SMALL)
     x, y = jnp.zeros((5, 2)), jnp.zeros(5)
     with pytest.raises(ValueError, match=r"quantiles must lie in \[0, 1\]"):
         guide.quantiles({}, levels, x, y)  # refused before the (empty) params are read

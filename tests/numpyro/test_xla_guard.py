@@ -45,9 +45,9 @@ def _run(code: str, xla_flags: str) -> subprocess.CompletedProcess:
             "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()\n"
             "from iai_prob.numpyro.xla_guard import *\n"
             "assert not disable_ynn_reduce_fusion()\n"
-            "from iai_prob.numpyro.models import LinearRegression\n"
+            "from iai_prob.models import LinearRegression\n"
             "from iai_prob.numpyro import IterativeAmortizedGuide\n"
-            "family = LinearRegression(dim=2)\n"
+            "family = LinearRegression(dim=2).on('numpyro')\n"
             "_, x, y = family.sample(__import__('jax').random.PRNGKey(0), 2, 8)\n"
             "IterativeAmortizedGuide(family.model).init_params(x, y)",
             "",
