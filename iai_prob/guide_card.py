@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NamedTuple
 
-from iai_prob.checkpoint_format import CheckpointError
+from iai_prob.checkpoint_format import CheckpointError, read_card, tensor_shapes
 
 __all__ = [
     "GUIDE_KIND",
     "MAX_PARTICLES",
+    "CheckedCheckpoint",
+    "build_from_card",
     "check_family_layout",
     "check_finite_weights",
     "check_guide_card",
+    "check_model_identity",
     "check_weight_shapes",
     "family_layout",
+    "model_identity",
+    "read_guide_checkpoint",
 ]
 
 GUIDE_KIND = "IterativeAmortizedGuide"
@@ -220,3 +227,55 @@ def check_finite_weights(finite: Mapping[str, bool], source: str) -> None:
             source,
             f"the weights {broken[:3]} hold NaN or inf values (a damaged or diverged training run)",
         )
+
+
+class CheckedCheckpoint(NamedTuple):
+    """A guide checkpoint whose card passed :func:`check_guide_card`; nothing it sizes is
+    built yet and no weight is read."""
+
+    path: Path
+    weights: Path
+    card: dict
+    shapes: dict[str, tuple[int, ...]]
+
+
+def read_guide_checkpoint(path) -> CheckedCheckpoint:
+    """The card of the guide checkpoint ``path``, its hashes, schema and fields checked, and
+    the weights' shapes from the safetensors header (the first step of either backend's
+    loader)."""
+    weights, card = read_card(path)
+    shapes = tensor_shapes(weights, floating=True)
+    check_guide_card(card, str(path))
+    return CheckedCheckpoint(Path(path), weights, card, shapes)
+
+
+def build_from_card(guide_class, model, checked: CheckedCheckpoint):
+    """``guide_class(model, **card["guide"])``, a bad configuration refused with one
+    :class:`CheckpointError` naming the checkpoint."""
+    try:
+        return guide_class(model, **checked.card["guide"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {checked.path} has an invalid guide config: {error}"
+        ) from None
+
+
+def model_identity(guide) -> dict:
+    """What the card records about the model: the task family and its configuration, else
+    the model's qualified name (a poutine messenger around it unwrapped)."""
+    if guide.family is not None:
+        return {"family": guide.family.name, "config": guide.family.config()}
+    model = getattr(guide.model, "fn", guide.model)
+    return {"callable": getattr(model, "__qualname__", type(model).__name__)}
+
+
+def check_model_identity(guide, checked: CheckedCheckpoint, biject_to: Callable) -> None:
+    """Refuse a guide built for another model than the card's, or (for a task family) with
+    another latent layout; ``biject_to`` is the backend's."""
+    expected, found = checked.card["model"], model_identity(guide)
+    if expected != found:
+        raise CheckpointError(
+            f"checkpoint {checked.path} was trained for model {expected}, not for {found}"
+        )
+    if guide.family is not None:
+        check_family_layout(checked.card, guide.family, biject_to, str(checked.path))

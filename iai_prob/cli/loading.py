@@ -181,7 +181,7 @@ def load_checkpoint(checkpoint: str, *, model: str | None = None):
     from iai_prob import pretrained
     from iai_prob.checkpoint_format import read_card
     from iai_prob.guide_card import check_guide_card
-    from iai_prob.inference.checkpoint import load_family_guide, load_guide
+    from iai_prob.inference.guide import load_family_guide, load_guide
 
     path, name = resolve_checkpoint(checkpoint)
     if name is not None and model is None:

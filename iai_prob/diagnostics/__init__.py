@@ -16,16 +16,15 @@ provides the same members.
 
 from iai_prob.diagnostics.adapter import (
     ApproximatePosterior,
-    NamedArray,
-    PosteriorDraws,
-    PosteriorSource,
     approximate_posterior,
     log_joint_per_draw,
 )
 from iai_prob.diagnostics.compare import NutsComparison, c2st_accuracy, compare_with_nuts
+from iai_prob.diagnostics.curves import RefinementCurve
 from iai_prob.diagnostics.inference_data import to_inference_data
 from iai_prob.diagnostics.mmd import median_bandwidth, mmd
 from iai_prob.diagnostics.nuts import NutsReference, pyro_nuts
+from iai_prob.diagnostics.posterior_source import NamedArray, PosteriorDraws, PosteriorSource
 from iai_prob.diagnostics.psis import (
     KHAT_THRESHOLD,
     ImportanceSamplingError,
@@ -33,7 +32,7 @@ from iai_prob.diagnostics.psis import (
     khat_threshold,
     psis_khat,
 )
-from iai_prob.diagnostics.refinement import RefinementCurve, refinement_curve, refinement_plot
+from iai_prob.diagnostics.refinement import refinement_curve, refinement_plot
 from iai_prob.diagnostics.report import DiagnosticReport, report
 from iai_prob.diagnostics.sbc import SBCResult, sbc
 

@@ -19,7 +19,8 @@ sample-first: ``(S, T, …)`` with the task axis ``T`` kept (``T = 1`` for one d
 
 A NumPyro guide, passed as the pair ``(guide, params)``, is adapted by
 :class:`~iai_prob.diagnostics.numpyro_adapter.NumPyroPosterior` (imported, with JAX, only
-when one is passed), which provides the same members (:class:`PosteriorSource`):
+when one is passed), which provides the same members
+(:class:`~iai_prob.diagnostics.posterior_source.PosteriorSource`):
 ``layout``, ``num_tasks``/``batched``/``num_points``, ``draw``, ``sample_latent``,
 ``moments``, ``site_dims``, ``pointwise_log_likelihood``, ``posterior_predictive``,
 ``observed``/``constant`` (arrays convertible with ``numpy``), plus ``task`` and ``model``
@@ -30,99 +31,31 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import NamedTuple, Protocol
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from iai_prob.diagnostics.posterior_source import (
+    NamedArray,
+    PosteriorDraws,
+    checked_distribution,
+    event_dims,
+    named_constants,
+    tasks_plate_name,
+)
 from iai_prob.inference.guide import IterativeAmortizedGuide, PreparedTask, prepare_task
-from iai_prob.inference.sites import LatentLayout
 from iai_prob.models.base import TaskFamily
 
 __all__ = [
     "ApproximatePosterior",
-    "NamedArray",
-    "PosteriorDraws",
-    "PosteriorSource",
     "approximate_posterior",
-    "checked_distribution",
-    "event_dims",
     "is_numpyro",
     "log_joint_per_draw",
-    "named_constants",
-    "tasks_plate_name",
 ]
 
 _PARTICLES = "_iai_diagnostic_draws"
-
-
-class NamedArray(NamedTuple):
-    """A value and the names of its dims (the model's plate names, else ``site_dim_i``)."""
-
-    value: torch.Tensor
-    dims: tuple[str, ...]
-
-
-class PosteriorDraws(NamedTuple):
-    """Draws of ``q`` for ``T`` tasks, sample-first.
-
-    :ivar z: unconstrained joint latents ``(S, T, D)``.
-    :ivar values: constrained value of each global site, ``(S, T, *event_shape)``.
-    :ivar log_q: ``log q(z)``, ``(S, T)``.
-    :ivar log_joint: ``log p(z, D)`` in unconstrained space (Jacobian included), ``(S, T)``.
-    """
-
-    z: torch.Tensor
-    values: dict[str, torch.Tensor]
-    log_q: torch.Tensor
-    log_joint: torch.Tensor
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """Log importance weights ``log p(z, D) − log q(z)``, ``(S, T)``."""
-        return self.log_joint - self.log_q
-
-
-class PosteriorSource(Protocol):
-    """What the diagnostics read from an approximate posterior (PyTorch or NumPyro).
-
-    Besides the methods: ``layout`` (site names, event shapes, bijections),
-    ``distribution`` (``sample``, ``mean``, ``variance`` over ``z``; read by :func:`sbc`),
-    ``task.data`` (``args``, ``kwargs``, ``num_points``; read by the NUTS comparison and the
-    report) and ``model`` (run by Pyro NUTS when no NumPyro twin is given).
-    """
-
-    layout: LatentLayout
-    distribution: object
-    task: PreparedTask
-    model: object
-
-    @property
-    def num_tasks(self) -> int: ...
-
-    @property
-    def batched(self) -> bool: ...
-
-    @property
-    def num_points(self) -> int: ...
-
-    def sample_latent(self, num_samples: int, *, seed: int = 0): ...
-
-    def moments(self): ...
-
-    def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws: ...
-
-    def site_dims(self) -> dict[str, tuple[str, ...]]: ...
-
-    def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]: ...
-
-    def posterior_predictive(self, z: torch.Tensor, *, seed: int = 0) -> dict[str, NamedArray]: ...
-
-    def observed(self) -> dict[str, NamedArray]: ...
-
-    def constant(self) -> dict[str, NamedArray]: ...
 
 
 def log_joint_per_draw(
@@ -142,59 +75,6 @@ def log_joint_per_draw(
             for start in range(0, z.shape[0], per_chunk)
         ]
     )
-
-
-def event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:
-    """ArviZ-style names ``name_dim_i`` of the event dims of ``shape``."""
-    return tuple(f"{name}_dim_{start + i}" for i in range(len(shape)))
-
-
-def checked_distribution(distribution, layout, num_tasks: int):
-    """``distribution`` with batch ``(num_tasks,)`` (``()`` expanded for one dataset) and
-    event ``(D,)`` over the layout's unconstrained latents, else a ``ValueError``."""
-    if tuple(distribution.event_shape) != (layout.latent_dim,):
-        raise ValueError(
-            f"the posterior's event shape {tuple(distribution.event_shape)} does not match "
-            f"the model's {layout.latent_dim} unconstrained global latents {layout.signature()}"
-        )
-    expected = (num_tasks,)
-    if tuple(distribution.batch_shape) == () and expected == (1,):
-        distribution = distribution.expand(expected)
-    if tuple(distribution.batch_shape) != expected:
-        raise ValueError(
-            f"the posterior's batch shape {tuple(distribution.batch_shape)} does not match "
-            f"the {num_tasks} task(s) in the data"
-        )
-    return distribution
-
-
-def tasks_plate_name(sites, layout) -> str:
-    """The name of the plate of ``layout``'s tasks dim among the traced ``sites``."""
-    for site in sites:
-        for frame in site.get("cond_indep_stack", ()):
-            if frame.dim == layout.tasks_dim and frame.size == layout.num_tasks:
-                return frame.name
-    return "tasks"
-
-
-def named_constants(
-    names, args, kwargs, observed_ids, lead, sizes, *, is_array
-) -> dict[str, NamedArray]:
-    """The model's array arguments other than the observations, named by parameter.
-
-    ``names`` are the model's parameter names (positional ``args`` take them in order);
-    an argument whose leading sizes equal ``sizes`` gets the plate names ``lead`` there.
-    """
-    named = dict(zip(names, args, strict=False)) | dict(kwargs)
-    named |= {f"arg_{i}": value for i, value in enumerate(args[len(names) :], len(names))}
-    result = {}
-    for name, value in named.items():
-        if not is_array(value) or id(value) in observed_ids:
-            continue
-        dims = tuple(lead) if tuple(value.shape[: len(lead)]) == tuple(sizes) else ()
-        dims += event_dims(name, tuple(value.shape[len(dims) :]))
-        result[name] = NamedArray(value, dims)
-    return result
 
 
 class ApproximatePosterior:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from iai_prob.diagnostics.adapter import NamedArray, approximate_posterior
+from iai_prob.diagnostics.adapter import approximate_posterior
+from iai_prob.diagnostics.posterior_source import NamedArray
 
 __all__ = ["arviz_major_version", "assemble", "to_inference_data"]
 

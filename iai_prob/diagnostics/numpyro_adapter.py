@@ -2,7 +2,7 @@
 
 The twin of :class:`~iai_prob.diagnostics.adapter.ApproximatePosterior` for the NumPyro
 port (:mod:`iai_prob.numpyro`), with the same members (the
-:class:`~iai_prob.diagnostics.adapter.PosteriorSource` protocol), so that
+:class:`~iai_prob.diagnostics.posterior_source.PosteriorSource` protocol), so that
 :func:`~iai_prob.diagnostics.to_inference_data`, :func:`~iai_prob.diagnostics.psis_khat`,
 :func:`~iai_prob.diagnostics.importance_resample`, :func:`~iai_prob.diagnostics.sbc` and
 :func:`~iai_prob.diagnostics.report` take a NumPyro guide unchanged. Every model quantity
@@ -36,7 +36,7 @@ from numpyro import handlers
 from numpyro.infer import Predictive, log_likelihood
 from numpyro.infer.util import log_density
 
-from iai_prob.diagnostics.adapter import (
+from iai_prob.diagnostics.posterior_source import (
     NamedArray,
     PosteriorDraws,
     checked_distribution,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from iai_prob.diagnostics.curves import RefinementCurve
 from iai_prob.diagnostics.numpyro_adapter import NumPyroPosterior
-from iai_prob.diagnostics.refinement import RefinementCurve
 
 __all__ = ["gaussian_kl", "numpyro_refinement_curve"]
 

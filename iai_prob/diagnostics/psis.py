@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from iai_prob.diagnostics.adapter import PosteriorDraws
+from iai_prob.diagnostics.posterior_source import PosteriorDraws
 from iai_prob.pareto_smoothing import pareto_smooth
 from iai_prob.posterior_status import KHAT_LIMIT
 

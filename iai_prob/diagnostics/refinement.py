@@ -13,25 +13,14 @@ ceiling. Values are per dataset (averaged over a batch of tasks).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
 from iai_prob.diagnostics.adapter import is_numpyro
+from iai_prob.diagnostics.curves import RefinementCurve
 from iai_prob.inference.objectives import kl_to_exact
 
-__all__ = ["RefinementCurve", "refinement_curve", "refinement_plot"]
-
-
-class RefinementCurve(NamedTuple):
-    """Per step ``k = 0..K``: Monte Carlo ELBO, exact KL (or ``None``), points seen."""
-
-    steps: np.ndarray
-    elbo: np.ndarray
-    kl: np.ndarray | None
-    log_evidence: float | None
-    points_seen: np.ndarray
+__all__ = ["refinement_curve", "refinement_plot"]
 
 
 @torch.no_grad()

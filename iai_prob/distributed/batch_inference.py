@@ -60,8 +60,8 @@ class BatchInferenceResult(NamedTuple):
 def _cached_guide(checkpoint: str, device: str):
     """The guide of ``checkpoint`` for its card's task family, loaded once per process
     (the card verified before anything is built, see
-    :func:`~iai_prob.inference.checkpoint.load_family_guide`)."""
-    from iai_prob.inference.checkpoint import load_family_guide
+    :func:`~iai_prob.inference.guide.load_family_guide`)."""
+    from iai_prob.inference.guide import load_family_guide
 
     return load_family_guide(checkpoint, device=device)
 

@@ -9,7 +9,8 @@ from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, Lo
 from iai_prob.inference.predictive import Predictive
 from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
-from iai_prob.inference.training import FitResult, fit
+from iai_prob.inference.training import fit
+from iai_prob.inference.training_state import FitResult
 from iai_prob.posterior_status import PosteriorStatus, PosteriorWarning
 
 __all__ = [

@@ -16,6 +16,13 @@ from the card. The hashes catch corruption and edits of one file; someone able t
 rewrite both files can change the weights but not run code; to pin a checkpoint,
 compare the card's ``card_sha256`` with a trusted value.
 
+The guide depends on this module, never the other way: :func:`save_guide` and
+:func:`restore_guide` read and fill a guide they are handed, and
+:meth:`IterativeAmortizedGuide.load <iai_prob.inference.IterativeAmortizedGuide.load>`
+(with :func:`~iai_prob.inference.guide.load_guide` and
+:func:`~iai_prob.inference.guide.load_family_guide`) builds the guide between
+:func:`~iai_prob.guide_card.read_guide_checkpoint` and :func:`restore_guide`.
+
 Versioned checkpoints (``versioned=True``, used for training state) name their weights
 file in the card, so that a process killed at any instant leaves the previous or the
 new checkpoint, never a mixture (see :func:`write_checkpoint`).
@@ -34,26 +41,27 @@ from iai_prob.checkpoint_format import (
     SCHEMA_VERSION,
     CheckpointError,
     read_card,
-    tensor_shapes,
     write_files,
 )
 from iai_prob.guide_card import (
     GUIDE_KIND,
+    CheckedCheckpoint,
     check_family_layout,
     check_finite_weights,
-    check_guide_card,
+    check_model_identity,
     check_weight_shapes,
+    model_identity,
+    read_guide_checkpoint,
 )
 
 __all__ = [
     "FORMAT",
     "SCHEMA_VERSION",
     "CheckpointError",
+    "family_of_checkpoint",
     "learnable_model",
-    "load_family_guide",
-    "load_guide",
-    "model_identity",
     "read_checkpoint",
+    "restore_guide",
     "save_guide",
     "write_checkpoint",
 ]
@@ -82,15 +90,6 @@ def _load_tensors(weights: Path, device) -> dict[str, torch.Tensor]:
         return load_file(weights, device=str(device) if device is not None else "cpu")
     except Exception as error:  # safetensors' own parse errors (a file that hashes right)
         raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
-
-
-def model_identity(guide) -> dict:
-    """What the card records about the model: the task family and its configuration."""
-    if guide.family is not None:
-        return {"family": guide.family.name, "config": guide.family.config()}
-    model = guide.model
-    model = getattr(model, "fn", model)  # unwrap a poutine messenger around the model
-    return {"callable": getattr(model, "__qualname__", type(model).__name__)}
 
 
 def learnable_model(guide):
@@ -138,23 +137,14 @@ def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, .
     return {f"{prefix}{k}": tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _verified_card(path) -> tuple[Path, dict, dict[str, tuple[int, ...]]]:
-    """``(weights path, card, tensor shapes)``: hashes and schema checked, nothing loaded."""
-    weights, card = read_card(path)
-    shapes = tensor_shapes(weights, floating=True)
-    check_guide_card(card, str(path))
-    return weights, card, shapes
-
-
-def load_family_guide(path, *, device=None):
-    """The guide of a checkpoint trained for a task family, built for the family its card
-    names: the family is first built on the ``meta`` device (nothing allocated) and checked
-    against the card's layout and the weights, so a tampered configuration (``dim`` 10⁹)
-    is refused before it sizes anything."""
+def family_of_checkpoint(path):
+    """The task family the card of ``path`` names, checked first on the ``meta`` device
+    (nothing allocated) against the card's layout and the weights, so a tampered
+    configuration (``dim`` 10⁹) is refused before it sizes anything."""
     from iai_prob.models import get_family
 
-    _, card, shapes = _verified_card(path)
-    identity = card["model"]
+    checked = read_guide_checkpoint(path)
+    identity = checked.card["model"]
     if "family" not in identity:
         raise CheckpointError(
             f"checkpoint {path} was trained for the model {identity.get('callable')!r}, not a "
@@ -171,37 +161,26 @@ def load_family_guide(path, *, device=None):
 
     with torch.device("meta"):
         probe = family()
-        check_family_layout(card, probe, biject_to, str(path))
+        check_family_layout(checked.card, probe, biject_to, str(path))
         if isinstance(probe, torch.nn.Module):
             expected = _shapes(probe, _MODEL_PREFIX)
-            check_weight_shapes(
-                expected, {k: v for k, v in shapes.items() if k in expected}, str(path)
-            )
-    return load_guide(path, family(), device=device)
+            found = {k: v for k, v in checked.shapes.items() if k in expected}
+            check_weight_shapes(expected, found, str(path))
+    return family()
 
 
-def load_guide(path, model, *, device=None):
-    """Rebuild a guide from :func:`save_guide` output for ``model`` (refuses another model).
+def restore_guide(guide, checked: CheckedCheckpoint, *, device=None):
+    """Fill ``guide``, built from ``checked.card["guide"]`` for the caller's model, with
+    the checkpoint's weights and return it (see
+    :meth:`~iai_prob.inference.IterativeAmortizedGuide.load`).
 
-    Everything the card says is checked before it is acted on: its hashes and schema, the
-    model's identity and (for a task family) latent layout, and the shapes of the guide it
-    describes, built on the ``meta`` device, against the safetensors header; only then are
-    the weights read and the guide built.
+    Everything the card says is checked before it is acted on: the model's identity and
+    (for a task family) latent layout, and the shapes of the guide it describes, built on
+    the ``meta`` device, against the safetensors header; only then are the weights read
+    (and checked finite) and the refiner built.
     """
-    from iai_prob.inference.guide import IterativeAmortizedGuide
-
-    weights, card, shapes = _verified_card(path)
-    try:
-        guide = IterativeAmortizedGuide(model, **card["guide"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
-    expected, found = card["model"], model_identity(guide)
-    if expected != found:
-        raise CheckpointError(
-            f"checkpoint {path} was trained for model {expected}, not for {found}"
-        )
-    if guide.family is not None:
-        check_family_layout(card, guide.family, biject_to, str(path))
+    path, card = checked.path, checked.card
+    check_model_identity(guide, checked, biject_to)
     learned = learnable_model(guide)
     if card.get("learned_model", False) != (learned is not None):
         raise CheckpointError(
@@ -216,8 +195,8 @@ def load_guide(path, model, *, device=None):
         raise CheckpointError(f"checkpoint {path} has an invalid guide config: {message}") from None
     if learned is not None:
         expected_shapes.update(_shapes(learned, _MODEL_PREFIX))
-    check_weight_shapes(expected_shapes, shapes, str(path))
-    tensors = _load_tensors(weights, device)
+    check_weight_shapes(expected_shapes, checked.shapes, str(path))
+    tensors = _load_tensors(checked.weights, device)
     check_finite_weights(
         {name: bool(torch.isfinite(value).all()) for name, value in tensors.items()}, str(path)
     )

@@ -42,6 +42,8 @@ from pyro.infer.autoguide import AutoGuide
 
 from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
+from iai_prob.guide_card import build_from_card, read_guide_checkpoint
+from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, khat_of
 from iai_prob.inference.encoders import ENCODERS
@@ -74,7 +76,14 @@ from iai_prob.posterior_status import (
     warn_if_unreliable,
 )
 
-__all__ = ["IterativeAmortizedGuide", "PreparedTask", "RefinementStep", "prepare_task"]
+__all__ = [
+    "IterativeAmortizedGuide",
+    "PreparedTask",
+    "RefinementStep",
+    "load_family_guide",
+    "load_guide",
+    "prepare_task",
+]
 
 
 class PreparedTask(NamedTuple):
@@ -799,13 +808,26 @@ class IterativeAmortizedGuide(AutoGuide):
     # ----------------------------------------------------------- checkpoints
     def save(self, path, **card) -> None:
         """Write ``path`` (safetensors weights) and its JSON card; see :mod:`.checkpoint`."""
-        from iai_prob.inference.checkpoint import save_guide
-
         save_guide(self, path, **card)
 
     @classmethod
     def load(cls, path, model, *, device=None) -> IterativeAmortizedGuide:
-        """Load a guide saved with :meth:`save` for ``model``; refuses another model."""
-        from iai_prob.inference.checkpoint import load_guide
+        """Load a guide saved with :meth:`save` for ``model``; refuses another model.
 
-        return load_guide(path, model, device=device)
+        The card is checked (:func:`~iai_prob.guide_card.read_guide_checkpoint`) before the guide
+        it configures is built, and the guide against the card and the weights' header
+        (:func:`~.checkpoint.restore_guide`) before any weight is read."""
+        checked = read_guide_checkpoint(path)
+        return restore_guide(build_from_card(cls, model, checked), checked, device=device)
+
+
+def load_guide(path, model, *, device=None) -> IterativeAmortizedGuide:
+    """:meth:`IterativeAmortizedGuide.load`: the guide saved at ``path``, for ``model``."""
+    return IterativeAmortizedGuide.load(path, model, device=device)
+
+
+def load_family_guide(path, *, device=None) -> IterativeAmortizedGuide:
+    """The guide of a checkpoint trained for a task family, built for the family its card
+    names (checked first on the ``meta`` device:
+    :func:`~.checkpoint.family_of_checkpoint`)."""
+    return load_guide(path, family_of_checkpoint(path), device=device)

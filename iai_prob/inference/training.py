@@ -63,7 +63,6 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,28 +77,16 @@ from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import OBJECTIVES, kl_to_exact, task_losses
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
-from iai_prob.inference.training_state import resume_training, run_identity, save_training
+from iai_prob.inference.training_state import (
+    FitResult,
+    resume_training,
+    run_identity,
+    save_training,
+)
 from iai_prob.training_folder import lock_folder, make_folder
-from iai_prob.validation_history import ValidationHistory, validation_sizes
+from iai_prob.validation_history import validation_sizes
 
-__all__ = ["FitResult", "fit"]
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the
-    skipped steps, the tasks left out of a step for a non-finite loss, the validation
-    history (untrained, scheduled, best and final scores) and whether early stopping ended
-    the run."""
-
-    losses: list[float] = field(default_factory=list)
-    kls: list[tuple[int, float]] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    skipped: int = 0
-    dropped_tasks: int = 0
-    validation: ValidationHistory = field(default_factory=ValidationHistory)
-    stopped_early: bool = False
+__all__ = ["fit"]
 
 
 def _trainable(guide) -> nn.ModuleDict:

@@ -1,5 +1,8 @@
 """The resumable state of :func:`~iai_prob.inference.fit` and the run it belongs to.
 
+:class:`FitResult` is what a run has done so far (steps, losses, validation history);
+it is returned by ``fit`` and written into, and read back from, the training state.
+
 A training folder's ``last.json`` card and the weights file it names hold the trained
 modules, the optimizer's state, the best weights by validation score so far (``best.*``)
 and the validation history, the step, the losses and the run's identity
@@ -16,12 +19,13 @@ instant leaves the previous state or the new one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from iai_prob.inference.checkpoint import model_identity, read_checkpoint, write_checkpoint
+from iai_prob.guide_card import model_identity
+from iai_prob.inference.checkpoint import read_checkpoint, write_checkpoint
 from iai_prob.training_folder import (
     RunMismatchError,
     check_same_run,
@@ -32,13 +36,27 @@ from iai_prob.training_folder import (
 )
 from iai_prob.validation_history import ValidationHistory
 
-if TYPE_CHECKING:
-    from iai_prob.inference.training import FitResult
-
-__all__ = ["resume_training", "run_identity", "save_training"]
+__all__ = ["FitResult", "resume_training", "run_identity", "save_training"]
 
 _OPTIMIZER_PREFIX = "optimizer."
 _BEST_PREFIX = "best."
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the
+    skipped steps, the tasks left out of a step for a non-finite loss, the validation
+    history (untrained, scheduled, best and final scores) and whether early stopping ended
+    the run."""
+
+    losses: list[float] = field(default_factory=list)
+    kls: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+    dropped_tasks: int = 0
+    validation: ValidationHistory = field(default_factory=ValidationHistory)
+    stopped_early: bool = False
 
 
 def run_identity(guide, source, optimizer, settings: dict) -> dict:

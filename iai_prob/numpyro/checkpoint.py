@@ -9,7 +9,11 @@ backend loads in the other. Loading checks the card before acting on it
 (:mod:`iai_prob.guide_card`): hashes, schema, another model, a changed layout, and the
 shapes of the guide the card describes (``eqx.filter_eval_shape``, nothing allocated)
 against the safetensors header, before the weights are read. Never pickled; no torch
-import; the model is the caller's, never a name from the card.
+import; the model is the caller's, never a name from the card. The guide depends on this
+module, never the other way: :meth:`IterativeAmortizedGuide.load
+<iai_prob.numpyro.IterativeAmortizedGuide.load>` (and
+:func:`~iai_prob.numpyro.guide.load_guide`) builds the guide between
+:func:`~iai_prob.guide_card.read_guide_checkpoint` and :func:`restore_guide`.
 """
 
 from __future__ import annotations
@@ -28,24 +32,23 @@ from iai_prob.checkpoint_format import (
     atomic_write,
     checkpoint_paths,
     read_card,
-    tensor_shapes,
     write_card,
 )
 from iai_prob.guide_card import (
     GUIDE_KIND,
-    check_family_layout,
+    CheckedCheckpoint,
     check_finite_weights,
-    check_guide_card,
+    check_model_identity,
     check_weight_shapes,
+    model_identity,
 )
 
 __all__ = [
     "CheckpointError",
-    "load_guide",
     "load_refiner",
-    "model_identity",
     "read_checkpoint",
     "refiner_tensors",
+    "restore_guide",
     "save_guide",
     "write_checkpoint",
 ]
@@ -127,14 +130,6 @@ def _load_arrays(weights) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from None
 
 
-def model_identity(guide) -> dict:
-    """What the card records about the model: the task family and its configuration."""
-    if guide.family is not None:
-        return {"family": guide.family.name, "config": guide.family.config()}
-    model = getattr(guide.model, "fn", guide.model)
-    return {"callable": getattr(model, "__qualname__", type(model).__name__)}
-
-
 def save_guide(guide, params: dict, path, **card):
     """Save a built guide's weights (from NumPyro's ``params``) and its card."""
     refiner = guide.refiner(params)
@@ -150,34 +145,21 @@ def save_guide(guide, params: dict, path, **card):
     return write_checkpoint(path, refiner_tensors(refiner), full_card)
 
 
-def load_guide(path, model):
-    """``(guide, params)`` from a checkpoint of either backend, for ``model``; the card is
-    checked (hashes, schema, model, layout, shapes against the weights' header) before
-    anything it sizes is built."""
-    from iai_prob.numpyro.guide import IterativeAmortizedGuide
-
-    weights, card = read_card(path)
-    shapes = tensor_shapes(weights, floating=True)
-    check_guide_card(card, str(path))
-    try:
-        guide = IterativeAmortizedGuide(model, **card["guide"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} has an invalid guide config: {error}") from None
-    expected, found = card["model"], model_identity(guide)
-    if expected != found:
-        raise CheckpointError(
-            f"checkpoint {path} was trained for model {expected}, not for {found}"
-        )
-    if guide.family is not None:
-        check_family_layout(card, guide.family, biject_to, str(path))
+def restore_guide(guide, checked: CheckedCheckpoint):
+    """``(guide, params)``: ``guide``, built from ``checked.card["guide"]`` for the caller's
+    model, checked against the card (model, layout) and the weights' header (the shapes of
+    the guide the card describes, by ``eqx.filter_eval_shape``: nothing allocated) before
+    the weights are read (and checked finite) and its parameters made."""
+    path, card = checked.path, checked.card
+    check_model_identity(guide, checked, biject_to)
     dims = (card["latent_dim"], card["feature_dim"])
     try:
         expected = _refiner_shapes(eqx.filter_eval_shape(guide.build, *dims))
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         message = str(error).splitlines()[0]
         raise CheckpointError(f"checkpoint {path} has an invalid guide config: {message}") from None
-    check_weight_shapes(expected, shapes, str(path))
-    arrays = _load_arrays(weights)
+    check_weight_shapes(expected, checked.shapes, str(path))
+    arrays = _load_arrays(checked.weights)
     check_finite_weights(
         {name: bool(np.isfinite(value).all()) for name, value in arrays.items()}, str(path)
     )

@@ -45,6 +45,8 @@ import numpyro.distributions as dist
 
 from iai_prob.checks import check_non_negative_int, check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
+from iai_prob.guide_card import build_from_card, read_guide_checkpoint
+from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
 from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
@@ -71,7 +73,13 @@ from iai_prob.numpyro.task_data import (
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 
-__all__ = ["PYTORCH_ONLY_UPDATES", "TRACE_COUNTS", "IterativeAmortizedGuide", "PreparedTask"]
+__all__ = [
+    "PYTORCH_ONLY_UPDATES",
+    "TRACE_COUNTS",
+    "IterativeAmortizedGuide",
+    "PreparedTask",
+    "load_guide",
+]
 
 PYTORCH_ONLY_UPDATES = ("maml", "meta_sgd")
 """Update rules of the PyTorch guide that the port does not implement (MAML, Meta-SGD)."""
@@ -627,13 +635,18 @@ class IterativeAmortizedGuide:
     # ----------------------------------------------------------- checkpoints
     def save(self, params: dict, path, **card):
         """Write ``path`` (safetensors) and its JSON card, loadable by both backends."""
-        from iai_prob.numpyro.checkpoint import save_guide
-
         return save_guide(self, params, path, **card)
 
     @classmethod
     def load(cls, path, model):
-        """``(guide, params)`` from a checkpoint of either backend, for ``model``."""
-        from iai_prob.numpyro.checkpoint import load_guide
+        """``(guide, params)`` from a checkpoint of either backend, for ``model``: the card
+        is checked (hashes, schema, model, layout, shapes against the weights' header)
+        before anything it sizes is built."""
+        checked = read_guide_checkpoint(path)
+        return restore_guide(build_from_card(cls, model, checked), checked)
 
-        return load_guide(path, model)
+
+def load_guide(path, model):
+    """:meth:`IterativeAmortizedGuide.load`: ``(guide, params)`` saved at ``path``, for
+    ``model``."""
+    return IterativeAmortizedGuide.load(path, model)

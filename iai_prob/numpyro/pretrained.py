@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import resources
 
 from iai_prob.models import get_family
-from iai_prob.numpyro.checkpoint import load_guide
+from iai_prob.numpyro.guide import load_guide
 from iai_prob.pretrained import available, card
 
 __all__ = ["available", "card", "load"]
@@ -20,7 +20,7 @@ __all__ = ["available", "card", "load"]
 
 def load(name: str):
     """``(guide, params)`` of the shipped guide ``name``, built for its task family (the
-    card is verified first; :func:`~iai_prob.numpyro.checkpoint.load_guide` checks the
+    card is verified first; :func:`~iai_prob.numpyro.guide.load_guide` checks the
     family's layout against it before anything is sized)."""
     model = card(name)["model"]
     family = get_family(model["family"], **model["config"]).on("numpyro")

@@ -51,12 +51,8 @@ import optax
 from tqdm.auto import tqdm
 
 from iai_prob.fit_options import check_fit_options, check_validation_options
-from iai_prob.numpyro.checkpoint import (
-    model_identity,
-    read_checkpoint,
-    save_guide,
-    write_checkpoint,
-)
+from iai_prob.guide_card import model_identity
+from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
 from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh

@@ -41,7 +41,7 @@ def card(name: str) -> dict:
 
 def load(name: str, *, device=None):
     """The shipped guide ``name``, built for its task family (``guide.family``)."""
-    from iai_prob.inference.checkpoint import load_family_guide  # torch is imported here only
+    from iai_prob.inference.guide import load_family_guide  # torch is imported here only
 
     with resources.as_file(_folder()) as folder:
         return load_family_guide(folder / _checked_name(name), device=device)

@@ -18,7 +18,7 @@ from iai_prob import pretrained
 from iai_prob.checkpoint_format import CheckpointError, card_sha256, read_card, write_card
 from iai_prob.cli import main
 from iai_prob.inference import IterativeAmortizedGuide
-from iai_prob.inference.checkpoint import load_family_guide
+from iai_prob.inference.guide import load_family_guide
 
 USER_MODEL = textwrap.dedent(
     """

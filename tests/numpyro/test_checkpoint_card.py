@@ -12,7 +12,7 @@ from iai_prob import pretrained as shipped
 from iai_prob.checkpoint_format import CheckpointError, read_card, write_card
 from iai_prob.models import LinearRegression
 from iai_prob.numpyro import pretrained
-from iai_prob.numpyro.checkpoint import load_guide
+from iai_prob.numpyro.guide import load_guide
 
 BIG = {"dim": 10**9, "noise_scale": 0.5, "prior_scale": 1.0}
 

@@ -20,8 +20,7 @@ from iai_prob import models
 from iai_prob import pretrained as torch_pretrained
 from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
-from iai_prob.numpyro.checkpoint import load_guide
-from iai_prob.numpyro.guide import TRACE_COUNTS
+from iai_prob.numpyro.guide import TRACE_COUNTS, load_guide
 from iai_prob.numpyro.refinement import batches_to_schedule
 from tests.models.conftest import FAMILY_CONFIGS
 

@@ -15,10 +15,10 @@ import torch
 
 from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
 from iai_prob.inference import fit as torch_fit
-from iai_prob.inference.checkpoint import load_guide as load_torch_guide
+from iai_prob.inference.guide import load_guide as load_torch_guide
 from iai_prob.models import LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
-from iai_prob.numpyro.checkpoint import load_guide
+from iai_prob.numpyro.guide import load_guide
 from iai_prob.numpyro.objectives import kl_to_exact
 from iai_prob.numpyro.refinement import batches_to_schedule
 from iai_prob.numpyro.sources import PriorPredictiveTasks

@@ -12,7 +12,8 @@ import pytest
 
 from iai_prob.models import LinearRegression
 from iai_prob.numpyro import IterativeAmortizedGuide, fit
-from iai_prob.numpyro.checkpoint import load_guide, read_checkpoint
+from iai_prob.numpyro.checkpoint import read_checkpoint
+from iai_prob.numpyro.guide import load_guide
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
 # a learning rate that wrecks the guide in two steps: its held-out score becomes inf
