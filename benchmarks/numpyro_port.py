@@ -113,7 +113,6 @@ def training_step(report, tasks_per_step=16):
     from iai_prob.inference import IterativeAmortizedGuide as TorchGuide
     from iai_prob.inference import fit as torch_fit
     from iai_prob.models import LinearRegression
-    from iai_prob.models import LinearRegression as TorchLinearRegression
     from iai_prob.numpyro import IterativeAmortizedGuide, fit
 
     options = {
@@ -124,7 +123,7 @@ def training_step(report, tasks_per_step=16):
     }
 
     def torch_seconds(steps):
-        guide = TorchGuide(TorchLinearRegression())
+        guide = TorchGuide(LinearRegression())
         start = time.perf_counter()
         torch_fit(guide, guide.family, steps=steps, **options)
         return time.perf_counter() - start

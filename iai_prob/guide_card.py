@@ -43,6 +43,7 @@ __all__ = [
     "check_weight_shapes",
     "family_layout",
     "model_identity",
+    "new_guide_card",
     "read_guide_checkpoint",
 ]
 
@@ -267,6 +268,21 @@ def model_identity(guide) -> dict:
         return {"family": guide.family.name, "config": guide.family.config()}
     model = getattr(guide.model, "fn", guide.model)
     return {"callable": getattr(model, "__qualname__", type(model).__name__)}
+
+
+def new_guide_card(guide, refiner, **fields) -> dict:
+    """The card a backend's ``save_guide`` writes for ``guide`` and its built ``refiner``:
+    kind, guide configuration, latent and feature dimensions, latent layout, model
+    identity, then ``fields`` (e.g. budget and measured quality)."""
+    return {
+        "kind": GUIDE_KIND,
+        "guide": guide.config,
+        "latent_dim": refiner.latent_dim,
+        "feature_dim": refiner.feature_dim,
+        "layout": guide.layout_signature,
+        "model": model_identity(guide),
+        **fields,
+    }
 
 
 def check_model_identity(guide, checked: CheckedCheckpoint, biject_to: Callable) -> None:

@@ -44,13 +44,12 @@ from iai_prob.checkpoint_format import (
     write_files,
 )
 from iai_prob.guide_card import (
-    GUIDE_KIND,
     CheckedCheckpoint,
     check_family_layout,
     check_finite_weights,
     check_model_identity,
     check_weight_shapes,
-    model_identity,
+    new_guide_card,
     read_guide_checkpoint,
 )
 
@@ -120,16 +119,7 @@ def save_guide(guide, path, **card) -> Path:
     learned = learnable_model(guide)
     if learned is not None:
         tensors.update(_prefixed(learned, _MODEL_PREFIX))
-    full_card = {
-        "kind": GUIDE_KIND,
-        "guide": guide.config,
-        "latent_dim": refiner.latent_dim,
-        "feature_dim": refiner.feature_dim,
-        "layout": guide.layout_signature,
-        "model": model_identity(guide),
-        "learned_model": learned is not None,
-        **card,
-    }
+    full_card = new_guide_card(guide, refiner, learned_model=learned is not None, **card)
     return write_checkpoint(path, tensors, full_card)
 
 

@@ -31,13 +31,12 @@ import math
 import torch
 from torch import nn
 
+from iai_prob.guide_options import GRADIENT_RULES
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril
 from iai_prob.inference.signals import CurvatureSignal
 
-__all__ = ["GRADIENT_RULES", "GradientStepUpdate", "elbo_gradient", "from_scale_tril"]
+__all__ = ["GradientStepUpdate", "elbo_gradient", "from_scale_tril"]
 
-GRADIENT_RULES = ("maml", "meta_sgd")
-"""Plain-gradient update rules: one learned step size (MAML) or one per coordinate (Meta-SGD)."""
 # log L_ii is kept in this range (standard deviations e^-9 … e^7).
 _LOG_SCALE_RANGE = (-9.0, 7.0)
 

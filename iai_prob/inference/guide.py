@@ -40,9 +40,10 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
-from iai_prob.checks import check_non_negative_int, check_positive_int, check_probabilities
+from iai_prob.checks import check_positive_int, check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
+from iai_prob.guide_options import check_convergence, guide_config
 from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, khat_of
@@ -53,13 +54,11 @@ from iai_prob.inference.objectives import elbo
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
     SIGNALS,
-    UPDATE_RULES,
     RefinementInfo,
     RefinementState,
     Refiner,
     minibatch_schedule,
 )
-from iai_prob.inference.signals import LINEARIZATIONS
 from iai_prob.inference.sites import LatentLayout, discover_layout
 from iai_prob.inference.task_data import TaskData, read_task_data
 from iai_prob.inference.validation import (
@@ -232,48 +231,29 @@ class IterativeAmortizedGuide(AutoGuide):
         self._task_family = (task_family if isinstance(task_family, TaskFamily) else None,)
         if isinstance(model, TaskFamily):
             model = model.model
-        if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
-            raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_non_negative_int("max_relinearizations", max_relinearizations)
-        signals = tuple(signals)
-        if not signals or any(s not in SIGNALS for s in signals):
-            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
-        get_posterior_family(family, 1)  # validates the name
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODERS)}")
-        if update not in UPDATE_RULES:
-            raise ValueError(f"unknown update {update!r}; choose from {UPDATE_RULES}")
-        if linearization not in LINEARIZATIONS:
-            raise ValueError(
-                f"unknown linearization {linearization!r}; choose from {LINEARIZATIONS}"
-            )
+        config = guide_config(
+            family=family,
+            encoder=encoder,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            signals=signals,
+            data_plate=data_plate,
+            tasks_plate=tasks_plate,
+            linearization=linearization,
+            num_particles=num_particles,
+            context_size=context_size,
+            rank=rank,
+            encoder_options=encoder_options,
+            seed=seed,
+            update=update,
+            inner_lr=inner_lr,
+            max_relinearizations=max_relinearizations,
+            encoders=ENCODERS,
+            check_family=lambda name: get_posterior_family(name, 1),
+        )
         super().__init__(model)
-        self.config = {
-            "family": family,
-            "encoder": encoder,
-            "num_steps": num_steps,
-            "batch_size": int(batch_size),
-            "signals": list(signals),
-            "data_plate": data_plate,
-            "tasks_plate": tasks_plate,
-            "linearization": linearization,
-            "num_particles": num_particles,
-            "context_size": context_size,
-            "rank": rank,
-            "encoder_options": dict(encoder_options or {}),
-            "seed": seed,
-            "update": update,
-            "inner_lr": float(inner_lr),
-            "max_relinearizations": int(max_relinearizations),
-        }
-        if convergence is not None and not isinstance(convergence, Convergence):
-            raise ValueError(
-                "convergence must be an iai_prob.inference.Convergence or None, got "
-                f"{type(convergence).__name__}"
-            )
-        self.convergence = convergence
+        self.config = config
+        self.convergence = check_convergence(convergence)
         self.last_status: PosteriorStatus | None = None
         self.featurize = featurize
         self.refiner: Refiner | None = None

@@ -19,10 +19,17 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from iai_prob.guide_options import (
+    GRADIENT_RULES,
+    SIGNALS,
+    UPDATE_RULES,
+    check_linearization,
+    check_signals,
+)
 from iai_prob.inference.compiled_forward import compiled_forward
 from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
-from iai_prob.inference.gradient_updates import GRADIENT_RULES, GradientStepUpdate
+from iai_prob.inference.gradient_updates import GradientStepUpdate
 from iai_prob.inference.numerics import flushing_denormals
 from iai_prob.inference.posteriors import (
     GaussianFamily,
@@ -31,7 +38,6 @@ from iai_prob.inference.posteriors import (
     reversed_precision,
 )
 from iai_prob.inference.signals import (
-    LINEARIZATIONS,
     curvature_signal,
     natural_gradient_target,
 )
@@ -39,8 +45,6 @@ from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
 
 __all__ = [
-    "SIGNALS",
-    "UPDATE_RULES",
     "RefinementError",
     "RefinementInfo",
     "RefinementState",
@@ -48,10 +52,6 @@ __all__ = [
     "minibatch_schedule",
 ]
 
-SIGNALS = ("data", "grad")
-"""What a refinement step may see: the mini-batch embedding and the ELBO gradient."""
-UPDATE_RULES = ("natural_gradient", *GRADIENT_RULES)
-"""Refinement update rules: the learned natural-gradient step, MAML and Meta-SGD."""
 _CONTEXT_FEATURES = 5
 
 
@@ -176,13 +176,8 @@ class Refiner(nn.Module):
         super().__init__()
         if update not in UPDATE_RULES:
             raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
-        signals = tuple(signals)
-        if not signals or any(s not in SIGNALS for s in signals):
-            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
-        if linearization not in LINEARIZATIONS:
-            raise ValueError(
-                f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}"
-            )
+        signals = check_signals(signals)
+        check_linearization(linearization)
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family

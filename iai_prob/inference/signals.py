@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import torch
 
+from iai_prob.guide_options import LINEARIZATIONS
 from iai_prob.inference.posteriors import GaussianFamily, absolute_eigenvalues, covariance_tril
 
 __all__ = [
-    "LINEARIZATIONS",
     "CurvatureSignal",
     "Target",
     "curvature_signal",
@@ -36,9 +36,6 @@ __all__ = [
     "preprocess_gradient",
     "sigma_point_target",
 ]
-
-LINEARIZATIONS = ("sigma_points", "mean", "samples")
-"""Where the log-likelihood's gradient and curvature are taken (``linearization=``)."""
 
 
 class CurvatureSignal(NamedTuple):

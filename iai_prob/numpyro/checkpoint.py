@@ -35,12 +35,11 @@ from iai_prob.checkpoint_format import (
     write_card,
 )
 from iai_prob.guide_card import (
-    GUIDE_KIND,
     CheckedCheckpoint,
     check_finite_weights,
     check_model_identity,
     check_weight_shapes,
-    model_identity,
+    new_guide_card,
 )
 
 __all__ = [
@@ -133,16 +132,7 @@ def _load_arrays(weights) -> dict[str, np.ndarray]:
 def save_guide(guide, params: dict, path, **card):
     """Save a built guide's weights (from NumPyro's ``params``) and its card."""
     refiner = guide.refiner(params)
-    full_card = {
-        "kind": GUIDE_KIND,
-        "guide": guide.config,
-        "latent_dim": refiner.latent_dim,
-        "feature_dim": refiner.feature_dim,
-        "layout": guide.layout_signature,
-        "model": model_identity(guide),
-        **card,
-    }
-    return write_checkpoint(path, refiner_tensors(refiner), full_card)
+    return write_checkpoint(path, refiner_tensors(refiner), new_guide_card(guide, refiner, **card))
 
 
 def restore_guide(guide, checked: CheckedCheckpoint):

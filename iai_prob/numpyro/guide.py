@@ -43,9 +43,10 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
-from iai_prob.checks import check_non_negative_int, check_probabilities
+from iai_prob.checks import check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
+from iai_prob.guide_options import check_convergence, guide_config
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
 from iai_prob.numpyro.encoders import ENCODERS
@@ -60,7 +61,6 @@ from iai_prob.numpyro.refinement import (
     minibatch_schedule,
     refine,
 )
-from iai_prob.numpyro.signals import LINEARIZATIONS
 from iai_prob.numpyro.sites import LatentLayout, discover_layout
 from iai_prob.numpyro.task_data import (
     TaskData,
@@ -74,15 +74,17 @@ from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 
 __all__ = [
-    "PYTORCH_ONLY_UPDATES",
+    "IMPLEMENTED_UPDATES",
     "TRACE_COUNTS",
     "IterativeAmortizedGuide",
     "PreparedTask",
     "load_guide",
 ]
 
-PYTORCH_ONLY_UPDATES = ("maml", "meta_sgd")
-"""Update rules of the PyTorch guide that the port does not implement (MAML, Meta-SGD)."""
+IMPLEMENTED_UPDATES = ("natural_gradient",)
+"""The update rules the port implements: the learned natural-gradient step (the PyTorch
+guide's MAML and Meta-SGD baselines, :data:`~iai_prob.guide_options.GRADIENT_RULES`, are
+refused by name)."""
 
 TRACE_COUNTS: Counter = Counter()
 """How many times each jitted refinement function was traced (compiled), by name; a
@@ -224,58 +226,30 @@ class IterativeAmortizedGuide:
         if isinstance(task_family, TaskFamily):  # the family itself or its model method
             self.family = task_family.on("numpyro")
             model = self.family.model
-        if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
-            raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_non_negative_int("max_relinearizations", max_relinearizations)
-        signals = tuple(signals)
-        if not signals or any(s not in SIGNALS for s in signals):
-            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
-        get_posterior_family(family, 1)  # validates the name
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(ENCODERS)}")
-        if linearization not in LINEARIZATIONS:
-            raise ValueError(
-                f"unknown linearization {linearization!r}; choose from {LINEARIZATIONS}"
-            )
-        if update in PYTORCH_ONLY_UPDATES:
-            raise ValueError(
-                f"update={update!r} is implemented in the PyTorch guide only "
-                "(iai_prob.inference.IterativeAmortizedGuide); the NumPyro port implements "
-                "update='natural_gradient'"
-            )
-        if update != "natural_gradient":
-            raise ValueError(
-                f"unknown update {update!r}; choose from "
-                f"{('natural_gradient', *PYTORCH_ONLY_UPDATES)}"
-            )
+        self.config = guide_config(
+            family=family,
+            encoder=encoder,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            signals=signals,
+            data_plate=data_plate,
+            tasks_plate=tasks_plate,
+            linearization=linearization,
+            num_particles=num_particles,
+            context_size=context_size,
+            rank=rank,
+            encoder_options=encoder_options,
+            seed=seed,
+            update=update,
+            inner_lr=inner_lr,
+            max_relinearizations=max_relinearizations,
+            encoders=ENCODERS,
+            check_family=lambda name: get_posterior_family(name, 1),
+            updates=IMPLEMENTED_UPDATES,
+        )
         self.model = model
         self.prefix = prefix
-        self.config = {
-            "family": family,
-            "encoder": encoder,
-            "num_steps": num_steps,
-            "batch_size": int(batch_size),
-            "signals": list(signals),
-            "data_plate": data_plate,
-            "tasks_plate": tasks_plate,
-            "linearization": linearization,
-            "num_particles": num_particles,
-            "context_size": context_size,
-            "rank": rank,
-            "encoder_options": dict(encoder_options or {}),
-            "seed": seed,
-            "update": update,
-            "inner_lr": float(inner_lr),
-            "max_relinearizations": int(max_relinearizations),
-        }
-        if convergence is not None and not isinstance(convergence, Convergence):
-            raise ValueError(
-                "convergence must be an iai_prob.convergence_settings.Convergence or None, got "
-                f"{type(convergence).__name__}"
-            )
-        self.convergence = convergence
+        self.convergence = check_convergence(convergence)
         self.last_status: PosteriorStatus | None = None
         self.featurize = featurize
         self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built

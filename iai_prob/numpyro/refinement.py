@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iai_prob.guide_options import SIGNALS, check_linearization, check_signals
 from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.encoders import Linear, get_encoder
 from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
 from iai_prob.numpyro.signals import (
-    LINEARIZATIONS,
     curvature_signal,
     natural_gradient_target,
 )
@@ -38,7 +38,6 @@ from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
 
 __all__ = [
-    "SIGNALS",
     "RefinementError",
     "RefinementInfo",
     "RefinementState",
@@ -51,8 +50,6 @@ __all__ = [
     "step",
 ]
 
-SIGNALS = ("data", "grad")
-"""What a refinement step may see: the mini-batch embedding and the ELBO gradient."""
 _CONTEXT_FEATURES = 5
 
 
@@ -160,13 +157,8 @@ class Refiner(eqx.Module):
         max_relinearizations: int = 2,
         key,
     ):
-        signals = tuple(signals)
-        if not signals or any(s not in SIGNALS for s in signals):
-            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {signals!r}")
-        if linearization not in LINEARIZATIONS:
-            raise ValueError(
-                f"linearization must be one of {LINEARIZATIONS}, got {linearization!r}"
-            )
+        signals = check_signals(signals)
+        check_linearization(linearization)
         encoder_key, head_key, update_key, site_key = jax.random.split(key, 4)
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim

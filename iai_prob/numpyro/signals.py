@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from iai_prob.guide_options import LINEARIZATIONS
 from iai_prob.numpyro.posteriors import (
     GaussianFamily,
     absolute_eigenvalues,
@@ -25,15 +26,11 @@ from iai_prob.numpyro.posteriors import (
 )
 
 __all__ = [
-    "LINEARIZATIONS",
     "CurvatureSignal",
     "curvature_signal",
     "linearization_points",
     "natural_gradient_target",
 ]
-
-LINEARIZATIONS = ("sigma_points", "mean", "samples")
-"""Where the log-likelihood's gradient and curvature are taken (``linearization=``)."""
 
 
 class CurvatureSignal(NamedTuple):
