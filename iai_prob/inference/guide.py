@@ -59,7 +59,7 @@ from iai_prob.inference.refinement import (
     Refiner,
     minibatch_schedule,
 )
-from iai_prob.inference.sites import LatentLayout, discover_layout
+from iai_prob.inference.sites import discover_layout
 from iai_prob.inference.task_data import TaskData, read_task_data
 from iai_prob.inference.validation import (
     check_log_prob,
@@ -68,6 +68,7 @@ from iai_prob.inference.validation import (
     layout_difference,
     trace_model,
 )
+from iai_prob.latent_layout import LatentLayout
 from iai_prob.models.base import TaskFamily
 from iai_prob.posterior_status import (
     PosteriorStatus,

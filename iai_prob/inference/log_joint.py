@@ -50,7 +50,6 @@ from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from iai_prob.inference.compiled_log_joint import replayed_value_and_grad
-from iai_prob.inference.sites import LatentLayout
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.traced_log_joint import (
     traced_per_particle,
@@ -58,6 +57,7 @@ from iai_prob.inference.traced_log_joint import (
     traced_value_and_grad,
     tracing_enabled,
 )
+from iai_prob.latent_layout import LatentLayout
 
 __all__ = ["BoundLogJoint", "LogJoint"]
 

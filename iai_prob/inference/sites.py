@@ -1,4 +1,5 @@
-"""Global latent sites of a Pyro model, found from a trace and packed into one vector.
+"""Global latent sites of a Pyro model, found from a trace (the layout they are packed
+into is backend-neutral: :mod:`iai_prob.latent_layout`).
 
 For a model whose global latents ``θ = (θ_1, …, θ_S)`` live outside the data
 plate, the guide works on one unconstrained vector per task,
@@ -24,145 +25,13 @@ prior instead of inferring it, a silently wrong posterior.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import torch
-from pyro.distributions.util import sum_rightmost
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to, constraints, transforms
+from torch.distributions import biject_to, transforms
 
+from iai_prob.latent_layout import GlobalSite, LatentLayout, transform_kind
 from iai_prob.local_latents import check_local_latent
 
-__all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout"]
-
-
-@dataclass(frozen=True)
-class GlobalSite:
-    """One global latent site: its event shapes in both spaces and its bijection."""
-
-    name: str
-    event_shape: tuple[int, ...]
-    unconstrained_shape: tuple[int, ...]
-    event_dim: int
-    support: object
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.unconstrained_shape)
-
-    @property
-    def transform(self):
-        return biject_to(self.support)
-
-    @property
-    def is_elementwise(self) -> bool:
-        """Whether the bijection acts on each coordinate alone (so it is monotone in each)."""
-        transform = self.transform
-        while isinstance(transform, transforms.IndependentTransform):
-            transform = transform.base_transform
-        return transform.domain.event_dim == 0
-
-    @property
-    def is_real(self) -> bool:
-        """Whether the site is unconstrained already (its bijection is the identity)."""
-        support = self.support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        return support is constraints.real
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """Where each global site sits in the joint unconstrained vector, and the task batch.
-
-    :ivar sites: ordered global sites.
-    :ivar num_tasks: ``T`` when the model ran under the tasks plate, else ``None``.
-    :ivar tasks_dim: the (negative) dim of the tasks plate, or ``None``.
-    :ivar max_plate_nesting: the deepest plate dim used by the model.
-    """
-
-    sites: tuple[GlobalSite, ...]
-    num_tasks: int | None
-    tasks_dim: int | None
-    max_plate_nesting: int
-
-    @property
-    def latent_dim(self) -> int:
-        return sum(site.numel for site in self.sites)
-
-    @property
-    def site_names(self) -> tuple[str, ...]:
-        return tuple(site.name for site in self.sites)
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """Batch shape of the joint latent: ``()`` or ``(T, 1, …)`` aligned to the tasks dim."""
-        if self.num_tasks is None:
-            return ()
-        return (self.num_tasks,) + (1,) * (-self.tasks_dim - 1)
-
-    @property
-    def flat_tasks(self) -> int:
-        """Number of tasks in the flat ``(T, D)`` view used by the refinement (1 if unbatched)."""
-        return 1 if self.num_tasks is None else self.num_tasks
-
-    def signature(self) -> list[list]:
-        """JSON-friendly description of the latent layout (checked when loading)."""
-        return [[site.name, list(site.unconstrained_shape)] for site in self.sites]
-
-    # ----------------------------------------------------------- reshaping
-    def to_joint(self, flat: torch.Tensor) -> torch.Tensor:
-        """``(*lead, T_flat, D)`` → ``(*lead, *batch_shape, D)``."""
-        lead = flat.shape[:-2]
-        return flat.reshape(*lead, *self.batch_shape, flat.shape[-1])
-
-    def to_flat(self, joint: torch.Tensor) -> torch.Tensor:
-        """``(*lead, *batch_shape, D)`` → ``(*lead, T_flat, D)``."""
-        lead = joint.shape[: joint.dim() - 1 - len(self.batch_shape)]
-        return joint.reshape(*lead, self.flat_tasks, joint.shape[-1])
-
-    def particles_to_model(self, flat: torch.Tensor, particle_dim: int) -> torch.Tensor:
-        """``(S, T_flat, D)`` → ``(S, 1…, *batch_shape, D)`` with S at dim ``particle_dim``."""
-        pad = -particle_dim - 1 - len(self.batch_shape)
-        joint = self.to_joint(flat)
-        return joint.reshape(joint.shape[0], *(1,) * pad, *joint.shape[1:])
-
-    # -------------------------------------------------------- pack / unpack
-    def unpack(self, z: torch.Tensor):
-        """Yield ``(site, constrained value, log |det ∂T/∂z|)`` for a joint latent ``z``.
-
-        ``z`` has shape ``(*lead, D)``; values have shape ``(*lead, *event_shape)``
-        and log-Jacobians shape ``(*lead,)``.
-        """
-        if z.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"expected a joint latent with {self.latent_dim} entries in its last dim, "
-                f"got shape {tuple(z.shape)}"
-            )
-        lead = z.shape[:-1]
-        position = 0
-        for site in self.sites:
-            unconstrained = z[..., position : position + site.numel].reshape(
-                tuple(lead) + site.unconstrained_shape
-            )
-            position += site.numel
-            transform = site.transform
-            value = transform(unconstrained)
-            log_jacobian = transform.log_abs_det_jacobian(unconstrained, value)
-            log_jacobian = sum_rightmost(log_jacobian, log_jacobian.dim() - len(lead))
-            yield site, value, log_jacobian
-
-    def pack(self, values: dict[str, torch.Tensor], batch_ndim: int) -> torch.Tensor:
-        """Map constrained values with ``batch_ndim`` leading dims to the joint ``z``."""
-        parts = []
-        for site in self.sites:
-            if site.name not in values:
-                raise ValueError(f"no value for global latent site {site.name!r}")
-            unconstrained = site.transform.inv(values[site.name])
-            batch = unconstrained.shape[:batch_ndim]
-            parts.append(unconstrained.reshape(*batch, site.numel))
-        return torch.cat(parts, dim=-1)
+__all__ = ["check_local_latents", "discover_layout"]
 
 
 def _is_latent(site) -> bool:
@@ -272,7 +141,15 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
         event_shape = tuple(fn.event_shape)
         unconstrained_shape = tuple(transform.inv.forward_shape(event_shape))
         sites.append(
-            GlobalSite(name, event_shape, unconstrained_shape, len(event_shape), fn.support)
+            GlobalSite(
+                name,
+                event_shape,
+                unconstrained_shape,
+                len(event_shape),
+                transform_kind(transform, transforms.IndependentTransform),
+                fn.support,
+                "pyro",
+            )
         )
     if not sites:
         params = [name for name, site in trace.nodes.items() if site["type"] == "param"]

@@ -62,7 +62,6 @@ Tracing is on by default; ``LogJoint(..., traced=False)`` or the environment var
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import threading
@@ -299,8 +298,10 @@ def _tensor_key(tensor: torch.Tensor) -> tuple:
     return (tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
 
 
-@functools.lru_cache(maxsize=MAX_TRACES)
 def _layout_key(layout) -> tuple:
+    """The layout with each site's support spelled out: layouts compare equal by their
+    bijections' kinds and shapes (:class:`~iai_prob.latent_layout.GlobalSite`), while a
+    traced graph also bakes in the supports' parameters (an interval's bounds)."""
     sites = tuple(
         (site.name, site.event_shape, site.unconstrained_shape, repr(site.support))
         for site in layout.sites

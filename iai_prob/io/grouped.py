@@ -88,7 +88,7 @@ class GroupedPosterior(NamedTuple):
     :ivar posterior: ``MultivariateNormal`` with batch shape ``(G,)`` over the joint
         unconstrained latents ``z``.
     :ivar layout: maps ``z`` to the model's sites
-        (:class:`~iai_prob.inference.sites.LatentLayout`).
+        (:class:`~iai_prob.latent_layout.LatentLayout`).
     :ivar read_seconds: time to read and split the table.
     :ivar seconds: time to compute the posteriors.
     :ivar batched: whether groups went through the tasks plate (else one call each).

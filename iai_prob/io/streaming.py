@@ -34,7 +34,7 @@ class StreamedPosterior(NamedTuple):
     """The posterior of one streamed dataset.
 
     :ivar posterior: ``q(z | D)`` over the joint unconstrained latents (event ``(D,)``).
-    :ivar layout: the :class:`~iai_prob.inference.sites.LatentLayout` that maps ``z`` to
+    :ivar layout: the :class:`~iai_prob.latent_layout.LatentLayout` that maps ``z`` to
         the model's sites.
     :ivar num_rows: ``N``.
     :ivar seconds: wall time of the pass.

@@ -5,8 +5,9 @@ posterior call the family's backend object (``family.ppl``) for exactly what Pyr
 NumPyro spell differently:
 
 * the model's primitives: ``sample``, ``plate``, the distributions and constraints
-  modules, ``Vindex``, a Bernoulli on logits, and constants in the data's dtype and
-  device (``constant``, ``full``);
+  modules, ``biject_to`` and ``IndependentTransform`` (read by the shared latent layout,
+  :mod:`iai_prob.latent_layout`), ``Vindex``, a Bernoulli on logits, and constants in
+  the data's dtype and device (``constant``, ``full``);
 * the simulator's random draws: ``simulation_arguments`` wraps a ``torch.Generator``
   (Pyro) or a JAX PRNG key (NumPyro) in an object with ``normal``, ``gamma``, ``beta``,
   ``dirichlet``, ``bernoulli`` and ``categorical``; the PyTorch draws are the calls the

@@ -14,6 +14,7 @@ import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve
 from jax.scipy.special import gammaln
 from numpyro.distributions import constraints
+from numpyro.distributions.transforms import IndependentTransform, biject_to
 from numpyro.ops.indexing import Vindex
 
 from iai_prob.models.numpyro_distributions import BernoulliLogits, NormalInverseGamma
@@ -68,6 +69,8 @@ class NumPyroBackend:
     name = "numpyro"
     dist = dist
     constraints = constraints
+    biject_to = staticmethod(biject_to)
+    IndependentTransform = IndependentTransform
     NormalInverseGamma = NormalInverseGamma
     sample = staticmethod(numpyro.sample)
     plate = staticmethod(numpyro.plate)

@@ -11,7 +11,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
-from torch.distributions import constraints
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import IndependentTransform
 
 from iai_prob.models.pyro_distributions import NormalInverseGamma
 
@@ -75,6 +76,8 @@ class PyroBackend:
     name = "pyro"
     dist = dist
     constraints = constraints
+    biject_to = staticmethod(biject_to)
+    IndependentTransform = IndependentTransform
     NormalInverseGamma = NormalInverseGamma
     sample = staticmethod(pyro.sample)
     plate = staticmethod(pyro.plate)

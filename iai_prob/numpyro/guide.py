@@ -47,6 +47,7 @@ from iai_prob.checks import check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
 from iai_prob.guide_options import check_convergence, guide_config
+from iai_prob.latent_layout import LatentLayout
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
 from iai_prob.numpyro.encoders import ENCODERS
@@ -61,7 +62,7 @@ from iai_prob.numpyro.refinement import (
     minibatch_schedule,
     refine,
 )
-from iai_prob.numpyro.sites import LatentLayout, discover_layout
+from iai_prob.numpyro.sites import discover_layout
 from iai_prob.numpyro.task_data import (
     TaskData,
     call_signature,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.primitives import Messenger
 
-from iai_prob.numpyro.sites import LatentLayout
+from iai_prob.latent_layout import LatentLayout
 from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.xla_guard import check_fused_reductions
 

@@ -1,6 +1,7 @@
-"""Global latent sites of a NumPyro model, found from a trace and packed into one vector.
+"""Global latent sites of a NumPyro model, found from a trace and packed into one vector
+(:mod:`iai_prob.latent_layout`, shared with the PyTorch side).
 
-The twin of :mod:`iai_prob.inference.sites`: for global latents ``θ = (θ_1, …, θ_S)``
+As :mod:`iai_prob.inference.sites` does for Pyro traces: for global latents ``θ = (θ_1, …, θ_S)``
 outside the data plate the guide works on one unconstrained vector per task,
 
     z = (T_1⁻¹(θ_1), …, T_S⁻¹(θ_S)) ∈ ℝ^D,    T_s = biject_to(support of θ_s),
@@ -12,119 +13,12 @@ the same ``θ`` in both backends and a checkpoint's latent layout carries over.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
-import jax.numpy as jnp
-from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IndependentTransform, biject_to
 
+from iai_prob.latent_layout import GlobalSite, LatentLayout, transform_kind
 from iai_prob.local_latents import check_local_latent
 
-__all__ = ["GlobalSite", "LatentLayout", "check_local_latents", "discover_layout", "plate_frames"]
-
-
-@dataclass(frozen=True)
-class GlobalSite:
-    """One global latent site: its event shapes in both spaces and its bijection."""
-
-    name: str
-    event_shape: tuple[int, ...]
-    unconstrained_shape: tuple[int, ...]
-    event_dim: int
-    kind: str  # the bijection's class, so that equal layouts compare equal across traces
-    support: object = field(compare=False, hash=False)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.unconstrained_shape)
-
-    @property
-    def transform(self):
-        return biject_to(self.support)
-
-    @property
-    def is_elementwise(self) -> bool:
-        """Whether the bijection acts on each coordinate alone."""
-        transform = self.transform
-        while isinstance(transform, IndependentTransform):
-            transform = transform.base_transform
-        return transform.domain.event_dim == 0
-
-    @property
-    def is_real(self) -> bool:
-        support = self.support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        return support is constraints.real
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """Where each global site sits in the joint unconstrained vector.
-
-    :ivar sites: ordered global sites.
-    :ivar num_tasks: ``T`` when the model ran under the tasks plate, else ``None``.
-    :ivar tasks_dim: the (negative) dim of the tasks plate, or ``None``.
-    :ivar max_plate_nesting: the deepest plate dim of the model on one task.
-    """
-
-    sites: tuple[GlobalSite, ...]
-    num_tasks: int | None
-    tasks_dim: int | None
-    max_plate_nesting: int
-
-    @property
-    def latent_dim(self) -> int:
-        return sum(site.numel for site in self.sites)
-
-    @property
-    def site_names(self) -> tuple[str, ...]:
-        return tuple(site.name for site in self.sites)
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """Batch shape of the joint latent: ``()`` or ``(T, 1, …)`` aligned to the tasks dim."""
-        if self.num_tasks is None:
-            return ()
-        return (self.num_tasks,) + (1,) * (-self.tasks_dim - 1)
-
-    def signature(self) -> list[list]:
-        """JSON-friendly description of the latent layout (checked when loading)."""
-        return [[site.name, list(site.unconstrained_shape)] for site in self.sites]
-
-    def unpack(self, z):
-        """Yield ``(site, constrained value, log |det ∂T/∂z|)`` for ``z`` ``(*lead, D)``."""
-        if z.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"expected a joint latent with {self.latent_dim} entries in its last dim, "
-                f"got shape {tuple(z.shape)}"
-            )
-        lead = z.shape[:-1]
-        position = 0
-        for site in self.sites:
-            unconstrained = z[..., position : position + site.numel].reshape(
-                tuple(lead) + site.unconstrained_shape
-            )
-            position += site.numel
-            transform = site.transform
-            value = transform(unconstrained)
-            log_jacobian = transform.log_abs_det_jacobian(unconstrained, value)
-            extra = jnp.ndim(log_jacobian) - len(lead)
-            if extra > 0:
-                log_jacobian = log_jacobian.sum(tuple(range(-extra, 0)))
-            yield site, value, log_jacobian
-
-    def pack(self, values: dict, batch_ndim: int):
-        """Map constrained values with ``batch_ndim`` leading dims to the joint ``z``."""
-        parts = []
-        for site in self.sites:
-            if site.name not in values:
-                raise ValueError(f"no value for global latent site {site.name!r}")
-            unconstrained = site.transform.inv(jnp.asarray(values[site.name]))
-            batch = unconstrained.shape[:batch_ndim]
-            parts.append(unconstrained.reshape(*batch, site.numel))
-        return jnp.concatenate(parts, axis=-1)
+__all__ = ["check_local_latents", "discover_layout", "plate_frames"]
 
 
 def plate_frames(trace) -> dict:
@@ -225,12 +119,17 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
             ) from error
         event_shape = tuple(fn.event_shape)
         unconstrained_shape = tuple(transform.inverse_shape(event_shape))
-        kind = type(transform).__name__
-        while isinstance(transform, IndependentTransform):
-            transform = transform.base_transform
-            kind += "/" + type(transform).__name__
+        kind = transform_kind(transform, IndependentTransform)
         sites.append(
-            GlobalSite(name, event_shape, unconstrained_shape, len(event_shape), kind, fn.support)
+            GlobalSite(
+                name,
+                event_shape,
+                unconstrained_shape,
+                len(event_shape),
+                kind,
+                fn.support,
+                "numpyro",
+            )
         )
     if not sites:
         raise ValueError(

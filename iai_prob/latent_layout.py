@@ -1,0 +1,181 @@
+"""The joint unconstrained latent of a model's global sites, for either backend.
+
+For global latents ``θ = (θ_1, …, θ_S)`` outside the data plate the guide works on one
+unconstrained vector per task,
+
+    z = (T_1⁻¹(θ_1), …, T_S⁻¹(θ_S)) ∈ ℝ^D,    T_s = biject_to(support of θ_s),
+
+so that a Gaussian over ``z`` is a valid posterior whatever the supports (positive
+scales, simplices, intervals), with ``log p(z) = log p(T(z)) + log |det ∂T/∂z|``.
+NumPyro's bijections use the same parametrizations as PyTorch's (identity, exp,
+stick-breaking), so the same ``z`` means the same ``θ`` in both backends and a
+checkpoint's latent layout carries over.
+
+:class:`GlobalSite` and :class:`LatentLayout` are written once: a site names its backend
+(``"pyro"`` or ``"numpyro"``), whose object (:func:`~iai_prob.models.backend.get_backend`)
+supplies ``biject_to``, the constraints and the array operations. Each backend finds the
+sites in its own traces (:func:`iai_prob.inference.sites.discover_layout`,
+:func:`iai_prob.numpyro.sites.discover_layout`).
+
+Batches of tasks: when the model wraps its globals in a ``"tasks"`` plate at dim
+``-t``, the joint latent has batch shape ``(T,) + (1,)*(t-1)`` and each site value
+``(T,) + (1,)*(t-1) + event_shape``, which is what the model's own plates produce.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from iai_prob.models.backend import get_backend
+
+__all__ = ["GlobalSite", "LatentLayout"]
+
+
+@dataclass(frozen=True)
+class GlobalSite:
+    """One global latent site: its event shapes in both spaces and its bijection.
+
+    ``kind`` names the bijection's classes (e.g. ``IndependentTransform/ExpTransform``) so
+    that equal layouts compare (and hash) equal across traces; ``support`` and
+    ``backend`` do not take part in comparisons.
+    """
+
+    name: str
+    event_shape: tuple[int, ...]
+    unconstrained_shape: tuple[int, ...]
+    event_dim: int
+    kind: str
+    support: object = field(compare=False, hash=False)
+    backend: str = field(default="pyro", compare=False, hash=False)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.unconstrained_shape)
+
+    @property
+    def transform(self):
+        return get_backend(self.backend).biject_to(self.support)
+
+    @property
+    def is_elementwise(self) -> bool:
+        """Whether the bijection acts on each coordinate alone (so it is monotone in each)."""
+        independent = get_backend(self.backend).IndependentTransform
+        transform = self.transform
+        while isinstance(transform, independent):
+            transform = transform.base_transform
+        return transform.domain.event_dim == 0
+
+    @property
+    def is_real(self) -> bool:
+        """Whether the site is unconstrained already (its bijection is the identity)."""
+        constraints = get_backend(self.backend).constraints
+        support = self.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        return support is constraints.real
+
+
+def transform_kind(transform, independent: type) -> str:
+    """The class names of ``transform`` and of the transforms it wraps in ``independent``."""
+    kind = type(transform).__name__
+    while isinstance(transform, independent):
+        transform = transform.base_transform
+        kind += "/" + type(transform).__name__
+    return kind
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Where each global site sits in the joint unconstrained vector, and the task batch.
+
+    :ivar sites: ordered global sites.
+    :ivar num_tasks: ``T`` when the model ran under the tasks plate, else ``None``.
+    :ivar tasks_dim: the (negative) dim of the tasks plate, or ``None``.
+    :ivar max_plate_nesting: the deepest plate dim used by the model.
+    """
+
+    sites: tuple[GlobalSite, ...]
+    num_tasks: int | None
+    tasks_dim: int | None
+    max_plate_nesting: int
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(site.numel for site in self.sites)
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(site.name for site in self.sites)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Batch shape of the joint latent: ``()`` or ``(T, 1, …)`` aligned to the tasks dim."""
+        if self.num_tasks is None:
+            return ()
+        return (self.num_tasks,) + (1,) * (-self.tasks_dim - 1)
+
+    @property
+    def flat_tasks(self) -> int:
+        """Number of tasks in the flat ``(T, D)`` view used by the refinement (1 if unbatched)."""
+        return 1 if self.num_tasks is None else self.num_tasks
+
+    def signature(self) -> list[list]:
+        """JSON-friendly description of the latent layout (checked when loading)."""
+        return [[site.name, list(site.unconstrained_shape)] for site in self.sites]
+
+    # ----------------------------------------------------------- reshaping
+    def to_joint(self, flat):
+        """``(*lead, T_flat, D)`` → ``(*lead, *batch_shape, D)``."""
+        lead = flat.shape[:-2]
+        return flat.reshape(*lead, *self.batch_shape, flat.shape[-1])
+
+    def to_flat(self, joint):
+        """``(*lead, *batch_shape, D)`` → ``(*lead, T_flat, D)``."""
+        lead = joint.shape[: joint.ndim - 1 - len(self.batch_shape)]
+        return joint.reshape(*lead, self.flat_tasks, joint.shape[-1])
+
+    def particles_to_model(self, flat, particle_dim: int):
+        """``(S, T_flat, D)`` → ``(S, 1…, *batch_shape, D)`` with S at dim ``particle_dim``."""
+        pad = -particle_dim - 1 - len(self.batch_shape)
+        joint = self.to_joint(flat)
+        return joint.reshape(joint.shape[0], *(1,) * pad, *joint.shape[1:])
+
+    # -------------------------------------------------------- pack / unpack
+    def unpack(self, z):
+        """Yield ``(site, constrained value, log |det ∂T/∂z|)`` for a joint latent ``z``.
+
+        ``z`` has shape ``(*lead, D)``; values have shape ``(*lead, *event_shape)``
+        and log-Jacobians shape ``(*lead,)``.
+        """
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"expected a joint latent with {self.latent_dim} entries in its last dim, "
+                f"got shape {tuple(z.shape)}"
+            )
+        lead = tuple(z.shape[:-1])
+        position = 0
+        for site in self.sites:
+            unconstrained = z[..., position : position + site.numel].reshape(
+                lead + site.unconstrained_shape
+            )
+            position += site.numel
+            transform = site.transform
+            value = transform(unconstrained)
+            log_jacobian = transform.log_abs_det_jacobian(unconstrained, value)
+            extra = getattr(log_jacobian, "ndim", 0) - len(lead)
+            if extra > 0:
+                log_jacobian = log_jacobian.sum(tuple(range(-extra, 0)))
+            yield site, value, log_jacobian
+
+    def pack(self, values: dict, batch_ndim: int):
+        """Map constrained values with ``batch_ndim`` leading dims to the joint ``z``."""
+        parts = []
+        for site in self.sites:
+            if site.name not in values:
+                raise ValueError(f"no value for global latent site {site.name!r}")
+            backend = get_backend(site.backend)
+            unconstrained = site.transform.inv(backend.asarray(values[site.name]))
+            batch = unconstrained.shape[:batch_ndim]
+            parts.append(unconstrained.reshape(*batch, site.numel))
+        return get_backend(self.sites[0].backend).concatenate(parts, axis=-1)
