@@ -163,3 +163,17 @@ def test_a_task_with_non_finite_curvature_keeps_its_state_alone(shipped, monkeyp
     for index in (0, 2):
         np.testing.assert_allclose(step.loc[index], clean.loc[index], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(step.precision[index], clean.precision[index], rtol=1e-5)
+
+
+def test_a_guide_runs_a_pyro_bound_family_under_numpyro():
+    """A family (or its model method) given to the NumPyro guide is bound to NumPyro: the
+    guide traces a NumPyro model and reads NumPyro supports, whatever the caller built."""
+    family = LinearRegression(dim=2)
+    for given in (family, family.model):
+        guide = IterativeAmortizedGuide(given, **SMALL)
+        assert guide.family.backend == "numpyro" and guide.family.config() == family.config()
+    _, x, y = guide.family.sample(jax.random.PRNGKey(0), 1, 12)
+    task = guide.prepare(x[0], y[0])
+    assert task.layout.signature() == [["w", [2]]]
+    assert task.layout.sites[0].backend == "numpyro"
+    assert family.backend == "pyro"  # the caller's family is left as it was
