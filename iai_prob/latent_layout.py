@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from iai_prob.models.backend import get_backend
 
-__all__ = ["GlobalSite", "LatentLayout"]
+__all__ = ["GlobalSite", "LatentLayout", "global_site", "transform_kind"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,55 @@ class GlobalSite:
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         return support is constraints.real
+
+
+def global_site(
+    name: str, fn, plates, *, data_plate: str, tasks_plate: str, backend: str
+) -> GlobalSite:
+    """The :class:`GlobalSite` of the global latent ``name`` drawn from ``fn`` inside the
+    plates named ``plates``, as each backend's ``discover_layout`` reads it from a trace.
+
+    :raises ValueError: naming the site, if its support declares no bijection, is
+        discrete, has no bijection to ℝⁿ, or the site lies in a plate other than
+        ``tasks_plate``.
+    """
+    ppl = get_backend(backend)
+    try:
+        discrete = fn.support.is_discrete
+    except NotImplementedError:  # constraints.dependent and other undeclared supports
+        raise ValueError(
+            f"global latent site {name!r} has support {fn.support}, which declares no "
+            "bijection to unconstrained space; give its distribution a concrete support"
+        ) from None
+    if discrete:
+        raise ValueError(
+            f"global latent site {name!r} is discrete ({fn.support}); IterativeAmortizedGuide "
+            "infers continuous globals only. Enumerate or marginalize it in the model."
+        )
+    other = [plate for plate in plates if plate != tasks_plate]
+    if other:
+        raise ValueError(
+            f"global latent site {name!r} lies in plate(s) {other}; only the data plate "
+            f"{data_plate!r} and the tasks plate {tasks_plate!r} are supported. Declare the "
+            "site's dimensions with .expand(...).to_event(...) instead."
+        )
+    try:
+        transform = ppl.biject_to(fn.support)
+    except NotImplementedError as error:
+        raise ValueError(
+            f"global latent site {name!r} has support {fn.support} with no bijection to "
+            "unconstrained space"
+        ) from error
+    event_shape = tuple(fn.event_shape)
+    return GlobalSite(
+        name,
+        event_shape,
+        tuple(transform.inverse_shape(event_shape)),
+        len(event_shape),
+        transform_kind(transform, ppl.IndependentTransform),
+        fn.support,
+        backend,
+    )
 
 
 def transform_kind(transform, independent: type) -> str:

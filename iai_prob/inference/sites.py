@@ -26,9 +26,8 @@ prior instead of inferring it, a silently wrong posterior.
 from __future__ import annotations
 
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to, transforms
 
-from iai_prob.latent_layout import GlobalSite, LatentLayout, transform_kind
+from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
 
 __all__ = ["check_local_latents", "discover_layout"]
@@ -111,44 +110,15 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
     for name, site in trace.nodes.items():
         if not _is_global(site, data_plate):
             continue
-        fn = site["fn"]
-        try:
-            discrete = fn.support.is_discrete
-        except NotImplementedError:  # constraints.dependent and other undeclared supports
-            raise ValueError(
-                f"global latent site {name!r} has support {fn.support}, which declares no "
-                "bijection to unconstrained space; give its distribution a concrete support"
-            ) from None
-        if discrete:
-            raise ValueError(
-                f"global latent site {name!r} is discrete ({fn.support}); IterativeAmortizedGuide "
-                "infers continuous globals only. Enumerate or marginalize it in the model."
-            )
-        other = [f.name for f in site["cond_indep_stack"] if f.name != tasks_plate]
-        if other:
-            raise ValueError(
-                f"global latent site {name!r} lies in plate(s) {other}; only the data plate "
-                f"{data_plate!r} and the tasks plate {tasks_plate!r} are supported. Declare the "
-                "site's dimensions with .expand(...).to_event(...) instead."
-            )
-        try:
-            transform = biject_to(fn.support)
-        except NotImplementedError as error:
-            raise ValueError(
-                f"global latent site {name!r} has support {fn.support} with no bijection to "
-                "unconstrained space"
-            ) from error
-        event_shape = tuple(fn.event_shape)
-        unconstrained_shape = tuple(transform.inv.forward_shape(event_shape))
+        plates = [frame.name for frame in site["cond_indep_stack"]]
         sites.append(
-            GlobalSite(
+            global_site(
                 name,
-                event_shape,
-                unconstrained_shape,
-                len(event_shape),
-                transform_kind(transform, transforms.IndependentTransform),
-                fn.support,
-                "pyro",
+                site["fn"],
+                plates,
+                data_plate=data_plate,
+                tasks_plate=tasks_plate,
+                backend="pyro",
             )
         )
     if not sites:

@@ -13,9 +13,7 @@ the same ``θ`` in both backends and a checkpoint's latent layout carries over.
 
 from __future__ import annotations
 
-from numpyro.distributions.transforms import IndependentTransform, biject_to
-
-from iai_prob.latent_layout import GlobalSite, LatentLayout, transform_kind
+from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
 
 __all__ = ["check_local_latents", "discover_layout", "plate_frames"]
@@ -97,38 +95,15 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
     for name, site in trace.items():
         if not _is_global(site, data_plate):
             continue
-        fn = site["fn"]
-        if fn.support.is_discrete:
-            raise ValueError(
-                f"global latent site {name!r} is discrete ({fn.support}); IterativeAmortizedGuide "
-                "infers continuous globals only. Enumerate or marginalize it in the model."
-            )
-        other = [f.name for f in site["cond_indep_stack"] if f.name != tasks_plate]
-        if other:
-            raise ValueError(
-                f"global latent site {name!r} lies in plate(s) {other}; only the data plate "
-                f"{data_plate!r} and the tasks plate {tasks_plate!r} are supported. Declare the "
-                "site's dimensions with .expand(...).to_event(...) instead."
-            )
-        try:
-            transform = biject_to(fn.support)
-        except NotImplementedError as error:
-            raise ValueError(
-                f"global latent site {name!r} has support {fn.support} with no bijection to "
-                "unconstrained space"
-            ) from error
-        event_shape = tuple(fn.event_shape)
-        unconstrained_shape = tuple(transform.inverse_shape(event_shape))
-        kind = transform_kind(transform, IndependentTransform)
+        plates = [frame.name for frame in site["cond_indep_stack"]]
         sites.append(
-            GlobalSite(
+            global_site(
                 name,
-                event_shape,
-                unconstrained_shape,
-                len(event_shape),
-                kind,
-                fn.support,
-                "numpyro",
+                site["fn"],
+                plates,
+                data_plate=data_plate,
+                tasks_plate=tasks_plate,
+                backend="numpyro",
             )
         )
     if not sites:
