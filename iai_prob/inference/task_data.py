@@ -23,9 +23,9 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
-__all__ = ["TaskData", "read_task_data"]
+from iai_prob.observed_features import feature_axes, one_hot_classes
 
-_MAX_ONE_HOT = 64
+__all__ = ["TaskData", "read_task_data"]
 
 
 def _data_axis(tensor, num_tasks: int | None, num_points: int) -> int | None:
@@ -55,24 +55,13 @@ def _observed_features(site, num_tasks, tasks_dim, data_dim) -> torch.Tensor:
             f"{event_shape}: does it have one entry per data point?"
         ) from None
     value = value.expand(*batch_shape, *event_shape)
-    num_batch = len(batch_shape)
-    data_axis = num_batch + data_dim
-    order = [data_axis]
-    if tasks_dim is not None:
-        order.insert(0, num_batch + tasks_dim)
-    order += [axis for axis in range(value.dim()) if axis not in order]
-    value = value.permute(*order)
+    value = value.permute(*feature_axes(value.dim(), len(batch_shape), data_dim, tasks_dim))
     if tasks_dim is None:
         value = value.unsqueeze(0)
     features = value.reshape(value.shape[0], value.shape[1], -1)
-    support = fn.support
-    if (
-        isinstance(support, constraints.integer_interval)
-        and support.lower_bound == 0
-        and 1 < support.upper_bound < _MAX_ONE_HOT
-        and features.shape[-1] == 1
-    ):
-        features = torch.nn.functional.one_hot(features[..., 0].long(), support.upper_bound + 1)
+    classes = one_hot_classes(fn.support, constraints.integer_interval, features.shape[-1])
+    if classes is not None:
+        features = torch.nn.functional.one_hot(features[..., 0].long(), classes)
     return features.to(torch.get_default_dtype())
 
 

@@ -24,6 +24,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 
 from iai_prob.numpyro.sites import plate_frames
+from iai_prob.observed_features import feature_axes, one_hot_classes
 
 __all__ = [
     "TaskData",
@@ -33,8 +34,6 @@ __all__ = [
     "read_task_data_compiled",
     "trace_model",
 ]
-
-_MAX_ONE_HOT = 64
 
 
 class TaskData(eqx.Module):
@@ -160,23 +159,13 @@ def _observed_features(site, tasks_dim, data_dim):
         tuple(fn.batch_shape), value.shape[: value.ndim - len(event_shape)]
     )
     value = jnp.broadcast_to(value, (*batch_shape, *event_shape))
-    num_batch = len(batch_shape)
-    order = [num_batch + data_dim]
-    if tasks_dim is not None:
-        order.insert(0, num_batch + tasks_dim)
-    order += [axis for axis in range(value.ndim) if axis not in order]
-    value = jnp.transpose(value, order)
+    value = jnp.transpose(value, feature_axes(value.ndim, len(batch_shape), data_dim, tasks_dim))
     if tasks_dim is None:
         value = value[None]
     features = value.reshape(value.shape[0], value.shape[1], -1)
-    support = fn.support
-    if (
-        isinstance(support, constraints.integer_interval)
-        and support.lower_bound == 0
-        and 1 < support.upper_bound < _MAX_ONE_HOT
-        and features.shape[-1] == 1
-    ):
-        features = jax.nn.one_hot(features[..., 0].astype(jnp.int32), support.upper_bound + 1)
+    classes = one_hot_classes(fn.support, constraints.integer_interval, features.shape[-1])
+    if classes is not None:
+        features = jax.nn.one_hot(features[..., 0].astype(jnp.int32), classes)
     return features.astype(jnp.result_type(float))
 
 
