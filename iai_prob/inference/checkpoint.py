@@ -50,7 +50,6 @@ from iai_prob.guide_card import (
     check_model_identity,
     check_weight_shapes,
     new_guide_card,
-    read_guide_checkpoint,
 )
 
 __all__ = [
@@ -127,14 +126,15 @@ def _shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, .
     return {f"{prefix}{k}": tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def family_of_checkpoint(path):
-    """The task family the card of ``path`` names, checked first on the ``meta`` device
-    (nothing allocated) against the card's layout and the weights, so a tampered
-    configuration (``dim`` 10⁹) is refused before it sizes anything."""
+def family_of_checkpoint(checked: CheckedCheckpoint):
+    """The task family the card of a checked checkpoint
+    (:func:`~iai_prob.guide_card.read_guide_checkpoint`) names, built first on the
+    ``meta`` device (nothing allocated) and checked against the card's layout and the
+    weights, so a tampered configuration (``dim`` 10⁹) is refused before it sizes
+    anything."""
     from iai_prob.models import get_family
 
-    checked = read_guide_checkpoint(path)
-    identity = checked.card["model"]
+    path, identity = checked.path, checked.card["model"]
     if "family" not in identity:
         raise CheckpointError(
             f"checkpoint {path} was trained for the model {identity.get('callable')!r}, not a "

@@ -810,5 +810,9 @@ def load_guide(path, model, *, device=None) -> IterativeAmortizedGuide:
 def load_family_guide(path, *, device=None) -> IterativeAmortizedGuide:
     """The guide of a checkpoint trained for a task family, built for the family its card
     names (checked first on the ``meta`` device:
-    :func:`~.checkpoint.family_of_checkpoint`)."""
-    return load_guide(path, family_of_checkpoint(path), device=device)
+    :func:`~.checkpoint.family_of_checkpoint`); the card is read and its hashes checked
+    once."""
+    checked = read_guide_checkpoint(path)
+    family = family_of_checkpoint(checked)
+    guide = build_from_card(IterativeAmortizedGuide, family, checked)
+    return restore_guide(guide, checked, device=device)
