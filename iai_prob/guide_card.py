@@ -62,7 +62,8 @@ _INT_OPTIONS = (
 )
 _STR_OPTIONS = ("family", "encoder", "data_plate", "tasks_plate", "linearization", "update")
 _GUIDE_OPTIONS = {*_INT_OPTIONS, *_STR_OPTIONS, "num_steps", "signals"}
-_GUIDE_OPTIONS |= {"encoder_options", "inner_lr"}
+_BOOL_OPTIONS = ("standardize",)
+_GUIDE_OPTIONS |= {"encoder_options", "inner_lr", *_BOOL_OPTIONS}
 _REQUIRED = ("guide", "latent_dim", "feature_dim", "layout", "model")
 
 
@@ -98,6 +99,9 @@ def _check_options(options, source: str) -> None:
     for name in _STR_OPTIONS:
         if name in options and not isinstance(options[name], str):
             _refuse(source, f"guide option {name} must be a string, got {options[name]!r}")
+    for name in _BOOL_OPTIONS:
+        if name in options and not isinstance(options[name], bool):
+            _refuse(source, f"guide option {name} must be true or false, got {options[name]!r}")
     steps = options.get("num_steps")
     if steps is not None and not (_is_int(steps) and steps >= 0):
         _refuse(source, f"guide option num_steps must be null or an integer >= 0, got {steps!r}")
@@ -253,8 +257,10 @@ def read_guide_checkpoint(path) -> CheckedCheckpoint:
 def build_from_card(guide_class, model, checked: CheckedCheckpoint):
     """``guide_class(model, **card["guide"])``, a bad configuration refused with one
     :class:`CheckpointError` naming the checkpoint."""
+    # a card written before the option existed was trained from the standard-normal start
+    config = {"standardize": False, **checked.card["guide"]}
     try:
-        return guide_class(model, **checked.card["guide"])
+        return guide_class(model, **config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {checked.path} has an invalid guide config: {error}"

@@ -90,6 +90,7 @@ def guide_config(
     update: str,
     inner_lr: float,
     max_relinearizations: int,
+    standardize: bool,
     encoders: Iterable[str],
     check_family: Callable[[str], object],
     updates: tuple[str, ...] = UPDATE_RULES,
@@ -110,6 +111,8 @@ def guide_config(
         raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(encoders)}")
     _check_update(update, updates)
     check_linearization(linearization)
+    if not isinstance(standardize, bool):
+        raise ValueError(f"standardize must be True or False, got {standardize!r}")
     return {
         "family": family,
         "encoder": encoder,
@@ -127,4 +130,5 @@ def guide_config(
         "update": update,
         "inner_lr": float(inner_lr),
         "max_relinearizations": int(max_relinearizations),
+        "standardize": standardize,
     }

@@ -59,7 +59,7 @@ from iai_prob.inference.refinement import (
     Refiner,
     minibatch_schedule,
 )
-from iai_prob.inference.sites import discover_layout
+from iai_prob.inference.sites import discover_layout, site_priors
 from iai_prob.inference.task_data import TaskData, read_task_data
 from iai_prob.inference.validation import (
     check_log_prob,
@@ -75,6 +75,7 @@ from iai_prob.posterior_status import (
     PosteriorWarning,
     warn_if_unreliable,
 )
+from iai_prob.prior_standardization import PRIOR_DRAWS, PRIOR_SEED, prior_location_scale
 
 __all__ = [
     "IterativeAmortizedGuide",
@@ -196,6 +197,11 @@ class IterativeAmortizedGuide(AutoGuide):
         many times (a proximal step for non-conjugate models). ``0`` suits a likelihood
         that is Gaussian in the latents (e.g. linear regression): its target does not
         depend on where it is linearized, so a re-linearization retakes the same step.
+    :param bool standardize: start from the prior, not from ``N(0, I)`` in the
+        unconstrained space, and read the features through ``asinh``
+        (:mod:`iai_prob.prior_standardization`): an untrained guide then starts where the
+        model's priors put the latents, in any units. Checkpoints written before this
+        option load with ``False``, the start they were trained from.
     :param convergence: the convergence phase that finishes every default answer
         (:class:`~iai_prob.convergence_settings.Convergence`: safeguarded full-data steps
         until the fixed point, its cap and tolerance, the PSIS k̂ draws); ``None`` returns
@@ -224,6 +230,7 @@ class IterativeAmortizedGuide(AutoGuide):
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
         max_relinearizations: int = 2,
+        standardize: bool = True,
         convergence: Convergence | None = DEFAULT_CONVERGENCE,
     ):
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
@@ -249,6 +256,7 @@ class IterativeAmortizedGuide(AutoGuide):
             update=update,
             inner_lr=inner_lr,
             max_relinearizations=max_relinearizations,
+            standardize=standardize,
             encoders=ENCODERS,
             check_family=lambda name: get_posterior_family(name, 1),
         )
@@ -273,8 +281,11 @@ class IterativeAmortizedGuide(AutoGuide):
         with explained_failures(self.model, args, kwargs):
             super()._setup_prototype(*args, **kwargs)
         if self.refiner is None:
-            self.build(task.layout.latent_dim, task.data.features.shape[-1])
+            refiner = self.build(task.layout.latent_dim, task.data.features.shape[-1])
             self.layout_signature = task.layout.signature()
+            if refiner.standardize:
+                priors = site_priors(self.prototype_trace, task.layout, PRIOR_DRAWS, PRIOR_SEED)
+                refiner.set_prior(*prior_location_scale(task.layout, priors))
 
     def build(self, latent_dim: int, feature_dim: int) -> Refiner:
         """Create the learned pieces for a ``latent_dim``-dim latent and ``feature_dim``
@@ -294,6 +305,7 @@ class IterativeAmortizedGuide(AutoGuide):
             update=config.get("update", "natural_gradient"),
             inner_lr=config.get("inner_lr", 0.1),
             max_relinearizations=config.get("max_relinearizations", 2),
+            standardize=config.get("standardize", False),
         )
         return self.refiner
 

@@ -154,6 +154,10 @@ class Refiner(nn.Module):
         the step lands (a proximal step), which matters for non-conjugate models started
         far from the posterior and costs nothing for conjugate ones, whose targets do not
         depend on the linearization point.
+    :param bool standardize: read the initial state in prior units and the features
+        through ``asinh`` (:mod:`iai_prob.prior_standardization`); the prior's location
+        and scale are the buffers ``prior_loc`` and ``prior_scale``, set by
+        :meth:`set_prior` when the guide is built and saved with the weights.
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class Refiner(nn.Module):
         max_relinearizations: int = 2,
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
+        standardize: bool = False,
     ):
         super().__init__()
         if update not in UPDATE_RULES:
@@ -188,6 +193,10 @@ class Refiner(nn.Module):
         self.min_precision = min_precision
         self.max_relinearizations = max_relinearizations
         self.update_rule = update
+        self.standardize = standardize
+        if standardize:
+            self.register_buffer("prior_loc", torch.zeros(latent_dim))
+            self.register_buffer("prior_scale", torch.ones(latent_dim))
         if update in GRADIENT_RULES:
             self.gradient_update = GradientStepUpdate(family, update, inner_lr=inner_lr)
             return
@@ -200,15 +209,35 @@ class Refiner(nn.Module):
         self.update = NaturalGradientUpdate(context_dim)
         self.site_target = None if "grad" in signals else LearnedSiteTarget(embed_dim, family)
 
+    def set_prior(self, loc, scale) -> None:
+        """Set the prior's location ``m`` and scale ``s`` (``(D,)`` arrays) that a
+        standardized refiner reads its initial state in."""
+        if not self.standardize:
+            raise RuntimeError("set_prior is for a refiner built with standardize=True")
+        self.prior_loc.copy_(torch.as_tensor(loc))
+        self.prior_scale.copy_(torch.as_tensor(scale))
+
+    def _embed(self, features: torch.Tensor, total_points) -> torch.Tensor:
+        """The set encoder on ``features`` (through ``asinh`` when standardized)."""
+        if self.standardize:
+            features = torch.asinh(features)
+        return compiled_forward(self.encoder, features, total_points)
+
+    def _in_prior_units(self, loc: torch.Tensor, precision: torch.Tensor) -> RefinementState:
+        """``(m + s ⊙ μ, S⁻¹ Λ S⁻¹)`` when standardized, else ``(μ, Λ)``, checked."""
+        if self.standardize:
+            scale = self.prior_scale.to(loc.dtype)
+            loc = self.prior_loc.to(loc.dtype) + scale * loc
+            precision = precision / (scale[:, None] * scale[None, :])
+        return check_state(RefinementState(loc, precision))
+
     @flushing_denormals
     def init(self, data: TaskData) -> RefinementState:
         """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
         if self.update_rule in GRADIENT_RULES:
-            return check_state(RefinementState(*self.gradient_update.init(data.features.shape[0])))
-        context = data.features[:, : self.context_size]
-        embedding = compiled_forward(self.encoder, context, data.total_points)
-        loc, precision = self.family.from_raw(self.init_head(embedding))
-        return check_state(RefinementState(loc, precision))
+            return self._in_prior_units(*self.gradient_update.init(data.features.shape[0]))
+        embedding = self._embed(data.features[:, : self.context_size], data.total_points)
+        return self._in_prior_units(*self.family.from_raw(self.init_head(embedding)))
 
     def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):
         """The CVI target linearized at the mean alone (a Newton step), the fallback."""
@@ -224,7 +253,7 @@ class Refiner(nn.Module):
             return self._gradient_step(state, batch, log_joint)
         embedding = None
         if "data" in self.signals:
-            embedding = compiled_forward(self.encoder, batch.features, batch.num_points)
+            embedding = self._embed(batch.features, batch.num_points)
         if "grad" not in self.signals:
             target = self.site_target(embedding, batch.likelihood_scale)
             new_state, step_size = self._advance(state, batch, log_joint, [target], embedding)

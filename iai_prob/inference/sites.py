@@ -25,12 +25,14 @@ prior instead of inferring it, a silently wrong posterior.
 
 from __future__ import annotations
 
+import torch
 from pyro.poutine.util import site_is_subsample
 
 from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
+from iai_prob.prior_standardization import SitePrior, has_moments
 
-__all__ = ["check_local_latents", "discover_layout"]
+__all__ = ["check_local_latents", "discover_layout", "site_priors"]
 
 
 def _is_latent(site) -> bool:
@@ -139,3 +141,30 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
         tasks_dim=None if tasks_frame is None else tasks_frame.dim,
         max_plate_nesting=max_plate_nesting,
     )
+
+
+def site_priors(trace, layout: LatentLayout, num_draws: int, seed: int) -> dict:
+    """``{site: SitePrior}`` of each global site's distribution in ``trace`` (its prior,
+    given its parents' values there; :mod:`iai_prob.prior_standardization`): the exact
+    mean and standard deviation of a real-supported site that has them, else
+    ``num_draws`` draws seeded by ``seed`` mapped to the unconstrained space; the caller's
+    random state is left as it was."""
+    priors = {}
+    values = [trace.nodes[site.name]["value"] for site in layout.sites]
+    cuda = sorted({v.device.index or 0 for v in values if v.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.manual_seed(seed)  # seeds the CUDA generators too
+        for site in layout.sites:
+            fn = trace.nodes[site.name]["fn"]
+            if site.is_real:
+                try:
+                    mean, stddev = fn.mean.cpu().numpy(), fn.stddev.cpu().numpy()
+                except NotImplementedError:
+                    pass
+                else:
+                    if has_moments(mean, stddev):
+                        priors[site.name] = SitePrior(mean=mean, stddev=stddev)
+                        continue
+            draws = site.transform.inv(fn.sample((num_draws,)))
+            priors[site.name] = SitePrior(draws=draws.cpu().numpy())
+    return priors

@@ -62,7 +62,7 @@ from iai_prob.numpyro.refinement import (
     minibatch_schedule,
     refine,
 )
-from iai_prob.numpyro.sites import discover_layout
+from iai_prob.numpyro.sites import discover_layout, site_priors
 from iai_prob.numpyro.task_data import (
     TaskData,
     call_signature,
@@ -73,6 +73,7 @@ from iai_prob.numpyro.task_data import (
 )
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
+from iai_prob.prior_standardization import PRIOR_DRAWS, PRIOR_SEED, prior_location_scale
 
 __all__ = [
     "IMPLEMENTED_UPDATES",
@@ -179,8 +180,9 @@ class IterativeAmortizedGuide:
     ``num_steps`` (``None`` = one pass over the data), ``batch_size``, ``signals``,
     ``data_plate``, ``tasks_plate``, ``linearization``, ``num_particles``,
     ``context_size``, ``rank``, ``encoder_options``, ``featurize``, ``seed`` (seeds the
-    mini-batch order, so a call is a function of its data), ``update``, ``inner_lr`` and
-    ``max_relinearizations``.
+    mini-batch order, so a call is a function of its data), ``update``, ``inner_lr``,
+    ``max_relinearizations`` and ``standardize`` (the start in prior units,
+    :mod:`iai_prob.prior_standardization`).
 
     ``update`` accepts the PyTorch guide's names so that its checkpoints' cards read here,
     but the port implements the learned natural-gradient rule only: ``"maml"`` and
@@ -217,6 +219,7 @@ class IterativeAmortizedGuide:
         update: str = "natural_gradient",
         inner_lr: float = 0.1,
         max_relinearizations: int = 2,
+        standardize: bool = True,
         prefix: str = "iai",
         convergence: Convergence | None = DEFAULT_CONVERGENCE,
     ):
@@ -244,6 +247,7 @@ class IterativeAmortizedGuide:
             update=update,
             inner_lr=inner_lr,
             max_relinearizations=max_relinearizations,
+            standardize=standardize,
             encoders=ENCODERS,
             check_family=lambda name: get_posterior_family(name, 1),
             updates=IMPLEMENTED_UPDATES,
@@ -257,6 +261,7 @@ class IterativeAmortizedGuide:
         self.layout_signature: list | None = None
         self.card: dict = {}
         self._static = None  # the refiner's non-array part (structure, config)
+        self._prior = None  # (m, s) of a standardized guide, read off its first dataset
         # call signature -> (layout, log joint), or None where the model must run eagerly;
         # the most recent MAX_PREPARED signatures
         self._prepared: OrderedDict = OrderedDict()
@@ -282,6 +287,8 @@ class IterativeAmortizedGuide:
             num_particles=config["num_particles"],
             context_size=config["context_size"],
             max_relinearizations=config["max_relinearizations"],
+            standardize=config.get("standardize", False),
+            prior=self._prior,
             key=jax.random.PRNGKey(config["seed"]),
         )
         self.dims = (latent_dim, feature_dim)
@@ -312,6 +319,10 @@ class IterativeAmortizedGuide:
     def _setup_prototype(self, *args, **kwargs) -> PreparedTask:
         task = self.prepare(*args, **kwargs)
         if self._static is None:
+            if self.config["standardize"]:
+                trace = trace_model(self.model, args, kwargs)
+                priors = site_priors(trace, task.layout, PRIOR_DRAWS, PRIOR_SEED)
+                self._prior = prior_location_scale(task.layout, priors)
             self.build(task.layout.latent_dim, task.data.features.shape[-1])
             self.layout_signature = task.layout.signature()
         return task

@@ -124,13 +124,18 @@ class Refiner(eqx.Module):
     """Learned pieces of the refinement: set encoder, initial head, update rule.
 
     Arguments as :class:`iai_prob.inference.refinement.Refiner`, plus ``key`` for the
-    initialization.
+    initialization and ``prior``, the prior's location and scale ``(m, s)`` of a
+    standardized refiner (the arrays ``prior_loc`` and ``prior_scale``, ``None`` when not
+    standardized; held out of training by ``stop_gradient``; PyTorch's buffers of the
+    same names).
     """
 
     encoder: eqx.Module
     init_head: Linear
     update: NaturalGradientUpdate
     site_target: LearnedSiteTarget | None
+    prior_loc: jax.Array | None
+    prior_scale: jax.Array | None
     latent_dim: int = eqx.field(static=True)
     feature_dim: int = eqx.field(static=True)
     family: GaussianFamily = eqx.field(static=True)
@@ -155,6 +160,8 @@ class Refiner(eqx.Module):
         context_size: int = 256,
         min_precision: float = 1e-3,
         max_relinearizations: int = 2,
+        standardize: bool = False,
+        prior=None,
         key,
     ):
         signals = check_signals(signals)
@@ -169,6 +176,11 @@ class Refiner(eqx.Module):
         self.context_size = context_size
         self.min_precision = min_precision
         self.max_relinearizations = max_relinearizations
+        self.prior_loc = self.prior_scale = None
+        if standardize:
+            loc, scale = (jnp.zeros(latent_dim), jnp.ones(latent_dim)) if prior is None else prior
+            self.prior_loc = jnp.asarray(loc, dtype=float)
+            self.prior_scale = jnp.asarray(scale, dtype=float)
         self.encoder = get_encoder(encoder, feature_dim, key=encoder_key, **(encoder_options or {}))
         embed_dim = self.encoder.embed_dim
         self.init_head = Linear(embed_dim, family.num_raw(), key=head_key, zero=True)
@@ -196,10 +208,21 @@ def check_state(state: RefinementState) -> RefinementState:
     return state
 
 
+def _embed(refiner: Refiner, data: TaskData, count):
+    """The set encoder on ``data``'s features (through ``asinh`` when standardized)."""
+    features = data.features if refiner.prior_loc is None else jnp.arcsinh(data.features)
+    return refiner.encoder(features, count, data.mask)
+
+
 def init(refiner: Refiner, context: TaskData) -> RefinementState:
-    """``λ_0`` from the context points (all of ``context``) and the count ``N``."""
-    embedding = refiner.encoder(context.features, context.total_points, context.mask)
+    """``λ_0`` from the context points (all of ``context``) and the count ``N``, read in
+    prior units when standardized (:mod:`iai_prob.prior_standardization`)."""
+    embedding = _embed(refiner, context, context.total_points)
     loc, precision = refiner.family.from_raw(refiner.init_head(embedding))
+    if refiner.prior_loc is not None:
+        prior_loc, scale = jax.lax.stop_gradient((refiner.prior_loc, refiner.prior_scale))
+        loc = prior_loc.astype(loc.dtype) + scale.astype(loc.dtype) * loc
+        precision = precision / (scale[:, None] * scale[None, :]).astype(precision.dtype)
     zero = jnp.zeros((), jnp.int32)
     return RefinementState(loc, precision, zero, jnp.zeros((), loc.dtype))
 
@@ -278,7 +301,7 @@ def step(
     """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
     embedding = None
     if "data" in refiner.signals:
-        embedding = refiner.encoder(batch.features, batch.num_points, batch.mask)
+        embedding = _embed(refiner, batch, batch.num_points)
     if "grad" not in refiner.signals:
         target = refiner.site_target(refiner.family, embedding, batch.likelihood_scale)
         new_state, used = _advance(refiner, state, batch, log_joint, [target], embedding, None)

@@ -13,10 +13,14 @@ the same ``θ`` in both backends and a checkpoint's latent layout carries over.
 
 from __future__ import annotations
 
+import jax
+import numpy as np
+
 from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
+from iai_prob.prior_standardization import SitePrior, has_moments
 
-__all__ = ["check_local_latents", "discover_layout", "plate_frames"]
+__all__ = ["check_local_latents", "discover_layout", "plate_frames", "site_priors"]
 
 
 def plate_frames(trace) -> dict:
@@ -113,3 +117,24 @@ def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "task
         )
     num_tasks, tasks_dim = tasks if tasks is not None else (None, None)
     return LatentLayout(tuple(sites), num_tasks, tasks_dim, max_plate_nesting)
+
+
+def site_priors(trace, layout: LatentLayout, num_draws: int, seed: int) -> dict:
+    """``{site: SitePrior}`` as :func:`iai_prob.inference.sites.site_priors` reads them
+    from a Pyro trace, the draws from ``PRNGKey(seed)``."""
+    priors = {}
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(layout.sites))
+    for site, key in zip(layout.sites, keys, strict=True):
+        fn = trace[site.name]["fn"]
+        if site.is_real:
+            try:
+                mean, stddev = np.asarray(fn.mean), np.sqrt(np.asarray(fn.variance))
+            except NotImplementedError:
+                pass
+            else:
+                if has_moments(mean, stddev):
+                    priors[site.name] = SitePrior(mean=mean, stddev=stddev)
+                    continue
+        draws = site.transform.inv(fn.sample(key, (num_draws,)))
+        priors[site.name] = SitePrior(draws=np.asarray(draws))
+    return priors

@@ -105,6 +105,7 @@ TAMPERED_CARDS = {
     "seed-not-an-int": ({"guide": {"seed": "x"}}, "seed must be a non-negative integer"),
     "seed-beyond-int64": ({"guide": {"seed": 10**30}}, "seed must be a non-negative integer"),
     "weights-outside-the-folder": ({"weights_file": "../x.safetensors"}, "weights_file"),
+    "standardize-not-a-bool": ({"guide": {"standardize": "yes"}}, "standardize must be true or"),
     "no-layout": ({"layout": None}, None),
 }
 
@@ -118,6 +119,16 @@ def test_tampered_cards_are_refused(row, saved, linreg):
     else:
         _rewrite_card(saved, **changes)
     with pytest.raises(CheckpointError, match=pattern):
+        IterativeAmortizedGuide.load(saved, linreg)
+
+
+def test_a_standardized_guide_relabelled_as_not_is_refused(saved, linreg):
+    """The prior's location and scale are weights of a standardized guide: a card that
+    says otherwise does not fit them (the start would silently change)."""
+    guide = json.loads(saved.with_suffix(".json").read_text())["guide"]
+    assert guide["standardize"] is True
+    _rewrite_card(saved, guide={**guide, "standardize": False})
+    with pytest.raises(CheckpointError, match="prior_loc"):
         IterativeAmortizedGuide.load(saved, linreg)
 
 

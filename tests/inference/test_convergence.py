@@ -1,8 +1,9 @@
 """The convergence phase: converged wherever the encoder starts, and says when it is not.
 
-The worst start is an untrained guide (its encoder says ``N(0, I)`` for every dataset)
-on a model with wide priors and raw units, where the exact posterior is thousands of
-prior-free sds away: the default answer must still reach the exact posterior.
+The worst start is an untrained guide (its encoder says ``N(0, I)`` for every dataset,
+``standardize=False``; a standardized one says the prior) on a model with wide priors and
+raw units, where the exact posterior is thousands of prior-free sds away: the default
+answer must still reach the exact posterior.
 """
 
 import warnings
@@ -43,10 +44,12 @@ def _kl(guide, x, y, family):
     )
 
 
-def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder():
+@pytest.mark.parametrize("standardize", [False, True], ids=["standard-normal", "prior"])
+def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder(standardize):
     family = get_family("linear_regression", dim=3, noise_scale=50.0, prior_scale=100.0)
     x, y = _raw_units_data(family, 1, 200)
-    guide = IterativeAmortizedGuide(family, num_steps=0, convergence=None)  # λ_0 = N(0, I)
+    # λ_0 = N(0, I), or the prior N(0, 100² I)
+    guide = IterativeAmortizedGuide(family, num_steps=0, convergence=None, standardize=standardize)
     amortized = guide.posterior(x[0], y[0])
     assert amortized.status is None
     guide.convergence = Convergence()

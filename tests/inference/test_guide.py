@@ -264,7 +264,7 @@ def test_refinement_trace(num_points, batch_size, steps, linreg, make_guide, sim
         assert ((entry.info.step_size > 0) & (entry.info.step_size < 1)).all()
         assert entry.state.step == entry.step
     assert trace[-1].state.points_seen == num_points
-    assert trace[-1].elbo > trace[0].elbo  # the untrained guide starts at N(0, I)
+    assert trace[-1].elbo > trace[0].elbo  # the untrained guide starts at the prior N(0, I)
     assert len(make_guide(linreg).refinement_trace(x, y, num_steps=2)) == 3
 
 
@@ -272,7 +272,8 @@ def test_one_shot_guide_takes_no_steps(linreg, make_guide, simulate):
     _, x, y = simulate(linreg, 2, 32)
     guide = make_guide(linreg, num_steps=0)
     assert len(guide.refinement_trace(x, y)) == 1
-    torch.testing.assert_close(guide.posterior(x, y).mean, torch.zeros(2, 2))
+    # untrained, the initial head's zeros are the prior's location (prior_standardization)
+    torch.testing.assert_close(guide.posterior(x, y).mean, guide.refiner.prior_loc.expand(2, 2))
 
 
 def test_refinement_trace_of_an_enumerated_model(make_family, make_guide, simulate):
@@ -363,7 +364,7 @@ def test_polish_improves_the_elbo(linreg, make_guide, simulate):
     """``ELBO(q) = log p(D) − KL(q ‖ p)``: polishing must lower the KL to the exact posterior."""
     _, x, y = simulate(linreg, 1, 24)
     x, y = x[0], y[0]
-    guide = make_guide(linreg, num_steps=0)  # the untrained one-shot state N(0, I)
+    guide = make_guide(linreg, num_steps=0)  # the untrained one-shot state: the prior N(0, I)
     start = guide.posterior(x, y)
     polished = guide.polish(x, y, steps=100, learning_rate=0.05)
     assert (polished.batch_shape, polished.event_shape) == ((), (2,))

@@ -1,9 +1,9 @@
 """The NumPyro convergence phase: converged wherever the encoder starts, and says when not.
 
 The twin of ``tests/inference/test_convergence.py``. The worst start is an untrained guide
-(its encoder says ``N(0, I)`` for every dataset) on a model with wide priors and raw
-units, where the exact posterior is millions of nats away: the default answer must still
-reach it. Small shapes, so that each compiled phase costs seconds.
+(its encoder says ``N(0, I)`` for every dataset, ``standardize=False``) on a model with
+wide priors and raw units, where the exact posterior is millions of nats away: the default
+answer must still reach it. Small shapes, so that each compiled phase costs seconds.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def test_the_default_reaches_the_exact_posterior_from_an_untrained_encoder():
     theta, x, _ = family.sample(jax.random.PRNGKey(0), 1, 200)
     x = 300.0 + 50.0 * x[0]  # covariates in raw units: mean 300, sd 50
     y = x @ theta["w"][0] + 50.0 * jax.random.normal(jax.random.PRNGKey(1), (200,))
-    guide = IterativeAmortizedGuide(family, num_steps=0, convergence=None, **SMALL)  # λ_0 = N(0, I)
+    guide = IterativeAmortizedGuide(  # λ_0 = N(0, I)
+        family, num_steps=0, convergence=None, standardize=False, **SMALL
+    )
     params = guide.init_params(x, y)
     amortized = guide.posterior(params, x, y)
     assert amortized.status is None and guide.last_status is None

@@ -177,3 +177,28 @@ def test_a_guide_runs_a_pyro_bound_family_under_numpyro():
     assert task.layout.signature() == [["w", [2]]]
     assert task.layout.sites[0].backend == "numpyro"
     assert family.backend == "pyro"  # the caller's family is left as it was
+
+
+def _raw_units_model(x, y=None):
+    a = numpyro.sample("a", numpyro.distributions.Normal(500.0, 100.0))
+    sigma = numpyro.sample("sigma", numpyro.distributions.HalfNormal(10.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", numpyro.distributions.Normal(a + x, sigma), obs=y)
+
+
+def test_an_untrained_guide_starts_at_the_prior():
+    """As the PyTorch guide (``tests/inference/test_prior_standardization.py``): the
+    normal prior's exact mean and sd, the half-normal's log by its draws' median."""
+    x = jnp.linspace(-1.0, 1.0, 32)
+    y = 500.0 + x
+    guide = IterativeAmortizedGuide(_raw_units_model, num_steps=0, convergence=None)
+    params = guide.init_params(x, y)
+    state = guide.final_state(params, guide.prepare(x, y))
+    np.testing.assert_allclose(np.asarray(state.loc)[0, 0], 500.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.precision)[0, 0, 0], 1e-4, rtol=1e-5)
+    assert abs(float(state.loc[0, 1]) - np.log(10.0 * 0.6745)) < 0.05
+    plain = IterativeAmortizedGuide(
+        _raw_units_model, num_steps=0, convergence=None, standardize=False
+    )
+    plain_state = plain.final_state(plain.init_params(x, y), plain.prepare(x, y))
+    np.testing.assert_allclose(np.asarray(plain_state.loc), np.zeros((1, 2)))
