@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from iai_prob.inference.objectives import elbo, kl_to_exact, objective_loss
+from iai_prob.inference.objectives import elbo, kl_to_exact, task_losses
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.models.base import TaskFamily
 
@@ -49,9 +49,13 @@ class ValidationTasks:
     @torch.no_grad()
     def score(self, guide, objective: str, *, max_passes: int, num_samples: int, seed: int):
         """The training objective averaged over the refinement steps ``λ_0 … λ_K`` of
-        ``max_passes`` passes (what training minimizes), per task, averaged over the
-        tasks (the same noise at every call: ``seed``); ``inf`` when it is not finite or
-        a refinement fails. Lower is better.
+        ``max_passes`` passes (what training minimizes), per task, and its median over the
+        tasks (the same noise at every call: ``seed``); ``inf`` when a refinement fails or
+        more than half the tasks' losses are not finite. Lower is better.
+
+        The median, not the mean: on raw counts a few tasks whose data pass float range at
+        the ELBO's draws (a loss that is not finite) cannot void every score, and the few
+        tasks of largest scale (losses of 1e11 nats beside 1e3) cannot stand for all.
 
         An :class:`~iai_prob.inference.implicit.ImplicitPredictor` is scored by its own
         ``training_loss`` (its predictive negative log-likelihood on held-out points).
@@ -60,7 +64,7 @@ class ValidationTasks:
         self._drop_refused(guide)
         if not self.batches:
             return math.inf
-        total = 0.0
+        losses = []
         for count, batch in self.batches:
             try:
                 loss = self._batch_score(
@@ -68,10 +72,10 @@ class ValidationTasks:
                 )
             except (RefinementError, torch.linalg.LinAlgError):
                 return math.inf
-            if not math.isfinite(loss):
-                return math.inf
-            total += loss * count
-        return total / self.num_tasks
+            losses.append(loss.double().cpu().expand(count))
+        per_task = torch.cat(losses)
+        per_task = torch.where(torch.isfinite(per_task), per_task, torch.inf)
+        return float(per_task.sort().values[(len(per_task) - 1) // 2])
 
     def _drop_refused(self, guide) -> None:
         """Drop, once, the batches whose data the model's likelihood refuses (a simulator
@@ -92,19 +96,21 @@ class ValidationTasks:
         self.num_tasks = sum(count for count, _ in kept)
 
     @staticmethod
-    def _batch_score(guide, batch, objective, max_passes, num_samples, generator) -> float:
+    def _batch_score(guide, batch, objective, max_passes, num_samples, generator):
+        """The batch's loss per task, ``(T,)`` (a scalar for an implicit predictor, which
+        scores the batch as a whole)."""
         if hasattr(guide, "training_loss"):
             args = batch.args
-            return float(
-                guide.training_loss(args, greedy=True, max_passes=max_passes, generator=generator)
-            )
+            return guide.training_loss(
+                args, greedy=True, max_passes=max_passes, generator=generator
+            ).detach()
         task = guide.prepare(*batch.args)
         num_steps = refinement_steps(guide, task, max_passes)
         true_z = None
         if objective != "reverse_kl":
             true_z = task.layout.pack(batch.theta, batch_ndim=1).to(task.data.features.device)
         losses = [
-            objective_loss(
+            task_losses(
                 objective,
                 state,
                 guide.refiner.family,
@@ -117,7 +123,7 @@ class ValidationTasks:
         ]
         # the mean over the steps λ_0 … λ_K, as training minimizes: the final state alone
         # ties a trained and an untrained guide whenever both refine to the answer
-        return float(sum(losses) / len(losses))
+        return sum(losses) / len(losses)
 
 
 @torch.no_grad()

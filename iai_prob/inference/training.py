@@ -42,16 +42,18 @@ Validation (:mod:`iai_prob.validation_history`): ``validation_tasks`` held-out t
 drawn once, from the training source with ``N`` spread over ``num_points`` and a seed of
 their own (the training draws are untouched), and the guide is scored on them with the
 training objective of its state refined over ``max_passes`` passes (``−ELBO`` per task
-for ``"reverse_kl"``) before the first step, every ``validate_every`` steps and at the
-end; the progress bar shows the latest score and :attr:`FitResult.validation` keeps
-them. The best weights so far travel with the training state, the folder's guide is the
-best one, ``fit`` returns the best (the end-of-call weights if they score at least as
-well), ``early_stopping=patience`` stops after that many validations without a new best,
-and a final guide that scores worse than the untrained one gives a one-line warning.
-Pyro's ``Encountered NaN/inf: log_prob_sum`` warnings, which a trial state with invalid
-parameters (e.g. a huge scale) raises before the refinement's safeguard rejects it, are
-not shown: such trial steps are rejected; a task whose loss is not finite (its simulated
-data overflow the likelihood at the ELBO's draws) is left out of its step and counted in
+for ``"reverse_kl"``; the median over the tasks,
+:meth:`~iai_prob.inference.evaluation.ValidationTasks.score`) before the first step,
+every ``validate_every`` steps and at the end; the progress bar shows the latest score
+and :attr:`FitResult.validation` keeps them. The best weights so far travel with the
+training state, the folder's guide is the best one, ``fit`` returns the best (the
+end-of-call weights if they score at least as well), ``early_stopping=patience`` stops
+after that many validations without a new best, and a final guide that scores worse than
+the untrained one gives a one-line warning. Pyro's ``Encountered NaN/inf: log_prob_sum``
+warnings, which a trial state with invalid parameters (e.g. a huge scale) raises before
+the refinement's safeguard rejects it, are not shown: such trial steps are rejected; a
+task whose loss or whose gradient is not finite (its simulated data overflow the
+likelihood at the ELBO's draws) is left out of its step and counted in
 :attr:`FitResult.dropped_tasks`, and a training step whose loss or gradient is still not
 finite is skipped and counted in :attr:`FitResult.skipped`.
 """
@@ -64,6 +66,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -100,16 +103,24 @@ def _trainable(guide) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
-def _step_loss(guide, batch: TaskBatch, budget: dict, generator):
+class _StepLoss(NamedTuple):
+    loss: torch.Tensor  # the mean over tasks and refinement steps
+    task: object  # the prepared task (None for an implicit predictor)
+    state: object  # the last state
+    finite_tasks: torch.Tensor | None  # (T,): whose losses are finite
+    states: list  # every state whose loss counts, their gradients kept after backward
+
+
+def _step_loss(guide, batch: TaskBatch, budget: dict, generator) -> _StepLoss:
     """The step's loss (the mean over tasks and refinement steps), the prepared task, the
-    last state and which tasks' losses are finite (``None`` for an implicit predictor)."""
+    states and which tasks' losses are finite (``None`` for an implicit predictor)."""
     objective, greedy, max_passes = budget["objective"], budget["greedy"], budget["max_passes"]
     num_samples = budget["num_samples"]
     if hasattr(guide, "training_loss"):
         loss = guide.training_loss(
             batch.args, greedy=greedy, max_passes=max_passes, generator=generator
         )
-        return loss, None, None, None
+        return _StepLoss(loss, None, None, None, [])
     task = guide.prepare(*batch.args)
     family = guide.refiner.family
     true_z = None
@@ -117,13 +128,61 @@ def _step_loss(guide, batch: TaskBatch, budget: dict, generator):
         true_z = task.layout.pack(batch.theta, batch_ndim=1).to(task.data.features.device)
     passes = int(torch.randint(1, max_passes + 1, (), generator=generator))
     num_steps = refinement_steps(guide, task, passes)
-    total, count, state = 0.0, 0, None
+    total, states = 0.0, []
     for state, _ in guide.trajectory(task, num_steps=num_steps, greedy=greedy):
+        for tensor in (state.loc, state.precision):
+            if tensor.requires_grad:
+                tensor.retain_grad()
+        states.append(state)
         total = total + task_losses(
             objective, state, family, task, true_z, num_samples=num_samples, generator=generator
         )
-        count += 1
-    return (total / count).mean(), task, state, torch.isfinite(total.detach())
+    loss = (total / len(states)).mean()
+    return _StepLoss(loss, task, states[-1], torch.isfinite(total.detach()), states)
+
+
+def _tasks_with_non_finite_gradients(states: list) -> torch.Tensor | None:
+    """``(T,)``: the tasks whose loss has a non-finite gradient in one of their states
+    (``None`` when no state kept one): a loss can be finite where its gradient is not (a
+    negative binomial's ``concentration / rate`` once ``rate`` underflows)."""
+    bad = None
+    for state in states:
+        for tensor in (state.loc, state.precision):
+            if tensor.grad is not None:
+                rows = ~torch.isfinite(tensor.grad.flatten(1)).all(-1)
+                bad = rows if bad is None else bad | rows
+    return bad
+
+
+def _backward(guide, trainable, batch, budget, generator, result, tries: int = 3):
+    """``(loss, batch, task, state, finite)``: the step's loss, back-propagated into
+    ``trainable``, on ``batch`` less the tasks left out, ``finite`` when the loss and the
+    gradient are.
+
+    A task whose loss or whose gradient is not finite (its simulated data overflow the
+    likelihood, or its gradient, at the ELBO's draws: a Poisson rate past float range
+    under a wide prior) is left out and counted in ``result.dropped_tasks``, and the step
+    retaken on the others (up to ``tries`` times), rather than voided for all: masking it
+    out of the loss would still send ``0 · inf = NaN`` through the shared weights'
+    gradients.
+    """
+    for attempt in range(tries):
+        step = _step_loss(guide, batch, budget, generator)
+        bad = None if step.finite_tasks is None else ~step.finite_tasks
+        finite = bool(torch.isfinite(step.loss))
+        if finite:
+            step.loss.backward()
+            grads = [p.grad for p in trainable.parameters() if p.grad is not None]
+            finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+            if not finite:
+                bad = _tasks_with_non_finite_gradients(step.states)
+        if finite or bad is None or not bad.any() or bad.all() or attempt == tries - 1:
+            return step.loss, batch, step.task, step.state, finite
+        result.dropped_tasks += int(bad.sum())
+        batch = batch.tasks(~bad)
+        for parameter in trainable.parameters():
+            parameter.grad = None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
@@ -507,17 +566,9 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
     batch = parallel.shard(source.sample(budget["tasks_per_step"], size, generator)).to(device)
     optimizer.zero_grad()
     try:
-        loss, task, state, finite_tasks = _step_loss(guide, batch, budget, generator)
-        if finite_tasks is not None and finite_tasks.any() and not finite_tasks.all():
-            # a task whose loss is not finite (its simulated data overflow the likelihood
-            # at the ELBO's draws: a Poisson rate past float range under a wide prior) is
-            # left out and counted, and the step retaken on the others, rather than voided
-            # for all: masking it out of the loss would still send 0 · inf = NaN through
-            # the shared weights' gradients
-            result.dropped_tasks += int((~finite_tasks).sum())
-            batch = batch.tasks(finite_tasks)
-            loss, task, state, _ = _step_loss(guide, batch, budget, generator)
-        finite = bool(torch.isfinite(loss))
+        loss, batch, task, state, finite = _backward(
+            guide, trainable, batch, budget, generator, result
+        )
     except (RefinementError, torch.linalg.LinAlgError):  # a state left the PD cone
         loss, task, state, finite = torch.tensor(torch.nan), None, None, False
     except ValueError as error:
@@ -526,10 +577,6 @@ def _train_step(guide, trainable, source, optimizer, result, budget, generator, 
         # a simulated batch its own likelihood refuses: a simulator that overflowed (e.g.
         # torch.poisson at rates past 1e19 returns negative counts) under a wide prior
         loss, task, state, finite = torch.tensor(torch.nan), None, None, False
-    if finite:
-        loss.backward()
-        grads = [p.grad for p in trainable.parameters() if p.grad is not None]
-        finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
     if parallel.all_finite(finite):
         parallel.average_gradients(trainable.parameters())
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), budget["clip_norm"])
