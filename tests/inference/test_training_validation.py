@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from iai_prob.inference import IterativeAmortizedGuide, fit
+from iai_prob.inference import IterativeAmortizedGuide, PriorPredictiveTasks, fit
 from iai_prob.validation_history import ValidationHistory, validation_sizes
 
 TINY = {"tasks_per_step": 4, "num_points": (8, 24), "progress": False, "validation_tasks": 8}
@@ -180,3 +180,33 @@ def test_history_keeps_the_earliest_best_and_counts_stale_validations():
     history.final = (5, 7.0)
     assert "from step 3 (score 4)" in history.worse_than_untrained()
     assert ValidationHistory.from_card(json.loads(json.dumps(history.to_card()))) == history
+
+
+def raw_count_negative_binomial(x, y=None):
+    """randhie's negative binomial (benchmarks/real_models) on covariates of its size."""
+    with pyro.plate("tasks", x.shape[0], dim=-2):
+        a = pyro.sample("a", dist.Normal(0.0, 2.5))
+        b = pyro.sample("b", dist.Normal(0.0, 0.5).expand([x.shape[-1]]).to_event(1))
+        mean = torch.exp(a + (x * b).sum(-1))
+        concentration = pyro.sample("concentration", dist.HalfNormal(10.0))
+        with pyro.plate("data", x.shape[-2], dim=-1):
+            return pyro.sample("y", dist.GammaPoisson(concentration, concentration / mean), obs=y)
+
+
+def test_tasks_with_a_finite_loss_and_a_non_finite_gradient_are_left_out():
+    """On raw counts (means to e²⁰), the ELBO of some tasks is finite while its gradient is
+    not (``concentration / rate`` once the rate underflows). Every step of this run was
+    skipped, and every validation score was inf, before such tasks were left out of their
+    step and the score became the median over tasks."""
+
+    def covariates(num_tasks, num_points, generator):
+        return (8.0 * torch.rand(num_tasks, num_points, 8, generator=generator),)
+
+    guide = IterativeAmortizedGuide(raw_count_negative_binomial, family="full_rank")
+    source = PriorPredictiveTasks(raw_count_negative_binomial, covariates)
+    options = {**TINY, "tasks_per_step": 32, "num_points": (64, 128), "validation_tasks": 16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # worse than untrained after 3 steps
+        result = fit(guide, source, steps=3, **options)
+    assert result.skipped == 0 and result.dropped_tasks > 0
+    assert all(math.isfinite(score) for _, score in result.validation.scores)
