@@ -8,6 +8,7 @@ before the first step (the untrained score) and every ``validate_every`` steps. 
 module is what the two share, in plain Python (neither torch nor JAX):
 
 * :func:`validation_sizes`: how the tasks spread over ``num_points``;
+* :func:`validation_score`: the score, the median of the tasks' losses;
 * :class:`ValidationHistory`: the scheduled scores, the best step, the early-stopping
   rule and the warning when training made the guide worse than it started.
 
@@ -25,7 +26,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["ValidationHistory", "validation_sizes"]
+__all__ = ["ValidationHistory", "validation_score", "validation_sizes"]
+
+
+def validation_score(task_losses) -> float:
+    """The median of the validation tasks' losses (the lower middle one of an even count),
+    a loss that is not finite counting as ``inf``.
+
+    The median, not the mean: on raw counts a few tasks whose data pass float range at
+    the ELBO's draws (a loss that is not finite) cannot void every score, and the few
+    tasks of largest scale (losses of 1e11 nats beside 1e3) cannot stand for all. More
+    than half the tasks not finite gives ``inf``.
+    """
+    losses = sorted(float(loss) if math.isfinite(float(loss)) else math.inf for loss in task_losses)
+    return losses[(len(losses) - 1) // 2] if losses else math.inf
 
 
 def validation_sizes(num_tasks: int, low: int, high: int, groups: int = 4) -> list[tuple[int, int]]:

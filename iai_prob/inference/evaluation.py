@@ -11,6 +11,7 @@ import torch
 from iai_prob.inference.objectives import elbo, kl_to_exact, task_losses
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.models.base import TaskFamily
+from iai_prob.validation_history import validation_score
 
 __all__ = [
     "ValidationTasks",
@@ -50,12 +51,8 @@ class ValidationTasks:
     def score(self, guide, objective: str, *, max_passes: int, num_samples: int, seed: int):
         """The training objective averaged over the refinement steps ``λ_0 … λ_K`` of
         ``max_passes`` passes (what training minimizes), per task, and its median over the
-        tasks (the same noise at every call: ``seed``); ``inf`` when a refinement fails or
-        more than half the tasks' losses are not finite. Lower is better.
-
-        The median, not the mean: on raw counts a few tasks whose data pass float range at
-        the ELBO's draws (a loss that is not finite) cannot void every score, and the few
-        tasks of largest scale (losses of 1e11 nats beside 1e3) cannot stand for all.
+        tasks (:func:`~iai_prob.validation_history.validation_score`; the same noise at
+        every call: ``seed``); ``inf`` when a refinement fails. Lower is better.
 
         An :class:`~iai_prob.inference.implicit.ImplicitPredictor` is scored by its own
         ``training_loss`` (its predictive negative log-likelihood on held-out points).
@@ -72,10 +69,8 @@ class ValidationTasks:
                 )
             except (RefinementError, torch.linalg.LinAlgError):
                 return math.inf
-            losses.append(loss.double().cpu().expand(count))
-        per_task = torch.cat(losses)
-        per_task = torch.where(torch.isfinite(per_task), per_task, torch.inf)
-        return float(per_task.sort().values[(len(per_task) - 1) // 2])
+            losses.extend(loss.double().cpu().expand(count).tolist())
+        return validation_score(losses)
 
     def _drop_refused(self, guide) -> None:
         """Drop, once, the batches whose data the model's likelihood refuses (a simulator

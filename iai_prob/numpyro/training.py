@@ -24,7 +24,7 @@ held-out tasks are drawn once from the training source, ``N`` spread over
 their own (``(seed, 2³¹ − 2)``, which no step's key ``(seed, step)`` reaches, so the
 training draws and losses are the same with validation on or off). The guide is scored
 on them with the training objective averaged over ``λ_0 … λ_K`` of ``max_passes``
-passes (one compiled function, the same noise at every call; ``inf`` when not finite)
+passes, its median over the tasks (one compiled function, the same noise at every call)
 before the first step, every ``validate_every`` steps and at the end. The progress bar
 shows the latest score and :attr:`FitResult.validation` keeps them; the best parameters
 travel with the training state, the folder's guide is the best one, ``fit`` returns the
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from iai_prob.fit_options import check_fit_options, check_validation_options
 from iai_prob.guide_card import model_identity
 from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
-from iai_prob.numpyro.objectives import OBJECTIVES, forward_kl, kl_to_exact, reverse_kl
+from iai_prob.numpyro.objectives import OBJECTIVES, kl_to_exact, task_losses
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh
 from iai_prob.numpyro.xla_guard import serial_task_limit
@@ -68,7 +68,7 @@ from iai_prob.training_folder import (
     model_run_identity,
     saved_identity,
 )
-from iai_prob.validation_history import ValidationHistory, validation_sizes
+from iai_prob.validation_history import ValidationHistory, validation_score, validation_sizes
 
 __all__ = ["FitResult", "fit"]
 
@@ -133,20 +133,18 @@ def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, 
         context = data.subset(jnp.arange(min(capacity, refiner.context_size)))
         state = init(refiner, context)
 
-        def per_step_loss(state, k):
-            total = 0.0
-            if objective in ("reverse_kl", "mixed"):
-                total = total + reverse_kl(
-                    state.loc,
-                    state.precision,
-                    log_joint,
-                    data,
-                    jax.random.fold_in(noise_key, k),
-                    num_samples=num_samples,
-                )
-            if objective in ("forward_kl", "mixed"):
-                total = total + forward_kl(state.loc, state.precision, true_z)
-            return total
+        def per_step_loss(state, k):  # (T,)
+            key = jax.random.fold_in(noise_key, k)
+            return task_losses(
+                objective,
+                state.loc,
+                state.precision,
+                log_joint,
+                data,
+                key,
+                true_z,
+                num_samples=num_samples,
+            )
 
         def body(carry, inputs):
             state, total, count = carry
@@ -164,7 +162,8 @@ def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, 
         start = (state, per_step_loss(state, 0), jnp.asarray(1.0))
         steps = jnp.arange(max_steps)
         (final, total, count), _ = jax.lax.scan(body, start, (index, mask, valid_step, steps))
-        return total / count, final
+        per_task = total / count
+        return per_task.mean(), (final, per_task)
 
     return loss_fn
 
@@ -240,22 +239,20 @@ class _ValidationTasks:
         def batch_score(arrays, theta, x, y, size, key):
             data, _ = _masked_data(guide, x, y, size, high)
             true_z = layout.pack(theta, batch_ndim=1)
-            return loss_fn(arrays, data, true_z, size, max_passes, key)[0]
+            return loss_fn(arrays, data, true_z, size, max_passes, key)[1][1]
 
         self._batch_score = batch_score
 
     def score(self, arrays) -> float:
         """The training objective averaged over ``λ_0 … λ_K`` of ``max_passes`` passes,
-        per task, averaged over the tasks (the same noise at every call); ``inf`` when it
-        is not finite. Lower is better."""
-        total = 0.0
-        for index, (count, (theta, x, y, size)) in enumerate(self.batches):
+        per task, and its median over the tasks
+        (:func:`~iai_prob.validation_history.validation_score`; the same noise at every
+        call). Lower is better."""
+        losses = []
+        for index, (_, (theta, x, y, size)) in enumerate(self.batches):
             key = jax.random.fold_in(self._noise_key, index)
-            loss = float(self._batch_score(arrays, theta, x, y, size, key))
-            if not math.isfinite(loss):
-                return math.inf
-            total += loss * count
-        return total / self.num_tasks
+            losses.extend(np.asarray(self._batch_score(arrays, theta, x, y, size, key)).tolist())
+        return validation_score(losses)
 
 
 def fit(
@@ -394,7 +391,7 @@ def fit(
             theta, x, y = mesh.shard_tasks((theta, x, y))
             data, valid = _masked_data(guide, x, y, size, high)
             true_z = task.layout.pack(theta, batch_ndim=1)
-            (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            (loss, (final, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 arrays, data, true_z, size, passes, loss_key
             )
             finite = jnp.isfinite(loss)

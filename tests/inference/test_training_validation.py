@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from iai_prob.inference import IterativeAmortizedGuide, PriorPredictiveTasks, fit
-from iai_prob.validation_history import ValidationHistory, validation_sizes
+from iai_prob.validation_history import ValidationHistory, validation_score, validation_sizes
 
 TINY = {"tasks_per_step": 4, "num_points": (8, 24), "progress": False, "validation_tasks": 8}
 HUGE_STEP = {"learning_rate": 5.0, "validate_every": 1}  # every step wrecks the guide
@@ -159,6 +159,15 @@ def test_bad_validation_options_are_refused_before_any_work(options, message, li
 
 
 # ---------------------------------------------------- the backend-neutral history
+def test_the_validation_score_is_the_median_task_loss():
+    assert validation_score([3.0, 1.0, 2.0]) == 2.0
+    assert validation_score([4.0, 1.0, 3.0, 2.0]) == 2.0  # the lower middle one
+    # a few tasks past float range or of a much larger scale do not decide it
+    assert validation_score([1.0, 2.0, math.nan, math.inf, 1e11, 3.0, 2.5]) == 3.0
+    assert validation_score([1.0, math.nan, math.inf]) == math.inf  # most not finite
+    assert validation_score([]) == math.inf
+
+
 def test_validation_sizes_spread_over_num_points():
     assert validation_sizes(64, 16, 256) == [(16, 16), (16, 96), (16, 176), (16, 256)]
     assert validation_sizes(6, 8, 24) == [(2, 8), (2, 13), (1, 19), (1, 24)]
