@@ -37,11 +37,12 @@ trained with.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PRIOR_DRAWS", "PRIOR_SEED", "SitePrior", "has_moments", "prior_location_scale"]
+__all__ = ["PRIOR_DRAWS", "PRIOR_SEED", "SitePrior", "prior_location_scale", "site_prior"]
 
 PRIOR_DRAWS = 2048
 """Draws of each site's prior that the location and scale are estimated from."""
@@ -66,9 +67,19 @@ class SitePrior(NamedTuple):
     draws: np.ndarray | None = None
 
 
-def has_moments(mean, stddev) -> bool:
-    """Whether an exact ``mean`` and ``stddev`` are usable: finite, ``stddev > 0``."""
-    return bool(np.isfinite(mean).all() and np.isfinite(stddev).all() and (stddev > 0).all())
+def site_prior(site, moments: Callable, draws: Callable) -> SitePrior:
+    """A global ``site``'s :class:`SitePrior`: ``moments() -> (mean, stddev)`` (NumPy; may
+    raise ``NotImplementedError``) where the site is real-supported and they are finite
+    with ``stddev > 0``, else ``draws()``, its prior's draws in the unconstrained space."""
+    if site.is_real:
+        try:
+            mean, stddev = moments()
+        except NotImplementedError:
+            pass
+        else:
+            if np.isfinite(mean).all() and np.isfinite(stddev).all() and (stddev > 0).all():
+                return SitePrior(mean=mean, stddev=stddev)
+    return SitePrior(draws=draws())
 
 
 def prior_location_scale(layout, priors: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from pyro.poutine.util import site_is_subsample
 
 from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
-from iai_prob.prior_standardization import SitePrior, has_moments
+from iai_prob.prior_standardization import site_prior
 
 __all__ = ["check_local_latents", "discover_layout", "site_priors"]
 
@@ -156,15 +156,9 @@ def site_priors(trace, layout: LatentLayout, num_draws: int, seed: int) -> dict:
         torch.manual_seed(seed)  # seeds the CUDA generators too
         for site in layout.sites:
             fn = trace.nodes[site.name]["fn"]
-            if site.is_real:
-                try:
-                    mean, stddev = fn.mean.cpu().numpy(), fn.stddev.cpu().numpy()
-                except NotImplementedError:
-                    pass
-                else:
-                    if has_moments(mean, stddev):
-                        priors[site.name] = SitePrior(mean=mean, stddev=stddev)
-                        continue
-            draws = site.transform.inv(fn.sample((num_draws,)))
-            priors[site.name] = SitePrior(draws=draws.cpu().numpy())
+            priors[site.name] = site_prior(
+                site,
+                lambda fn=fn: (fn.mean.cpu().numpy(), fn.stddev.cpu().numpy()),
+                lambda fn=fn, site=site: site.transform.inv(fn.sample((num_draws,))).cpu().numpy(),
+            )
     return priors

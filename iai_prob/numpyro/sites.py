@@ -18,7 +18,7 @@ import numpy as np
 
 from iai_prob.latent_layout import LatentLayout, global_site
 from iai_prob.local_latents import check_local_latent
-from iai_prob.prior_standardization import SitePrior, has_moments
+from iai_prob.prior_standardization import site_prior
 
 __all__ = ["check_local_latents", "discover_layout", "plate_frames", "site_priors"]
 
@@ -126,15 +126,11 @@ def site_priors(trace, layout: LatentLayout, num_draws: int, seed: int) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(seed), len(layout.sites))
     for site, key in zip(layout.sites, keys, strict=True):
         fn = trace[site.name]["fn"]
-        if site.is_real:
-            try:
-                mean, stddev = np.asarray(fn.mean), np.sqrt(np.asarray(fn.variance))
-            except NotImplementedError:
-                pass
-            else:
-                if has_moments(mean, stddev):
-                    priors[site.name] = SitePrior(mean=mean, stddev=stddev)
-                    continue
-        draws = site.transform.inv(fn.sample(key, (num_draws,)))
-        priors[site.name] = SitePrior(draws=np.asarray(draws))
+        priors[site.name] = site_prior(
+            site,
+            lambda fn=fn: (np.asarray(fn.mean), np.sqrt(np.asarray(fn.variance))),
+            lambda fn=fn, site=site, key=key: np.asarray(
+                site.transform.inv(fn.sample(key, (num_draws,)))
+            ),
+        )
     return priors
