@@ -36,16 +36,16 @@ def _fail_on(monkeypatch, steps_to_break, how):
     def broken(guide, *args):
         step = calls["n"]
         calls["n"] += 1
-        loss, task, state, finite = original(guide, *args)
+        result = original(guide, *args)
         if step not in steps_to_break:
-            return loss, task, state, finite
+            return result
         if how == "loss":
-            return loss * torch.nan, task, state, finite
-        if how == "gradient":  # finite loss, NaN gradient
+            return result._replace(loss=result.loss * torch.nan)
+        if how == "gradient":  # finite loss, NaN gradient of the weights (not of a state)
             parameter = next(guide.refiner.parameters())
             poisoned = torch.sqrt(parameter.flatten()[0] * 0.0)  # value 0, d/dp = inf·0 = NaN
-            assert torch.isfinite(loss + poisoned)
-            return loss + poisoned, task, state, finite
+            assert torch.isfinite(result.loss + poisoned)
+            return result._replace(loss=result.loss + poisoned)
         raise RefinementError("injected: state not positive definite")
 
     monkeypatch.setattr(training_module, "_step_loss", broken)
