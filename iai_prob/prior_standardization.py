@@ -21,10 +21,10 @@ absolute deviation of :data:`PRIOR_DRAWS` seeded draws of its prior mapped to ``
 its bijection (a heavy-tailed prior such as a half-Cauchy scale still gets finite values;
 a coordinate whose draws do not spread gets ``s = 1``). Zeros now mean the prior's own
 Gaussian approximation, so an untrained guide starts where the model says the latents
-are, in any units (the issue's "parametrization standardized by the prior"). The draws
-are those of each site's distribution in one trace, so a hierarchical site's spread is
-the one given its parents' values there. ``S⁻¹ Λ S⁻¹`` keeps a diagonal, low-rank or
-full-rank precision in its family.
+are, in any units (DESIGN.md, "Converged wherever it starts": a parametrization
+standardized by the prior). The moments and draws are those of each site's distribution
+in one trace, so a hierarchical site's spread is the one given its parents' values there.
+``S⁻¹ Λ S⁻¹`` keeps a diagonal, low-rank or full-rank precision in its family.
 
 The data side: a standardized guide's encoders read ``asinh(h)`` of the per-datum
 features ``h`` (linear within ``|h| < 1``, logarithmic beyond), so raw counts of 10⁷ or
