@@ -24,7 +24,6 @@ __all__ = [
     "elbo",
     "forward_kl",
     "kl_to_exact",
-    "objective_loss",
     "reverse_kl",
     "task_elbos",
     "task_losses",
@@ -90,11 +89,6 @@ def task_losses(
     if objective in ("forward_kl", "mixed"):
         loss = loss - family.distribution(state.loc, state.precision).log_prob(true_z)
     return loss
-
-
-def objective_loss(objective: str, state, family, task, true_z, **options) -> torch.Tensor:
-    """:func:`task_losses` averaged over tasks (``options``: its keywords)."""
-    return task_losses(objective, state, family, task, true_z, **options).mean()
 
 
 def kl_to_exact(
