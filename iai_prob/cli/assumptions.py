@@ -312,11 +312,13 @@ def describe(family, card: dict) -> list[str]:
     return lines
 
 
-def sd_pvalues(guide, posterior, x, y, *, seed: int = 0) -> dict[str, np.ndarray]:
+def sd_pvalues(guide, posterior, x, y, *, seed: int = 0, sizes=None) -> dict[str, np.ndarray]:
     """``{site: p}``: the p-value of ``sd`` of each observed site, per dataset.
 
     :param posterior: ``q(z | D)`` over the joint unconstrained latents, batch ``(T,)``
         for ``x`` of shape ``(T, N, d)`` or ``()`` for one dataset ``(N, d)``.
+    :param sizes: ``(T,)`` rows of each dataset when they are padded to ``N`` (the rest
+        is left out of the statistics); ``None``: every row counts.
     """
     from iai_prob.diagnostics import approximate_posterior
     from iai_prob.diagnostics.model_fit import predictive_pvalues
@@ -328,10 +330,13 @@ def sd_pvalues(guide, posterior, x, y, *, seed: int = 0) -> dict[str, np.ndarray
     tasks = source.num_tasks
     result = {}
     for site, named in replicated.items():
+        values = observed[site].value.reshape(tasks, -1).numpy()
+        valid = None
+        if sizes is not None:  # the site's values are (T, N, …): a row's values together
+            rows = np.arange(observed[site].value.shape[1]) < np.asarray(sizes)[:, None]
+            valid = np.repeat(rows, values.shape[1] // rows.shape[1], axis=1)
         pvalues = predictive_pvalues(
-            named.value.reshape(PPC_DRAWS, tasks, -1).numpy(),
-            observed[site].value.reshape(tasks, -1).numpy(),
-            site,
+            named.value.reshape(PPC_DRAWS, tasks, -1).numpy(), values, site, valid
         )
         result[site] = pvalues[f"sd({site})"]
     return result
@@ -339,23 +344,28 @@ def sd_pvalues(guide, posterior, x, y, *, seed: int = 0) -> dict[str, np.ndarray
 
 def grouped_sd_pvalues(guide, result, *, seed: int = 0) -> dict[str, np.ndarray]:
     """:func:`sd_pvalues` of every group of a
-    :class:`~iai_prob.io.grouped.GroupedPosterior`, groups of one size a batch at a time
-    (at most :data:`PPC_MAX_ROWS` rows of each)."""
+    :class:`~iai_prob.io.grouped.GroupedPosterior` (at most :data:`PPC_MAX_ROWS` rows of
+    each), in the batches its posteriors were computed in
+    (:func:`~iai_prob.io.grouped.size_batches`: padded together, or of one size)."""
     import torch
 
+    from iai_prob.io.grouped import padded_batches, size_batches
+
     data, posterior = result.data, result.posterior
+    used = np.minimum(data.sizes, PPC_MAX_ROWS)
+    padded = padded_batches(guide) and result.batched
     pvalues: dict[str, np.ndarray] = {}
-    for size in np.unique(data.sizes):
-        members = np.flatnonzero(data.sizes == size)
-        rows = min(int(size), PPC_MAX_ROWS)
-        per_call = max(1, _VALUES_PER_CALL // (PPC_DRAWS * rows))
+    for members, rows in size_batches(used, len(used), padded):
+        width = int(used[members[0]]) if rows is None else rows
+        per_call = max(1, _VALUES_PER_CALL // (PPC_DRAWS * width))
         for start in range(0, len(members), per_call):
             chunk = members[start : start + per_call]
-            x, y = data.stack(chunk)
+            x, y = data.stack(chunk, rows)  # a group past PPC_MAX_ROWS is cut below
             part = torch.distributions.MultivariateNormal(
                 posterior.loc[chunk], scale_tril=posterior.scale_tril[chunk]
             )
-            found = sd_pvalues(guide, part, x[:, :rows], y[:, :rows], seed=seed)
+            sizes = None if rows is None else used[chunk]
+            found = sd_pvalues(guide, part, x[:, :width], y[:, :width], seed=seed, sizes=sizes)
             for site, values in found.items():
                 pvalues.setdefault(site, np.full(len(data.keys), 0.5))[chunk] = values
     return pvalues

@@ -207,7 +207,7 @@ def run(args) -> int:
             description=description,
             group_names=names,
             column_names=[x_columns or None, y_columns if len(y_columns) > 1 else None],
-            passes=args.passes,
+            passes=args.passes or 1,
             num_samples=args.num_samples,
             sbc_datasets=args.sbc_datasets if guide.family is not None else 0,
             nuts=args.nuts,

@@ -9,9 +9,10 @@ file order.
 
 With ``--group COL`` each distinct value of COL is its own dataset (many small datasets
 in one file: per user, per school, per sensor) and gets its own posterior; groups of
-equal size go through the guide together as a batch of tasks. ``--passes P`` refines
-over each dataset P times instead of once: slower in proportion, closer to the ELBO
-optimum (for small groups and briefly trained guides, try 10). Without it, all rows are
+any sizes go through the guide together as padded batches of tasks (each group's
+answer is the one it gets alone). ``--passes P`` refines over each dataset P times
+with the guide's learned mini-batch steps before the convergence phase (then groups
+of equal size share a batch): slower in proportion. Without ``--group``, all rows are
 one dataset, streamed in mini-batches in constant memory, so the file may be larger
 than memory. The posteriors are written as an ArviZ InferenceData netCDF file (with a
 ``group`` dimension when grouped) and summarized on screen.
@@ -291,7 +292,7 @@ def run(args) -> int:
                 table,
                 columns,
                 batch_size=args.batch_size,
-                passes=args.passes,
+                passes=args.passes or 1,
                 progress=progress,
             )
         print(

@@ -54,9 +54,10 @@ def add_data_arguments(parser) -> None:
     parser.add_argument(
         "--passes",
         type=int,
-        default=1,
-        help="refinement passes over each dataset: slower in proportion, closer to the "
-        "ELBO optimum",
+        default=None,
+        help="learned refinement passes over each dataset before the convergence phase, "
+        "slower in proportion (default: none for iai infer --group, whose groups of all "
+        "sizes then share padded batches; 1 otherwise)",
     )
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -72,7 +73,8 @@ def check_data_arguments(args) -> None:
             f"--num-samples must be an integer ≥ 2 (posterior draws per dataset), "
             f"got {args.num_samples!r}"
         )
-    check_positive_int("--passes", args.passes)
+    if args.passes is not None:
+        check_positive_int("--passes", args.passes)
     check_positive_int("--chunk-rows", args.chunk_rows)
     check_non_negative_int("--seed", args.seed)
 

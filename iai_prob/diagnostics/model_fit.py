@@ -52,6 +52,7 @@ P_LOO_FACTOR = 2.0
 POINTS_PER_PARAMETER = 5
 """``p_loo`` is judged only with at least this many observations per parameter."""
 _STATISTICS = {"mean": np.mean, "sd": np.std}
+_STATISTICS_OF_VALID = {"mean": np.nanmean, "sd": np.nanstd}  # padding is NaN
 
 
 @dataclass
@@ -165,18 +166,26 @@ def _pvalue(replicated: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return (replicated > observed).mean(0) + 0.5 * (replicated == observed).mean(0)
 
 
-def predictive_pvalues(replicated, observed, site: str) -> dict[str, np.ndarray]:
+def predictive_pvalues(replicated, observed, site: str, valid=None) -> dict[str, np.ndarray]:
     """Posterior predictive p-values of the mean and sd of one observed site, per dataset.
 
     :param replicated: ``y_rep`` draws-first, ``(S, T, n)``: ``S`` draws for ``T``
         datasets of ``n`` values each.
     :param observed: ``y``, ``(T, n)``.
+    :param valid: ``(T, n)`` booleans, ``False`` on the padding of datasets of unequal
+        sizes stacked together (left out of every statistic); ``None``: all valid.
     :returns: ``{"mean(site)": p, "sd(site)": p}``, each of shape ``(T,)``.
     """
     replicated, observed = np.asarray(replicated), np.asarray(observed)
+    statistics = _STATISTICS
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        replicated = np.where(valid, replicated, np.nan)
+        observed = np.where(valid, observed, np.nan)
+        statistics = _STATISTICS_OF_VALID
     return {
         f"{name}({site})": _pvalue(statistic(replicated, axis=-1), statistic(observed, axis=-1))
-        for name, statistic in _STATISTICS.items()
+        for name, statistic in statistics.items()
     }
 
 

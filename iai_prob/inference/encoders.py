@@ -6,7 +6,11 @@
 
 Both append the count feature ``log N`` (the size of the whole dataset, which may
 exceed the number of points shown) so that the posterior can contract with ``N``.
-Inputs are ``(T, n, F)``; outputs ``(T, E)``.
+Inputs are ``(T, n, F)``, with ``N`` one count or one per task ``(T,)``; outputs
+``(T, E)``. An optional boolean ``mask`` ``(T, n)`` marks the valid points of a padded
+batch (datasets of unequal sizes stacked as tasks): padded points are left out of every
+mean and every attention (their keys are masked), so a task's embedding is the one its
+valid points alone give.
 """
 
 from __future__ import annotations
@@ -31,8 +35,16 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 def _count_feature(features: torch.Tensor, total_points) -> torch.Tensor:
-    count = torch.as_tensor(float(total_points), dtype=features.dtype, device=features.device)
-    return (count.log() / math.log(1024.0)).expand(features.shape[0], 1)
+    """``log N / log 1024`` per task ``(T, 1)``; ``total_points`` is a count or ``(T,)``."""
+    if not torch.is_tensor(total_points):
+        total_points = float(total_points)
+    count = torch.as_tensor(total_points, dtype=features.dtype, device=features.device)
+    return (count.log() / math.log(1024.0)).reshape(-1, 1).expand(features.shape[0], 1)
+
+
+def _padding(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``nn.MultiheadAttention``'s ``key_padding_mask`` (``True`` = ignore) of ``mask``."""
+    return None if mask is None else ~mask
 
 
 class DeepSets(nn.Module):
@@ -44,8 +56,13 @@ class DeepSets(nn.Module):
         self.phi = mlp([feature_dim, hidden_dim, hidden_dim, hidden_dim])
         self.rho = mlp([hidden_dim + 1, hidden_dim, embed_dim])
 
-    def forward(self, features: torch.Tensor, total_points: int) -> torch.Tensor:
-        pooled = self.phi(features).mean(dim=-2)
+    def forward(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
+        hidden = self.phi(features)
+        if mask is None:
+            pooled = hidden.mean(dim=-2)
+        else:
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(-2) / weights.sum(-2)
         return self.rho(torch.cat([pooled, _count_feature(features, total_points)], dim=-1))
 
 
@@ -59,8 +76,10 @@ class _MultiheadAttentionBlock(nn.Module):
         self.norm_2 = nn.LayerNorm(dim)
         self.feed_forward = mlp([dim, 2 * dim, dim])
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attention(queries, keys, keys, need_weights=False)
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, mask=None) -> torch.Tensor:
+        attended, _ = self.attention(
+            queries, keys, keys, key_padding_mask=_padding(mask), need_weights=False
+        )
         hidden = self.norm_1(queries + attended)
         return self.norm_2(hidden + self.feed_forward(hidden))
 
@@ -74,9 +93,9 @@ class _InducedSetAttentionBlock(nn.Module):
         self.summarize = _MultiheadAttentionBlock(dim, num_heads)
         self.broadcast = _MultiheadAttentionBlock(dim, num_heads)
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, mask=None) -> torch.Tensor:
         inducing = self.inducing.expand(points.shape[0], -1, -1)
-        return self.broadcast(points, self.summarize(inducing, points))
+        return self.broadcast(points, self.summarize(inducing, points, mask))
 
 
 class SetTransformer(nn.Module):
@@ -102,11 +121,12 @@ class SetTransformer(nn.Module):
         self.pool = _MultiheadAttentionBlock(hidden_dim, num_heads)
         self.output = mlp([hidden_dim + 1, hidden_dim, embed_dim])
 
-    def forward(self, features: torch.Tensor, total_points: int) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
         hidden = self.embed(features)
         for block in self.blocks:
-            hidden = block(hidden)
-        pooled = self.pool(self.seed.expand(hidden.shape[0], -1, -1), hidden).squeeze(-2)
+            hidden = block(hidden, mask)
+        seed = self.seed.expand(hidden.shape[0], -1, -1)
+        pooled = self.pool(seed, hidden, mask).squeeze(-2)
         return self.output(torch.cat([pooled, _count_feature(features, total_points)], dim=-1))
 
 

@@ -32,6 +32,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import NamedTuple
 
 import pyro
@@ -370,13 +371,39 @@ class IterativeAmortizedGuide(AutoGuide):
         return minibatch_schedule(num_points, min(batch_size, num_points), num_steps, generator)
 
     def initial_state(self, data: TaskData) -> RefinementState:
-        """``λ_0`` from a seeded random context subset of ``data``."""
+        """``λ_0`` from a seeded random context subset of ``data`` (of each task's own valid
+        points in a padded batch: the subset it gets alone)."""
         refiner = self._require_refiner()
-        generator = torch.Generator().manual_seed(self.config["seed"] + 1)
+        if data.mask is not None:
+            return refiner.init(self._padded_context(data, refiner.context_size))
         if data.num_points > refiner.context_size:
-            index = torch.randperm(data.num_points, generator=generator)[: refiner.context_size]
-            data = data.subset(index)
+            data = data.subset(self._context_index(data.num_points, refiner.context_size))
         return refiner.init(data)
+
+    def _context_index(self, num_points: int, context_size: int) -> torch.Tensor:
+        """The seeded random context of a dataset of ``num_points > context_size`` points."""
+        generator = torch.Generator().manual_seed(self.config["seed"] + 1)
+        return torch.randperm(num_points, generator=generator)[:context_size]
+
+    def _padded_context(self, data: TaskData, context_size: int) -> TaskData:
+        """The encoder's view of a padded batch's contexts: per task ``t`` the points
+        :meth:`initial_state` takes from its ``N_t`` alone (all of them, in order, when
+        ``N_t ≤ context_size``), gathered into ``(T, C, F)`` features with their mask
+        (the model's arguments are left out: the encoder reads the features only)."""
+        width = min(context_size, data.num_points)
+        index = torch.zeros(data.features.shape[0], width, dtype=torch.long)
+        valid = torch.zeros(data.features.shape[0], width, dtype=torch.bool)
+        for task, size in enumerate(data.task_points.tolist()):
+            if size > context_size:
+                chosen = self._context_index(size, context_size)
+            else:
+                chosen = torch.arange(size)
+            index[task, : len(chosen)], valid[task, : len(chosen)] = chosen, True
+        device = data.features.device
+        features = data.features.take_along_dim(index.to(device)[..., None], dim=1)
+        return replace(
+            data, args=(), kwargs={}, features=features, num_points=width, mask=valid.to(device)
+        )
 
     def trajectory(
         self,
@@ -391,9 +418,16 @@ class IterativeAmortizedGuide(AutoGuide):
         With ``greedy=True`` every step starts from a detached state (stop-gradient).
         """
         refiner = self._require_refiner()
+        schedule = self.schedule(task.data.num_points, num_steps, batch_size)
+        if schedule and task.data.mask is not None:
+            raise ValueError(
+                "datasets of unequal sizes in one padded batch get the default answer (the "
+                "encoder's start and the convergence phase), not learned mini-batch steps: "
+                "refine them in batches of equal sizes"
+            )
         state = self.initial_state(task.data)
         yield state, None
-        for index in self.schedule(task.data.num_points, num_steps, batch_size):
+        for index in schedule:
             if greedy:
                 state = state.detach()
             state, info = refiner.step(state, task.data.subset(index), task.log_joint)
@@ -571,6 +605,24 @@ class IterativeAmortizedGuide(AutoGuide):
         whether it converged, the passes used and its PSIS ``k̂`` (see :meth:`solve`).
         """
         return self._posterior_and_layout(*args, **kwargs)[0]
+
+    @torch.no_grad()
+    @_serialized
+    def padded_posterior(self, *args, sizes, **kwargs):
+        """``q(z | D_t)`` for ``T`` datasets of unequal sizes stacked as one batch of tasks:
+        the model's arguments hold ``(T, N, …)`` rows, of which task ``t``'s first
+        ``sizes[t]`` are its data and the rest padding (fill it with copies of a valid
+        row, so that every ``log p`` is finite; it weighs nothing).
+
+        The answer of each task is the one :meth:`posterior` gives it alone (the same
+        context subset, the same convergence phase; equal to float precision), so
+        datasets of many sizes (``iai infer --group``) need one call per padded size
+        instead of one per size. Batch shape ``(T,)``; ``status`` as :meth:`posterior`'s.
+        Learned mini-batch passes (:meth:`refine`) need datasets of equal sizes.
+        """
+        task = self._prepared(*args, **kwargs)
+        task = task._replace(data=task.data.padded(sizes))
+        return self._answer(task, *self.solve(task))
 
     @torch.no_grad()
     @_serialized

@@ -65,16 +65,29 @@ _PARTICLES = "_iai_particles"
 
 
 class _ScaleDataPlate(Messenger):
-    """Multiply the scale of every site inside the data plate by ``factor``."""
+    """Multiply the scale of every site inside the data plate by ``factor``: a number, or
+    per point ``(T, N)`` weights of a padded batch (placed at the tasks plate's dim
+    ``tasks_dim`` and the data plate's own dim)."""
 
-    def __init__(self, plate_name: str, factor: float):
+    def __init__(self, plate_name: str, factor, tasks_dim: int | None = None):
         super().__init__()
         self.plate_name = plate_name
         self.factor = factor
+        self.tasks_dim = tasks_dim
 
     def _process_message(self, msg):
-        if any(frame.name == self.plate_name for frame in msg["cond_indep_stack"]):
-            msg["scale"] = self.factor * msg["scale"]
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == self.plate_name), None)
+        if frame is not None:
+            msg["scale"] = self._placed(frame.dim) * msg["scale"]
+
+    def _placed(self, data_dim: int):
+        factor = self.factor
+        if not torch.is_tensor(factor) or factor.dim() < 2:
+            return factor
+        rank = max(-data_dim, -self.tasks_dim)
+        shape = [1] * rank
+        shape[rank + self.tasks_dim], shape[rank + data_dim] = factor.shape
+        return factor.reshape(shape)
 
 
 class LogJoint:
@@ -211,7 +224,9 @@ class LogJoint:
 
     def _conditioned(self, z: torch.Tensor, likelihood_scale, particle_dim: int):
         model = poutine.condition(self.model, data=self._values(z, particle_dim))
-        scale = _ScaleDataPlate(self.data_plate, likelihood_scale)
+        if torch.is_tensor(likelihood_scale) and likelihood_scale.dim():  # per point
+            likelihood_scale = likelihood_scale.to(z.dtype)
+        scale = _ScaleDataPlate(self.data_plate, likelihood_scale, self.layout.tasks_dim)
 
         def scaled_model(*args, **kwargs):
             with pyro.plate(_PARTICLES, z.shape[0], dim=particle_dim), scale:

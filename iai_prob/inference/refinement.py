@@ -217,11 +217,14 @@ class Refiner(nn.Module):
         self.prior_loc.copy_(torch.as_tensor(loc))
         self.prior_scale.copy_(torch.as_tensor(scale))
 
-    def _embed(self, features: torch.Tensor, total_points) -> torch.Tensor:
-        """The set encoder on ``features`` (through ``asinh`` when standardized)."""
+    def _embed(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
+        """The set encoder on ``features`` (through ``asinh`` when standardized); ``mask``
+        ``(T, n)`` marks a padded batch's valid points."""
         if self.standardize:
             features = torch.asinh(features)
-        return compiled_forward(self.encoder, features, total_points)
+        if mask is None:
+            return compiled_forward(self.encoder, features, total_points)
+        return compiled_forward(self.encoder, features, total_points, mask)
 
     def _in_prior_units(self, loc: torch.Tensor, precision: torch.Tensor) -> RefinementState:
         """``(m + s ⊙ μ, S⁻¹ Λ S⁻¹)`` when standardized, else ``(μ, Λ)``, checked."""
@@ -233,10 +236,13 @@ class Refiner(nn.Module):
 
     @flushing_denormals
     def init(self, data: TaskData) -> RefinementState:
-        """``λ_0`` from the first ``context_size`` points (and the count ``N``)."""
+        """``λ_0`` from the first ``context_size`` points (and the count ``N``; per task
+        and with its valid points alone in a padded batch)."""
         if self.update_rule in GRADIENT_RULES:
             return self._in_prior_units(*self.gradient_update.init(data.features.shape[0]))
-        embedding = self._embed(data.features[:, : self.context_size], data.total_points)
+        context = slice(None, self.context_size)
+        mask = None if data.mask is None else data.mask[:, context]
+        embedding = self._embed(data.features[:, context], data.dataset_sizes, mask)
         return self._in_prior_units(*self.family.from_raw(self.init_head(embedding)))
 
     def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):

@@ -12,12 +12,19 @@ called with the user's ``*args, **kwargs`` and finds
   its arguments (``pyro.plate("data", len(x))``), as Pyro models normally do.
 
 A user can override the featurization with ``featurize(*args, **kwargs) -> (T?, N, F)``.
+
+Datasets of unequal sizes ``N_t`` go through as one padded batch
+(:meth:`TaskData.padded`): every task is stacked to the batch's ``N`` rows and a
+``(T, N)`` ``mask`` marks its first ``N_t`` as valid. The padded rows stay in the
+model's arguments (copies of a valid row, so every ``log p`` is finite) but weigh
+nothing: the likelihood scale becomes per point, ``mask · N/|B|``, and the encoders
+leave them out of every mean and attention.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -72,6 +79,10 @@ class TaskData:
     :ivar features: ``(T_flat, N, F)`` features (``T_flat = 1`` when unbatched).
     :ivar num_points: size ``N`` of the data plate in these arguments.
     :ivar total_points: size of the full dataset this (mini-)batch was taken from.
+    :ivar mask: ``(T_flat, N)`` booleans, ``False`` on a padded batch's padding; ``None``
+        when every point is valid.
+    :ivar task_points: ``(T_flat,)`` each task's own dataset size ``N_t`` in a padded
+        batch (the encoders' count); ``None`` when every task has ``total_points``.
     """
 
     args: tuple
@@ -80,11 +91,40 @@ class TaskData:
     num_tasks: int | None
     num_points: int
     total_points: int
+    mask: torch.Tensor | None = None
+    task_points: torch.Tensor | None = None
 
     @property
-    def likelihood_scale(self) -> float:
-        """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased."""
-        return self.total_points / self.num_points
+    def likelihood_scale(self):
+        """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased; for a
+        padded batch the per-point ``(T_flat, N)`` weights ``mask · N / |B|`` (the
+        padding weighs nothing)."""
+        scale = self.total_points / self.num_points
+        if self.mask is None:
+            return scale
+        return self.mask.to(self.features.dtype) * scale
+
+    @property
+    def dataset_sizes(self):
+        """The count each task's encoder sees: ``N_t`` ``(T_flat,)`` or ``N``."""
+        return self.total_points if self.task_points is None else self.task_points
+
+    def padded(self, sizes: torch.Tensor) -> TaskData:
+        """This batch of tasks, stacked to ``N`` rows, as datasets of ``sizes`` ``(T,)``
+        rows each: the rows of task ``t`` past ``sizes[t]`` are padding."""
+        sizes = torch.as_tensor(sizes, device=self.features.device)
+        if self.num_tasks is None or sizes.shape != (self.num_tasks,):
+            raise ValueError(
+                f"a padded batch needs one size per task ({self.num_tasks} tasks), got "
+                f"sizes of shape {tuple(sizes.shape)}"
+            )
+        if bool((sizes < 1).any()) or bool((sizes > self.num_points).any()):
+            raise ValueError(
+                f"each dataset of a padded batch has 1 to {self.num_points} rows, got "
+                f"sizes {sizes.min().item()} to {sizes.max().item()}"
+            )
+        mask = torch.arange(self.num_points, device=sizes.device) < sizes[:, None]
+        return replace(self, mask=mask, task_points=sizes)
 
     def task(self, index: int) -> TaskData:
         """Task ``index`` of a batch of tasks, kept as a batch of one."""
@@ -100,6 +140,8 @@ class TaskData:
             num_tasks=1,
             num_points=self.num_points,
             total_points=self.total_points,
+            mask=None if self.mask is None else self.mask[index : index + 1],
+            task_points=None if self.task_points is None else self.task_points[index : index + 1],
         )
 
     def to_dtype(self, dtype: torch.dtype) -> TaskData:
@@ -110,13 +152,11 @@ class TaskData:
             floating = torch.is_tensor(value) and value.is_floating_point()
             return value.to(dtype) if floating else value
 
-        return TaskData(
+        return replace(
+            self,
             args=tuple(cast(a) for a in self.args),
             kwargs={k: cast(v) for k, v in self.kwargs.items()},
             features=self.features.to(dtype),
-            num_tasks=self.num_tasks,
-            num_points=self.num_points,
-            total_points=self.total_points,
         )
 
     def subset(self, index: torch.Tensor) -> TaskData:
@@ -126,13 +166,15 @@ class TaskData:
             axis = _data_axis(value, self.num_tasks, self.num_points)
             return value if axis is None else value.index_select(axis, index.to(value.device))
 
-        return TaskData(
+        return replace(
+            self,
             args=tuple(take(a) for a in self.args),
             kwargs={k: take(v) for k, v in self.kwargs.items()},
             features=self.features.index_select(1, index.to(self.features.device)),
-            num_tasks=self.num_tasks,
             num_points=len(index),
-            total_points=self.total_points,
+            mask=None
+            if self.mask is None
+            else self.mask.index_select(1, index.to(self.mask.device)),
         )
 
 

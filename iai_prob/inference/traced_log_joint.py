@@ -205,7 +205,7 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
                 while len(_seen) > 32 * MAX_TRACES:
                     _seen.popitem(last=False)
                 return None
-    scale = binding.scale(z.device)
+    scale = binding.scale(z.device, z.dtype)
     if entry is None:
         point = z if example is None else example()
         graph = _build(log_joint, point, scale, tensors, particle_dim, spec, statics)
@@ -244,12 +244,16 @@ class _Binding(NamedTuple):
     split: tuple
     scales: dict
 
-    def scale(self, device: torch.device) -> torch.Tensor:
-        """``N/|B|`` as a float64 scalar tensor on ``device``."""
-        scale = self.scales.get(device)
+    def scale(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``N/|B|`` as a float64 scalar tensor on ``device``, or a padded batch's per-point
+        weights (:attr:`~iai_prob.inference.task_data.TaskData.likelihood_scale`) in
+        ``dtype``, the latents' (a float64 tensor would promote the whole log joint)."""
+        scale = self.scales.get((device, dtype))
         if scale is None:
-            scale = self.scales[device] = torch.tensor(
-                self.data.likelihood_scale, dtype=torch.float64, device=device
+            value = self.data.likelihood_scale
+            per_point = torch.is_tensor(value) and value.dim() > 0
+            scale = self.scales[device, dtype] = torch.as_tensor(
+                value, dtype=dtype if per_point else torch.float64, device=device
             )
         return scale
 
@@ -281,6 +285,7 @@ def _bound(log_joint, data, particle_dim: int) -> _Binding | None:
         particle_dim,
         spec,
         tuple(statics),
+        _scale_shape(data.likelihood_scale),
     )
     binding = _Binding(log_joint, data, key, owners, split, {})
     with _lock:
@@ -296,6 +301,11 @@ _RETRY = object()  # the eager evaluation itself failed: raise from the eager pa
 
 def _tensor_key(tensor: torch.Tensor) -> tuple:
     return (tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
+
+
+def _scale_shape(scale) -> tuple:
+    """The shape of the likelihood scale: ``()`` for ``N/|B|``, ``(T, N)`` per point."""
+    return tuple(scale.shape) if torch.is_tensor(scale) else ()
 
 
 def _layout_key(layout) -> tuple:

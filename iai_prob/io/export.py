@@ -4,8 +4,9 @@ The InferenceData comes from :func:`iai_prob.diagnostics.to_inference_data` (dra
 ``θ_s = T(z_s)``, ``z_s ~ q(z | D)``, with ``log q``, ``log p(z_s, D)`` and the log
 importance weights that PSIS k̂ reads), called with the posterior already computed:
 
-* grouped (:class:`~iai_prob.io.grouped.GroupedPosterior`): once per size bucket of
-  groups (a batch of tasks), the buckets concatenated along a ``group`` dimension whose
+* grouped (:class:`~iai_prob.io.grouped.GroupedPosterior`): once per batch of groups
+  (:func:`~iai_prob.io.grouped.size_batches`: groups padded together, as their
+  posteriors were computed, or of one size), concatenated along a ``group`` dimension whose
   coordinates are the group values; groups ``posterior`` and ``sample_stats``;
 * one dataset (:class:`~iai_prob.io.streaming.StreamedPosterior`): when it has at most
   ``max_rows_in_memory`` rows, the full InferenceData (posterior, sample statistics,
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from iai_prob.io.columns import Columns
-from iai_prob.io.grouped import GroupedPosterior
+from iai_prob.io.grouped import GroupedPosterior, padded_batches, size_batches
 from iai_prob.io.streaming import StreamedPosterior
 from iai_prob.io.tables import Table
 
@@ -46,23 +47,31 @@ def _fixed(distribution):
     return posterior
 
 
-def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int):
+def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int, max_tasks: int = 256):
     import arviz as az
     import xarray as xr
 
-    from iai_prob.diagnostics import to_inference_data
+    from iai_prob.diagnostics import ApproximatePosterior, to_inference_data
+    from iai_prob.inference.guide import prepare_task
 
     data = result.data
     order, parts = [], {"posterior": [], "sample_stats": []}
-    for size in np.unique(data.sizes):
-        members = np.flatnonzero(data.sizes == size)
+    padded = padded_batches(guide) and result.batched
+    for members, rows in size_batches(data.sizes, max_tasks, padded):
         posterior = torch.distributions.MultivariateNormal(
             result.posterior.loc[members], scale_tril=result.posterior.scale_tril[members]
         )
-        idata = to_inference_data(
-            _fixed(posterior),
+        task = prepare_task(
             guide.model,
-            *data.stack(members),
+            data.stack(members, rows),
+            {},
+            data_plate=guide.config["data_plate"],
+            tasks_plate=guide.config["tasks_plate"],
+        )
+        if rows is not None:
+            task = task._replace(data=task.data.padded(torch.as_tensor(data.sizes[members])))
+        idata = to_inference_data(
+            ApproximatePosterior(posterior, task, guide.model),
             num_samples=num_samples,
             seed=seed,
             posterior_predictive=False,

@@ -1,12 +1,21 @@
 """Many small datasets in one table: one posterior per group, groups batched as tasks.
 
 A group column splits the rows into datasets ``D_1 … D_G``. The guide handles a batch
-of tasks through the model's outer ``"tasks"`` plate, so groups of equal size ``N``
-are stacked into ``(T, N, d)`` tensors and get their posteriors
-``q(θ | D_g) = q_{λ_K(D_g)}`` in one call: same mini-batch schedule and initial
-context for every task of the call, so each group's posterior is the one it gets
-alone (tested), at a fraction of the cost of a Python loop over groups. A model
-without a tasks plate falls back to one call per group.
+of tasks through the model's outer ``"tasks"`` plate, so groups are stacked into
+``(T, N, d)`` tensors and get their posteriors ``q(θ | D_g)`` in one call, at a
+fraction of the cost of a Python loop over groups:
+
+* by default (the guide's default answer) groups of unequal sizes share a call as a
+  padded batch (:meth:`~iai_prob.inference.IterativeAmortizedGuide.padded_posterior`):
+  each group is padded to the next of the sizes ``⌈1.25^k⌉`` (:func:`padded_size`, at
+  most 25 % padding), so groups of 5 to 500 rows take 22 padded sizes, and each
+  padded size is one traced (and, when met often, compiled) log joint instead of one
+  per row count;
+* with ``passes`` (learned mini-batch passes before the convergence phase) groups of
+  equal size ``N`` share a call, with the same mini-batch schedule.
+
+Either way each group's posterior is the one it gets alone (same initial context,
+same steps; tested). A model without a tasks plate falls back to one call per group.
 
 Group keys are the file's text (:meth:`~iai_prob.io.tables.Table.chunks` with
 ``text=``): ``"007"`` and ``"7"``, or ``"01"``, ``"1"`` and ``"1.0"``, are different
@@ -31,6 +40,7 @@ whole file. One dataset larger than memory streams with
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import warnings
@@ -49,7 +59,30 @@ from iai_prob.posterior_status import (
     warn_if_unreliable,
 )
 
-__all__ = ["GroupedData", "GroupedPosterior", "grouped_posteriors", "read_groups"]
+__all__ = [
+    "PADDING_GROWTH",
+    "GroupedData",
+    "GroupedPosterior",
+    "grouped_posteriors",
+    "padded_batches",
+    "padded_size",
+    "read_groups",
+    "size_batches",
+]
+
+PADDING_GROWTH = 1.25
+"""Padded sizes grow by this factor: a group of ``N`` rows is padded to the smallest
+``⌈PADDING_GROWTH^k⌉ ≥ N`` (:func:`padded_size`)."""
+
+
+def padded_size(num_rows: int) -> int:
+    """The padded size of a group of ``num_rows`` rows: the smallest ``⌈1.25^k⌉ ≥ num_rows``
+    (so at most a quarter of a padded batch is padding, and sizes from 5 to 500 rows
+    share 22 padded sizes)."""
+    power = 0
+    while math.ceil(PADDING_GROWTH**power) < num_rows:
+        power += 1
+    return math.ceil(PADDING_GROWTH**power)
 
 
 class GroupedData(NamedTuple):
@@ -73,10 +106,14 @@ class GroupedData(NamedTuple):
         rows = slice(int(self.starts[index]), int(self.starts[index] + self.sizes[index]))
         return self.x[rows], self.y[rows]
 
-    def stack(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` of equal-size groups ``indices`` stacked as ``(T, N, …)``."""
-        size = int(self.sizes[indices[0]])
-        rows = torch.as_tensor(self.starts[indices])[:, None] + torch.arange(size)
+    def stack(self, indices: np.ndarray, size: int | None = None):
+        """``(x, y)`` of groups ``indices`` stacked as ``(T, N, …)``: of equal sizes ``N``,
+        or padded to ``size`` rows by repeating each group's first row."""
+        lengths = torch.as_tensor(self.sizes[indices])
+        size = int(lengths[0]) if size is None else size
+        offsets = torch.arange(size)
+        offsets = torch.where(offsets < lengths[:, None], offsets, 0)
+        rows = torch.as_tensor(self.starts[indices])[:, None] + offsets
         return self.x[rows], self.y[rows]
 
 
@@ -182,6 +219,44 @@ def _scale_tril(posterior) -> torch.Tensor:
     return posterior.scale_tril
 
 
+def _answer(guide, *data, passes: int | None, sizes=None):
+    """The guide's answer for ``data``: its default one (of a padded batch when ``sizes``
+    are given) or, with ``passes``, :meth:`refine`'s."""
+    if passes is not None:
+        return guide.refine(*data, passes=passes)
+    if sizes is not None:
+        return guide.padded_posterior(*data, sizes=sizes)
+    return guide.posterior(*data)
+
+
+def padded_batches(guide, passes: int | None = None) -> bool:
+    """Whether groups of unequal sizes share padded batches: for the guide's default
+    answer (no learned ``passes``, a convergence phase; :func:`size_batches`)."""
+    return passes is None and guide.convergence is not None
+
+
+def size_batches(sizes: np.ndarray, max_tasks: int, padded: bool):
+    """Yield ``(indices, rows)``: batches of at most ``max_tasks`` groups, of one padded size
+    ``rows`` (:func:`padded_size`) when ``padded``, else of one size (``rows=None``)."""
+    keys = np.array([padded_size(int(n)) for n in sizes]) if padded else sizes
+    for key in np.unique(keys):
+        members = np.flatnonzero(keys == key)
+        for start in range(0, len(members), max_tasks):
+            yield members[start : start + max_tasks], int(key) if padded else None
+
+
+def _batched_answers(guide, data: GroupedData, max_tasks: int, passes: int | None):
+    """Yield ``(indices, posterior)`` for the batches of :func:`size_batches`: padded for
+    the default answer; of one size with ``passes`` (learned mini-batch steps share one
+    schedule) or without a convergence phase (whose answer is the learned steps')."""
+    for chunk, rows in size_batches(data.sizes, max_tasks, padded_batches(guide, passes)):
+        if rows is None:
+            yield chunk, _answer(guide, *data.stack(chunk), passes=passes)
+        else:
+            sizes = torch.as_tensor(data.sizes[chunk])
+            yield chunk, _answer(guide, *data.stack(chunk, rows), passes=None, sizes=sizes)
+
+
 def grouped_posteriors(
     guide,
     table: Table,
@@ -189,7 +264,7 @@ def grouped_posteriors(
     *,
     group: str,
     max_tasks: int = 256,
-    passes: int = 1,
+    passes: int | None = None,
     progress: bool = False,
 ) -> GroupedPosterior:
     """``q(θ | D_g)`` for every group ``g`` of ``table`` (see the module docstring).
@@ -199,8 +274,9 @@ def grouped_posteriors(
     :param columns: which columns are ``x`` and ``y`` (:class:`~iai_prob.io.columns.Columns`).
     :param str group: the column whose values name the datasets.
     :param int max_tasks: at most this many groups per call of the guide.
-    :param int passes: refinement passes over each group's rows (``guide.refine``); more
-        passes move each posterior closer to the ELBO optimum at proportional cost.
+    :param passes: ``None`` (default) for the guide's default answer, groups of all sizes
+        padded together; else learned refinement passes over each group's rows before
+        the convergence phase (``guide.refine``), groups of equal size together.
     :param bool progress: show a progress bar over groups.
     """
     if int(max_tasks) != max_tasks or max_tasks < 1:
@@ -219,22 +295,18 @@ def grouped_posteriors(
         # a call's warning would name its tasks by position; one warning below names keys
         warnings.simplefilter("ignore", PosteriorWarning)
         if batched:
-            for size in np.unique(data.sizes):
-                members = np.flatnonzero(data.sizes == size)
-                for start in range(0, len(members), max_tasks):
-                    chunk = members[start : start + max_tasks]
-                    posterior = guide.refine(*data.stack(chunk), passes=passes)
-                    for position, (index, loc, tril) in enumerate(
-                        zip(chunk, posterior.mean, _scale_tril(posterior), strict=True)
-                    ):
-                        locs[index], trils[index] = loc, tril
-                        statuses[index] = (
-                            None if posterior.status is None else posterior.status.task(position)
-                        )
-                    bar.update(len(chunk))
+            for chunk, posterior in _batched_answers(guide, data, max_tasks, passes):
+                for position, (index, loc, tril) in enumerate(
+                    zip(chunk, posterior.mean, _scale_tril(posterior), strict=True)
+                ):
+                    locs[index], trils[index] = loc, tril
+                    statuses[index] = (
+                        None if posterior.status is None else posterior.status.task(position)
+                    )
+                bar.update(len(chunk))
         else:
             for index in range(len(data.keys)):
-                posterior = guide.refine(*data.group(index), passes=passes)
+                posterior = _answer(guide, *data.group(index), passes=passes)
                 locs[index], trils[index] = posterior.mean, _scale_tril(posterior)
                 statuses[index] = posterior.status
                 bar.update(1)

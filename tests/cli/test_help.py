@@ -61,7 +61,7 @@ def test_passes_is_shared_by_infer_and_diagnose():
         diagnose.type,
         diagnose.help,
     )
-    assert infer.default == 1
+    assert infer.default is None  # iai infer --group: padded batches, no learned pass
 
 
 @pytest.mark.parametrize(

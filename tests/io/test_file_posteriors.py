@@ -129,3 +129,62 @@ def test_groups_not_converged_are_named_by_their_keys(tmp_path):
     with pytest.warns(PosteriorWarning, match="groups 'north', 'south', 'west' did not converge"):
         result = grouped_posteriors(guide, Table(tmp_path / "sites.csv"), columns, group="site")
     assert result.status.converged.shape == (3,) and not bool(result.status.converged.any())
+
+
+def _logistic_groups(tmp_path, sizes):
+    family = get_family("logistic_regression", dim=2)
+    frames = []
+    for index, size in enumerate(sizes):
+        _, x, y = family.sample(1, size, generator=torch.Generator().manual_seed(index))
+        frame = pd.DataFrame(x[0].numpy(), columns=["a", "b"])
+        frame["y"] = y[0].numpy()
+        frame["unit"] = f"u{index}"
+        frames.append(frame)
+    path = tmp_path / "ragged.csv"
+    pd.concat(frames, ignore_index=True).sample(frac=1.0, random_state=0).to_csv(path, index=False)
+    return family, path
+
+
+@pytest.mark.filterwarnings("ignore::iai_prob.inference.PosteriorWarning")
+def test_groups_of_unequal_sizes_share_padded_batches_and_keep_their_own_answers(tmp_path):
+    """Sizes 4 to 90 fall in 6 padded sizes; every group's posterior, its status, its
+    exported ``lp`` and its spread check are the ones it gets alone."""
+    from iai_prob.cli.assumptions import grouped_sd_pvalues
+    from iai_prob.io import inference_data
+    from iai_prob.io.grouped import padded_size, size_batches
+
+    sizes = [4, 5, 9, 11, 12, 30, 31, 33, 90]
+    family, path = _logistic_groups(tmp_path, sizes)
+    guide = IterativeAmortizedGuide(family)
+    columns = Columns.of(["a", "b"], "y", guide=guide)
+    result = grouped_posteriors(guide, Table(path), columns, group="unit", max_tasks=2)
+    batches = list(size_batches(result.sizes, 2, padded=True))
+    assert (
+        {rows for _, rows in batches} == {4, 5, 10, 12, 36, 109} == {padded_size(n) for n in sizes}
+    )
+    assert sum(len(members) for members, _ in batches) == len(sizes)
+    idata = inference_data(guide, result, num_samples=50)
+    pvalues = grouped_sd_pvalues(guide, result)["y"]
+    for index in range(len(sizes)):
+        x, y = result.data.group(index)
+        alone = guide.posterior(x, y)
+        assert torch.allclose(result.posterior.mean[index], alone.mean, atol=1e-4)
+        assert torch.allclose(
+            result.posterior.covariance_matrix[index], alone.covariance_matrix, atol=1e-5
+        )
+        assert result.status.passes[index] == alone.status.passes
+        # lp = log p(z_s, D_g) of the exported draws (w is unconstrained), over its rows alone
+        draws = torch.as_tensor(idata.posterior.w.isel(group=index).values[0])
+        task = guide.prepare(x[None], y[None])
+        lp = task.log_joint.per_particle(draws[:, None], task.data)[:, 0]
+        assert np.allclose(idata.sample_stats.lp.isel(group=index).values[0], lp, rtol=1e-5)
+    # the spread check ran on every group (its statistics over valid rows: test_model_fit)
+    assert pvalues.shape == (len(sizes),) and bool(((pvalues > 0) & (pvalues < 1)).all())
+
+
+def test_padded_sizes_hold_every_size_with_at_most_a_quarter_of_padding():
+    from iai_prob.io.grouped import padded_size
+
+    padded = [padded_size(n) for n in range(1, 20_000)]
+    assert all(n <= rows < 1.25 * n + 1 for n, rows in enumerate(padded, start=1))
+    assert padded == sorted(padded) and len(set(padded[4:500])) == 22
