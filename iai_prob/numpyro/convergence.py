@@ -269,7 +269,12 @@ def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: i
     time; ``f_D`` in the dtype of ``full``'s data (the draws and ``log q`` in ``loc``'s)."""
     TRACE_COUNTS["khat"] += 1
     posterior = family.distribution(loc, precision)
-    draws = posterior.sample(key, (num_draws,))
+
+    # each task's own draws from the same key: its k̂ is the one it gets alone, in any batch
+    def own_draws(task_loc, task_precision):
+        return family.distribution(task_loc, task_precision).sample(key, (num_draws,))
+
+    draws = jax.vmap(own_draws, out_axes=1)(loc, precision)
     log_q = posterior.log_prob(draws)
     num_groups = math.ceil(num_draws / per_group)
     padded = jnp.concatenate(
@@ -325,7 +330,15 @@ def _tasks(data: TaskData, index: slice) -> TaskData:
     """The tasks ``index`` of ``data`` (task-major storage)."""
     args, kwargs = data.task(index)
     return TaskData(
-        args, kwargs, data.features[index], data.mask, data.total_points, data.axes, data.batched
+        args,
+        kwargs,
+        data.features[index],
+        data.mask,
+        data.total_points,
+        data.axes,
+        data.batched,
+        None if data.task_mask is None else data.task_mask[index],
+        None if data.task_points is None else data.task_points[index],
     )
 
 

@@ -7,10 +7,12 @@ shapes as the PyTorch modules (``weight`` is ``(out, in)``, attention keeps torc
 * :class:`DeepSets` (Zaheer et al. 2017): ``e = ρ([mean_n φ(h_n), log N / log 1024])``;
 * :class:`SetTransformer` (Lee et al. 2019): ISAB × 2, PMA with one seed, an MLP head.
 
-Inputs are ``(T, n, F)`` features and a boolean ``mask`` ``(n,)`` of the valid points:
-padded points are left out of every mean and attention (keys masked to ``−∞``), so a
-padded mini-batch gives the embedding of the unpadded one, which keeps mini-batches of
-different sizes in one compiled ``lax.scan``.
+Inputs are ``(T, n, F)`` features and a boolean ``mask`` of the valid points, ``(n,)``
+for every task or ``(T, n)`` per task (datasets of unequal sizes in one padded batch),
+with the count ``N`` one number or one per task ``(T,)``: padded points are left out of
+every mean and attention (keys masked to ``−∞``), so a padded mini-batch gives the
+embedding of the unpadded one, which keeps mini-batches of different sizes in one
+compiled ``lax.scan``.
 """
 
 from __future__ import annotations
@@ -125,8 +127,8 @@ class MultiheadAttention(eqx.Module):
         k = split(keys @ w_k.T + b_k)
         v = split(keys @ w_v.T + b_v)
         logits = (q / math.sqrt(dim // heads)) @ k.swapaxes(-1, -2)
-        if mask is not None:
-            logits = jnp.where(mask, logits, -jnp.inf)
+        if mask is not None:  # (n,) or per task (T, n) against logits (T, heads, q, n)
+            logits = jnp.where(mask if mask.ndim == 1 else mask[:, None, None, :], logits, -jnp.inf)
         attended = jax.nn.softmax(logits, axis=-1) @ v
         attended = attended.swapaxes(-2, -3).reshape(*queries.shape[:-1], dim)
         return self.out_proj(attended)
@@ -171,8 +173,9 @@ class _InducedSetAttentionBlock(eqx.Module):
 
 
 def _count_feature(features, total_points):
+    """``log N / log 1024`` per task ``(T, 1)``; ``total_points`` is a count or ``(T,)``."""
     count = jnp.log(jnp.asarray(total_points, features.dtype)) / math.log(1024.0)
-    return jnp.broadcast_to(count, (features.shape[0], 1))
+    return jnp.broadcast_to(count.reshape(-1, 1), (features.shape[0], 1))
 
 
 class DeepSets(eqx.Module):
@@ -193,8 +196,8 @@ class DeepSets(eqx.Module):
         if mask is None:
             pooled = hidden.mean(-2)
         else:
-            weights = mask.astype(hidden.dtype)[:, None]
-            pooled = (hidden * weights).sum(-2) / weights.sum()
+            weights = mask.astype(hidden.dtype)[..., None]
+            pooled = (hidden * weights).sum(-2) / weights.sum(-2)
         return self.rho(jnp.concatenate([pooled, _count_feature(features, total_points)], -1))
 
 

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -410,6 +411,21 @@ class IterativeAmortizedGuide:
             return None
         return _seeded_context(num_points, context_size, self.config["seed"] + 1)
 
+    def padded_context_index(self, sizes) -> tuple[jax.Array, jax.Array]:
+        """Per task of a padded batch of datasets of ``sizes`` ``(T,)`` rows: the context
+        it gets alone (:meth:`context_index` of its ``N_t``, or its ``N_t`` points in
+        order), as ``(index, valid)`` ``(T, C)`` arrays for :meth:`run`."""
+        context_size = self.config["context_size"]
+        sizes = np.asarray(sizes, int)
+        width = min(context_size, int(sizes.max()))
+        index = np.zeros((len(sizes), width), np.int32)
+        valid = np.zeros((len(sizes), width), bool)
+        for task, size in enumerate(sizes.tolist()):
+            chosen = self.context_index(size)
+            chosen = np.arange(size) if chosen is None else np.asarray(chosen)
+            index[task, : len(chosen)], valid[task, : len(chosen)] = chosen, True
+        return jnp.asarray(index), jnp.asarray(valid)
+
     def run(
         self,
         params: dict,
@@ -430,8 +446,18 @@ class IterativeAmortizedGuide:
         num_points = task.data.size
         if schedule is None:
             schedule = self.schedule(num_points, num_steps, batch_size)
+        sizes = task.data.task_points
+        if sizes is not None and schedule.index.shape[0]:
+            raise ValueError(
+                "datasets of unequal sizes in one padded batch get the default answer (the "
+                "encoder's start and the convergence phase), not learned mini-batch steps: "
+                "refine them in batches of equal sizes"
+            )
         if context_index is None:
-            context_index = self.context_index(num_points)
+            padded = sizes is not None
+            context_index = (self.padded_context_index if padded else self.context_index)(
+                np.asarray(sizes) if padded else num_points
+            )
         key = None
         if self.config["linearization"] == "samples":
             key = jax.random.PRNGKey(self.config["seed"] + 3)
@@ -444,8 +470,12 @@ class IterativeAmortizedGuide:
         # (see iai_prob.numpyro.xla_guard); each chunk is a function of its own tasks alone
         parts = []
         for start in range(0, task.data.num_tasks, chunk):
-            args, kwargs = task.data.task(slice(start, start + chunk))
+            tasks = slice(start, start + chunk)
+            args, kwargs = task.data.task(tasks)
             part = self.prepare(*args, **kwargs)
+            if sizes is not None:  # the chunk's own padding and contexts
+                part = part._replace(data=part.data.padded(np.asarray(sizes[tasks])))
+                context_index = tuple(array[tasks] for array in self.padded_context_index(sizes))
             parts.append(
                 jax.block_until_ready(
                     _compiled_refine(
@@ -578,6 +608,21 @@ class IterativeAmortizedGuide:
         return self._posterior_and_layout(
             params, *args, schedule=schedule, context_index=context_index, **kwargs
         )[0]
+
+    def padded_posterior(self, params: dict, *args, sizes, **kwargs):
+        """``q(z | D_t)`` for ``T`` datasets of unequal sizes stacked as one batch of tasks:
+        the model's arguments hold ``(T, N, …)`` rows, of which task ``t``'s first
+        ``sizes[t]`` are its data and the rest padding (copies of a valid row, so that
+        every ``log p`` is finite; it weighs nothing). Each task's answer is the one
+        :meth:`posterior` gives it alone, and one compilation serves every batch of the
+        same ``(T, N)`` (the PyTorch guide's
+        :meth:`~iai_prob.inference.IterativeAmortizedGuide.padded_posterior`)."""
+        task = self.prepare(*args, **kwargs)
+        task = task._replace(data=task.data.padded(sizes))
+        state, status = self.solve(params, task)
+        distribution = self._flat_distribution(state, task.layout)
+        distribution.status = status
+        return distribution
 
     def _flat_distribution(self, state: RefinementState, layout: LatentLayout):
         batch_shape = () if layout.num_tasks is None else (layout.num_tasks,)

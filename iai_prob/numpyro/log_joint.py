@@ -112,10 +112,13 @@ class LogJoint:
         return jnp.sum(log_prob)
 
     def _vectorized(self, fn, z, data: TaskData):
-        """Apply ``fn(z_single, args, kwargs, mask, scale)`` over ``(S, T, D)`` particles."""
-        over_tasks = jax.vmap(fn, in_axes=(0, *data.in_axes(), None, None))
+        """Apply ``fn(z_single, args, kwargs, mask, scale)`` over ``(S, T, D)`` particles
+        (each task its own mask in a padded batch)."""
+        mask = data.point_mask
+        per_task = 0 if mask.ndim == 2 else None
+        over_tasks = jax.vmap(fn, in_axes=(0, *data.in_axes(), per_task, None))
         over_particles = jax.vmap(over_tasks, in_axes=(0, None, None, None, None))
-        return over_particles(z, data.args, data.kwargs, data.mask, data.likelihood_scale)
+        return over_particles(z, data.args, data.kwargs, mask, data.likelihood_scale)
 
     def per_particle(self, z, data: TaskData):
         """``f_B`` at particles ``z`` ``(S, T, D)``; returns ``(S, T)``."""

@@ -211,13 +211,13 @@ def check_state(state: RefinementState) -> RefinementState:
 def _embed(refiner: Refiner, data: TaskData, count):
     """The set encoder on ``data``'s features (through ``asinh`` when standardized)."""
     features = data.features if refiner.prior_loc is None else jnp.arcsinh(data.features)
-    return refiner.encoder(features, count, data.mask)
+    return refiner.encoder(features, count, data.point_mask)
 
 
 def init(refiner: Refiner, context: TaskData) -> RefinementState:
     """``λ_0`` from the context points (all of ``context``) and the count ``N``, read in
     prior units when standardized (:mod:`iai_prob.prior_standardization`)."""
-    embedding = _embed(refiner, context, context.total_points)
+    embedding = _embed(refiner, context, context.dataset_sizes)
     loc, precision = refiner.family.from_raw(refiner.init_head(embedding))
     if refiner.prior_loc is not None:
         prior_loc, scale = jax.lax.stop_gradient((refiner.prior_loc, refiner.prior_scale))
@@ -369,10 +369,17 @@ def refine(
 ):
     """``λ_K`` (or all of ``λ_1 … λ_K`` with ``trajectory=True``) by one ``lax.scan``.
 
-    ``context_index`` picks the points the one-shot encoder sees (all by default).
+    ``context_index`` picks the points the one-shot encoder sees (all by default): an
+    index ``(C,)``, or per task a pair ``(index, valid)`` of ``(T, C)`` arrays
+    (:meth:`~iai_prob.numpyro.task_data.TaskData.take_per_task`, a padded batch).
     Returns ``(λ_0, λ_K or stacked states, stacked RefinementInfo)``.
     """
-    context = data if context_index is None else data.subset(context_index)
+    if context_index is None:
+        context = data
+    elif isinstance(context_index, tuple):
+        context = data.take_per_task(*context_index)
+    else:
+        context = data.subset(context_index)
     state = init(refiner, context)
     keys = None
     if key is not None:

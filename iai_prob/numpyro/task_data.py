@@ -45,6 +45,13 @@ class TaskData(eqx.Module):
     :ivar total_points: size of the full dataset the points come from.
     :ivar axes: for each leaf of ``(args, kwargs)``: ``"point"``, ``"task"`` or ``None``.
     :ivar batched: whether the user passed a batch of tasks (a tasks plate).
+    :ivar task_mask: ``(T, N)`` booleans of a padded batch of datasets of unequal sizes
+        (:meth:`padded`), ``False`` on each task's padding; ``None``: every task's
+        points are all its own. Unlike ``mask``, its padding still counts in ``N/|B|``
+        (the padded rows weigh nothing, as in the PyTorch
+        :class:`~iai_prob.inference.task_data.TaskData`).
+    :ivar task_points: ``(T,)`` each task's own size ``N_t`` in a padded batch (the
+        encoders' count), or ``None``.
     """
 
     args: tuple
@@ -54,6 +61,8 @@ class TaskData(eqx.Module):
     total_points: jax.Array
     axes: tuple = eqx.field(static=True)
     batched: bool = eqx.field(static=True)
+    task_mask: jax.Array | None = None
+    task_points: jax.Array | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -74,6 +83,70 @@ class TaskData(eqx.Module):
         """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased."""
         return self.total_points / self.num_points
 
+    @property
+    def point_mask(self):
+        """The valid points: ``mask`` ``(N,)``, or per task ``(T, N)`` in a padded batch."""
+        if self.task_mask is None:
+            return self.mask
+        return self.mask[None, :] & self.task_mask
+
+    @property
+    def dataset_sizes(self):
+        """The count each task's encoder sees: ``N_t`` ``(T,)`` or ``N``."""
+        return self.total_points if self.task_points is None else self.task_points
+
+    def padded(self, sizes) -> TaskData:
+        """This batch of tasks, stacked to ``N`` rows, as datasets of ``sizes`` ``(T,)``
+        rows each: the rows of task ``t`` past ``sizes[t]`` are padding."""
+        sizes = np.asarray(sizes)
+        if not self.batched or sizes.shape != (self.num_tasks,):
+            tasks = self.num_tasks if self.batched else None
+            raise ValueError(
+                f"a padded batch needs one size per task ({tasks} tasks), got sizes of shape "
+                f"{sizes.shape}"
+            )
+        if (sizes < 1).any() or (sizes > self.size).any():
+            raise ValueError(
+                f"each dataset of a padded batch has 1 to {self.size} rows, got "
+                f"sizes {sizes.min()} to {sizes.max()}"
+            )
+        task_mask = jnp.arange(self.size) < jnp.asarray(sizes)[:, None]
+        points = jnp.asarray(sizes, self.features.dtype)
+        return TaskData(
+            self.args,
+            self.kwargs,
+            self.features,
+            self.mask,
+            self.total_points,
+            self.axes,
+            self.batched,
+            task_mask,
+            points,
+        )
+
+    def take_per_task(self, index, valid) -> TaskData:
+        """The points ``index`` ``(T, B)`` of each task, ``valid`` ``(T, B)`` where they are
+        its own (a padded batch's per-task context)."""
+
+        def take(leaf, axis):
+            if axis != "point":
+                return leaf
+            at = index.reshape(*index.shape, *(1,) * (jnp.ndim(leaf) - 2))
+            return jnp.take_along_axis(leaf, at, axis=1)
+
+        args, kwargs = self._map(take)
+        return TaskData(
+            args,
+            kwargs,
+            jnp.take_along_axis(self.features, index[..., None], axis=1),
+            jnp.ones(index.shape[1], bool),
+            self.total_points,
+            self.axes,
+            self.batched,
+            valid,
+            self.task_points,
+        )
+
     def _map(self, fn):
         leaves, treedef = jax.tree_util.tree_flatten((self.args, self.kwargs))
         leaves = [fn(leaf, axis) for leaf, axis in zip(leaves, self.axes, strict=True)]
@@ -93,6 +166,8 @@ class TaskData(eqx.Module):
             self.total_points,
             self.axes,
             self.batched,
+            None if self.task_mask is None else jnp.take(self.task_mask, index, axis=1),
+            self.task_points,
         )
 
     def in_axes(self):
