@@ -15,23 +15,14 @@ valid points alone give.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 from torch import nn
 
-__all__ = ["ENCODERS", "DeepSets", "SetTransformer", "get_encoder", "mlp"]
+from iai_prob.models.pyro_networks import mlp
 
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """A multilayer perceptron with GELU between the linear layers of ``sizes``."""
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.GELU())
-    return nn.Sequential(*layers)
+__all__ = ["ENCODERS", "DeepSets", "SetTransformer", "get_encoder"]
 
 
 def _count_feature(features: torch.Tensor, total_points) -> torch.Tensor:

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from iai_prob.inference.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from iai_prob.inference.encoders import _MultiheadAttentionBlock, mlp
+from iai_prob.inference.encoders import _MultiheadAttentionBlock
 from iai_prob.inference.refinement import minibatch_schedule
+from iai_prob.models.pyro_networks import mlp
 
 __all__ = ["PREDICTIVE_LIKELIHOODS", "ImplicitPredictor"]
 

@@ -33,8 +33,8 @@ import math
 import torch
 from torch import nn
 
-from iai_prob.inference.encoders import mlp
 from iai_prob.inference.posteriors import GaussianFamily
+from iai_prob.models.pyro_networks import mlp
 
 __all__ = ["LearnedSiteTarget", "NaturalGradientUpdate", "combine_natural", "step_context"]
 

@@ -32,8 +32,8 @@ from pyro.nn.module import to_pyro_module_
 from torch import nn
 from torch.distributions import constraints
 
-from iai_prob.inference.encoders import mlp
 from iai_prob.models.base import LatentSite, TaskFamily, check_positive_int
+from iai_prob.models.pyro_networks import mlp
 
 __all__ = ["Decoder", "ExplicitTaskFamily", "broadcast_concat"]
 

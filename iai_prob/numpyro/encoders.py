@@ -62,7 +62,8 @@ class Linear(eqx.Module):
 
 
 class MLP(eqx.Module):
-    """Linear layers with exact (erf) GELU between them, as ``encoders.mlp`` in torch."""
+    """Linear layers with exact (erf) GELU between them, as
+    :func:`iai_prob.models.pyro_networks.mlp` in torch."""
 
     layers: tuple[Linear, ...]
 

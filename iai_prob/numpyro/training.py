@@ -201,6 +201,18 @@ def _training_tensors(params, opt_state, best=None) -> dict:
     return tensors
 
 
+def _trained_only(optimizer: optax.GradientTransformation, arrays):
+    """``optimizer`` on the refiner's learned arrays only: a standardized refiner's prior
+    location and scale (``prior_loc``, ``prior_scale``; PyTorch keeps them as buffers,
+    outside its parameters) get no update at all, so that an optimizer that changes
+    parameters on its own (weight decay, ``optax.adamw``) cannot move them."""
+    if arrays.prior_loc is None:
+        return optimizer
+    learned = jax.tree_util.tree_map(lambda _: True, arrays)
+    learned = eqx.tree_at(lambda tree: (tree.prior_loc, tree.prior_scale), learned, (False, False))
+    return optax.masked(optimizer, learned)
+
+
 def _masked_data(guide, x, y, size, capacity):
     """The prepared data of ``capacity`` simulated points of which the first ``size``
     (traced) count: the others are masked out."""
@@ -345,8 +357,10 @@ def fit(
             params = guide.params_of(guide.build(*guide.dims))
         arrays = params[guide.param_name]
         custom_optimizer = optimizer is not None
-        optimizer = optimizer or optax.chain(
-            optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate)
+        optimizer = _trained_only(
+            optimizer
+            or optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate)),
+            arrays,
         )
         opt_state = optimizer.init(arrays)
         result = FitResult()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iai_prob.inference.encoders import DeepSets, SetTransformer, get_encoder, mlp
+from iai_prob.inference.encoders import DeepSets, SetTransformer, get_encoder
+from iai_prob.models.pyro_networks import mlp
 
 FEATURES = 3
 EMBED = 8

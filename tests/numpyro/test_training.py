@@ -152,3 +152,18 @@ def test_a_folder_in_use_or_holding_a_pytorch_run_is_refused(tmp_path):
     torch_fit(torch_guide, torch_family, steps=1, checkpoint_dir=tmp_path, **OPTIONS)
     with pytest.raises(RunMismatchError, match="holds a run with backend 'torch', not 'jax'"):
         fit(_guide(), family, steps=2, checkpoint_dir=tmp_path, **OPTIONS)
+
+
+def test_weight_decay_trains_the_weights_but_never_moves_the_prior_arrays():
+    import optax
+
+    guide = _guide()
+    family = LinearRegression(dim=2).on("numpyro")
+    decaying = optax.adamw(1e-2, weight_decay=1.0)
+    result = fit(guide, family, steps=2, optimizer=decaying, validation_tasks=0, **OPTIONS)
+    start = guide.params_of(guide.build(*guide.dims))[guide.param_name]
+    trained = result.params[guide.param_name]
+    assert trained.prior_loc is not None  # standardized, the default
+    np.testing.assert_array_equal(trained.prior_loc, start.prior_loc)
+    np.testing.assert_array_equal(trained.prior_scale, start.prior_scale)
+    assert not np.allclose(trained.init_head.weight, start.init_head.weight)
