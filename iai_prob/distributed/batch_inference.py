@@ -3,9 +3,10 @@
 A table of rows ``(group, x_1 … x_d, y)`` stored as partitioned Parquet holds one small
 dataset per group (per user, per sensor, per school). Each Dask partition is handled by
 :func:`summarize_groups`, which runs the amortized guide ``q_φ(θ | D_g)`` on every group
-``g`` of the partition: groups of equal size ``N`` are stacked into a task batch
-``(T, N, d)`` and go through the model's tasks plate in one refinement, so the cost is a
-few vectorized refinement steps per bucket rather than one call per group. For every
+``g`` of the partition in batches of tasks, as ``iai infer --group`` does
+(:func:`iai_prob.io.grouped.size_batches`: groups of any sizes padded together for the
+default answer, each group's answer the one it gets alone), so the cost is a few
+vectorized solver steps per batch rather than one call per group. For every
 scalar coordinate ``θ_j`` of every global site it writes the marginal posterior
 quantiles (``q05``, the median ``q50``, ``q95``) in the model's constrained space and
 the number of points.
@@ -100,7 +101,7 @@ def summarize_groups(
 
     :param frame: rows ``(group, *x_columns, y_column)``, each group complete.
     :param str checkpoint: the guide's checkpoint (path stem), for a task family.
-    :param int max_tasks: at most this many equal-size groups per batched guide call.
+    :param int max_tasks: at most this many groups per batched guide call.
     """
     missing = [c for c in (group, *x_columns, y_column) if c not in frame.columns]
     if missing:
@@ -114,28 +115,34 @@ def summarize_groups(
 
 def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device):
     """:func:`summarize_groups` once its columns are checked (under the process lock)."""
+    from iai_prob.io.grouped import GroupedData, padded_batches, size_batches
+
     guide = _cached_guide(str(checkpoint), str(device))
     dtype = torch.get_default_dtype()
-    order = frame[group].to_numpy()
-    codes, labels = pd.factorize(order, sort=True)
+    codes, labels = pd.factorize(frame[group].to_numpy(), sort=True)
     sort = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[sort], np.arange(len(labels)))
-    sizes = np.diff(np.append(starts, len(codes)))
-    x_all = torch.as_tensor(frame[list(x_columns)].to_numpy()[sort], dtype=dtype)
-    y_all = torch.as_tensor(frame[y_column].to_numpy()[sort], dtype=dtype)
-    layout = guide.prepare(x_all[:1].to(device), y_all[:1].to(device)).layout
+    data = GroupedData(
+        labels,
+        torch.as_tensor(frame[list(x_columns)].to_numpy()[sort], dtype=dtype),
+        torch.as_tensor(frame[y_column].to_numpy()[sort], dtype=dtype),
+        starts,
+        np.diff(np.append(starts, len(codes))),
+    )
+    layout = guide.prepare(data.x[:1].to(device), data.y[:1].to(device)).layout
     rows = [None] * len(labels)
-    for size in np.unique(sizes):
-        members = np.flatnonzero(sizes == size)
-        for chunk in np.array_split(members, int(np.ceil(len(members) / max_tasks))):
-            index = (starts[chunk][:, None] + np.arange(size)[None, :]).reshape(-1)
-            x = x_all[index].reshape(len(chunk), int(size), -1).to(device)
-            y = y_all[index].reshape(len(chunk), int(size)).to(device)
+    for chunk, padded in size_batches(data.sizes, max_tasks, padded_batches(guide)):
+        x, y = (part.to(device) for part in data.stack(chunk, padded))
+        if padded is None:
             values = guide.quantiles(list(quantiles), x, y)
-            for position, row in zip(chunk, _flatten(values, layout, len(chunk)), strict=True):
-                rows[position] = row
+        else:
+            sizes = torch.as_tensor(data.sizes[chunk], device=device)
+            posterior = guide.padded_posterior(x, y, sizes=sizes)
+            values = guide.quantiles_of(posterior, layout, list(quantiles))
+        for position, row in zip(chunk, _flatten(values, layout, len(chunk)), strict=True):
+            rows[position] = row
     summary = pd.DataFrame(np.stack(rows), columns=_columns_for(layout, quantiles))
-    summary.insert(0, "num_points", sizes.astype(np.int64))
+    summary.insert(0, "num_points", data.sizes.astype(np.int64))
     summary.insert(0, group, labels)
     return summary
 

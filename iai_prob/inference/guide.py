@@ -696,6 +696,17 @@ class IterativeAmortizedGuide(AutoGuide):
         levels = check_probabilities("quantiles", quantiles)
         check_positive_int("num_samples", num_samples)
         posterior, layout = self._posterior_and_layout(*args, **kwargs)
+        return self.quantiles_of(posterior, layout, levels, num_samples=num_samples)
+
+    @torch.no_grad()
+    @_serialized
+    def quantiles_of(
+        self, posterior, layout: LatentLayout, quantiles, *, num_samples: int = 4096
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`quantiles` of an answer already computed: ``posterior`` over the joint
+        unconstrained latents of ``layout`` (e.g. :meth:`padded_posterior`'s, batch
+        ``(T,)``)."""
+        levels = check_probabilities("quantiles", quantiles)
         scale = posterior.variance.sqrt()
         levels = torch.as_tensor(levels, dtype=scale.dtype, device=scale.device)
         normal_quantiles = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * scale.dim())
