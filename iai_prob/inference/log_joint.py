@@ -65,29 +65,34 @@ _PARTICLES = "_iai_particles"
 
 
 class _ScaleDataPlate(Messenger):
-    """Multiply the scale of every site inside the data plate by ``factor``: a number, or
-    per point ``(T, N)`` weights of a padded batch (placed at the tasks plate's dim
-    ``tasks_dim`` and the data plate's own dim)."""
+    """Multiply the scale of every site inside the data plate by ``factor``, and mask its
+    observed sites with a padded batch's ``mask`` ``(T, N)`` (placed at the tasks plate's
+    dim ``tasks_dim`` and the data plate's own): a padded point's ``log p(y_n | …)`` is 0,
+    and an enumerated discrete local, left unmasked, sums its normalized probabilities
+    to one there, adding nothing (as Pyro's ``TraceEnum_ELBO`` requires, the scale stays
+    one number)."""
 
-    def __init__(self, plate_name: str, factor, tasks_dim: int | None = None):
+    def __init__(self, plate_name: str, factor: float, mask=None, tasks_dim: int | None = None):
         super().__init__()
         self.plate_name = plate_name
         self.factor = factor
+        self.mask = mask
         self.tasks_dim = tasks_dim
 
     def _process_message(self, msg):
         frame = next((f for f in msg["cond_indep_stack"] if f.name == self.plate_name), None)
-        if frame is not None:
-            msg["scale"] = self._placed(frame.dim) * msg["scale"]
+        if frame is None:
+            return
+        msg["scale"] = self.factor * msg["scale"]
+        if self.mask is not None and msg["is_observed"]:
+            mask = self._placed(frame.dim)
+            msg["mask"] = mask if msg["mask"] is None else msg["mask"] & mask
 
-    def _placed(self, data_dim: int):
-        factor = self.factor
-        if not torch.is_tensor(factor) or factor.dim() < 2:
-            return factor
+    def _placed(self, data_dim: int) -> torch.Tensor:
         rank = max(-data_dim, -self.tasks_dim)
         shape = [1] * rank
-        shape[rank + self.tasks_dim], shape[rank + data_dim] = factor.shape
-        return factor.reshape(shape)
+        shape[rank + self.tasks_dim], shape[rank + data_dim] = self.mask.shape
+        return self.mask.reshape(shape)
 
 
 class LogJoint:
@@ -159,7 +164,7 @@ class LogJoint:
         if self.enumerate:
             return self._enumerated_per_particle(z, data)
         return self.eager_per_particle(
-            z, data.args, data.kwargs, data.likelihood_scale, self._particle_dim()
+            z, data.args, data.kwargs, data.likelihood_scale, self._particle_dim(), mask=data.mask
         )
 
     def eager_per_particle(
@@ -171,6 +176,7 @@ class LogJoint:
         particle_dim: int,
         *,
         validate: bool = True,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``f_B`` ``(S, T_flat)`` by running the model under Pyro on ``*args, **kwargs``,
         its data-plate sites scaled by ``likelihood_scale`` (a float or a 0-d tensor).
@@ -178,7 +184,9 @@ class LogJoint:
         ``validate=False`` skips Pyro's NaN/inf warnings of each site's ``log_prob``
         (tensor values that a traced graph cannot inspect).
         """
-        trace = self._trace(z, args, kwargs, likelihood_scale, particle_dim, validate=validate)
+        trace = self._trace(
+            z, args, kwargs, likelihood_scale, particle_dim, validate=validate, mask=mask
+        )
         total = self._log_jacobian(z)
         for site in trace.nodes.values():
             if site["type"] == "sample" and not site_is_subsample(site):
@@ -199,7 +207,14 @@ class LogJoint:
         Its ``fn`` has batch dims ``(S, [T,] N)``: the per-point predictive of each
         posterior draw (discrete local sites, if any, are sampled, not summed out).
         """
-        trace = self._trace(z, data.args, data.kwargs, data.likelihood_scale, self._particle_dim())
+        trace = self._trace(
+            z,
+            data.args,
+            data.kwargs,
+            data.likelihood_scale,
+            self._particle_dim(),
+            mask=data.mask,
+        )
         if name not in trace.nodes:
             raise ValueError(f"the model has no site named {name!r}")
         return trace.nodes[name]
@@ -222,11 +237,9 @@ class LogJoint:
     def _log_jacobian(self, z: torch.Tensor) -> torch.Tensor:
         return sum(log_jacobian for _, _, log_jacobian in self.layout.unpack(z))
 
-    def _conditioned(self, z: torch.Tensor, likelihood_scale, particle_dim: int):
+    def _conditioned(self, z: torch.Tensor, likelihood_scale, particle_dim: int, mask=None):
         model = poutine.condition(self.model, data=self._values(z, particle_dim))
-        if torch.is_tensor(likelihood_scale) and likelihood_scale.dim():  # per point
-            likelihood_scale = likelihood_scale.to(z.dtype)
-        scale = _ScaleDataPlate(self.data_plate, likelihood_scale, self.layout.tasks_dim)
+        scale = _ScaleDataPlate(self.data_plate, likelihood_scale, mask, self.layout.tasks_dim)
 
         def scaled_model(*args, **kwargs):
             with pyro.plate(_PARTICLES, z.shape[0], dim=particle_dim), scale:
@@ -234,8 +247,10 @@ class LogJoint:
 
         return scaled_model
 
-    def _trace(self, z, args, kwargs, likelihood_scale, particle_dim: int, validate=True):
-        model = self._conditioned(z, likelihood_scale, particle_dim)
+    def _trace(
+        self, z, args, kwargs, likelihood_scale, particle_dim: int, validate=True, mask=None
+    ):
+        model = self._conditioned(z, likelihood_scale, particle_dim, mask)
         # invalid parameters (e.g. a scale of exp(-200) = 0) give non-finite values that the
         # refinement's safeguard rejects, rather than an exception mid-step
         with (
@@ -260,7 +275,7 @@ class LogJoint:
         """
         particle_dim = self._particle_dim()
         model = EnumMessenger(first_available_dim=particle_dim - 1)(
-            self._conditioned(z, data.likelihood_scale, particle_dim)
+            self._conditioned(z, data.likelihood_scale, particle_dim, data.mask)
         )
         with (
             _vectorization_failures(z.shape[0]),

@@ -16,9 +16,9 @@ A user can override the featurization with ``featurize(*args, **kwargs) -> (T?, 
 Datasets of unequal sizes ``N_t`` go through as one padded batch
 (:meth:`TaskData.padded`): every task is stacked to the batch's ``N`` rows and a
 ``(T, N)`` ``mask`` marks its first ``N_t`` as valid. The padded rows stay in the
-model's arguments (copies of a valid row, so every ``log p`` is finite) but weigh
-nothing: the likelihood scale becomes per point, ``mask · N/|B|``, and the encoders
-leave them out of every mean and attention.
+model's arguments (copies of a valid row) but weigh nothing: the log joint masks them
+out of the observed sites (as ``poutine.mask`` does) and the encoders leave them out of
+every mean and attention.
 """
 
 from __future__ import annotations
@@ -95,14 +95,10 @@ class TaskData:
     task_points: torch.Tensor | None = None
 
     @property
-    def likelihood_scale(self):
-        """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased; for a
-        padded batch the per-point ``(T_flat, N)`` weights ``mask · N / |B|`` (the
-        padding weighs nothing)."""
-        scale = self.total_points / self.num_points
-        if self.mask is None:
-            return scale
-        return self.mask.to(self.features.dtype) * scale
+    def likelihood_scale(self) -> float:
+        """``N / |B|``: the factor that makes a mini-batch log-likelihood unbiased (a padded
+        batch counts its padding in both, and masks it out of the likelihood)."""
+        return self.total_points / self.num_points
 
     @property
     def dataset_sizes(self):

@@ -205,7 +205,7 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
                 while len(_seen) > 32 * MAX_TRACES:
                     _seen.popitem(last=False)
                 return None
-    scale = binding.scale(z.device, z.dtype)
+    scale = binding.scale(z.device)
     if entry is None:
         point = z if example is None else example()
         graph = _build(log_joint, point, scale, tensors, particle_dim, spec, statics)
@@ -244,16 +244,12 @@ class _Binding(NamedTuple):
     split: tuple
     scales: dict
 
-    def scale(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """``N/|B|`` as a float64 scalar tensor on ``device``, or a padded batch's per-point
-        weights (:attr:`~iai_prob.inference.task_data.TaskData.likelihood_scale`) in
-        ``dtype``, the latents' (a float64 tensor would promote the whole log joint)."""
-        scale = self.scales.get((device, dtype))
+    def scale(self, device: torch.device) -> torch.Tensor:
+        """``N/|B|`` as a float64 scalar tensor on ``device``."""
+        scale = self.scales.get(device)
         if scale is None:
-            value = self.data.likelihood_scale
-            per_point = torch.is_tensor(value) and value.dim() > 0
-            scale = self.scales[device, dtype] = torch.as_tensor(
-                value, dtype=dtype if per_point else torch.float64, device=device
+            scale = self.scales[device] = torch.tensor(
+                self.data.likelihood_scale, dtype=torch.float64, device=device
             )
         return scale
 
@@ -275,7 +271,10 @@ def _bound(log_joint, data, particle_dim: int) -> _Binding | None:
     split = _split_arguments(data.args, data.kwargs)
     if split is None:
         return None
-    spec, statics, _ = split
+    spec, statics, tensors = split
+    if data.mask is not None:  # a padded batch's mask: the graph's last tensor input
+        statics, tensors = [*statics, ("mask", _tensor_key(data.mask))], [*tensors, data.mask]
+        split = spec, statics, tensors
     model = log_joint.model
     owners = (getattr(model, "__func__", model), getattr(model, "__self__", None))
     key = (
@@ -285,7 +284,6 @@ def _bound(log_joint, data, particle_dim: int) -> _Binding | None:
         particle_dim,
         spec,
         tuple(statics),
-        _scale_shape(data.likelihood_scale),
     )
     binding = _Binding(log_joint, data, key, owners, split, {})
     with _lock:
@@ -301,11 +299,6 @@ _RETRY = object()  # the eager evaluation itself failed: raise from the eager pa
 
 def _tensor_key(tensor: torch.Tensor) -> tuple:
     return (tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
-
-
-def _scale_shape(scale) -> tuple:
-    """The shape of the likelihood scale: ``()`` for ``N/|B|``, ``(T, N)`` per point."""
-    return tuple(scale.shape) if torch.is_tensor(scale) else ()
 
 
 def _layout_key(layout) -> tuple:
@@ -338,16 +331,23 @@ def _split_arguments(args: tuple, kwargs: dict):
 
 def _pure(log_joint, particle_dim: int, spec, statics: list):
     """``g(z, scale, *tensors)``: the eager log joint with the arguments rebuilt from
-    ``tensors`` and the plain leaves of ``statics``."""
+    ``tensors`` and the plain leaves of ``statics`` (and, last, a padded batch's mask)."""
+    masked = bool(statics) and statics[-1][0] == "mask"
+    statics = statics[:-1] if masked else statics
     positions = [i for i, leaf in enumerate(statics) if leaf[0] == "tensor"]
     plain = [leaf[-1] if leaf[0] == "value" else None for leaf in statics]
 
     def g(z, scale, *tensors):
+        mask = None
+        if masked:
+            *tensors, mask = tensors
         leaves = list(plain)
         for position, tensor in zip(positions, tensors, strict=True):
             leaves[position] = tensor
         args, kwargs = tree_unflatten(leaves, spec)
-        return log_joint.eager_per_particle(z, args, kwargs, scale, particle_dim, validate=False)
+        return log_joint.eager_per_particle(
+            z, args, kwargs, scale, particle_dim, validate=False, mask=mask
+        )
 
     return g
 

@@ -51,6 +51,19 @@ def test_a_padded_batch_gives_each_dataset_its_own_posterior():
     _assert_each_is_its_own(guide, datasets, padded)
 
 
+@pytest.mark.filterwarnings("ignore::iai_prob.posterior_status.PosteriorWarning")
+def test_an_enumerated_mixture_padded_gives_each_dataset_its_own_posterior():
+    """Padding is masked out of the observed sites only: the enumerated assignment of a
+    padded point sums its normalized probabilities to one and adds nothing."""
+    guide = pretrained.load("gaussian_mixture")
+    datasets = []
+    for index, size in enumerate([7, 30, 64]):
+        _, x, y = guide.family.sample(1, size, generator=torch.Generator().manual_seed(index))
+        datasets.append((x[0], y[0]))
+    padded = guide.padded_posterior(*_padded(datasets), sizes=torch.tensor([7, 30, 64]))
+    _assert_each_is_its_own(guide, datasets, padded)
+
+
 def _user_model(x, y=None):
     """A Poisson regression written by a user: tasks outside, a data plate inside."""
     with pyro.plate("tasks", x.shape[0], dim=-2):
