@@ -5,7 +5,7 @@
 Writes a CSV of ``--groups`` datasets (8 to 64 rows each, each with its own weights,
 drawn from the family the shipped ``linear_regression`` guide was trained for), then
 computes every group's posterior through :func:`iai_prob.io.grouped_posteriors`
-(equal-size groups batched as tasks), checks them against the exact posteriors, and
+(groups padded together and batched as tasks), checks them against the exact posteriors, and
 times a plain Python loop over the first groups for comparison. The same from the
 shell: ``iai infer linear_regression FILE --x x0:x7 --y y --group unit --out post.nc``.
 """
