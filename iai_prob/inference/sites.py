@@ -28,118 +28,51 @@ from __future__ import annotations
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from iai_prob.latent_layout import LatentLayout, global_site
-from iai_prob.local_latents import check_local_latent
+from iai_prob import trace_sites
+from iai_prob.latent_layout import LatentLayout
 from iai_prob.prior_standardization import site_prior
+from iai_prob.trace_sites import SampleSite
 
-__all__ = ["check_local_latents", "discover_layout", "site_priors"]
-
-
-def _is_latent(site) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["is_observed"]
-        and not site["infer"].get("is_auxiliary", False)
-        and not site["infer"].get("_do_not_trace", False)
-    )
+__all__ = ["check_local_latents", "discover_layout", "sample_sites", "site_priors"]
 
 
-def _is_global(site, data_plate: str) -> bool:
-    return _is_latent(site) and all(frame.name != data_plate for frame in site["cond_indep_stack"])
+def sample_sites(trace) -> list[SampleSite]:
+    """The sample sites of a Pyro trace (plates' subsample sites left out) as
+    :class:`~iai_prob.trace_sites.SampleSite` records."""
+    return [
+        SampleSite(
+            name,
+            site["fn"],
+            tuple(site["cond_indep_stack"]),
+            site["is_observed"],
+            not site["is_observed"]
+            and not site["infer"].get("is_auxiliary", False)
+            and not site["infer"].get("_do_not_trace", False),
+            site["infer"].get("enumerate") == "parallel",
+            type(site["fn"]).__name__,
+        )
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    ]
 
 
 def check_local_latents(trace, data_plate: str = "data") -> None:
-    """Refuse a latent site inside the data plate unless the log joint sums it out.
-
-    A model with nothing observed in the data plate (observations not passed, as in
-    ``guide(x)``) is left to :func:`~iai_prob.inference.task_data.read_task_data`, which
-    says to pass them.
-
-    :raises ValueError: naming the site, for a continuous local latent (never inferred:
-        the guide covers the globals only) and for a discrete one that is not enumerated
-        in parallel or cannot be enumerated (its support is not finite).
-    """
-    if not any(
-        site["type"] == "sample"
-        and site["is_observed"]
-        and not site_is_subsample(site)
-        and any(frame.name == data_plate for frame in site["cond_indep_stack"])
-        for site in trace.nodes.values()
-    ):
-        return
-    for name, site in trace.nodes.items():
-        if not _is_latent(site) or _is_global(site, data_plate):
-            continue
-        fn = site["fn"]
-        try:
-            discrete = fn.support.is_discrete
-        except NotImplementedError:
-            discrete = False
-        check_local_latent(
-            name,
-            data_plate,
-            discrete=discrete,
-            enumerated=site["infer"].get("enumerate") == "parallel",
-            enumerable=discrete and fn.has_enumerate_support,
-            distribution=type(fn).__name__,
-            primitive="pyro.sample",
-        )
+    """:func:`iai_prob.trace_sites.check_local_latents` on a Pyro trace: a latent site
+    inside the data plate is refused by name unless the log joint sums it out."""
+    trace_sites.check_local_latents(sample_sites(trace), data_plate, "pyro.sample")
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks"):
-    """Find the global latent sites and task batch of a model from one of its traces.
-
-    :raises ValueError: if the data plate is absent, a global site is discrete, lies in a
-        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ, or a
-        local latent would not be inferred (:func:`check_local_latents`).
+    """Find the global latent sites and task batch of a model from one of its traces
+    (:func:`iai_prob.trace_sites.discover_layout`; a model without latents is told which
+    of its ``pyro.param`` sites would need a prior); raises what it raises.
     """
-    frames = {}
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            for frame in site["cond_indep_stack"]:
-                frames[frame.name] = frame
-    if data_plate not in frames:
-        raise ValueError(
-            f"the model has no plate named {data_plate!r}; found plates {sorted(frames)}. "
-            f"Put the observations inside pyro.plate({data_plate!r}, N) or pass data_plate=..."
-        )
-    max_plate_nesting = max(-frame.dim for frame in frames.values())
-    tasks_frame = frames.get(tasks_plate)
-    check_local_latents(trace, data_plate)
-
-    sites = []
-    for name, site in trace.nodes.items():
-        if not _is_global(site, data_plate):
-            continue
-        plates = [frame.name for frame in site["cond_indep_stack"]]
-        sites.append(
-            global_site(
-                name,
-                site["fn"],
-                plates,
-                data_plate=data_plate,
-                tasks_plate=tasks_plate,
-                backend="pyro",
-            )
-        )
-    if not sites:
-        params = [name for name, site in trace.nodes.items() if site["type"] == "param"]
-        hint = (
-            f": its pyro.param site(s) {params} are point estimates, not latents; give each a "
-            "prior with pyro.sample to infer it"
-            if params
-            else ""
-        )
-        raise ValueError(
-            f"the model has no latent site outside the data plate {data_plate!r}; "
-            f"there is nothing for an amortized guide to infer{hint}"
-        )
-    return LatentLayout(
-        sites=tuple(sites),
-        num_tasks=None if tasks_frame is None else tasks_frame.size,
-        tasks_dim=None if tasks_frame is None else tasks_frame.dim,
-        max_plate_nesting=max_plate_nesting,
+    return trace_sites.discover_layout(
+        sample_sites(trace),
+        data_plate=data_plate,
+        tasks_plate=tasks_plate,
+        backend="pyro",
+        params=[name for name, site in trace.nodes.items() if site["type"] == "param"],
     )
 
 

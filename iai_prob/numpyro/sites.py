@@ -16,107 +16,70 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from iai_prob.latent_layout import LatentLayout, global_site
-from iai_prob.local_latents import check_local_latent
+from iai_prob import trace_sites
+from iai_prob.latent_layout import LatentLayout
 from iai_prob.prior_standardization import site_prior
+from iai_prob.trace_sites import SampleSite
 
-__all__ = ["check_local_latents", "discover_layout", "plate_frames", "site_priors"]
+__all__ = [
+    "check_local_latents",
+    "discover_layout",
+    "plate_frames",
+    "sample_sites",
+    "site_priors",
+]
+
+
+def _named(fn) -> str:
+    """The distribution a message names: under the plate's ``ExpandedDistribution``."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def sample_sites(trace) -> list[SampleSite]:
+    """The sample sites of a NumPyro trace as :class:`~iai_prob.trace_sites.SampleSite`
+    records (the twin of :func:`iai_prob.inference.sites.sample_sites`)."""
+    return [
+        SampleSite(
+            site["name"],
+            site["fn"],
+            tuple(site["cond_indep_stack"]),
+            site["is_observed"],
+            not site["is_observed"] and not site["infer"].get("is_auxiliary", False),
+            site["infer"].get("enumerate") == "parallel",
+            _named(site["fn"]),
+        )
+        for site in trace.values()
+        if site["type"] == "sample"
+    ]
 
 
 def plate_frames(trace) -> dict:
     """``{plate name: frame}`` of every plate the sample sites of ``trace`` lie in."""
-    frames = {}
-    for site in trace.values():
-        if site["type"] == "sample":
-            for frame in site["cond_indep_stack"]:
-                frames[frame.name] = frame
-    return frames
-
-
-def _is_latent(site) -> bool:
-    return (
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and not site["infer"].get("is_auxiliary", False)
-    )
-
-
-def _is_global(site, data_plate: str) -> bool:
-    return _is_latent(site) and all(frame.name != data_plate for frame in site["cond_indep_stack"])
+    return trace_sites.plate_frames(sample_sites(trace))
 
 
 def check_local_latents(trace, data_plate: str = "data") -> None:
-    """Refuse a latent site inside the data plate unless the log joint sums it out (the
-    twin of :func:`iai_prob.inference.sites.check_local_latents`, same messages).
-
-    :raises ValueError: naming the site, for a continuous local latent and for a discrete
-        one that is not enumerated in parallel or has no finite support.
-    """
-    in_data = [
-        site
-        for site in trace.values()
-        if site["type"] == "sample"
-        and any(frame.name == data_plate for frame in site["cond_indep_stack"])
-    ]
-    if not any(site["is_observed"] for site in in_data):
-        return  # observations not passed: read_task_data says to pass them
-    for site in in_data:
-        if not _is_latent(site):
-            continue
-        fn = site["fn"]
-        while hasattr(fn, "base_dist"):  # the plate's ExpandedDistribution, to name it
-            fn = fn.base_dist
-        check_local_latent(
-            site["name"],
-            data_plate,
-            discrete=site["fn"].support.is_discrete,
-            enumerated=site["infer"].get("enumerate") == "parallel",
-            enumerable=site["fn"].has_enumerate_support,
-            distribution=type(fn).__name__,
-            primitive="numpyro.sample",
-        )
+    """:func:`iai_prob.trace_sites.check_local_latents` on a NumPyro trace (the messages
+    of :func:`iai_prob.inference.sites.check_local_latents`)."""
+    trace_sites.check_local_latents(sample_sites(trace), data_plate, "numpyro.sample")
 
 
 def discover_layout(trace, *, data_plate: str = "data", tasks_plate: str = "tasks", tasks=None):
-    """The global latent sites of a model from a trace of it on one task.
+    """The global latent sites of a model from a trace of it on one task
+    (:func:`iai_prob.trace_sites.discover_layout`).
 
-    ``tasks`` is ``(T, dim)`` of the tasks plate of the batched call, if any.
-
-    :raises ValueError: if the data plate is absent, a global site is discrete, lies in a
-        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ, or a
-        local latent would not be inferred (:func:`check_local_latents`).
+    ``tasks`` is ``(T, dim)`` of the tasks plate of the batched call, if any; raises what
+    :func:`iai_prob.trace_sites.discover_layout` raises.
     """
-    frames = plate_frames(trace)
-    if data_plate not in frames:
-        raise ValueError(
-            f"the model has no plate named {data_plate!r}; found plates {sorted(frames)}. "
-            f"Put the observations inside numpyro.plate({data_plate!r}, N) or pass "
-            "data_plate=..."
-        )
-    max_plate_nesting = max(-frame.dim for frame in frames.values())
-    check_local_latents(trace, data_plate)
-    sites = []
-    for name, site in trace.items():
-        if not _is_global(site, data_plate):
-            continue
-        plates = [frame.name for frame in site["cond_indep_stack"]]
-        sites.append(
-            global_site(
-                name,
-                site["fn"],
-                plates,
-                data_plate=data_plate,
-                tasks_plate=tasks_plate,
-                backend="numpyro",
-            )
-        )
-    if not sites:
-        raise ValueError(
-            f"the model has no latent site outside the data plate {data_plate!r}; "
-            "there is nothing for an amortized guide to infer"
-        )
-    num_tasks, tasks_dim = tasks if tasks is not None else (None, None)
-    return LatentLayout(tuple(sites), num_tasks, tasks_dim, max_plate_nesting)
+    return trace_sites.discover_layout(
+        sample_sites(trace),
+        data_plate=data_plate,
+        tasks_plate=tasks_plate,
+        backend="numpyro",
+        tasks=(None, None) if tasks is None else tasks,
+    )
 
 
 def site_priors(trace, layout: LatentLayout, num_draws: int, seed: int) -> dict:
