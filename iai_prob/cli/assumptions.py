@@ -349,13 +349,12 @@ def grouped_sd_pvalues(guide, result, *, seed: int = 0) -> dict[str, np.ndarray]
     (:func:`~iai_prob.io.grouped.size_batches`: padded together, or of one size)."""
     import torch
 
-    from iai_prob.io.grouped import padded_batches, size_batches
+    from iai_prob.io.grouped import size_batches
 
     data, posterior = result.data, result.posterior
     used = np.minimum(data.sizes, PPC_MAX_ROWS)
-    padded = padded_batches(guide) and result.batched
     pvalues: dict[str, np.ndarray] = {}
-    for members, rows in size_batches(used, len(used), padded):
+    for members, rows in size_batches(used, len(used), result.padded):
         width = int(used[members[0]]) if rows is None else rows
         per_call = max(1, _VALUES_PER_CALL // (PPC_DRAWS * width))
         for start in range(0, len(members), per_call):

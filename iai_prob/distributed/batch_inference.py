@@ -120,14 +120,11 @@ def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tas
     guide = _cached_guide(str(checkpoint), str(device))
     dtype = torch.get_default_dtype()
     codes, labels = pd.factorize(frame[group].to_numpy(), sort=True)
-    sort = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[sort], np.arange(len(labels)))
-    data = GroupedData(
+    data = GroupedData.of_rows(
         labels,
-        torch.as_tensor(frame[list(x_columns)].to_numpy()[sort], dtype=dtype),
-        torch.as_tensor(frame[y_column].to_numpy()[sort], dtype=dtype),
-        starts,
-        np.diff(np.append(starts, len(codes))),
+        codes,
+        torch.as_tensor(frame[list(x_columns)].to_numpy(), dtype=dtype),
+        torch.as_tensor(frame[y_column].to_numpy(), dtype=dtype),
     )
     layout = guide.prepare(data.x[:1].to(device), data.y[:1].to(device)).layout
     rows = [None] * len(labels)

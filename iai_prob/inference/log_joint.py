@@ -64,7 +64,7 @@ __all__ = ["BoundLogJoint", "LogJoint"]
 _PARTICLES = "_iai_particles"
 
 
-class _ScaleDataPlate(Messenger):
+class _ScaleAndMaskDataPlate(Messenger):
     """Multiply the scale of every site inside the data plate by ``factor``, and mask its
     observed sites with a padded batch's ``mask`` ``(T, N)`` (placed at the tasks plate's
     dim ``tasks_dim`` and the data plate's own): a padded point's ``log p(y_n | …)`` is 0,
@@ -239,7 +239,9 @@ class LogJoint:
 
     def _conditioned(self, z: torch.Tensor, likelihood_scale, particle_dim: int, mask=None):
         model = poutine.condition(self.model, data=self._values(z, particle_dim))
-        scale = _ScaleDataPlate(self.data_plate, likelihood_scale, mask, self.layout.tasks_dim)
+        scale = _ScaleAndMaskDataPlate(
+            self.data_plate, likelihood_scale, mask, self.layout.tasks_dim
+        )
 
         def scaled_model(*args, **kwargs):
             with pyro.plate(_PARTICLES, z.shape[0], dim=particle_dim), scale:

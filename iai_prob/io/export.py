@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from iai_prob.io.columns import Columns
-from iai_prob.io.grouped import GroupedPosterior, padded_batches, size_batches
+from iai_prob.io.grouped import GroupedPosterior, size_batches
 from iai_prob.io.streaming import StreamedPosterior
 from iai_prob.io.tables import Table
 
@@ -52,22 +52,14 @@ def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int, ma
     import xarray as xr
 
     from iai_prob.diagnostics import ApproximatePosterior, to_inference_data
-    from iai_prob.inference.guide import prepare_task
 
     data = result.data
     order, parts = [], {"posterior": [], "sample_stats": []}
-    padded = padded_batches(guide) and result.batched
-    for members, rows in size_batches(data.sizes, max_tasks, padded):
+    for members, rows in size_batches(data.sizes, max_tasks, result.padded):
         posterior = torch.distributions.MultivariateNormal(
             result.posterior.loc[members], scale_tril=result.posterior.scale_tril[members]
         )
-        task = prepare_task(
-            guide.model,
-            data.stack(members, rows),
-            {},
-            data_plate=guide.config["data_plate"],
-            tasks_plate=guide.config["tasks_plate"],
-        )
+        task = guide.prepare(*data.stack(members, rows))
         if rows is not None:
             task = task._replace(data=task.data.padded(torch.as_tensor(data.sizes[members])))
         idata = to_inference_data(

@@ -101,6 +101,15 @@ class GroupedData(NamedTuple):
     starts: np.ndarray
     sizes: np.ndarray
 
+    @classmethod
+    def of_rows(cls, keys: np.ndarray, inverse: np.ndarray, x, y) -> GroupedData:
+        """The rows ``x, y`` (first axis) of groups ``keys``, row ``r`` in group
+        ``keys[inverse[r]]``, sorted by group (stably: each group keeps its rows' order)."""
+        order = torch.as_tensor(np.argsort(inverse, kind="stable"))
+        sizes = np.bincount(inverse, minlength=len(keys))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        return cls(keys, x[order], y[order], starts, sizes)
+
     def group(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of group ``index``."""
         rows = slice(int(self.starts[index]), int(self.starts[index] + self.sizes[index]))
@@ -133,6 +142,8 @@ class GroupedPosterior(NamedTuple):
     :ivar status: converged, passes and ``k̂`` per group ``(G,)``
         (:class:`~iai_prob.posterior_status.PosteriorStatus`), or ``None`` when
         the guide's convergence phase is off.
+    :ivar padded: whether groups of unequal sizes shared padded batches
+        (:func:`size_batches`; the export and the spread check batch them alike).
     """
 
     keys: np.ndarray
@@ -144,6 +155,7 @@ class GroupedPosterior(NamedTuple):
     batched: bool
     data: GroupedData
     status: PosteriorStatus | None = None
+    padded: bool = False
 
     @property
     def groups_per_second(self) -> float:
@@ -189,10 +201,7 @@ def read_groups(table: Table, columns: Columns, group: str) -> GroupedData:
         ys.append(y)
         seen += len(frame)
     unique, inverse = _split_keys(np.concatenate(keys))
-    order = torch.as_tensor(np.argsort(inverse, kind="stable"))
-    sizes = np.bincount(inverse, minlength=len(unique))
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return GroupedData(unique, torch.cat(xs)[order], torch.cat(ys)[order], starts, sizes)
+    return GroupedData.of_rows(unique, inverse, torch.cat(xs), torch.cat(ys))
 
 
 def _supports_task_batch(guide, x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -219,13 +228,11 @@ def _scale_tril(posterior) -> torch.Tensor:
     return posterior.scale_tril
 
 
-def _answer(guide, *data, passes: int | None, sizes=None):
-    """The guide's answer for ``data``: its default one (of a padded batch when ``sizes``
-    are given) or, with ``passes``, :meth:`refine`'s."""
+def _answer(guide, *data, passes: int | None):
+    """The guide's answer for ``data``: its default one or, with ``passes``,
+    :meth:`refine`'s."""
     if passes is not None:
         return guide.refine(*data, passes=passes)
-    if sizes is not None:
-        return guide.padded_posterior(*data, sizes=sizes)
     return guide.posterior(*data)
 
 
@@ -245,16 +252,16 @@ def size_batches(sizes: np.ndarray, max_tasks: int, padded: bool):
             yield members[start : start + max_tasks], int(key) if padded else None
 
 
-def _batched_answers(guide, data: GroupedData, max_tasks: int, passes: int | None):
+def _batched_answers(guide, data: GroupedData, max_tasks: int, passes: int | None, padded):
     """Yield ``(indices, posterior)`` for the batches of :func:`size_batches`: padded for
     the default answer; of one size with ``passes`` (learned mini-batch steps share one
     schedule) or without a convergence phase (whose answer is the learned steps')."""
-    for chunk, rows in size_batches(data.sizes, max_tasks, padded_batches(guide, passes)):
+    for chunk, rows in size_batches(data.sizes, max_tasks, padded):
         if rows is None:
             yield chunk, _answer(guide, *data.stack(chunk), passes=passes)
         else:
             sizes = torch.as_tensor(data.sizes[chunk])
-            yield chunk, _answer(guide, *data.stack(chunk, rows), passes=None, sizes=sizes)
+            yield chunk, guide.padded_posterior(*data.stack(chunk, rows), sizes=sizes)
 
 
 def grouped_posteriors(
@@ -290,12 +297,13 @@ def grouped_posteriors(
     trils = [None] * len(data.keys)
     statuses = [None] * len(data.keys)
     batched = _supports_task_batch(guide, *data.stack(np.array([0, 0])))
+    padded = batched and padded_batches(guide, passes)
     bar = tqdm(total=len(data.keys), disable=not progress, desc="groups", unit="group")
     with warnings.catch_warnings():
         # a call's warning would name its tasks by position; one warning below names keys
         warnings.simplefilter("ignore", PosteriorWarning)
         if batched:
-            for chunk, posterior in _batched_answers(guide, data, max_tasks, passes):
+            for chunk, posterior in _batched_answers(guide, data, max_tasks, passes, padded):
                 for position, (index, loc, tril) in enumerate(
                     zip(chunk, posterior.mean, _scale_tril(posterior), strict=True)
                 ):
@@ -322,5 +330,14 @@ def grouped_posteriors(
         )
     seconds = time.perf_counter() - started
     return GroupedPosterior(
-        data.keys, data.sizes, posterior, layout, read_seconds, seconds, batched, data, status
+        data.keys,
+        data.sizes,
+        posterior,
+        layout,
+        read_seconds,
+        seconds,
+        batched,
+        data,
+        status,
+        padded,
     )

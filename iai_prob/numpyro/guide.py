@@ -473,13 +473,15 @@ class IterativeAmortizedGuide:
             tasks = slice(start, start + chunk)
             args, kwargs = task.data.task(tasks)
             part = self.prepare(*args, **kwargs)
-            if sizes is not None:  # the chunk's own padding and contexts
+            context = context_index
+            if sizes is not None:  # the chunk's own padding
                 part = part._replace(data=part.data.padded(np.asarray(sizes[tasks])))
-                context_index = tuple(array[tasks] for array in self.padded_context_index(sizes))
+            if isinstance(context_index, tuple):  # the chunk's own per-task contexts
+                context = tuple(array[tasks] for array in context_index)
             parts.append(
                 jax.block_until_ready(
                     _compiled_refine(
-                        refiner, part.data, schedule, part.log_joint, context_index, key, trajectory
+                        refiner, part.data, schedule, part.log_joint, context, key, trajectory
                     )
                 )
             )
