@@ -361,26 +361,17 @@ def khat_of(
 ) -> np.ndarray:
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` (``(T, D)``, ``(T, D, D)``) against
     the full data: ``log w_s = f_D(z_s) − log q(z_s)`` for ``num_draws`` draws
-    ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; every task's ``ε_s`` from a generator seeded
-    with ``seed``, so a task's ``k̂`` is the one it gets alone, in any batch),
+    ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; the same ``ε_s`` for every task, from a generator
+    seeded with ``seed``, so a task's ``k̂`` is the one it gets alone, in any batch),
     evaluated in groups of draws so that a group touches at most ``max_elements`` data
     points. ``log_p_dtype`` (with ``full`` in that dtype) evaluates ``f_D`` at the draws in
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
     evaluations, while the draws and ``log q`` keep the phase's float64 (an
     ill-conditioned precision needs it)."""
-    noise = torch.stack(  # each task's own draws: its k̂ does not depend on its batch
-        [
-            torch.randn(
-                num_draws,
-                loc.shape[-1],
-                dtype=loc.dtype,
-                device=loc.device,
-                generator=torch.Generator(device=loc.device).manual_seed(seed),
-            )
-            for _ in range(loc.shape[0])
-        ],
-        dim=1,
-    )
+    generator = torch.Generator(device=loc.device).manual_seed(seed)
+    noise = torch.randn(  # the same draws for every task: its k̂ does not depend on its batch
+        num_draws, 1, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
+    ).expand(num_draws, *loc.shape)
     draws = loc + (covariance_tril(precision) @ noise.unsqueeze(-1)).squeeze(-1)
     log_q = family.distribution(loc, precision).log_prob(draws)
     per_group = max(1, max_elements // max(1, full.num_points * draws.shape[1]))
