@@ -64,12 +64,13 @@ def test_quick_run_prints_the_table_with_a_floor_near_chance(script, tmp_path):
     text = out.read_text()
     (row,) = _rows(text, script.HEADERS)
     assert row["model"] == "diabetes_linear" and row["N"] == "442" and row["params"] == "5"
-    for column in ("guide C2ST", "Laplace C2ST", "C2ST after PSIS"):
-        assert 0.0 <= float(row[column]) <= 1.0, (column, row[column])
+    for column in ("guide C2ST", "Laplace C2ST", "C2ST after PSIS"):  # mean [min, max]
+        mean, low, high = (float(v) for v in row[column].strip("]").replace(",", "").split(" ["))
+        assert 0.0 <= low <= mean <= high <= 1.0, (column, row[column])
     # two NUTS chains of one posterior: a classifier cannot tell them apart
     assert 0.4 <= float(row["NUTS floor C2ST"]) <= 0.62, row["NUTS floor C2ST"]
     # the Laplace approximation of a 442-point linear regression is close to exact
-    assert float(row["Laplace C2ST"]) <= 0.65, row["Laplace C2ST"]
+    assert float(row["Laplace C2ST"].split(" [")[0]) <= 0.65, row["Laplace C2ST"]
     low, high = (float(v) for v in row["sd ratio"].split("–"))
     assert 0 < low <= high
     assert row[f"C2ST ≤ {script.C2ST_TARGET}"] in ("PASS", "MISS")
@@ -94,10 +95,10 @@ def _result(harness, c2st: float, passes, converged) -> object:
         name="g",
         num_points=20,
         num_params=4,
-        c2st_guide=c2st,
+        c2st_guide=[c2st],
         c2st_floor=[0.5, 0.52],
-        c2st_laplace=0.6,
-        c2st_resampled=0.5,
+        c2st_laplace=[0.6],
+        c2st_resampled=[0.5],
         mean_error=0.1,
         sd_ratio=(0.9, 1.1),
         khat=0.3,
@@ -141,6 +142,26 @@ def test_a_grouped_row_gives_median_and_range_and_dashes_for_an_unreported_statu
     )
     assert cells["converged"] == "1/2" and cells["passes"] == "21 [2, 40]"
     assert cells[f"C2ST ≤ {script.C2ST_TARGET}"] == "MISS"
+
+
+def test_one_dataset_is_scored_by_its_mean_over_the_reference_chains(script):
+    """One reference chain moves a C2ST by about 0.02: the cell gives the mean and range
+    over the chains, and the verdict reads the mean."""
+    from real_models import harness
+    from real_models.models import MODELS
+
+    def cells(scores):
+        result = _result(harness, 0.5, 1.0, True)
+        result.c2st_guide = scores
+        model = harness.ModelResult(MODELS["engel_loglinear"], [result])
+        return dict(zip(script.HEADERS, script.row(model), strict=True))
+
+    verdict = f"C2ST ≤ {script.C2ST_TARGET}"
+    passed = cells([0.53, 0.57, 0.52, 0.54])
+    assert passed["guide C2ST"] == "0.54 [0.52, 0.57]" and passed[verdict] == "PASS"
+    missed = cells([0.55, 0.57, 0.56, 0.54])
+    assert missed["guide C2ST"] == "0.56 [0.54, 0.57]" and missed[verdict] == "MISS"
+    assert passed["NUTS floor C2ST"] == "0.51 [0.50, 0.52]"
 
 
 def test_a_grouped_model_is_timed_one_group_at_a_time_and_in_one_call(script):
