@@ -68,8 +68,6 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from iai_prob.inference.posteriors import GaussianFamily
-
 __all__ = [
     "COMPILE_AFTER",
     "ENV_VAR",
@@ -129,38 +127,40 @@ class CompiledLogJoint:
     ``graph`` replays the eager computation exactly (training differentiates it);
     ``fast`` is its copy with the work per point moved out of the particle broadcast
     (:func:`~iai_prob.inference.traced_log_joint._rewritten`), which inference replays
-    and compiles."""
+    and compiles, and ``split`` the ``(prelude, body)`` of ``fast``
+    (:func:`~iai_prob.inference.traced_log_joint.split_per_dataset_work`): inference runs
+    the prelude once per dataset and replays or compiles the body on its results."""
 
     def __init__(
         self,
         graph: torch.fx.GraphModule,
         fast: torch.fx.GraphModule | None = None,
         num_particles: int | None = None,
+        split: tuple[torch.fx.GraphModule, torch.fx.GraphModule] | None = None,
     ):
         self.graph = graph
         self.fast = graph if fast is None else fast
+        self.prelude, self.body = (None, self.fast) if split is None else split
         self.num_particles = num_particles
         self.calls = 0
         self._kernels: dict[object, object] = {}
         self._lock = threading.Lock()
+        self._last_dataset: tuple = ((), ())
 
     def value(self, z: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         """``g(z, …)``; differentiable through the replay when gradients are enabled."""
         if torch.is_grad_enabled():
             return self.graph(z, *inputs)
-        kernel = self._kernel("value", lambda: self.fast, (z, *inputs))
-        return (self.fast if kernel is None else kernel)(z, *inputs)
+        return self._body_value(z, *self._with_prelude(inputs))
 
     def value_and_grad(
         self, z: torch.Tensor, *inputs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, ∇_z Σ g)`` at ``z``, detached."""
         z = z.detach()
-        graph = self.graph if torch.is_grad_enabled() else self.fast
-        kernel = self._kernel("value_and_grad", lambda: _value_and_grad_of(graph), (z, *inputs))
-        if kernel is not None:
-            return kernel(z, *inputs)
-        return replayed_value_and_grad(graph, z, inputs)
+        if torch.is_grad_enabled():
+            return replayed_value_and_grad(self.graph, z, inputs)
+        return self._body_value_and_grad(z, *self._with_prelude(inputs))
 
     def solve(self, function, state: tuple, inputs: tuple, options: tuple = ()):
         """``function(log_joint, *state, *options, traceable=…)``, a solver step (a pytree
@@ -170,21 +170,50 @@ class CompiledLogJoint:
         ``options`` are the step's constants (numbers, a Gaussian family), part of the
         kernel's key. The step must be free of Python branches on values when
         ``traceable`` is true (it is then recorded by ``make_fx``)."""
-        kind = (function, *(_constant_key(option) for option in options))
+        if torch.is_grad_enabled():
+            bound = _Bound(self.value, self.value_and_grad, inputs, self.num_particles)
+            return function(bound, *state, *options, traceable=False)
+        inputs = self._with_prelude(inputs)
+        kind = (function, *options)  # a family is equal to another by value
         # a solver step's outputs pass through linear solves, whose conditioning amplifies
         # rounding (a Newton step in raw units): checked within eps^(1/3), not √eps
         kernel = self._kernel(
             kind,
-            lambda: _step_of(self.fast, self.num_particles, function, len(state), options),
+            lambda: _step_of(self.body, self.num_particles, function, len(state), options),
             (*state, *inputs),
             exponent=1 / 3,
         )
         if kernel is not None:
             return kernel(*state, *inputs)
-        bound = _Bound(self.value, self.value_and_grad, inputs, self.num_particles)
+        bound = _Bound(self._body_value, self._body_value_and_grad, inputs, self.num_particles)
         return function(bound, *state, *options, traceable=False)
 
     # ----------------------------------------------------------------- helpers
+    def _with_prelude(self, inputs: tuple) -> tuple:
+        """``inputs`` followed by the prelude's results on them, computed once per dataset:
+        the last inputs' are kept, recognised by identity and version (an in-place change
+        of a data tensor computes them anew)."""
+        if self.prelude is None:
+            return inputs
+        key = tuple((id(tensor), tensor._version) for tensor in inputs)
+        last_key, extended = self._last_dataset
+        if key != last_key:
+            extended = (*inputs, *self.prelude(*inputs))
+            self._last_dataset = (key, extended)  # holds the inputs: their ids stay theirs
+        return extended
+
+    def _body_value(self, z: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """The body's value at ``z`` with the prelude's results in ``inputs``."""
+        kernel = self._kernel("value", lambda: self.body, (z, *inputs))
+        return (self.body if kernel is None else kernel)(z, *inputs)
+
+    def _body_value_and_grad(self, z: torch.Tensor, *inputs: torch.Tensor):
+        """The body's value and gradient at ``z`` with the prelude's results in ``inputs``."""
+        kernel = self._kernel("value_and_grad", lambda: _value_and_grad_of(self.body), (z, *inputs))
+        if kernel is not None:
+            return kernel(z, *inputs)
+        return replayed_value_and_grad(self.body, z, inputs)
+
     def _kernel(self, kind, make_function, args: tuple, exponent: float = 0.5):
         """The compiled kernel of ``kind`` (``make_function()`` traced at ``args``, checked
         within ``eps^exponent``; built only to compile), compiling it at the threshold;
@@ -235,13 +264,6 @@ class _Bound:
             z = torch.cat([z, z[:1].expand(padding, *z.shape[1:])])
         values = [self._value(group, *self.inputs) for group in z.split(size)]
         return torch.cat(values)[:count]
-
-
-def _constant_key(option):
-    """A solver step's constant as part of a kernel's key (a family by its configuration)."""
-    if isinstance(option, GaussianFamily):
-        return ("family", option.name, repr(option.config()))
-    return option
 
 
 def compile_checked(what: str, kind, function, args: tuple, exponent: float = 0.5):

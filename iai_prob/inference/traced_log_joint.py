@@ -211,7 +211,12 @@ def _evaluate(log_joint, z, data, particle_dim, evaluation, example=None):
         graph = _build(log_joint, point, scale, tensors, particle_dim, spec, statics)
         if graph is _RETRY:
             return None
-        evaluator = None if graph is None else CompiledLogJoint(*graph, num_particles=z.shape[0])
+        evaluator = None
+        if graph is not None:
+            traced, fast = graph
+            evaluator = CompiledLogJoint(
+                traced, fast, num_particles=z.shape[0], split=split_per_dataset_work(fast)
+            )
         entry = _Entry(evaluator, owners)
         with _lock:
             _cache[key] = entry
@@ -595,6 +600,74 @@ def _contract_products(graph: torch.fx.GraphModule) -> int:
         graph.graph.erase_node(node)
         contracted_count += 1
     return contracted_count
+
+
+def split_per_dataset_work(
+    graph: torch.fx.GraphModule,
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule] | None:
+    """``g(z, s, a…)`` split into ``prelude(s, a…) → (d…)``, the work that reads the data
+    alone, and ``body(z, s, a…, d…) = g(z, s, a…)``; ``None`` where there is none.
+
+    :func:`_hoist_out_of_expands` already computes a count model's ``lgamma(y + 1)`` on
+    the data's shape, but a compiler fuses that small operation back into its consumer,
+    the particle broadcast, and evaluates it once per particle and point: TorchInductor
+    turned the hoisted graph of anes96's ``k̂`` (1,000 draws, ``N = 944``) into a loop
+    with a million scalar ``lgamma`` calls, slower compiled than replayed. Given to the
+    compiled ``body`` as inputs, the prelude's results cannot be fused back, and they are
+    computed once per dataset (:class:`~iai_prob.inference.compiled_log_joint.CompiledLogJoint`
+    keeps the last dataset's). Views (an ``expand`` of ``y``) stay in the body: they cost
+    nothing and keep the body's inputs dense.
+    """
+    placeholders = [node for node in graph.graph.nodes if node.op == "placeholder"]
+    fixed = set(placeholders[1:])  # everything but z: nodes whose value the data decides
+    for node in graph.graph.nodes:
+        if node.op == "get_attr" or (
+            node.op == "call_function"
+            and not node.is_impure()
+            and node.all_input_nodes
+            and all(parent in fixed for parent in node.all_input_nodes)
+        ):
+            fixed.add(node)
+
+    def feeds_body(node: torch.fx.Node) -> bool:
+        return any(
+            user not in fixed or (_is_view(user) and feeds_body(user)) for user in node.users
+        )
+
+    derived = [
+        node
+        for node in graph.graph.nodes
+        if node in fixed and node.op == "call_function" and not _is_view(node) and feeds_body(node)
+    ]
+    if not derived:
+        return None
+    prelude_graph, copies = torch.fx.Graph(), {}
+    for node in graph.graph.nodes:
+        if node in fixed:
+            copies[node] = prelude_graph.node_copy(node, copies.__getitem__)
+    prelude_graph.output(tuple(copies[node] for node in derived))
+    prelude = torch.fx.GraphModule(graph, prelude_graph)
+    prelude.graph.eliminate_dead_code()
+    prelude.recompile()
+    body = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
+    by_name = {node.name: node for node in body.graph.nodes}
+    anchor = by_name[placeholders[-1].name]
+    for index, node in enumerate(derived):  # new inputs after the last, in order
+        with body.graph.inserting_after(anchor):
+            anchor = body.graph.placeholder(f"per_dataset_{index}")
+        by_name[node.name].replace_all_uses_with(anchor)
+    body.graph.eliminate_dead_code()
+    body.recompile()
+    return prelude, body
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is an ATen view (its result aliases an input: ``expand``,
+    ``view``, ``slice``…)."""
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and any(
+        result.alias_info is not None for result in target._schema.returns
+    )
 
 
 def _varies(node: torch.fx.Node, varying: set) -> bool:

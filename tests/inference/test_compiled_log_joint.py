@@ -14,7 +14,7 @@ from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.traced_log_joint import clear_cache
 from iai_prob.models import FAMILIES, get_family
 
-from .test_traced_log_joint import ROWS, _eager, _family, _user_data, user_model
+from .test_traced_log_joint import ROWS, _count_model, _eager, _family, _user_data, user_model
 
 EVERY_FAMILY = [  # heavy: 10-25 s of compiling each on a cold TorchInductor cache
     pytest.param(name, marks=pytest.mark.heavy)
@@ -151,3 +151,31 @@ def test_a_precompiled_posterior_is_the_replayed_one(monkeypatch):
     }
     # the phase reads gradients only inside its solver steps
     assert compiled_kinds == {"value", "newton_step", "cvi_step"}
+
+
+def test_the_data_alone_is_read_once_per_dataset_and_never_per_particle(read_task):
+    """A count model's ``lgamma(y + 1)`` runs in the prelude on the data's shape, and the
+    body (replayed or compiled) takes it as an input, so a compiler cannot fuse it back
+    into the particle broadcast; an in-place change of the data computes it anew."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(30, 3, generator=generator)
+    y = torch.poisson(torch.full((30,), 2.0), generator=generator)
+    layout, data, log_joint = read_task(_count_model, x, y)
+    z = 0.3 * torch.randn(40, 1, layout.latent_dim, generator=generator)
+    with torch.no_grad(), compiling_now():
+        log_joint.per_particle(z, data)
+    (entry,) = traced_log_joint._cache.values()
+    evaluator = entry.evaluator
+    lgamma = torch.ops.aten.lgamma.default
+    assert any(n.target is lgamma for n in evaluator.prelude.graph.nodes)
+    assert not any(n.target is lgamma for n in evaluator.body.graph.nodes)
+    values = []
+    for _ in range(2):  # the second time with the counts changed in place
+        expected = _eager(log_joint).per_particle(z, data)
+        values.append(expected)
+        with torch.no_grad():
+            torch.testing.assert_close(log_joint.per_particle(z, data), expected)
+            value, _ = log_joint.value_and_grad(z, data)
+        torch.testing.assert_close(value, expected)
+        y.add_(1.0)
+    assert not torch.allclose(*values)  # the data the log joint reads did change
