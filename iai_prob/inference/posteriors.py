@@ -9,11 +9,13 @@ which structure ``Λ`` keeps:
 * ``"low_rank"``: ``Λ = diag(λ) + U Uᵀ`` with ``U ∈ ℝ^{D×r}``;
 * ``"full_rank"``: any symmetric positive-definite ``Λ``.
 
-Every family maps raw network outputs to a state (:meth:`GaussianFamily.from_raw`),
-projects an arbitrary positive-definite target onto its structure
-(:meth:`GaussianFamily.project`; for the diagonal family this keeps ``Λᵢᵢ``, which
-makes the mean-field optimum the fixed point of the refinement), and builds the torch
-distribution (:meth:`GaussianFamily.distribution`).
+A family's name, options, configuration and raw length are written once for both
+backends (:mod:`iai_prob.posterior_families`). Here every family maps raw network
+outputs to a state (:meth:`GaussianFamily.from_raw`), projects an arbitrary
+positive-definite target onto its structure (:meth:`GaussianFamily.project`; for the
+diagonal family this keeps ``Λᵢᵢ``, which makes the mean-field optimum the fixed point
+of the refinement), and builds the torch distribution
+(:meth:`GaussianFamily.distribution`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ import math
 
 import torch
 from pyro import distributions as dist
+
+from iai_prob.posterior_families import (
+    LOG_PRECISION_RANGE,
+    DiagonalStructure,
+    FamilyStructure,
+    FullRankStructure,
+    LowRankStructure,
+    family_class,
+)
 
 __all__ = [
     "POSTERIOR_FAMILIES",
@@ -38,28 +49,13 @@ __all__ = [
     "symmetrize",
 ]
 
-# log-precisions produced by networks are clamped to this range (precision 1e-6 … 1e8).
-_LOG_PRECISION_RANGE = (-13.8, 18.4)
-
 
 def _diag_embed_exp(raw: torch.Tensor) -> torch.Tensor:
-    return torch.diag_embed(raw.clamp(*_LOG_PRECISION_RANGE).exp())
+    return torch.diag_embed(raw.clamp(*LOG_PRECISION_RANGE).exp())
 
 
-class GaussianFamily:
+class GaussianFamily(FamilyStructure):
     """Structure of the precision matrix of a Gaussian posterior (see module docstring)."""
-
-    name: str = ""
-
-    def __init__(self, latent_dim: int):
-        self.latent_dim = latent_dim
-
-    def config(self) -> dict:
-        return {"family": self.name}
-
-    def num_raw(self) -> int:
-        """How many raw numbers define ``(μ, Λ)``."""
-        raise NotImplementedError
 
     def from_raw(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``(..., num_raw)`` network outputs to ``(μ, Λ)``; zeros give ``N(0, I)``."""
@@ -74,13 +70,8 @@ class GaussianFamily:
         return dist.MultivariateNormal(loc, precision_matrix=precision)
 
 
-class DiagonalGaussian(GaussianFamily):
+class DiagonalGaussian(DiagonalStructure, GaussianFamily):
     """Mean-field Gaussian ``N(μ, diag(λ)⁻¹)``."""
-
-    name = "diagonal"
-
-    def num_raw(self) -> int:
-        return 2 * self.latent_dim
 
     def from_raw(self, raw):
         loc, log_precision = raw.split(self.latent_dim, dim=-1)
@@ -94,22 +85,8 @@ class DiagonalGaussian(GaussianFamily):
         return dist.Normal(loc, scale).to_event(1)
 
 
-class LowRankGaussian(GaussianFamily):
+class LowRankGaussian(LowRankStructure, GaussianFamily):
     """``N(μ, (diag(λ) + U Uᵀ)⁻¹)`` with ``U`` of rank ``rank``."""
-
-    name = "low_rank"
-
-    def __init__(self, latent_dim: int, rank: int = 2):
-        super().__init__(latent_dim)
-        if rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
-        self.rank = min(rank, latent_dim)
-
-    def config(self) -> dict:
-        return {"family": self.name, "rank": self.rank}
-
-    def num_raw(self) -> int:
-        return 2 * self.latent_dim + self.latent_dim * self.rank
 
     def from_raw(self, raw):
         d = self.latent_dim
@@ -131,14 +108,8 @@ class LowRankGaussian(GaussianFamily):
         return torch.diag_embed(residual.clamp_min(1e-6)) + low_rank
 
 
-class FullRankGaussian(GaussianFamily):
+class FullRankGaussian(FullRankStructure, GaussianFamily):
     """``N(μ, Λ⁻¹)`` with ``Λ = L Lᵀ`` for a lower-triangular ``L``."""
-
-    name = "full_rank"
-
-    def num_raw(self) -> int:
-        d = self.latent_dim
-        return d + d * (d + 1) // 2
 
     def from_raw(self, raw):
         d = self.latent_dim
@@ -150,7 +121,7 @@ class FullRankGaussian(GaussianFamily):
         tril = (
             tril
             - torch.diag_embed(diagonal)
-            + torch.diag_embed((0.5 * diagonal).clamp(*_LOG_PRECISION_RANGE).exp())
+            + torch.diag_embed((0.5 * diagonal).clamp(*LOG_PRECISION_RANGE).exp())
         )
         return loc, tril @ tril.mT
 
@@ -163,11 +134,7 @@ POSTERIOR_FAMILIES = {
 
 def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:
     """Build the posterior family ``name`` for a ``latent_dim``-dimensional latent."""
-    if name not in POSTERIOR_FAMILIES:
-        raise ValueError(
-            f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}"
-        )
-    return POSTERIOR_FAMILIES[name](latent_dim, **options)
+    return family_class(POSTERIOR_FAMILIES, name)(latent_dim, **options)
 
 
 def covariance_tril(precision: torch.Tensor) -> torch.Tensor:

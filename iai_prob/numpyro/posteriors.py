@@ -8,9 +8,11 @@ fixes the structure of ``Λ``:
 * ``"low_rank"``: ``Λ = diag(λ) + U Uᵀ`` with ``U ∈ ℝ^{D×r}``;
 * ``"full_rank"``: any symmetric positive-definite ``Λ = L Lᵀ``.
 
-``from_raw`` maps network outputs to ``(μ, Λ)`` exactly as the PyTorch side does (the
-raw layout is part of the shared checkpoint format), ``project`` maps a positive-definite
-target onto the structure and ``distribution`` returns the NumPyro distribution.
+A family's name, options, configuration and raw length are written once for both
+backends (:mod:`iai_prob.posterior_families`); here are its arrays: ``from_raw`` maps
+network outputs to ``(μ, Λ)`` exactly as the PyTorch side does (the raw layout is part
+of the shared checkpoint format), ``project`` maps a positive-definite target onto the
+structure and ``distribution`` returns the NumPyro distribution.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ import numpy as np
 from numpyro import distributions as dist
 
 from iai_prob.numpyro.xla_guard import serial_eigh
+from iai_prob.posterior_families import (
+    LOG_PRECISION_RANGE,
+    DiagonalStructure,
+    FamilyStructure,
+    FullRankStructure,
+    LowRankStructure,
+    family_class,
+)
 
 __all__ = [
     "POSTERIOR_FAMILIES",
@@ -36,8 +46,6 @@ __all__ = [
     "reversed_precision",
     "symmetrize",
 ]
-
-_LOG_PRECISION_RANGE = (-13.8, 18.4)
 
 
 def _diag_embed(values):
@@ -119,29 +127,8 @@ def gaussian_kl(loc_p, precision_p, loc_q, precision_q):
     return 0.5 * (trace + mahalanobis - dim + logdet_p - logdet_q)
 
 
-class GaussianFamily:
+class GaussianFamily(FamilyStructure):
     """Structure of the precision matrix of a Gaussian posterior (see module docstring)."""
-
-    name: str = ""
-
-    def __init__(self, latent_dim: int):
-        self.latent_dim = latent_dim
-
-    def config(self) -> dict:
-        return {"family": self.name}
-
-    def _identity(self):
-        return (type(self), self.latent_dim, tuple(sorted(self.config().items())))
-
-    def __eq__(self, other):  # a static field of the compiled refiner: compare by value
-        return isinstance(other, GaussianFamily) and self._identity() == other._identity()
-
-    def __hash__(self):
-        return hash(self._identity())
-
-    def num_raw(self) -> int:
-        """How many raw numbers define ``(μ, Λ)``."""
-        raise NotImplementedError
 
     def from_raw(self, raw):
         """Map ``(..., num_raw)`` network outputs to ``(μ, Λ)``; zeros give ``N(0, I)``."""
@@ -156,17 +143,12 @@ class GaussianFamily:
         return dist.MultivariateNormal(loc, scale_tril=covariance_tril(precision))
 
 
-class DiagonalGaussian(GaussianFamily):
+class DiagonalGaussian(DiagonalStructure, GaussianFamily):
     """Mean-field Gaussian ``N(μ, diag(λ)⁻¹)``."""
-
-    name = "diagonal"
-
-    def num_raw(self) -> int:
-        return 2 * self.latent_dim
 
     def from_raw(self, raw):
         loc, log_precision = jnp.split(raw, [self.latent_dim], axis=-1)
-        return loc, _diag_embed(jnp.exp(jnp.clip(log_precision, *_LOG_PRECISION_RANGE)))
+        return loc, _diag_embed(jnp.exp(jnp.clip(log_precision, *LOG_PRECISION_RANGE)))
 
     def project(self, precision):
         return _diag_embed(_diagonal(precision))
@@ -175,28 +157,14 @@ class DiagonalGaussian(GaussianFamily):
         return dist.Normal(loc, 1.0 / jnp.sqrt(_diagonal(precision))).to_event(1)
 
 
-class LowRankGaussian(GaussianFamily):
+class LowRankGaussian(LowRankStructure, GaussianFamily):
     """``N(μ, (diag(λ) + U Uᵀ)⁻¹)`` with ``U`` of rank ``rank``."""
-
-    name = "low_rank"
-
-    def __init__(self, latent_dim: int, rank: int = 2):
-        super().__init__(latent_dim)
-        if rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
-        self.rank = min(rank, latent_dim)
-
-    def config(self) -> dict:
-        return {"family": self.name, "rank": self.rank}
-
-    def num_raw(self) -> int:
-        return 2 * self.latent_dim + self.latent_dim * self.rank
 
     def from_raw(self, raw):
         d = self.latent_dim
         loc, log_precision, factor = jnp.split(raw, [d, 2 * d], axis=-1)
         factor = factor.reshape(*factor.shape[:-1], d, self.rank)
-        diagonal = _diag_embed(jnp.exp(jnp.clip(log_precision, *_LOG_PRECISION_RANGE)))
+        diagonal = _diag_embed(jnp.exp(jnp.clip(log_precision, *LOG_PRECISION_RANGE)))
         return loc, diagonal + factor @ jnp.swapaxes(factor, -1, -2)
 
     def project(self, precision):
@@ -213,14 +181,8 @@ class LowRankGaussian(GaussianFamily):
         return _diag_embed(jnp.maximum(residual, 1e-6)) + low_rank
 
 
-class FullRankGaussian(GaussianFamily):
+class FullRankGaussian(FullRankStructure, GaussianFamily):
     """``N(μ, Λ⁻¹)`` with ``Λ = L Lᵀ`` for a lower-triangular ``L``."""
-
-    name = "full_rank"
-
-    def num_raw(self) -> int:
-        d = self.latent_dim
-        return d + d * (d + 1) // 2
 
     def from_raw(self, raw):
         d = self.latent_dim
@@ -228,7 +190,7 @@ class FullRankGaussian(GaussianFamily):
         rows, cols = np.tril_indices(d)  # row-major, as torch.tril_indices
         tril = jnp.zeros((*raw.shape[:-1], d, d), raw.dtype).at[..., rows, cols].set(entries)
         diagonal = _diagonal(tril)
-        positive = jnp.exp(jnp.clip(0.5 * diagonal, *_LOG_PRECISION_RANGE))
+        positive = jnp.exp(jnp.clip(0.5 * diagonal, *LOG_PRECISION_RANGE))
         tril = tril - _diag_embed(diagonal) + _diag_embed(positive)
         return loc, tril @ jnp.swapaxes(tril, -1, -2)
 
@@ -241,8 +203,4 @@ POSTERIOR_FAMILIES = {
 
 def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:
     """Build the posterior family ``name`` for a ``latent_dim``-dimensional latent."""
-    if name not in POSTERIOR_FAMILIES:
-        raise ValueError(
-            f"unknown posterior family {name!r}; choose from {sorted(POSTERIOR_FAMILIES)}"
-        )
-    return POSTERIOR_FAMILIES[name](latent_dim, **options)
+    return family_class(POSTERIOR_FAMILIES, name)(latent_dim, **options)
