@@ -88,6 +88,7 @@ __all__ = [
     "CacheInfo",
     "cache_info",
     "clear_cache",
+    "split_per_dataset_work",
     "traced_per_particle",
     "traced_solve",
     "traced_value_and_grad",
