@@ -47,7 +47,9 @@ Every kernel is checked at its first call against the replay (values and gradien
 within ``√eps`` of the dtype, relative to their largest entry; a solver step's outputs,
 which pass through linear solves, within ``eps^{1/3}``) and timed against it (the
 best of three calls each): Inductor's code is not faster everywhere (a ``k̂`` over 1,000
-draws of a Poisson regression on N = 2,000 ran 71 ms compiled, 26 ms replayed). A
+draws of a Poisson regression on N = 2,000 ran 71 ms compiled, 26 ms replayed, while
+Inductor fused the data's own ``lgamma(y + 1)`` back into the particle loop; with that
+work in the prelude, 9.6 ms compiled against 13.0 ms replayed, one thread). A
 compile or a check that fails (no C++ compiler, an operation Inductor does not
 support), or a kernel slower than the replay, leaves the signature on the replay for
 good, with a debug log. ``IAI_COMPILE_LOG_JOINT=0`` (or
