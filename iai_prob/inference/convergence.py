@@ -280,8 +280,8 @@ def _best_start(state, full: FullData, family, min_precision, tolerance: float):
     Newton stops at a decrement below the phase's ``tolerance``: a start only has to be
     near the fixed point, whose own test then decides (on anes96, stopped at 1e-6 nats,
     the third of four iterations moved ``f_D`` by 1.2e-4 nats and the fourth by nothing;
-    stopped at the default 1e-3 after the second, the phase takes its one step all the
-    same)."""
+    at the default 1e-3 the third stops without moving, and the phase takes its one step
+    all the same)."""
     laplace = laplace_point(
         full,
         state.loc,
