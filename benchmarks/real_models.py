@@ -19,15 +19,15 @@ this run (:mod:`real_models.harness` says how each number is measured).
 Columns: guide C2ST (1,000 guide draws vs 1,000 draws of each of the ``1 + --floor-seeds``
 NUTS reference chains: the mean and range over chains; 0.5 = indistinguishable), the NUTS
 floor (every pair of reference chains, mean and range), Laplace C2ST (as the guide's), the
-guide's largest mean error in reference sds (the chains pooled), its sd ratio range, PSIS k̂, C2ST after PSIS resampling of the guide's draws,
-passes and convergence as the guide's result reports them (``—`` where it reports none), and
-seconds per dataset of the guide, NUTS (sampling only, compile excluded) and Laplace (compiled
-call only). A grouped model's cells are the median and ``[min, max]`` over its groups; its
-guide time is given one group at a time and, in brackets, per group with every group of a
-size in one call (as ``iai infer --group`` answers them). The last two columns check issue
-17's targets: guide C2ST ≤ 0.55 (its mean over chains; for groups the median over groups of
-those means) and the guide at least 20× faster
-than NUTS (for groups: in one call).
+guide's largest mean error in reference sds (the chains pooled), its sd ratio range, PSIS
+k̂, C2ST after PSIS resampling of the guide's draws, passes and convergence as the guide's
+result reports them (``—`` where it reports none), and seconds per dataset of the guide,
+NUTS (sampling only, compile excluded) and Laplace (compiled call only). A grouped model's
+cells are the median and ``[min, max]`` over its groups; its guide time is given one group
+at a time and, in brackets, per group with every group of a size in one call (as ``iai
+infer --group`` answers them). The last two columns check issue 17's targets: guide C2ST ≤
+0.55 (its mean over chains; for groups the median over groups of those means) and the guide
+at least 20× faster than NUTS (for groups: in one call).
 """
 
 from __future__ import annotations
