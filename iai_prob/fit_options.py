@@ -2,7 +2,8 @@
 
 :func:`iai_prob.inference.fit` (PyTorch) and :func:`iai_prob.numpyro.fit` (JAX) refuse
 the same bad budgets with the same one-line ``ValueError``, naming the option, before
-they sample a task, build a guide or touch the training folder (the validation options:
+they sample a task, build a guide or touch the training folder: each calls
+:func:`check_fit_options` once (the validation options through
 :func:`check_validation_options`). Imports neither torch nor JAX.
 """
 
@@ -14,7 +15,10 @@ from collections.abc import Sequence
 
 from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
 
-__all__ = ["check_fit_options", "check_validation_options"]
+__all__ = ["OBJECTIVES", "check_fit_options", "check_validation_options"]
+
+OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
+"""Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
 
 
 def check_fit_options(
@@ -29,6 +33,10 @@ def check_fit_options(
     max_skipped,
     learning_rate,
     clip_norm,
+    objective,
+    validation_tasks,
+    validate_every,
+    early_stopping,
 ) -> tuple[int, int]:
     """Refuse the first bad option with a ``ValueError`` naming it; return ``num_points``
     as ``(lo, hi)`` ints.
@@ -37,7 +45,8 @@ def check_fit_options(
     ``num_samples`` are positive integers; ``seed`` and ``max_skipped`` non-negative
     integers; ``clip_norm`` a positive number; ``learning_rate`` a finite number ``>= 0``
     (``0`` builds a guide without changing it); ``num_points`` two integers
-    ``1 <= lo <= hi``.
+    ``1 <= lo <= hi``; ``objective`` one of :data:`OBJECTIVES`; the validation options as
+    :func:`check_validation_options` checks them.
     """
     for name, value in (
         ("steps", steps),
@@ -61,6 +70,13 @@ def check_fit_options(
         raise ValueError(
             f"num_points must be (lo, hi), integers with 1 <= lo <= hi, got {num_points!r}"
         )
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    check_validation_options(
+        validation_tasks=validation_tasks,
+        validate_every=validate_every,
+        early_stopping=early_stopping,
+    )
     return int(points[0]), int(points[1])
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from iai_prob.fit_options import OBJECTIVES  # the names, defined once for both backends
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril
 from iai_prob.inference.refinement import RefinementState
@@ -28,9 +29,6 @@ __all__ = [
     "task_elbos",
     "task_losses",
 ]
-
-OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
-"""Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
 
 
 def task_elbos(

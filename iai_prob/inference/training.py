@@ -72,12 +72,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options, check_validation_options
+from iai_prob.fit_options import check_fit_options
 from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.evaluation import ValidationTasks, refinement_steps
 from iai_prob.inference.numerics import flush_denormals
-from iai_prob.inference.objectives import OBJECTIVES, kl_to_exact, task_losses
+from iai_prob.inference.objectives import kl_to_exact, task_losses
 from iai_prob.inference.refinement import RefinementError
 from iai_prob.inference.sources import TaskBatch, as_task_source
 from iai_prob.inference.training_state import (
@@ -325,14 +325,11 @@ def fit(
         max_skipped=max_skipped,
         learning_rate=learning_rate,
         clip_norm=clip_norm,
-    )
-    check_validation_options(
+        objective=objective,
         validation_tasks=validation_tasks,
         validate_every=validate_every,
         early_stopping=early_stopping,
     )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if hasattr(guide, "training_loss") and objective != "reverse_kl":
         raise ValueError(
             "an ImplicitPredictor is trained on its own predictive negative log-likelihood; "

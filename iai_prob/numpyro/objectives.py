@@ -13,12 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iai_prob.fit_options import OBJECTIVES  # the names, defined once for both backends
 from iai_prob.numpyro.posteriors import covariance_tril, gaussian_entropy, gaussian_kl
 
 __all__ = ["OBJECTIVES", "elbo", "forward_kl", "kl_to_exact", "reverse_kl", "task_losses"]
-
-OBJECTIVES = ("reverse_kl", "forward_kl", "mixed")
-"""Meta-training losses: ``−ELBO``, ``−log q(z_true)``, or their sum."""
 
 
 def _task_elbos(loc, precision, log_joint, data, key, num_samples: int):

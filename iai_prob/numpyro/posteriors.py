@@ -22,15 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import distributions as dist
 
+from iai_prob import posterior_families as structure
 from iai_prob.numpyro.xla_guard import serial_eigh
-from iai_prob.posterior_families import (
-    LOG_PRECISION_RANGE,
-    DiagonalStructure,
-    FamilyStructure,
-    FullRankStructure,
-    LowRankStructure,
-    family_class,
-)
 
 __all__ = [
     "POSTERIOR_FAMILIES",
@@ -127,7 +120,7 @@ def gaussian_kl(loc_p, precision_p, loc_q, precision_q):
     return 0.5 * (trace + mahalanobis - dim + logdet_p - logdet_q)
 
 
-class GaussianFamily(FamilyStructure):
+class GaussianFamily(structure.FamilyStructure):
     """Structure of the precision matrix of a Gaussian posterior (see module docstring)."""
 
     def from_raw(self, raw):
@@ -143,12 +136,12 @@ class GaussianFamily(FamilyStructure):
         return dist.MultivariateNormal(loc, scale_tril=covariance_tril(precision))
 
 
-class DiagonalGaussian(DiagonalStructure, GaussianFamily):
+class DiagonalGaussian(structure.DiagonalStructure, GaussianFamily):
     """Mean-field Gaussian ``N(μ, diag(λ)⁻¹)``."""
 
     def from_raw(self, raw):
         loc, log_precision = jnp.split(raw, [self.latent_dim], axis=-1)
-        return loc, _diag_embed(jnp.exp(jnp.clip(log_precision, *LOG_PRECISION_RANGE)))
+        return loc, _diag_embed(jnp.exp(jnp.clip(log_precision, *structure.LOG_PRECISION_RANGE)))
 
     def project(self, precision):
         return _diag_embed(_diagonal(precision))
@@ -157,14 +150,14 @@ class DiagonalGaussian(DiagonalStructure, GaussianFamily):
         return dist.Normal(loc, 1.0 / jnp.sqrt(_diagonal(precision))).to_event(1)
 
 
-class LowRankGaussian(LowRankStructure, GaussianFamily):
+class LowRankGaussian(structure.LowRankStructure, GaussianFamily):
     """``N(μ, (diag(λ) + U Uᵀ)⁻¹)`` with ``U`` of rank ``rank``."""
 
     def from_raw(self, raw):
         d = self.latent_dim
         loc, log_precision, factor = jnp.split(raw, [d, 2 * d], axis=-1)
         factor = factor.reshape(*factor.shape[:-1], d, self.rank)
-        diagonal = _diag_embed(jnp.exp(jnp.clip(log_precision, *LOG_PRECISION_RANGE)))
+        diagonal = _diag_embed(jnp.exp(jnp.clip(log_precision, *structure.LOG_PRECISION_RANGE)))
         return loc, diagonal + factor @ jnp.swapaxes(factor, -1, -2)
 
     def project(self, precision):
@@ -181,7 +174,7 @@ class LowRankGaussian(LowRankStructure, GaussianFamily):
         return _diag_embed(jnp.maximum(residual, 1e-6)) + low_rank
 
 
-class FullRankGaussian(FullRankStructure, GaussianFamily):
+class FullRankGaussian(structure.FullRankStructure, GaussianFamily):
     """``N(μ, Λ⁻¹)`` with ``Λ = L Lᵀ`` for a lower-triangular ``L``."""
 
     def from_raw(self, raw):
@@ -190,7 +183,7 @@ class FullRankGaussian(FullRankStructure, GaussianFamily):
         rows, cols = np.tril_indices(d)  # row-major, as torch.tril_indices
         tril = jnp.zeros((*raw.shape[:-1], d, d), raw.dtype).at[..., rows, cols].set(entries)
         diagonal = _diagonal(tril)
-        positive = jnp.exp(jnp.clip(0.5 * diagonal, *LOG_PRECISION_RANGE))
+        positive = jnp.exp(jnp.clip(0.5 * diagonal, *structure.LOG_PRECISION_RANGE))
         tril = tril - _diag_embed(diagonal) + _diag_embed(positive)
         return loc, tril @ jnp.swapaxes(tril, -1, -2)
 
@@ -203,4 +196,4 @@ POSTERIOR_FAMILIES = {
 
 def get_posterior_family(name: str, latent_dim: int, **options) -> GaussianFamily:
     """Build the posterior family ``name`` for a ``latent_dim``-dimensional latent."""
-    return family_class(POSTERIOR_FAMILIES, name)(latent_dim, **options)
+    return structure.family_class(POSTERIOR_FAMILIES, name)(latent_dim, **options)

@@ -50,10 +50,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options, check_validation_options
+from iai_prob.fit_options import check_fit_options
 from iai_prob.guide_card import model_identity
 from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
-from iai_prob.numpyro.objectives import OBJECTIVES, kl_to_exact, task_losses
+from iai_prob.numpyro.objectives import kl_to_exact, task_losses
 from iai_prob.numpyro.refinement import init, step
 from iai_prob.numpyro.sharding import task_mesh
 from iai_prob.numpyro.xla_guard import serial_task_limit
@@ -322,14 +322,11 @@ def fit(
         max_skipped=max_skipped,
         learning_rate=learning_rate,
         clip_norm=clip_norm,
-    )
-    check_validation_options(
+        objective=objective,
         validation_tasks=validation_tasks,
         validate_every=validate_every,
         early_stopping=early_stopping,
     )
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if isinstance(tasks, TaskFamily):
         tasks = tasks.on("numpyro")
     if not isinstance(tasks, TaskFamily | PriorPredictiveTasks):
