@@ -273,22 +273,20 @@ def _where_tasks(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> to
     return torch.where(mask.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
 
 
-def _best_start(state, full: FullData, family, min_precision, tolerance: float):
+def _best_start(state, full: FullData, family, min_precision):
     """Per task, the better by the full-data ELBO of ``state`` and the Laplace point
     reached by damped Newton from its mean (:mod:`.laplace`), and that ELBO.
 
-    Newton stops at a decrement below the phase's ``tolerance``: a start only has to be
-    near the fixed point, whose own test then decides (on anes96, stopped at 1e-6 nats,
-    the third of four iterations moved ``f_D`` by 1.2e-4 nats and the fourth by nothing;
-    at the default 1e-3 the third stops without moving, and the phase takes its one step
-    all the same)."""
+    Newton runs to its own tight tolerance (a decrement of 1e-6 nats), not the phase's:
+    stopped at 1e-3 nats (tried), the answer came to depend on the path to the start, and
+    a Gaussian-mixture dataset padded in a batch and alone differed by 2e-4 in one mean
+    (the suite's padded-batch test), past the 1e-4 that padded batches promise."""
     laplace = laplace_point(
         full,
         state.loc,
         family,
         state.precision,
         min_precision=min_precision,
-        tolerance=tolerance,
         at_once=_at_once(full, *state.loc.shape),
     )
     laplace = laplace._replace(precision=family.project(laplace.precision))
@@ -320,7 +318,7 @@ def converge(
 
     :returns: ``(state, converged (T,), steps (T,), residual (T,))``.
     """
-    state, base = _best_start(state, full, family, min_precision, convergence.tolerance)
+    state, base = _best_start(state, full, family, min_precision)
     num_tasks = state.loc.shape[0]
     converged = torch.zeros(num_tasks, dtype=torch.bool, device=state.loc.device)
     steps = torch.zeros(num_tasks, dtype=torch.long, device=state.loc.device)

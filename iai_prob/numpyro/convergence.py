@@ -150,13 +150,11 @@ def _residual(loc, precision, target):
     return jnp.where(valid, jnp.nan_to_num(kl, nan=jnp.inf), jnp.inf)
 
 
-def _best_start(full, loc, precision, family, min_precision, tolerance):
+def _best_start(full, loc, precision, family, min_precision):
     """Per task, the better by the full-data ELBO of ``(loc, precision)`` and the Laplace
-    point reached by damped Newton from ``loc``, stopped at the phase's ``tolerance`` (as
-    :func:`iai_prob.inference.convergence._best_start`)."""
-    laplace_loc, laplace_precision = laplace_point(
-        full, loc, family, min_precision=min_precision, tolerance=tolerance
-    )
+    point reached by damped Newton from ``loc`` (to its own tolerance, as
+    :func:`iai_prob.inference.convergence._best_start` says why)."""
+    laplace_loc, laplace_precision = laplace_point(full, loc, family, min_precision=min_precision)
     laplace_precision = family.project(laplace_precision)
     own = unscented_batch_elbo(full, loc, precision, None)
     other = unscented_batch_elbo(full, laplace_loc, laplace_precision, None)
@@ -183,7 +181,7 @@ class _Carry(NamedTuple):
 @eqx.filter_jit
 def _converge(loc, precision, full, family, max_steps, tolerance, min_precision, scheme):
     TRACE_COUNTS["converge"] += 1
-    loc, precision = _best_start(full, loc, precision, family, min_precision, tolerance)
+    loc, precision = _best_start(full, loc, precision, family, min_precision)
     num_tasks = loc.shape[0]
 
     def body(carry: _Carry) -> _Carry:
