@@ -774,6 +774,7 @@ def throughput_tables(guide, settings: Settings, oneshot: IterativeAmortizedGuid
         [
             "guide",
             "tasks per call",
+            "precompile (once per shape)",
             "time per call",
             "datasets / s",
             "median KL",
@@ -789,12 +790,14 @@ def throughput_tables(guide, settings: Settings, oneshot: IterativeAmortizedGuid
     for num_tasks in settings.throughput_batches:
         x, y = held_out(guide.family, num_tasks, settings.throughput_n, salt=11)
         for name, candidate in guides.items():
+            compiling = timed(candidate.precompile, x, y)[1]
             spent = best_time(settings.repeats, candidate.posterior, x, y)
             rate = num_tasks / spent
             pretrained = candidate is guide
             table.add(
                 name,
                 num_tasks,
+                duration(compiling),
                 duration(spent),
                 f"{rate:,.0f}",
                 nats(median(kl_per_step(candidate, x, y)[-1])),
@@ -804,7 +807,9 @@ def throughput_tables(guide, settings: Settings, oneshot: IterativeAmortizedGuid
     large = kl_per_step(lean.guide, *held_out(guide.family, settings.large_chunk, settings.large_n))
     table.notes += [
         f"guide.posterior(x, y), x of shape (T, {settings.throughput_n}, 8); median of "
-        f"{settings.repeats} calls after a warm-up, torch threads: {torch.get_num_threads()}; "
+        f"{settings.repeats} calls after guide.precompile(x, y) (its TorchInductor kernels "
+        "for this shape, as a user does before many datasets of one shape; excluded as "
+        f"NumPyro's jit is) and a warm-up, torch threads: {torch.get_num_threads()}; "
         "median KL(q ‖ exact) over the same tasks",
         f"lean: {LEAN_GUIDE}, trained here with the pretrained card's budget in "
         f"{lean.seconds:.0f} s; its median KL at N = {settings.large_n:,} "

@@ -72,6 +72,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = [
     "COMPILE_AFTER",
+    "COMPILE_AFTER_TERMS",
     "ENV_VAR",
     "CompiledLogJoint",
     "agrees",
@@ -92,6 +93,12 @@ compiled. A posterior at the defaults evaluates each of its three or four signat
 point, the sigma points, the ``k̂`` draws) 10–60 times (up to a few hundred when the
 phase runs to its cap), so compiling starts within the tenth to twentieth posterior of
 one shape and a single posterior does not wait for the compiler."""
+
+COMPILE_AFTER_TERMS = 1 << 30
+"""Likelihood terms (particles × tasks × points) a signature's replays evaluate before
+its kernels are compiled, whatever the number of calls: compiling a signature costs
+seconds to tens of seconds, about what replaying 2³⁰ terms costs (10–20 ns a term), so
+a stream of large batches of one shape compiles once the replay has spent that much."""
 
 _LOG = logging.getLogger(__name__)
 _FAILED = object()
@@ -124,7 +131,8 @@ def compiles_now() -> bool:
 
 class CompiledLogJoint:
     """The evaluations of one traced signature's graph ``g(z, s, a…) → (S, T)``: replayed
-    until :data:`COMPILE_AFTER` calls, compiled afterwards (see the module docstring).
+    until :data:`COMPILE_AFTER` calls or :data:`COMPILE_AFTER_TERMS` likelihood terms
+    (``terms_per_call`` a call), compiled afterwards (see the module docstring).
 
     ``graph`` replays the eager computation exactly (training differentiates it);
     ``fast`` is its copy with the work per point moved out of the particle broadcast
@@ -139,12 +147,15 @@ class CompiledLogJoint:
         fast: torch.fx.GraphModule | None = None,
         num_particles: int | None = None,
         split: tuple[torch.fx.GraphModule, torch.fx.GraphModule] | None = None,
+        terms_per_call: int = 0,
     ):
         self.graph = graph
         self.fast = graph if fast is None else fast
         self.prelude, self.body = (None, self.fast) if split is None else split
         self.num_particles = num_particles
         self.calls = 0
+        self.terms = 0
+        self.terms_per_call = terms_per_call
         self._kernels: dict[object, object] = {}
         self._lock = threading.Lock()
         self._last_dataset: tuple = ((), ())
@@ -226,11 +237,13 @@ class CompiledLogJoint:
         if torch.is_grad_enabled():
             return None
         self.calls += 1
+        self.terms += self.terms_per_call
         kernel = self._kernels.get(kind)
         if kernel is _FAILED or not compiling_enabled():
             return None
         if kernel is None:
-            if self.calls < COMPILE_AFTER and not compiles_now():
+            below = self.calls < COMPILE_AFTER and self.terms < COMPILE_AFTER_TERMS
+            if below and not compiles_now():
                 return None
             with self._lock:
                 kernel = self._kernels.get(kind)

@@ -37,6 +37,7 @@ converged or not, the passes used, the last residual and the PSIS ``k̂`` of the
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -57,7 +58,7 @@ from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import pareto_smooth
 
-__all__ = ["CviStep", "FullData", "converge", "cvi_step", "khat_of"]
+__all__ = ["CviStep", "FullData", "converge", "cvi_step", "gaussian_log_density", "khat_of"]
 
 
 class FullData:
@@ -353,9 +354,17 @@ def converge(
     return state, converged, steps, residual
 
 
+def gaussian_log_density(noise: torch.Tensor, tril: torch.Tensor) -> torch.Tensor:
+    """``log q(μ + L ε_s)`` ``(S, T)`` of ``q = N(μ, L Lᵀ)`` from the standard draws ``ε``
+    ``(S, D)`` and the factors ``L`` ``(T, D, D)``, without solving for ``ε`` again:
+    ``−½ ‖ε_s‖² − Σ_i log L_ii − (D/2) log 2π``."""
+    log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    norm = noise.pow(2).sum(-1, keepdim=True)
+    return -0.5 * norm - log_det - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
+
+
 @torch.no_grad()
 def khat_of(
-    family: GaussianFamily,
     loc: torch.Tensor,
     precision: torch.Tensor,
     full: FullData,
@@ -367,7 +376,8 @@ def khat_of(
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` (``(T, D)``, ``(T, D, D)``) against
     the full data: ``log w_s = f_D(z_s) − log q(z_s)`` for ``num_draws`` draws
     ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; the same ``ε_s`` for every task, from a generator
-    seeded with ``seed``, so a task's ``k̂`` is the one it gets alone, in any batch),
+    seeded with ``seed``, so a task's ``k̂`` is the one it gets alone, in any batch;
+    ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
     evaluated in groups of draws so that a group touches at most ``max_elements`` data
     points. ``log_p_dtype`` (with ``full`` in that dtype) evaluates ``f_D`` at the draws in
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
@@ -375,10 +385,11 @@ def khat_of(
     ill-conditioned precision needs it)."""
     generator = torch.Generator(device=loc.device).manual_seed(seed)
     noise = torch.randn(  # the same draws for every task: its k̂ does not depend on its batch
-        num_draws, 1, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
-    ).expand(num_draws, *loc.shape)
-    draws = loc + (covariance_tril(precision) @ noise.unsqueeze(-1)).squeeze(-1)
-    log_q = family.distribution(loc, precision).log_prob(draws)
+        num_draws, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
+    )
+    tril = covariance_tril(precision)
+    draws = loc + torch.einsum("tij,sj->sti", tril, noise)
+    log_q = gaussian_log_density(noise, tril)
     per_group = max(1, max_elements // max(1, full.num_points * draws.shape[1]))
     evaluated = draws if log_p_dtype is None else draws.to(log_p_dtype)
     log_p = torch.cat([full.per_particle(group) for group in evaluated.split(per_group)])

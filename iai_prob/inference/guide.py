@@ -501,7 +501,6 @@ class IterativeAmortizedGuide(AutoGuide):
             linearization=refiner.linearization,
         )
         khat = khat_of(  # f_D at the draws in the guide's dtype (see khat_of)
-            refiner.family,
             state.loc,
             state.precision,
             full if dtype == answer_dtype else full.to_dtype(answer_dtype),

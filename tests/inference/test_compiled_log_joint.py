@@ -127,6 +127,23 @@ def test_compiling_waits_for_its_threshold_and_the_environment(monkeypatch, read
     assert callable(_kernels()["value"])
 
 
+def test_a_large_call_compiles_once_its_terms_would_pay_for_the_compiler(monkeypatch, read_task):
+    """Many datasets per call: the likelihood terms replayed, not the calls, decide."""
+    x, y = _user_data(3)
+    layout, data, log_joint = read_task(user_model, x, y)
+    z = torch.randn(3, 1, layout.latent_dim)
+    with torch.no_grad(), compiling_now(), monkeypatch.context() as off:
+        off.setenv(ENV_VAR, "0")
+        log_joint.per_particle(z, data)  # traced at once, not compiled
+    monkeypatch.setattr(compiled_log_joint, "COMPILE_AFTER", 10**9)
+    monkeypatch.setattr(compiled_log_joint, "COMPILE_AFTER_TERMS", 3 * 3 * data.num_points)
+    with torch.no_grad():
+        log_joint.per_particle(z, data)
+        assert _kernels() == {}  # 6 N terms replayed, below 9 N
+        log_joint.per_particle(z, data)
+    assert callable(_kernels()["value"])
+
+
 def test_a_precompiled_posterior_is_the_replayed_one(monkeypatch):
     family = get_family("logistic_regression", dim=2)
     _, x, y = family.sample(1, 40, generator=torch.Generator().manual_seed(4))

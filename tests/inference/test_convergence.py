@@ -13,11 +13,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Predictive
+from torch.distributions import MultivariateNormal
 from torch.utils._pytree import tree_leaves
 
 from iai_prob.inference import Convergence, IterativeAmortizedGuide, PosteriorWarning
-from iai_prob.inference.convergence import FullData
+from iai_prob.inference.convergence import FullData, gaussian_log_density
 from iai_prob.inference.objectives import kl_to_exact
+from iai_prob.inference.posteriors import covariance_tril
 from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.signals import sigma_point_target
 from iai_prob.models import get_family
@@ -137,6 +139,19 @@ def test_predictive_draws_solve_once_and_warn_once():
     messages = [str(w.message) for w in record]
     assert len(messages) == len(set(messages))  # the 20 draws share one solve
     assert any("k̂" in message for message in messages)
+
+
+def test_the_khat_draws_log_density_is_the_gaussians_own():
+    """``log q`` of ``μ + L ε`` from ``ε`` and ``L`` alone equals the distribution's."""
+    generator = torch.Generator().manual_seed(7)
+    factor = torch.randn(3, 4, 4, dtype=torch.float64, generator=generator)
+    precision = factor @ factor.mT + 0.5 * torch.eye(4, dtype=torch.float64)
+    loc = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    noise = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    tril = covariance_tril(precision)
+    draws = loc + torch.einsum("tij,sj->sti", tril, noise)
+    expected = MultivariateNormal(loc, precision_matrix=precision).log_prob(draws)
+    torch.testing.assert_close(gaussian_log_density(noise, tril), expected)
 
 
 def test_chunks_add_up_to_the_full_data():

@@ -137,7 +137,14 @@ def test_one_trace_serves_every_dataset_and_scale_of_one_shape(linreg, simulate,
     assert cache_info().traces == 1 and cache_info().hits == 3
     # the prior's parameters do not depend on the inputs' values: computed once, kept
     (entry,) = traced_log_joint._cache.values()
-    assert any(name.startswith("_iai_folded") for name, _ in entry.evaluator.graph.named_buffers())
+    folded = {
+        name: buffer
+        for name, buffer in entry.evaluator.graph.named_buffers()
+        if name.startswith("_iai_folded")
+    }
+    assert folded
+    # the known noise scale, broadcast to (S, T, N) by Normal, is kept at its own size
+    assert max(buffer.numel() for buffer in folded.values()) < z.shape[0] * z.shape[1]
 
 
 def test_a_signature_is_traced_only_once_it_recurs(linreg, simulate, read_task, monkeypatch):
@@ -150,6 +157,21 @@ def test_a_signature_is_traced_only_once_it_recurs(linreg, simulate, read_task, 
     for calls in range(1, 5):
         torch.testing.assert_close(log_joint.per_particle(z, data), expected)
         assert cache_info().traces == (calls >= 3) and cache_info().hits == max(0, calls - 2)
+
+
+def test_a_large_call_is_traced_once_its_terms_would_pay_for_the_trace(
+    linreg, simulate, read_task, monkeypatch
+):
+    """Many datasets in one call: the likelihood terms evaluated, not the calls, decide."""
+    _, x, y = simulate(linreg, 2, 12)
+    _, data, log_joint = read_task(linreg.model, x, y)
+    z = torch.randn(4, 2, 2)  # 4 particles x 2 tasks x 12 points = 96 terms a call
+    monkeypatch.setattr(traced_log_joint, "TRACE_AFTER", 10**9)
+    monkeypatch.setattr(traced_log_joint, "TRACE_AFTER_TERMS", 2 * 96)
+    expected = _eager(log_joint).per_particle(z, data)
+    for calls in range(1, 4):
+        torch.testing.assert_close(log_joint.per_particle(z, data), expected)
+        assert cache_info().traces == (calls >= 2) and cache_info().hits == max(0, calls - 1)
 
 
 def test_a_new_shape_or_particle_count_retraces(linreg, simulate, read_task):

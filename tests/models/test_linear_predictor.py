@@ -23,6 +23,7 @@ def test_matches_the_broadcast_product(x_shape, w_shape, out_shape):
     w = torch.randn(w_shape, generator=generator)
     found = linear_predictor(x, w)
     assert found.shape == out_shape
+    assert found.stride(-1) == 1  # contiguous along the points, which likelihoods sum over
     torch.testing.assert_close(found, (x * w).sum(-1))
 
 
