@@ -20,14 +20,17 @@ Columns: guide C2ST (1,000 guide draws vs 1,000 draws of each of the ``1 + --flo
 NUTS reference chains: the mean and range over chains; 0.5 = indistinguishable), the NUTS
 floor (every pair of reference chains, mean and range), Laplace C2ST (as the guide's), the
 guide's largest mean error in reference sds (the chains pooled), its sd ratio range, PSIS
-k̂, C2ST after PSIS resampling of the guide's draws, passes and convergence as the guide's
+k̂, C2ST after PSIS resampling of the guide's draws, the best a Gaussian can do (the
+moment-matched Gaussian's C2ST), passes and convergence as the guide's
 result reports them (``—`` where it reports none), and seconds per dataset of the guide,
 NUTS (sampling only, compile excluded) and Laplace (compiled call only). A grouped model's
 cells are the median and ``[min, max]`` over its groups; its guide time is given one group
 at a time and, in brackets, per group with every group of a size in one call (as ``iai
 infer --group`` answers them). The last two columns check issue 17's targets: guide C2ST ≤
-0.55 (its mean over chains; for groups the median over groups of those means) and the guide
-at least 20× faster than NUTS (for groups: in one call).
+0.55 (its mean over chains; for groups the median over groups of those means) where the
+moment-matched Gaussian reaches 0.55, and otherwise ``k̂`` above 0.5 (which the guide's
+answer flags) with C2ST ≤ 0.6 after PSIS resampling; and the guide at least 20× faster
+than NUTS (for groups: in one call).
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ from pathlib import Path
 from common import Report, limit_threads, markdown_table, verdict
 
 C2ST_TARGET = 0.55
+RESAMPLED_TARGET = 0.6
+KHAT_FLAG = 0.5
+"""Issue 17.3: guide C2ST ≤ 0.55 where a Gaussian can reach it (the moment-matched
+Gaussian's C2ST ≤ 0.55); where none can (heavy tails, skew), ``k̂`` flags it (above 0.5:
+the guide's :class:`~iai_prob.posterior_status.PosteriorNotice` or warning) and the
+PSIS-resampled draws reach C2ST ≤ 0.6."""
+ACCURACY_HEADER = (
+    f"C2ST ≤ {C2ST_TARGET} (where no Gaussian can: k̂ > {KHAT_FLAG}, after PSIS ≤ "
+    f"{RESAMPLED_TARGET})"
+)
 SPEED_TARGET = 20
 """Issue 17: the converged default at least this many times faster than NUTS per dataset
 (for a model of groups, per group as ``iai infer --group`` answers them: in one call)."""
@@ -57,13 +70,14 @@ HEADERS = (
     "sd ratio",
     "k̂",
     "C2ST after PSIS",
+    "moment-matched Gaussian C2ST",
     "passes",
     "converged",
     "guide s/dataset",
     "NUTS s/dataset",
     "Laplace s/dataset",
     "NUTS ÷ guide",
-    f"C2ST ≤ {C2ST_TARGET}",
+    ACCURACY_HEADER,
     f"≥ {SPEED_TARGET}× NUTS",
 )
 
@@ -228,6 +242,14 @@ def row(model_result) -> list[str]:
         ratio_cell += f" ({nuts / grouped:.0f}× in one call)"
         ratio = nuts / grouped
     c2st, c2st_cell = over_chains(r.c2st_guide for r in results)
+    resampled, resampled_cell = over_chains(r.c2st_resampled for r in results)
+    gaussian, gaussian_cell = over_chains(r.c2st_gaussian for r in results)
+    khat = statistics.median(r.khat for r in results)
+    if gaussian <= C2ST_TARGET:
+        accuracy = verdict(c2st <= C2ST_TARGET)
+    else:
+        flagged = khat > KHAT_FLAG and resampled <= RESAMPLED_TARGET
+        accuracy = f"{verdict(flagged)} (no Gaussian reaches {C2ST_TARGET})"
     return [
         entry.name,
         entry.kind,
@@ -239,14 +261,15 @@ def row(model_result) -> list[str]:
         summary((r.mean_error for r in results), digits=2),
         f"{min(low):.2f}–{max(high):.2f}",
         summary(r.khat for r in results),
-        over_chains(r.c2st_resampled for r in results)[1],
+        resampled_cell,
+        gaussian_cell,
         passes,
         converged,
         guide_cell,
         duration(nuts),
         duration(statistics.median(r.laplace_seconds for r in results)),
         ratio_cell,
-        verdict(c2st <= C2ST_TARGET),
+        accuracy,
         verdict(ratio >= SPEED_TARGET),
     ]
 

@@ -11,7 +11,7 @@ from iai_prob.inference.refinement import RefinementError, RefinementInfo, Refin
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
 from iai_prob.inference.training import fit
 from iai_prob.inference.training_state import FitResult
-from iai_prob.posterior_status import PosteriorStatus, PosteriorWarning
+from iai_prob.posterior_status import PosteriorNotice, PosteriorStatus, PosteriorWarning
 
 __all__ = [
     "CheckpointError",
@@ -25,6 +25,7 @@ __all__ = [
     "ImplicitPredictor",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
+    "PosteriorNotice",
     "PosteriorStatus",
     "PosteriorWarning",
     "Predictive",

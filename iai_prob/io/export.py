@@ -181,10 +181,11 @@ def _with_status(idata, result):
 
 def status_table(result, *, show: int = 5):
     """Converged, passes and PSIS ``k̂`` of the first ``show`` datasets (a DataFrame), and
-    a one-line count of those not converged or with ``k̂ > 0.7``; ``None`` without status."""
+    a one-line count of those not converged, with ``k̂ > 0.7`` and with ``0.5 < k̂ ≤ 0.7``;
+    ``None`` without status."""
     import pandas as pd
 
-    from iai_prob.posterior_status import KHAT_LIMIT
+    from iai_prob.posterior_status import KHAT_LIMIT, KHAT_NOTICE
 
     status = getattr(result, "status", None)
     if status is None:
@@ -201,9 +202,11 @@ def status_table(result, *, show: int = 5):
         },
         index=pd.Index(keys, name=GROUP_DIM if grouped else "dataset"),
     )
+    band = (khat > KHAT_NOTICE) & (khat <= KHAT_LIMIT)
     count = (
         f"converged: {int(converged.sum())} of {len(converged)}; "
-        f"k̂ > {KHAT_LIMIT}: {int((khat > KHAT_LIMIT).sum())}"
+        f"k̂ > {KHAT_LIMIT}: {int((khat > KHAT_LIMIT).sum())}; "
+        f"{KHAT_NOTICE} < k̂ ≤ {KHAT_LIMIT} (PSIS resampling is closer): {int(band.sum())}"
     )
     return frame.head(show), count
 

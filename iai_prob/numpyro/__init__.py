@@ -18,7 +18,7 @@ from iai_prob.numpyro.guide import IterativeAmortizedGuide  # noqa: E402
 from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian  # noqa: E402
 from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState  # noqa: E402
 from iai_prob.numpyro.training import FitResult, fit  # noqa: E402
-from iai_prob.posterior_status import PosteriorStatus, PosteriorWarning  # noqa: E402
+from iai_prob.posterior_status import PosteriorNotice, PosteriorStatus, PosteriorWarning  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -29,6 +29,7 @@ __all__ = [
     "FullRankGaussian",
     "IterativeAmortizedGuide",
     "LowRankGaussian",
+    "PosteriorNotice",
     "PosteriorStatus",
     "PosteriorWarning",
     "RefinementError",
