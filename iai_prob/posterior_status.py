@@ -12,7 +12,7 @@ answer the library cannot vouch for says so: :func:`warn_if_unreliable` emits on
 exceeds 0.7 (Yao, Vehtari, Simpson, Gelman 2018: beyond it the Gaussian misses
 posterior mass that importance sampling cannot repair), and what to try. Between
 :data:`KHAT_NOTICE` (0.5) and 0.7 the same paper calls the Gaussian usable but not
-close: a :class:`PosteriorNotice` (a milder :class:`PosteriorWarning`) names those
+close: a :class:`PosteriorNotice` (milder than a :class:`PosteriorWarning`) names those
 datasets and points to PSIS resampling
 (:func:`~iai_prob.diagnostics.importance_resample`), which corrects the draws there
 (the robust Student-t regression of the real-model suite: C2ST against NUTS 0.57 from
@@ -50,9 +50,10 @@ class PosteriorWarning(UserWarning):
     """A posterior that did not converge, or whose PSIS ``k̂`` exceeds 0.7."""
 
 
-class PosteriorNotice(PosteriorWarning):
+class PosteriorNotice(UserWarning):
     """A converged posterior with ``0.5 < k̂ ≤ 0.7``: usable, and PSIS resampling of its
-    draws is closer to the posterior. Silence it with
+    draws is closer to the posterior. Not a :class:`PosteriorWarning` (a filter that
+    turns those into errors leaves it alone); silence it with
     ``warnings.filterwarnings("ignore", category=PosteriorNotice)``."""
 
 
@@ -149,36 +150,44 @@ def warn_if_unreliable(
     for ``0.5 < k̂ ≤ 0.7``, naming the datasets (``names`` label the tasks of a batch,
     e.g. group ids)."""
     not_converged, heavy = status.flagged()
-    noticed = status.noticed()
-    stacklevel = _caller_stacklevel()
     residual = np.reshape(status.residual, -1)
     khat = np.reshape(status.khat, -1)
-    if not_converged:
-        worst = float(residual[not_converged].max())
-        warnings.warn(
-            f"the posterior of {_named(not_converged, names, batched)} did not converge in "
-            f"{max_steps} full-data steps (residual up to {worst:.3g} nats): raise the cap "
-            "(guide.convergence = Convergence(max_steps=...), iai infer --max-steps), or "
-            "check the model and the data's scale",
+    messages = [  # (datasets, their worst value, message given both, category)
+        (
+            not_converged,
+            residual,
+            lambda who, worst: (
+                f"the posterior of {who} did not converge in {max_steps} full-data steps "
+                f"(residual up to {worst:.3g} nats): raise the cap (guide.convergence = "
+                "Convergence(max_steps=...), iai infer --max-steps), or check the model and "
+                "the data's scale"
+            ),
             PosteriorWarning,
-            stacklevel=stacklevel,
-        )
-    if heavy:
-        worst = float(khat[heavy].max())
-        warnings.warn(
-            f"PSIS k̂ up to {worst:.2f} > {KHAT_LIMIT} for {_named(heavy, names, batched)}: the "
-            "Gaussian posterior misses mass (heavy tails, skew, several modes or a poor fit); "
-            "compare it with NUTS (iai_prob.diagnostics.compare_with_nuts) before relying on it",
+        ),
+        (
+            heavy,
+            khat,
+            lambda who, worst: (
+                f"PSIS k̂ up to {worst:.2f} > {KHAT_LIMIT} for {who}: the Gaussian posterior "
+                "misses mass (heavy tails, skew, several modes or a poor fit); compare it "
+                "with NUTS (iai_prob.diagnostics.compare_with_nuts) before relying on it"
+            ),
             PosteriorWarning,
-            stacklevel=stacklevel,
-        )
-    if noticed:
-        worst = float(khat[noticed].max())
-        warnings.warn(
-            f"PSIS k̂ up to {worst:.2f} (between {KHAT_NOTICE} and {KHAT_LIMIT}) for "
-            f"{_named(noticed, names, batched)}: the Gaussian posterior is usable but not "
-            "close (skew or heavier tails); draws resampled with their PSIS weights are "
-            "closer (iai_prob.diagnostics.importance_resample)",
+        ),
+        (
+            status.noticed(),
+            khat,
+            lambda who, worst: (
+                f"PSIS k̂ up to {worst:.2f} (between {KHAT_NOTICE} and {KHAT_LIMIT}) for "
+                f"{who}: the Gaussian posterior is usable but not close (skew or heavier "
+                "tails); draws resampled with their PSIS weights are closer "
+                "(iai_prob.diagnostics.importance_resample)"
+            ),
             PosteriorNotice,
-            stacklevel=stacklevel,
-        )
+        ),
+    ]
+    stacklevel = _caller_stacklevel()
+    for datasets, values, message, category in messages:
+        if datasets:
+            who, worst = _named(datasets, names, batched), float(values[datasets].max())
+            warnings.warn(message(who, worst), category, stacklevel=stacklevel)

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from iai_prob.io.columns import Columns
 from iai_prob.io.tables import Table
 from iai_prob.posterior_status import (
+    PosteriorNotice,
     PosteriorStatus,
     PosteriorWarning,
     warn_if_unreliable,
@@ -302,6 +303,7 @@ def grouped_posteriors(
     with warnings.catch_warnings():
         # a call's warning would name its tasks by position; one warning below names keys
         warnings.simplefilter("ignore", PosteriorWarning)
+        warnings.simplefilter("ignore", PosteriorNotice)
         if batched:
             for chunk, posterior in _batched_answers(guide, data, max_tasks, passes, padded):
                 for position, (index, loc, tril) in enumerate(
