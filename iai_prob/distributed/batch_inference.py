@@ -15,7 +15,10 @@ Each worker process loads the guide once from its safetensors checkpoint (the mo
 rebuilt from the card's task family), so nothing but file paths travels to the workers.
 Groups must not straddle partitions (write the Parquet partitioned by group, or pass
 ``shuffle=True`` to let Dask co-locate each group's rows); a group found in two
-partitions is reported with a ``ValueError``. A group larger than the guide's
+partitions is reported with a ``ValueError`` before anything is written. The output
+folder belongs to one run (:mod:`iai_prob.distributed.output_folder`): a rerun resumes
+it, another run is refused unless ``overwrite=True``, and every computation runs on the
+client the caller names. A group larger than the guide's
 mini-batch is refined over its rows in a seeded order of their positions, so its
 summary depends on the order of its rows (as ``guide.posterior`` does), not on the
 other groups it is batched with.
@@ -27,7 +30,6 @@ import functools
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -45,12 +47,14 @@ _PYRO_LOCK = threading.Lock()
 
 
 class BatchInferenceResult(NamedTuple):
-    """What :func:`run_batch_inference` did."""
+    """What :func:`run_batch_inference` did (``resumed_partitions``: partitions a
+    resumed run found written and kept)."""
 
     num_groups: int
     num_rows: int
     seconds: float
     workers: int
+    resumed_partitions: int = 0
 
     @property
     def groups_per_second(self) -> float:
@@ -174,19 +178,34 @@ def run_batch_inference(
     max_tasks: int = 256,
     shuffle: bool = False,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> BatchInferenceResult:
     """Summarize every group of the Parquet dataset ``source`` into Parquet ``destination``.
 
+    Every step runs on ``client``'s cluster (not on whichever client was created last).
+    Before anything is written, the grouping is checked (no group in two partitions) and
+    the output folder is claimed for this run (:mod:`.output_folder`): an empty folder
+    starts the run, this same run's folder resumes it without recomputing the
+    partitions it holds, and anything else is refused unless ``overwrite``.
+
     :param source: a Parquet file, folder or glob (one Dask partition per file).
-    :param destination: output folder (one Parquet file per input partition).
+    :param destination: output folder (one Parquet file per input partition, and the
+        run's manifest).
     :param checkpoint: the guide's checkpoint (path stem; the card names the task family).
     :param client: a ``dask.distributed.Client``; the work runs on its workers.
     :param x_columns: covariate columns (default: every column but ``group`` and ``y``).
     :param bool shuffle: co-locate each group's rows first (when files are not by group).
     :param str device: where each worker runs the guide (``"cuda"`` for GPU workers).
+    :param bool overwrite: replace an output folder that holds another run (built beside
+        it and swapped in when complete).
+    :raises ValueError: a group in two partitions (``shuffle=False``), or missing columns.
+    :raises FileExistsError: ``destination`` holds something else and ``overwrite`` is off.
     :returns: a :class:`BatchInferenceResult` (groups, rows, wall time, workers).
     """
+    import dask
     import dask.dataframe as dd
+
+    from iai_prob.distributed.output_folder import OutputFolder, run_identity, write_partition
 
     frame = dd.read_parquet(source)
     if group not in frame.columns or y_column not in frame.columns:
@@ -197,6 +216,8 @@ def run_batch_inference(
         x_columns = [c for c in frame.columns if c not in (group, y_column)]
     if shuffle:
         frame = frame.shuffle(on=group)
+    else:
+        _check_grouping(frame, group, source, client)
     options = {
         "checkpoint": str(checkpoint),
         "group": group,
@@ -206,18 +227,45 @@ def run_batch_inference(
         "max_tasks": max_tasks,
         "device": device,
     }
+    identity = run_identity(
+        source, checkpoint, {**options, "shuffle": shuffle}, frame.npartitions
+    )
+    output = OutputFolder(destination, identity, overwrite=overwrite)
     meta = _meta(checkpoint, group, frame[group].dtype, tuple(quantiles), "cpu")
     started = time.perf_counter()
-    summaries = frame.map_partitions(summarize_groups, **options, meta=meta)
-    destination = Path(destination)
-    summaries.to_parquet(destination, write_index=False, compute=True)
+    finished = set(output.finished())
+    parts = frame.map_partitions(summarize_groups, **options, meta=meta).to_delayed()
+    writes = [
+        dask.delayed(write_partition)(part, str(output.path(index)))
+        for index, part in enumerate(parts)
+        if index not in finished
+    ]
+    counts = client.gather(client.compute(writes))
+    counts += [_counts(output.path(index)) for index in sorted(finished)]
+    output.complete()
     seconds = time.perf_counter() - started
-    counts = dd.read_parquet(destination, columns=[group, "num_points"]).compute()
-    duplicated = counts[group][counts[group].duplicated()].unique()
+    workers = len(client.scheduler_info()["workers"])
+    return BatchInferenceResult(
+        sum(c[0] for c in counts), sum(c[1] for c in counts), seconds, workers, len(finished)
+    )
+
+
+def _check_grouping(frame, group: str, source, client) -> None:
+    """Refuse, before anything is written, a group found in two partitions (reading the
+    group column alone, on ``client``)."""
+    import dask
+
+    uniques = [dask.delayed(pd.unique)(part) for part in frame[group].to_delayed()]
+    seen = pd.Series(np.concatenate(client.gather(client.compute(uniques))))
+    duplicated = seen[seen.duplicated()].unique()
     if len(duplicated):
         raise ValueError(
             f"group(s) {list(duplicated[:5])} appear in more than one partition of {source}; "
             "write the Parquet partitioned by group or pass shuffle=True"
         )
-    workers = len(client.scheduler_info()["workers"])
-    return BatchInferenceResult(len(counts), int(counts["num_points"].sum()), seconds, workers)
+
+
+def _counts(path) -> tuple[int, int]:
+    """``(groups, rows)`` of a partition written before (a resumed run)."""
+    written = pd.read_parquet(path, columns=["num_points"])
+    return len(written), int(written["num_points"].sum())

@@ -120,6 +120,7 @@ def test_partitioned_parquet_on_a_two_worker_cluster(family, checkpoint, tmp_pat
                 checkpoint=checkpoint,
                 client=client,
             )
+        assert not (tmp_path / "bad").exists()  # refused before anything was written
         shuffled = run_batch_inference(
             str(tmp_path / "split-*.parquet"),
             tmp_path / "shuffled",
@@ -144,3 +145,86 @@ def test_partitioned_parquet_on_a_two_worker_cluster(family, checkpoint, tmp_pat
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+def _write_parts(frame, folder, num_parts):
+    folder.mkdir()
+    for part, groups in enumerate(np.array_split(sorted(frame["group"].unique()), num_parts)):
+        frame[frame["group"].isin(groups)].to_parquet(folder / f"part-{part}.parquet")
+
+
+@pytest.mark.slow
+def test_an_output_folder_holds_one_run_and_the_named_client_does_the_work(
+    family, checkpoint, tmp_path
+):
+    """Issue 23: a folder holding another run is refused (then replaced only when asked),
+    a rerun of the same run resumes without recomputing what it wrote, and the client
+    passed in runs every task even when another client was created after it; the
+    workers are processes, as in production."""
+    distributed = pytest.importorskip("distributed")
+    small, large = _groups(family, 10, seed=100), _groups(family, 30, seed=200)
+    _write_parts(small, tmp_path / "small", 2)
+    _write_parts(large, tmp_path / "large", 3)
+    out = tmp_path / "out"
+    options = {"checkpoint": checkpoint, "group": "group"}
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as named_cluster,
+        distributed.Client(named_cluster) as named,
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as later_cluster,
+        distributed.Client(later_cluster) as later,  # now Dask's default client
+    ):
+        with (
+            distributed.get_task_stream(client=named) as on_named,
+            distributed.get_task_stream(client=later) as on_later,
+        ):
+            first = run_batch_inference(tmp_path / "large", out, client=named, **options)
+        assert len(on_named.data) > 0 and len(on_later.data) == 0
+        assert (first.num_groups, first.workers, first.resumed_partitions) == (30, 2, 0)
+        written = {p.name: p.stat().st_mtime_ns for p in out.glob("part.*.parquet")}
+        assert len(written) == 3
+
+        # another input into the same folder: refused in one line, the folder untouched
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            run_batch_inference(tmp_path / "small", out, client=named, **options)
+        assert {p.name: p.stat().st_mtime_ns for p in out.glob("part.*.parquet")} == written
+
+        # the same run again, after losing one partition: only that one is computed
+        (out / "part.00001.parquet").unlink()
+        again = run_batch_inference(tmp_path / "large", out, client=named, **options)
+        assert (again.num_groups, again.num_rows, again.resumed_partitions) == (
+            30,
+            len(large),
+            2,
+        )
+        for name in ("part.00000.parquet", "part.00002.parquet"):
+            assert (out / name).stat().st_mtime_ns == written[name]
+
+        # replacing it on purpose leaves exactly the new run, nothing stale
+        replaced = run_batch_inference(
+            tmp_path / "small", out, client=named, overwrite=True, **options
+        )
+    assert replaced.num_groups == 10
+    summary = pd.read_parquet(out)
+    assert sorted(summary["group"]) == sorted(small["group"].unique())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_iai_run.json",
+        "part.00000.parquet",
+        "part.00001.parquet",
+    ]
+    assert not list(tmp_path.glob("out.iai-*"))
+
+
+def test_a_folder_of_other_files_is_refused_before_anything_runs(family, checkpoint, tmp_path):
+    from iai_prob.distributed.output_folder import OutputFolder, run_identity
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    identity = run_identity(tmp_path / "none.parquet", checkpoint, {"group": "group"}, 2)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        OutputFolder(out, identity)
+    assert (out / "notes.txt").read_text() == "mine"
