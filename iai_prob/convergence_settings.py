@@ -35,6 +35,12 @@ class Convergence:
         the posterior precision ill-conditioned (covariates near 300 with sd 50 give a
         condition number near 10⁶), where float32 Cholesky factors and KLs lose the
         digits the convergence test needs; the answer is returned in the guide's dtype.
+    :param bool moment_match: where the answer's ``0.5 < k̂ ≤ 0.7`` (the VI optimum usable
+        but not close), return the Gaussian with the PSIS-weighted mean and covariance of
+        the ``k̂`` draws when they differ from the VI optimum by more than their Monte
+        Carlo error (:mod:`iai_prob.moment_matching`; full-rank family only): no extra
+        model evaluations, and closer to the posterior where its tails are heavier than
+        a Gaussian's (robust Student-t regression: C2ST against NUTS 0.57 → 0.54).
     """
 
     max_steps: int = 30
@@ -43,6 +49,7 @@ class Convergence:
     khat_draws: int = 1000
     refine_first: bool = False
     float64: bool = True
+    moment_match: bool = True
 
     def __post_init__(self):
         if int(self.max_steps) != self.max_steps or self.max_steps < 0:

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["FLAT", "pareto_smooth"]
+__all__ = ["FLAT", "pareto_smooth", "smooth_finite_columns"]
 
 
 FLAT = 0.01
@@ -53,3 +53,16 @@ def _fit(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     smoothed = np.asarray(smoothed, dtype=float).T
     smoothed = smoothed - logsumexp(smoothed, axis=0, keepdims=True)
     return smoothed, np.atleast_1d(np.asarray(khat, dtype=float))
+
+
+def smooth_finite_columns(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pareto_smooth` of the columns ``(S, T)`` whose log weights are all finite;
+    a column with a non-finite one (a draw whose log joint overflowed) gets ``k̂ = inf``
+    and ``nan`` weights."""
+    log_weights = np.asarray(log_weights, dtype=float)
+    finite = np.isfinite(log_weights).all(0)
+    khat = np.full(log_weights.shape[1], np.inf)
+    smoothed = np.full(log_weights.shape, np.nan)
+    if finite.any():
+        smoothed[:, finite], khat[finite] = pareto_smooth(log_weights[:, finite])
+    return smoothed, khat

@@ -35,6 +35,7 @@ __all__ = [
     "PosteriorNotice",
     "PosteriorStatus",
     "PosteriorWarning",
+    "in_notice_band",
     "warn_if_unreliable",
 ]
 
@@ -107,9 +108,16 @@ class PosteriorStatus(NamedTuple):
 
     def noticed(self) -> list[int]:
         """Indices (flattened) of the converged datasets with ``0.5 < k̂ ≤ 0.7``."""
-        khat = np.reshape(self.khat, -1)
-        band = (khat > KHAT_NOTICE) & (khat <= KHAT_LIMIT) & np.reshape(self.converged, -1)
+        band = in_notice_band(np.reshape(self.khat, -1), np.reshape(self.converged, -1))
         return np.flatnonzero(band).tolist()
+
+
+def in_notice_band(khat, converged) -> np.ndarray:
+    """Which datasets (elementwise) converged with ``0.5 < k̂ ≤ 0.7``: usable, not close
+    (a :class:`PosteriorNotice`; their answer is PSIS moment-matched by default, see
+    :mod:`iai_prob.moment_matching`)."""
+    khat = np.asarray(khat, dtype=float)
+    return (khat > KHAT_NOTICE) & (khat <= KHAT_LIMIT) & np.asarray(converged, dtype=bool)
 
 
 _LIBRARIES = ("iai_prob", "torch", "pyro", "jax", "numpyro")
@@ -145,10 +153,11 @@ def warn_if_unreliable(
     max_steps: int,
     batched: bool,
     names: Sequence | None = None,
+    moment_matched: bool = False,
 ) -> None:
     """One :class:`PosteriorWarning` per kind of problem, and one :class:`PosteriorNotice`
     for ``0.5 < k̂ ≤ 0.7``, naming the datasets (``names`` label the tasks of a batch,
-    e.g. group ids)."""
+    e.g. group ids; ``moment_matched``: those answers were PSIS moment-matched)."""
     not_converged, heavy = status.flagged()
     residual = np.reshape(status.residual, -1)
     khat = np.reshape(status.khat, -1)
@@ -179,8 +188,15 @@ def warn_if_unreliable(
             khat,
             lambda who, worst: (
                 f"PSIS k̂ up to {worst:.2f} (between {KHAT_NOTICE} and {KHAT_LIMIT}) for "
-                f"{who}: the Gaussian posterior is usable but not close (skew or heavier "
-                "tails); draws resampled with their PSIS weights are closer "
+                f"{who}: the Gaussian VI optimum is usable but not close (skew or heavier "
+                "tails); "
+                + (
+                    "where its PSIS-weighted moments differ from it by more than their "
+                    "Monte Carlo error, the answer is that moment-matched Gaussian; "
+                    if moment_matched
+                    else ""
+                )
+                + "draws resampled with their PSIS weights are closer "
                 "(iai_prob.diagnostics.importance_resample)"
             ),
             PosteriorNotice,

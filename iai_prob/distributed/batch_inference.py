@@ -227,9 +227,7 @@ def run_batch_inference(
         "max_tasks": max_tasks,
         "device": device,
     }
-    identity = run_identity(
-        source, checkpoint, {**options, "shuffle": shuffle}, frame.npartitions
-    )
+    identity = run_identity(source, checkpoint, {**options, "shuffle": shuffle}, frame.npartitions)
     output = OutputFolder(destination, identity, overwrite=overwrite)
     meta = _meta(checkpoint, group, frame[group].dtype, tuple(quantiles), "cpu")
     started = time.perf_counter()

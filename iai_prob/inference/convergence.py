@@ -32,7 +32,7 @@ and the prior counted once overall), so memory stays bounded for large ``N``.
 
 Every answer carries a :class:`~iai_prob.posterior_status.PosteriorStatus`:
 converged or not, the passes used, the last residual and the PSIS ``k̂`` of the final
-``q`` against the full-data log joint (:func:`khat_of`).
+``q`` against the full-data log joint (:func:`importance_check`).
 """
 
 from __future__ import annotations
@@ -56,9 +56,17 @@ from iai_prob.inference.signals import (
 )
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
-from iai_prob.pareto_smoothing import pareto_smooth
+from iai_prob.pareto_smoothing import smooth_finite_columns
 
-__all__ = ["CviStep", "FullData", "converge", "cvi_step", "gaussian_log_density", "khat_of"]
+__all__ = [
+    "CviStep",
+    "FullData",
+    "ImportanceCheck",
+    "converge",
+    "cvi_step",
+    "gaussian_log_density",
+    "importance_check",
+]
 
 
 class FullData:
@@ -363,8 +371,16 @@ def gaussian_log_density(noise: torch.Tensor, tril: torch.Tensor) -> torch.Tenso
     return -0.5 * norm - log_det - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
 
 
+class ImportanceCheck(NamedTuple):
+    """The PSIS check of an answer (:func:`importance_check`)."""
+
+    khat: np.ndarray  # (T,): inf where a draw's log joint was not finite
+    draws: torch.Tensor  # (S, T, D): z_s = μ + L ε_s
+    log_weights: np.ndarray  # (S, T): smoothed, normalized; nan where k̂ is inf
+
+
 @torch.no_grad()
-def khat_of(
+def importance_check(
     loc: torch.Tensor,
     precision: torch.Tensor,
     full: FullData,
@@ -372,12 +388,12 @@ def khat_of(
     seed: int,
     max_elements: int = 1 << 22,
     log_p_dtype: torch.dtype | None = None,
-) -> np.ndarray:
+) -> ImportanceCheck:
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` (``(T, D)``, ``(T, D, D)``) against
-    the full data: ``log w_s = f_D(z_s) − log q(z_s)`` for ``num_draws`` draws
-    ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; the same ``ε_s`` for every task, from a generator
-    seeded with ``seed``, so a task's ``k̂`` is the one it gets alone, in any batch;
-    ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
+    the full data, with its draws and smoothed weights: ``log w_s = f_D(z_s) − log q(z_s)``
+    for ``num_draws`` draws ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; the same ``ε_s`` for every
+    task, from a generator seeded with ``seed``, so a task's ``k̂`` is the one it gets
+    alone, in any batch; ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
     evaluated in groups of draws so that a group touches at most ``max_elements`` data
     points. ``log_p_dtype`` (with ``full`` in that dtype) evaluates ``f_D`` at the draws in
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
@@ -394,8 +410,5 @@ def khat_of(
     evaluated = draws if log_p_dtype is None else draws.to(log_p_dtype)
     log_p = torch.cat([full.per_particle(group) for group in evaluated.split(per_group)])
     log_weights = (log_p.to(log_q.dtype) - log_q).double().cpu().numpy()
-    finite = np.isfinite(log_weights).all(0)
-    khat = np.full(log_weights.shape[1], np.inf)
-    if finite.any():
-        khat[finite] = pareto_smooth(log_weights[:, finite])[1]
-    return khat
+    smoothed, khat = smooth_finite_columns(log_weights)
+    return ImportanceCheck(khat, draws, smoothed)

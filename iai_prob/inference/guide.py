@@ -47,7 +47,7 @@ from iai_prob.guide_card import build_from_card, read_guide_checkpoint
 from iai_prob.guide_options import check_convergence, guide_config
 from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
-from iai_prob.inference.convergence import FullData, converge, khat_of
+from iai_prob.inference.convergence import FullData, converge, importance_check
 from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.memo import LastDataset
@@ -71,9 +71,11 @@ from iai_prob.inference.validation import (
 )
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.models.base import TaskFamily
+from iai_prob.moment_matching import moment_matched
 from iai_prob.posterior_status import (
     PosteriorStatus,
     PosteriorWarning,
+    in_notice_band,
     warn_if_unreliable,
 )
 from iai_prob.prior_standardization import PRIOR_DRAWS, PRIOR_SEED, prior_location_scale
@@ -500,7 +502,7 @@ class IterativeAmortizedGuide(AutoGuide):
             min_precision=refiner.min_precision,
             linearization=refiner.linearization,
         )
-        khat = khat_of(  # f_D at the draws in the guide's dtype (see khat_of)
+        check = importance_check(  # f_D at the draws in the guide's dtype (see there)
             state.loc,
             state.precision,
             full if dtype == answer_dtype else full.to_dtype(answer_dtype),
@@ -508,6 +510,21 @@ class IterativeAmortizedGuide(AutoGuide):
             self.config["seed"] + 3,
             log_p_dtype=answer_dtype,
         )
+        khat = check.khat
+        matched = rule.moment_match and refiner.family.name == "full_rank"
+        band = in_notice_band(khat, converged.cpu().numpy())
+        if matched and band.any():  # the VI optimum usable but not close: its PSIS moments
+            loc, precision = moment_matched(
+                state.loc.cpu().numpy(),
+                state.precision.cpu().numpy(),
+                check.draws.cpu().numpy(),
+                check.log_weights,
+                band,
+            )
+            state = state._replace(
+                loc=torch.as_tensor(loc).to(state.loc),
+                precision=torch.as_tensor(precision).to(state.precision),
+            )
         state = state._replace(
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
         )
@@ -521,7 +538,9 @@ class IterativeAmortizedGuide(AutoGuide):
             batched=batched,
         )
         self.last_status = status
-        warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched, names=names)
+        warn_if_unreliable(
+            status, max_steps=rule.max_steps, batched=batched, names=names, moment_matched=matched
+        )
         return state, status
 
     def _distribution(self, state: RefinementState, layout: LatentLayout, family=None):

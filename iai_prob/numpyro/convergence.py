@@ -14,7 +14,7 @@ with steps that do not depend on anything learned:
 each step safeguarded by :func:`~iai_prob.numpyro.damping.damped_combine` (backtracking
 on the full-data ELBO, then the target at the mean alone), until ``r < tolerance`` for
 every task or ``max_steps`` steps (:class:`~iai_prob.convergence_settings.Convergence`).
-Then the PSIS ``k̂`` of the final ``q`` against the full-data log joint (:func:`khat_of`).
+Then the PSIS ``k̂`` of the final ``q`` against the full-data log joint (:func:`importance_check`).
 
 The whole phase for a batch of tasks is one compiled program (``lax.while_loop`` over the
 steps, the Laplace iterations and the line searches), compiled once per data shape; the
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iai_prob.convergence_settings import Convergence
+from iai_prob.moment_matching import moment_matched
 from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.laplace import laplace_point
 from iai_prob.numpyro.log_joint import LogJoint
@@ -52,9 +53,10 @@ from iai_prob.numpyro.signals import curvature_signal, natural_gradient_target
 from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
-from iai_prob.pareto_smoothing import pareto_smooth
+from iai_prob.pareto_smoothing import smooth_finite_columns
+from iai_prob.posterior_status import in_notice_band
 
-__all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "khat_of"]
+__all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]
 
 TRACE_COUNTS: Counter = Counter()
 """How many times the compiled phase was traced, by name (a test checks the reuse)."""
@@ -266,8 +268,9 @@ def converge(
 
 @eqx.filter_jit
 def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: int):
-    """``f_D(z_s) − log q(z_s)`` ``(S, T)`` for ``num_draws`` draws, ``per_group`` at a
-    time; ``f_D`` in the dtype of ``full``'s data (the draws and ``log q`` in ``loc``'s)."""
+    """The draws ``z_s`` ``(S, T, D)`` and ``f_D(z_s) − log q(z_s)`` ``(S, T)`` for
+    ``num_draws`` draws, ``per_group`` at a time; ``f_D`` in the dtype of ``full``'s data
+    (the draws and ``log q`` in ``loc``'s)."""
     TRACE_COUNTS["khat"] += 1
     posterior = family.distribution(loc, precision)
 
@@ -283,10 +286,10 @@ def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: i
     )
     grouped = padded.reshape(num_groups, per_group, *loc.shape).astype(full.data.features.dtype)
     log_p = jax.lax.map(full.per_particle, grouped).reshape(-1, loc.shape[0])[:num_draws]
-    return log_p.astype(log_q.dtype) - log_q
+    return draws, log_p.astype(log_q.dtype) - log_q
 
 
-def khat_of(
+def importance_check(
     loc,
     precision,
     full: FullData,
@@ -294,24 +297,21 @@ def khat_of(
     num_draws: int,
     seed: int,
     max_elements: int = 1 << 22,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` against the full data from
     ``num_draws`` seeded draws, evaluated in groups of draws that touch at most
-    ``max_elements`` data points each. ``f_D`` is evaluated in the dtype of ``full``'s
-    data: :func:`finish` passes the guide's float32, which halves the cost of the
-    thousand full-data evaluations, while the draws and ``log q`` keep the phase's float64
-    (as :func:`iai_prob.inference.convergence.khat_of`)."""
+    ``max_elements`` data points each, with the draws ``(S, T, D)`` and their smoothed
+    log weights ``(S, T)``: ``(k̂, draws, log weights)``. ``f_D`` is evaluated in the dtype
+    of ``full``'s data: :func:`finish` passes the guide's float32, which halves the cost
+    of the thousand full-data evaluations, while the draws and ``log q`` keep the phase's
+    float64 (as :func:`iai_prob.inference.convergence.importance_check`)."""
     num_tasks = loc.shape[0]
     per_group = min(num_draws, max(1, max_elements // max(1, full.data.size * num_tasks)))
     key = jax.random.PRNGKey(seed)
-    log_weights = np.asarray(
-        _log_weights(loc, precision, full, family, key, num_draws, per_group), np.float64
-    )
-    finite = np.isfinite(log_weights).all(0)
-    khat = np.full(num_tasks, np.inf)
-    if finite.any():  # equal weights (q = p to float precision) give k̂ = 0 there
-        khat[finite] = pareto_smooth(log_weights[:, finite])[1]
-    return khat
+    draws, log_weights = _log_weights(loc, precision, full, family, key, num_draws, per_group)
+    # equal weights (q = p to float precision) give k̂ = 0 there
+    smoothed, khat = smooth_finite_columns(np.asarray(log_weights, np.float64))
+    return khat, np.asarray(draws, np.float64), smoothed
 
 
 def _cast(data: TaskData, dtype) -> TaskData:
@@ -362,6 +362,7 @@ def finish(
     task's answer is a function of its own data alone).
     """
     dtype = state.loc.dtype
+    matches = convergence.moment_match and family.name == "full_rank"
     wide = contextlib.nullcontext() if not convergence.float64 else jax.enable_x64(True)
     with wide:
         phase_dtype = jnp.float64 if convergence.float64 else dtype
@@ -382,13 +383,17 @@ def finish(
                 linearization=linearization,
             )
             evaluated = FullData(_cast(full.data, dtype), full.index, full.mask, log_joint)
-            khat = khat_of(
+            khat, draws, log_weights = importance_check(
                 phase.loc, phase.precision, evaluated, family, convergence.khat_draws, seed
             )
+            loc, precision = np.asarray(phase.loc), np.asarray(phase.precision)
+            band = in_notice_band(khat, np.asarray(phase.converged))
+            if matches and band.any():  # the VI optimum usable but not close
+                loc, precision = moment_matched(loc, precision, draws, log_weights, band)
             parts.append(
                 Phase(
-                    np.asarray(phase.loc),
-                    np.asarray(phase.precision),
+                    loc,
+                    precision,
                     np.asarray(phase.converged),
                     np.asarray(phase.steps),
                     np.asarray(phase.residual),

@@ -546,7 +546,10 @@ class IterativeAmortizedGuide:
             batched=batched,
         )
         self.last_status = status
-        warn_if_unreliable(status, max_steps=rule.max_steps, batched=batched)
+        matched = rule.moment_match and refiner.family.name == "full_rank"
+        warn_if_unreliable(
+            status, max_steps=rule.max_steps, batched=batched, moment_matched=matched
+        )
         return state, status
 
     def _batched_distribution(self, state: RefinementState, layout: LatentLayout):
