@@ -148,23 +148,6 @@ def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tas
     return summary
 
 
-def _meta(checkpoint, group, group_dtype, quantiles, device) -> pd.DataFrame:
-    """The empty frame with the output's columns and dtypes (Dask's ``meta``)."""
-    with _PYRO_LOCK:
-        return _meta_unlocked(checkpoint, group, group_dtype, quantiles, device)
-
-
-def _meta_unlocked(checkpoint, group, group_dtype, quantiles, device) -> pd.DataFrame:
-    guide = _cached_guide(str(checkpoint), str(device))
-    family = guide.family
-    _, x, y = family.sample(1, 2, generator=torch.Generator().manual_seed(0))
-    columns = _columns_for(guide.prepare(x[0], y[0]).layout, quantiles)
-    meta = pd.DataFrame({c: pd.Series(dtype="float32") for c in columns})
-    meta.insert(0, "num_points", pd.Series(dtype="int64"))
-    meta.insert(0, group, pd.Series(dtype=group_dtype))
-    return meta
-
-
 def run_batch_inference(
     source,
     destination,
@@ -216,8 +199,9 @@ def run_batch_inference(
         x_columns = [c for c in frame.columns if c not in (group, y_column)]
     if shuffle:
         frame = frame.shuffle(on=group)
-    else:
-        _check_grouping(frame, group, source, client)
+    parts = frame.to_delayed()  # the check and the summaries read the same partitions
+    if not shuffle:
+        _check_grouping(parts, group, source, client)
     options = {
         "checkpoint": str(checkpoint),
         "group": group,
@@ -227,14 +211,13 @@ def run_batch_inference(
         "max_tasks": max_tasks,
         "device": device,
     }
-    identity = run_identity(source, checkpoint, {**options, "shuffle": shuffle}, frame.npartitions)
+    identity = run_identity(source, checkpoint, {**options, "shuffle": shuffle}, len(parts))
     output = OutputFolder(destination, identity, overwrite=overwrite)
-    meta = _meta(checkpoint, group, frame[group].dtype, tuple(quantiles), "cpu")
     started = time.perf_counter()
     finished = set(output.finished())
-    parts = frame.map_partitions(summarize_groups, **options, meta=meta).to_delayed()
+    summarize = dask.delayed(functools.partial(summarize_groups, **options))
     writes = [
-        dask.delayed(write_partition)(part, str(output.path(index)))
+        dask.delayed(write_partition)(summarize(part), str(output.path(index)))
         for index, part in enumerate(parts)
         if index not in finished
     ]
@@ -248,12 +231,14 @@ def run_batch_inference(
     )
 
 
-def _check_grouping(frame, group: str, source, client) -> None:
-    """Refuse, before anything is written, a group found in two partitions (reading the
-    group column alone, on ``client``)."""
+def _check_grouping(parts, group: str, source, client) -> None:
+    """Refuse, before anything is written, a group found in two of the partitions
+    ``parts`` (delayed frames, computed on ``client``). They are the partitions the
+    summaries read: reading the group column alone lets Dask fuse small files into one
+    partition, where a split group would go unseen."""
     import dask
 
-    uniques = [dask.delayed(pd.unique)(part) for part in frame[group].to_delayed()]
+    uniques = [dask.delayed(_groups_of)(part, group) for part in parts]
     seen = pd.Series(np.concatenate(client.gather(client.compute(uniques))))
     duplicated = seen[seen.duplicated()].unique()
     if len(duplicated):
@@ -261,6 +246,11 @@ def _check_grouping(frame, group: str, source, client) -> None:
             f"group(s) {list(duplicated[:5])} appear in more than one partition of {source}; "
             "write the Parquet partitioned by group or pass shuffle=True"
         )
+
+
+def _groups_of(frame: pd.DataFrame, group: str) -> np.ndarray:
+    """The distinct groups of one partition."""
+    return pd.unique(frame[group])
 
 
 def _counts(path) -> tuple[int, int]:

@@ -72,13 +72,14 @@ def run_identity(source, checkpoint, options: dict, num_partitions: int) -> dict
         for suffix in (".json", ".safetensors")
         if stem.with_suffix(suffix).exists()
     }
-    return {
+    identity = {
         "format": _FORMAT,
         "input": _input_files(source),
         "guide": guide,
         "options": {key: value for key, value in options.items() if key != "checkpoint"},
         "partitions": num_partitions,
     }
+    return json.loads(json.dumps(identity))  # as the manifest reads back (tuples as lists)
 
 
 def _write_json(path: Path, value: dict) -> None:
