@@ -38,8 +38,8 @@ class Convergence:
     :param bool moment_match: where the answer's ``0.5 < k̂ ≤ 0.7`` (the VI optimum usable
         but not close), return the Gaussian with the PSIS-weighted mean and covariance of
         the ``k̂`` draws when they differ from the VI optimum by more than their Monte
-        Carlo error (:mod:`iai_prob.moment_matching`; full-rank family only): no extra
-        model evaluations, and closer to the posterior where its tails are heavier than
+        Carlo error and its own ``k̂`` is at most 0.7 (:mod:`iai_prob.moment_matching`;
+        full-rank family only): closer to the posterior where its tails are heavier than
         a Gaussian's (robust Student-t regression: C2ST against NUTS 0.57 → 0.54).
     """
 

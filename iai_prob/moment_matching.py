@@ -28,7 +28,9 @@ nats from the posterior's moments (40,000 draws), keeps it: its 1,000-draw momen
 regression ``KL = 0.051 > 0.037`` (ESS 728, ``D = 6``) is corrected and its C2ST against
 NUTS falls from 0.57 to 0.54 (NUTS's own moments give 0.54, the best a Gaussian does
 there); the breast-cancer logistic regression ``KL = 0.010 < 0.014`` keeps its VI
-optimum. No model evaluation is added: the draws are the ``k̂``'s.
+optimum. A moved answer gets a ``k̂`` of its own (1,000 more draws, for those tasks'
+batches only) and is kept only where that is at most 0.7: the answer's status is then
+that ``k̂``, and an answer the check cannot vouch for stays the VI optimum with its own.
 
 Backend-neutral (NumPy): each backend passes the draws and smoothed log weights of the
 tasks in the band (:func:`~iai_prob.posterior_status.in_notice_band`) and turns the
@@ -59,16 +61,18 @@ def moment_matched(
     draws: np.ndarray,
     log_weights: np.ndarray,
     tasks: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(loc, precision)`` ``(T, D)``, ``(T, D, D)`` with each task in ``tasks`` ``(T,)``
-    answered by ``N(μ̃, Σ̃)`` of its draws ``(S, T, D)`` and smoothed log weights
-    ``(S, T)`` where that differs from its ``N(loc, precision⁻¹)`` by more than the
-    moments' Monte Carlo error (module docstring); a task whose ``Σ̃`` is not positive
-    definite keeps its own answer."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(loc, precision, moved)`` ``(T, D)``, ``(T, D, D)``, ``(T,)``: each task in
+    ``tasks`` ``(T,)`` answered by ``N(μ̃, Σ̃)`` of its draws ``(S, T, D)`` and smoothed log
+    weights ``(S, T)`` where that differs from its ``N(loc, precision⁻¹)`` by more than
+    the moments' Monte Carlo error (module docstring); a task whose ``Σ̃`` is not positive
+    definite keeps its own answer. The caller checks each moved answer's own ``k̂`` and
+    keeps it only where that is at most 0.7."""
     loc, precision = np.array(loc, dtype=float), np.array(precision, dtype=float)
+    moved = np.zeros(loc.shape[0], dtype=bool)
     chosen = np.flatnonzero(tasks)
     if not len(chosen):
-        return loc, precision
+        return loc, precision, moved
     mean, covariance = psis_moments(draws[:, chosen], log_weights[:, chosen])
     weights = np.exp(log_weights[:, chosen] - log_weights[:, chosen].max(0))
     ess = weights.sum(0) ** 2 / (weights**2).sum(0)
@@ -82,7 +86,8 @@ def moment_matched(
         if gap > (dim + dim * (dim + 1) / 2) / ess[position]:
             inverse = np.linalg.inv(factor)
             loc[task], precision[task] = mean[position], inverse.T @ inverse
-    return loc, precision
+            moved[task] = True
+    return loc, precision, moved
 
 
 def _gaussian_kl(mean, covariance, loc, precision) -> float:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -73,6 +74,7 @@ from iai_prob.latent_layout import LatentLayout
 from iai_prob.models.base import TaskFamily
 from iai_prob.moment_matching import moment_matched
 from iai_prob.posterior_status import (
+    KHAT_LIMIT,
     PosteriorStatus,
     PosteriorWarning,
     in_notice_band,
@@ -502,29 +504,45 @@ class IterativeAmortizedGuide(AutoGuide):
             min_precision=refiner.min_precision,
             linearization=refiner.linearization,
         )
-        check = importance_check(  # f_D at the draws in the guide's dtype (see there)
-            state.loc,
-            state.precision,
-            full if dtype == answer_dtype else full.to_dtype(answer_dtype),
-            rule.khat_draws,
-            self.config["seed"] + 3,
-            log_p_dtype=answer_dtype,
-        )
+        evaluated = full if dtype == answer_dtype else full.to_dtype(answer_dtype)
+
+        def checked(candidate, seed):  # f_D at the draws in the guide's dtype (see there)
+            return importance_check(
+                candidate.loc,
+                candidate.precision,
+                evaluated,
+                rule.khat_draws,
+                seed,
+                log_p_dtype=answer_dtype,
+            )
+
+        check = checked(state, self.config["seed"] + 3)
         khat = check.khat
         matched = rule.moment_match and refiner.family.name == "full_rank"
         band = in_notice_band(khat, converged.cpu().numpy())
         if matched and band.any():  # the VI optimum usable but not close: its PSIS moments
-            loc, precision = moment_matched(
+            loc, precision, moved = moment_matched(
                 state.loc.cpu().numpy(),
                 state.precision.cpu().numpy(),
                 check.draws.cpu().numpy(),
                 check.log_weights,
                 band,
             )
-            state = state._replace(
-                loc=torch.as_tensor(loc).to(state.loc),
-                precision=torch.as_tensor(precision).to(state.precision),
-            )
+            if moved.any():  # kept where its own k̂ vouches for it (≤ 0.7)
+                candidate = state._replace(
+                    loc=torch.as_tensor(loc).to(state.loc),
+                    precision=torch.as_tensor(precision).to(state.precision),
+                )
+                again = checked(candidate, self.config["seed"] + 4)
+                keep = moved & (again.khat <= KHAT_LIMIT)
+                chosen = torch.as_tensor(keep, device=state.loc.device)
+                state = state._replace(
+                    loc=torch.where(chosen[:, None], candidate.loc, state.loc),
+                    precision=torch.where(
+                        chosen[:, None, None], candidate.precision, state.precision
+                    ),
+                )
+                khat = np.where(keep, again.khat, khat)
         state = state._replace(
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
         )

@@ -54,7 +54,7 @@ from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.pareto_smoothing import smooth_finite_columns
-from iai_prob.posterior_status import in_notice_band
+from iai_prob.posterior_status import KHAT_LIMIT, in_notice_band
 
 __all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]
 
@@ -314,6 +314,32 @@ def importance_check(
     return khat, np.asarray(draws, np.float64), smoothed
 
 
+def _vouched(answer, matched, full, family, num_draws: int, seed: int):
+    """``answer`` ``(loc, precision, k̂)`` with the moment-matched answers ``matched``
+    ``(loc, precision, moved)`` (:func:`~iai_prob.moment_matching.moment_matched`) taken
+    where each moved one's own ``k̂`` (``num_draws`` draws, the next seed) is at most 0.7,
+    as the PyTorch guide does; NumPy arrays."""
+    loc, precision, khat = answer
+    moved_loc, moved_precision, moved = matched
+    if not moved.any():
+        return answer
+    dtype = loc.dtype
+    again, _, _ = importance_check(
+        jnp.asarray(moved_loc, dtype),
+        jnp.asarray(moved_precision, dtype),
+        full,
+        family,
+        num_draws,
+        seed + 1,
+    )
+    keep = moved & (again <= KHAT_LIMIT)
+    return (
+        np.where(keep[:, None], moved_loc, loc),
+        np.where(keep[:, None, None], moved_precision, precision),
+        np.where(keep, again, khat),
+    )
+
+
 def _cast(data: TaskData, dtype) -> TaskData:
     """``data`` with every floating-point array in ``dtype`` (integer and boolean
     arguments, e.g. category labels, kept)."""
@@ -389,7 +415,10 @@ def finish(
             loc, precision = np.asarray(phase.loc), np.asarray(phase.precision)
             band = in_notice_band(khat, np.asarray(phase.converged))
             if matches and band.any():  # the VI optimum usable but not close
-                loc, precision = moment_matched(loc, precision, draws, log_weights, band)
+                matched = moment_matched(loc, precision, draws, log_weights, band)
+                loc, precision, khat = _vouched(
+                    (loc, precision, khat), matched, evaluated, family, convergence.khat_draws, seed
+                )
             parts.append(
                 Phase(
                     loc,

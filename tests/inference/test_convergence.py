@@ -157,15 +157,17 @@ def test_moments_beyond_their_monte_carlo_error_replace_the_answer():
     log_weights[:, 1] = 0.0  # task 1: q is p
     log_weights -= np.log(np.exp(log_weights).sum(0))
     loc, precision = np.zeros((2, 3)), np.tile(np.eye(3), (2, 1, 1))
-    new_loc, new_precision = moment_matched(
+    new_loc, new_precision, moved = moment_matched(
         loc, precision, draws, log_weights, np.array([True, True])
     )
+    np.testing.assert_array_equal(moved, [True, False])
     np.testing.assert_allclose(new_loc[0], 0.3, atol=0.05)
     np.testing.assert_allclose(np.diag(np.linalg.inv(new_precision[0])), 1.2**2, rtol=0.15)
     np.testing.assert_array_equal(new_loc[1], loc[1])  # within Monte Carlo error: kept
     np.testing.assert_array_equal(new_precision[1], precision[1])
     unchanged = moment_matched(loc, precision, draws, log_weights, np.array([False, False]))
     np.testing.assert_array_equal(unchanged[0], loc)
+    assert not unchanged[2].any()
 
 
 def test_a_batch_of_tasks_names_its_tasks():
