@@ -23,6 +23,7 @@ from iai_prob.inference import (
     PosteriorNotice,
     PosteriorWarning,
 )
+from iai_prob.inference import guide as guide_module
 from iai_prob.inference.convergence import FullData, gaussian_log_density
 from iai_prob.inference.objectives import kl_to_exact
 from iai_prob.inference.posteriors import covariance_tril
@@ -145,6 +146,40 @@ def test_a_usable_answer_within_the_moments_monte_carlo_error_keeps_the_vi_optim
         default = guide.posterior(x[0], y[0])
     torch.testing.assert_close(default.mean, optimum.mean)
     torch.testing.assert_close(default.covariance_matrix, optimum.covariance_matrix)
+
+
+def _moved(shift: float, widen: float):
+    """A stand-in for the moment matching that moves every band answer: its mean by
+    ``shift`` sds along the first axis, its covariance times ``widen``."""
+
+    def move(loc, precision, draws, log_weights, tasks):
+        covariance = np.linalg.inv(precision)
+        loc = loc + shift * np.sqrt(covariance[:, 0, 0])[:, None] * np.eye(loc.shape[-1])[0]
+        return loc, np.linalg.inv(widen * covariance), np.asarray(tasks, dtype=bool)
+
+    return move
+
+
+@pytest.mark.parametrize(("shift", "widen", "kept"), [(0.0, 1.2, True), (6.0, 0.3, False)])
+def test_a_moved_answer_is_kept_only_where_its_own_khat_vouches_for_it(
+    monkeypatch, shift, widen, kept
+):
+    """A moment-matched answer gets its own k̂: a slightly wider one (k̂ ≤ 0.7) is the
+    answer and its k̂ the status's; one six sds off (k̂ > 0.7) is dropped for the VI
+    optimum with its own k̂."""
+    family = get_family("logistic_regression", dim=3)
+    _, x, y = family.sample(1, 40, generator=torch.Generator().manual_seed(2))
+    guide = IterativeAmortizedGuide(family, convergence=Convergence(moment_match=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimum = guide.posterior(x[0], y[0])
+        monkeypatch.setattr(guide_module, "moment_matched", _moved(shift, widen))
+        guide.convergence = Convergence()
+        answer = guide.posterior(x[0], y[0])
+    same = torch.allclose(answer.covariance_matrix, optimum.covariance_matrix)
+    assert same != kept
+    assert (float(answer.status.khat) == float(optimum.status.khat)) != kept
+    assert float(answer.status.khat) <= 0.7
 
 
 def test_moments_beyond_their_monte_carlo_error_replace_the_answer():

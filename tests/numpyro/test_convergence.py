@@ -22,6 +22,7 @@ from iai_prob import pretrained as torch_pretrained
 from iai_prob.convergence_settings import Convergence
 from iai_prob.models import get_family
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
+from iai_prob.numpyro import convergence as numpyro_convergence
 from iai_prob.numpyro.convergence import TRACE_COUNTS, FullData
 from iai_prob.numpyro.laplace import _log_joint
 from iai_prob.numpyro.posteriors import gaussian_kl
@@ -98,6 +99,30 @@ def test_a_phase_stopped_by_its_cap_warns_naming_the_dataset_and_the_cap():
     with pytest.warns(PosteriorWarning, match="did not converge"):
         status = guide.posterior(params, x[0], y[0]).status
     assert float(status.passes) == 2.0  # one learned pass of 40 points, one full step
+
+
+@pytest.mark.parametrize(("shift", "widen", "kept"), [(0.0, 1.2, True), (6.0, 0.3, False)])
+def test_a_moved_answer_is_kept_only_where_its_own_khat_vouches_for_it(
+    monkeypatch, shift, widen, kept
+):
+    """As the PyTorch guide: a moment-matched answer is kept where its own k̂ ≤ 0.7."""
+    from tests.inference.test_convergence import _moved
+
+    family = get_family("logistic_regression", dim=3).on("numpyro")
+    _, x, y = family.sample(jax.random.PRNGKey(8), 1, 40)  # k̂ = 0.60 at the VI optimum
+    guide = IterativeAmortizedGuide(family, **SMALL, convergence=Convergence(moment_match=False))
+    params = guide.init_params(x[0], y[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimum = guide.posterior(params, x[0], y[0])
+        assert 0.5 < float(optimum.status.khat) <= 0.7  # in the band: matching is tried
+        monkeypatch.setattr(numpyro_convergence, "moment_matched", _moved(shift, widen))
+        guide.convergence = Convergence()
+        answer = guide.posterior(params, x[0], y[0])
+    covariances = (np.asarray(answer.covariance_matrix), np.asarray(optimum.covariance_matrix))
+    assert np.allclose(*covariances) != kept
+    assert (float(answer.status.khat) == float(optimum.status.khat)) != kept
+    assert float(answer.status.khat) <= 0.7
 
 
 def test_a_batch_of_tasks_names_its_tasks():
