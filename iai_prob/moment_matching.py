@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["moment_matched", "psis_moments"]
+from iai_prob.posterior_status import KHAT_LIMIT
+
+__all__ = ["moment_matched", "psis_moments", "vouched"]
 
 
 def psis_moments(draws: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +90,14 @@ def moment_matched(
             loc[task], precision[task] = mean[position], inverse.T @ inverse
             moved[task] = True
     return loc, precision, moved
+
+
+def vouched(moved: np.ndarray, khat: np.ndarray, moved_khat: np.ndarray):
+    """``(keep, k̂)`` ``(T,)``: the moved answers whose own ``k̂`` (``moved_khat``) is at
+    most 0.7 are kept, and their ``k̂`` is the answer's; the others keep the VI optimum
+    and its ``k̂``."""
+    keep = np.asarray(moved, dtype=bool) & (np.asarray(moved_khat) <= KHAT_LIMIT)
+    return keep, np.where(keep, moved_khat, khat)
 
 
 def _gaussian_kl(mean, covariance, loc, precision) -> float:

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import NamedTuple
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -72,9 +71,8 @@ from iai_prob.inference.validation import (
 )
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.models.base import TaskFamily
-from iai_prob.moment_matching import moment_matched
+from iai_prob.moment_matching import moment_matched, vouched
 from iai_prob.posterior_status import (
-    KHAT_LIMIT,
     PosteriorStatus,
     PosteriorWarning,
     in_notice_band,
@@ -533,8 +531,7 @@ class IterativeAmortizedGuide(AutoGuide):
                     loc=torch.as_tensor(loc).to(state.loc),
                     precision=torch.as_tensor(precision).to(state.precision),
                 )
-                again = checked(candidate, self.config["seed"] + 4)
-                keep = moved & (again.khat <= KHAT_LIMIT)
+                keep, khat = vouched(moved, khat, checked(candidate, self.config["seed"] + 4).khat)
                 chosen = torch.as_tensor(keep, device=state.loc.device)
                 state = state._replace(
                     loc=torch.where(chosen[:, None], candidate.loc, state.loc),
@@ -542,7 +539,6 @@ class IterativeAmortizedGuide(AutoGuide):
                         chosen[:, None, None], candidate.precision, state.precision
                     ),
                 )
-                khat = np.where(keep, again.khat, khat)
         state = state._replace(
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
         )

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iai_prob.convergence_settings import Convergence
-from iai_prob.moment_matching import moment_matched
+from iai_prob.moment_matching import moment_matched, vouched
 from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.laplace import laplace_point
 from iai_prob.numpyro.log_joint import LogJoint
@@ -54,7 +54,7 @@ from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.pareto_smoothing import smooth_finite_columns
-from iai_prob.posterior_status import KHAT_LIMIT, in_notice_band
+from iai_prob.posterior_status import in_notice_band
 
 __all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]
 
@@ -332,11 +332,11 @@ def _vouched(answer, matched, full, family, num_draws: int, seed: int):
         num_draws,
         seed + 1,
     )
-    keep = moved & (again <= KHAT_LIMIT)
+    keep, khat = vouched(moved, khat, again)
     return (
         np.where(keep[:, None], moved_loc, loc),
         np.where(keep[:, None, None], moved_precision, precision),
-        np.where(keep, again, khat),
+        khat,
     )
 
 
