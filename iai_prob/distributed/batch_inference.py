@@ -221,7 +221,11 @@ def run_batch_inference(
         for index, part in enumerate(parts)
         if index not in finished
     ]
-    counts = client.gather(client.compute(writes))
+    try:
+        counts = client.gather(client.compute(writes))
+    except BaseException:
+        output.abandon()
+        raise
     counts += [_counts(output.path(index)) for index in sorted(finished)]
     output.complete()
     seconds = time.perf_counter() - started

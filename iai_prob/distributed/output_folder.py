@@ -107,7 +107,7 @@ class OutputFolder:
                 raise FileExistsError(
                     f"output folder {self.destination} is not empty and holds no batch-"
                     "inference run of this input, guide and options; choose an empty "
-                    "folder, or pass overwrite=True (iai infer --overwrite) to replace it"
+                    "folder, or pass overwrite=True to replace it"
                 )
             self.replacing = True
             self.folder = self.destination.with_name(
@@ -153,6 +153,12 @@ class OutputFolder:
     def finished(self) -> list[int]:
         """The partitions already written (a resumed run keeps them)."""
         return [i for i in range(self.identity["partitions"]) if self.path(i).exists()]
+
+    def abandon(self) -> None:
+        """A failed replacement: remove the folder it was being built in, leaving the
+        old result whole (a run into its own folder keeps what it wrote, to resume)."""
+        if self.replacing:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def complete(self) -> Path:
         """Mark the run complete (swapping a replacement in) and return its folder."""

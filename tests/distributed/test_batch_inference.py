@@ -228,3 +228,8 @@ def test_a_folder_of_other_files_is_refused_before_anything_runs(family, checkpo
     with pytest.raises(FileExistsError, match="is not empty"):
         OutputFolder(out, identity)
     assert (out / "notes.txt").read_text() == "mine"
+    # a replacement that fails before completing leaves the old folder whole, no sibling
+    replacement = OutputFolder(out, identity, overwrite=True)
+    assert replacement.folder != out and replacement.folder.exists()
+    replacement.abandon()
+    assert not replacement.folder.exists() and (out / "notes.txt").read_text() == "mine"
