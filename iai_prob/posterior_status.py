@@ -114,8 +114,8 @@ class PosteriorStatus(NamedTuple):
 
 def in_notice_band(khat, converged) -> np.ndarray:
     """Which datasets (elementwise) converged with ``0.5 < k̂ ≤ 0.7``: usable, not close
-    (a :class:`PosteriorNotice`; their answer is PSIS moment-matched by default, see
-    :mod:`iai_prob.moment_matching`)."""
+    (a :class:`PosteriorNotice`; by default their answer is PSIS moment-matched where
+    that is reliably closer, see :mod:`iai_prob.moment_matching`)."""
     khat = np.asarray(khat, dtype=float)
     return (khat > KHAT_NOTICE) & (khat <= KHAT_LIMIT) & np.asarray(converged, dtype=bool)
 
