@@ -30,6 +30,7 @@ import functools
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -163,7 +164,8 @@ def run_batch_inference(
     device: str = "cpu",
     overwrite: bool = False,
 ) -> BatchInferenceResult:
-    """Summarize every group of the Parquet dataset ``source`` into Parquet ``destination``.
+    """Summarize every group of the table ``source`` (Parquet or CSV) into Parquet
+    ``destination``.
 
     Every step runs on ``client``'s cluster (not on whichever client was created last).
     Before anything is written, the grouping is checked (no group in two partitions) and
@@ -171,7 +173,9 @@ def run_batch_inference(
     starts the run, this same run's folder resumes it without recomputing the
     partitions it holds, and anything else is refused unless ``overwrite``.
 
-    :param source: a Parquet file, folder or glob (one Dask partition per file).
+    :param source: a Parquet file, folder or glob (one Dask partition per file), or CSV (a
+        ``.csv`` file or glob, or a folder of them; read in blocks of 64 MB, so a group
+        can straddle two blocks: then pass ``shuffle=True``).
     :param destination: output folder (one Parquet file per input partition, and the
         run's manifest).
     :param checkpoint: the guide's checkpoint (path stem; the card names the task family).
@@ -186,11 +190,10 @@ def run_batch_inference(
     :returns: a :class:`BatchInferenceResult` (groups, rows, wall time, workers).
     """
     import dask
-    import dask.dataframe as dd
 
     from iai_prob.distributed.output_folder import OutputFolder, run_identity, write_partition
 
-    frame = dd.read_parquet(source)
+    frame = _read_table(source)
     if group not in frame.columns or y_column not in frame.columns:
         raise ValueError(
             f"the table needs columns {group!r} and {y_column!r}; it has {list(frame.columns)}"
@@ -233,6 +236,19 @@ def run_batch_inference(
     return BatchInferenceResult(
         sum(c[0] for c in counts), sum(c[1] for c in counts), seconds, workers, len(finished)
     )
+
+
+def _read_table(source):
+    """``source`` as a Dask frame: CSV (a ``.csv`` file or glob, or a folder of them) in
+    blocks of 64 MB, else Parquet (a file, folder or glob; one partition per file)."""
+    import dask.dataframe as dd
+
+    text = str(source)
+    if Path(text).is_dir() and any(Path(text).glob("*.csv")):
+        text = str(Path(text) / "*.csv")
+    if text.endswith(".csv"):
+        return dd.read_csv(text, blocksize="64MB")
+    return dd.read_parquet(source)
 
 
 def _check_grouping(parts, group: str, source, client) -> None:

@@ -218,6 +218,35 @@ def test_an_output_folder_holds_one_run_and_the_named_client_does_the_work(
     assert not list(tmp_path.glob("out.iai-*"))
 
 
+@pytest.mark.slow
+def test_csv_files_give_the_summaries_of_the_same_groups_in_parquet(family, checkpoint, tmp_path):
+    """A folder of CSV files of whole groups is read as the Parquet one is."""
+    distributed = pytest.importorskip("distributed")
+    frame = _groups(family, 12, seed=300)
+    (tmp_path / "csv").mkdir()
+    for part, groups in enumerate(np.array_split(sorted(frame["group"].unique()), 2)):
+        frame[frame["group"].isin(groups)].to_csv(
+            tmp_path / "csv" / f"part-{part}.csv", index=False
+        )
+    _write_parts(frame, tmp_path / "parquet", 2)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        for name in ("csv", "parquet"):
+            result = run_batch_inference(
+                tmp_path / name, tmp_path / f"out-{name}", checkpoint=checkpoint, client=client
+            )
+            assert (result.num_groups, result.num_rows) == (12, len(frame))
+    summaries = [
+        pd.read_parquet(tmp_path / f"out-{name}").sort_values("group").reset_index(drop=True)
+        for name in ("csv", "parquet")
+    ]
+    pd.testing.assert_frame_equal(*summaries, check_dtype=False, rtol=1e-5)
+
+
 def test_a_folder_of_other_files_is_refused_before_anything_runs(family, checkpoint, tmp_path):
     from iai_prob.distributed.output_folder import OutputFolder, run_identity
 
