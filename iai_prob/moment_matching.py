@@ -46,15 +46,19 @@ from iai_prob.posterior_status import KHAT_LIMIT
 __all__ = ["moment_matched", "psis_moments", "vouched"]
 
 
-def psis_moments(draws: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The weighted mean ``(T, D)`` and covariance ``(T, D, D)`` of ``draws`` ``(S, T, D)``
-    under the normalized log weights ``(S, T)`` (PSIS-smoothed, summing to one per task)."""
+def psis_moments(
+    draws: np.ndarray, log_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weighted mean ``(T, D)``, covariance ``(T, D, D)`` and effective sample size
+    ``1 / Σ_s w_s²`` ``(T,)`` of ``draws`` ``(S, T, D)`` under the log weights ``(S, T)``
+    (PSIS-smoothed; normalized here)."""
     weights = np.exp(log_weights - log_weights.max(0))
     weights = weights / weights.sum(0)
     mean = np.einsum("st,std->td", weights, draws)
     centred = draws - mean
     covariance = np.einsum("st,std,ste->tde", weights, centred, centred)
-    return mean, 0.5 * (covariance + covariance.transpose(0, 2, 1))
+    ess = 1.0 / (weights**2).sum(0)
+    return mean, 0.5 * (covariance + covariance.transpose(0, 2, 1)), ess
 
 
 def moment_matched(
@@ -75,9 +79,7 @@ def moment_matched(
     chosen = np.flatnonzero(tasks)
     if not len(chosen):
         return loc, precision, moved
-    mean, covariance = psis_moments(draws[:, chosen], log_weights[:, chosen])
-    weights = np.exp(log_weights[:, chosen] - log_weights[:, chosen].max(0))
-    ess = weights.sum(0) ** 2 / (weights**2).sum(0)
+    mean, covariance, ess = psis_moments(draws[:, chosen], log_weights[:, chosen])
     dim = loc.shape[-1]
     for position, task in enumerate(chosen):
         try:
@@ -92,12 +94,22 @@ def moment_matched(
     return loc, precision, moved
 
 
-def vouched(moved: np.ndarray, khat: np.ndarray, moved_khat: np.ndarray):
-    """``(keep, k̂)`` ``(T,)``: the moved answers whose own ``k̂`` (``moved_khat``) is at
-    most 0.7 are kept, and their ``k̂`` is the answer's; the others keep the VI optimum
-    and its ``k̂``."""
-    keep = np.asarray(moved, dtype=bool) & (np.asarray(moved_khat) <= KHAT_LIMIT)
-    return keep, np.where(keep, moved_khat, khat)
+def vouched(answer, matched, khat_of):
+    """``answer`` ``(loc, precision, k̂)`` with the moved answers of ``matched``
+    ``(loc, precision, moved)`` (:func:`moment_matched`) taken where their own ``k̂``,
+    ``khat_of(loc, precision)`` (NumPy in and out, the backend's check), is at most 0.7,
+    and that ``k̂`` then the answer's; elsewhere the VI optimum and its ``k̂`` stay."""
+    loc, precision, khat = answer
+    moved_loc, moved_precision, moved = matched
+    if not moved.any():
+        return answer
+    moved_khat = np.asarray(khat_of(moved_loc, moved_precision))
+    keep = moved & (moved_khat <= KHAT_LIMIT)
+    return (
+        np.where(keep[:, None], moved_loc, loc),
+        np.where(keep[:, None, None], moved_precision, precision),
+        np.where(keep, moved_khat, khat),
+    )
 
 
 def _gaussian_kl(mean, covariance, loc, precision) -> float:

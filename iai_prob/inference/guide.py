@@ -122,6 +122,14 @@ def _serialized(method):
     return locked
 
 
+def _state_of(state: RefinementState, loc, precision) -> RefinementState:
+    """``state`` with NumPy ``loc`` and ``precision`` in its own dtype and device."""
+    return state._replace(
+        loc=torch.as_tensor(loc).to(state.loc),
+        precision=torch.as_tensor(precision).to(state.precision),
+    )
+
+
 def _constrained(latent: torch.Tensor, layout: LatentLayout) -> dict[str, torch.Tensor]:
     """The constrained value of each global site for a joint unconstrained ``latent``."""
     return {site.name: value for site, value, _ in layout.unpack(latent)}
@@ -519,26 +527,14 @@ class IterativeAmortizedGuide(AutoGuide):
         matched = rule.moment_match and refiner.family.name == "full_rank"
         band = in_notice_band(khat, converged.cpu().numpy())
         if matched and band.any():  # the VI optimum usable but not close: its PSIS moments
-            loc, precision, moved = moment_matched(
-                state.loc.cpu().numpy(),
-                state.precision.cpu().numpy(),
-                check.draws.cpu().numpy(),
-                check.log_weights,
-                band,
+            as_state = functools.partial(_state_of, state)
+            loc, precision = state.loc.cpu().numpy(), state.precision.cpu().numpy()
+            loc, precision, khat = vouched(
+                (loc, precision, khat),
+                moment_matched(loc, precision, check.draws.cpu().numpy(), check.log_weights, band),
+                lambda *moved: checked(as_state(*moved), self.config["seed"] + 4).khat,
             )
-            if moved.any():  # kept where its own k̂ vouches for it (≤ 0.7)
-                candidate = state._replace(
-                    loc=torch.as_tensor(loc).to(state.loc),
-                    precision=torch.as_tensor(precision).to(state.precision),
-                )
-                keep, khat = vouched(moved, khat, checked(candidate, self.config["seed"] + 4).khat)
-                chosen = torch.as_tensor(keep, device=state.loc.device)
-                state = state._replace(
-                    loc=torch.where(chosen[:, None], candidate.loc, state.loc),
-                    precision=torch.where(
-                        chosen[:, None, None], candidate.precision, state.precision
-                    ),
-                )
+            state = as_state(loc, precision)
         state = state._replace(
             loc=state.loc.to(answer_dtype), precision=state.precision.to(answer_dtype)
         )

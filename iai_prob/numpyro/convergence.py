@@ -33,6 +33,7 @@ Carlo draws (``linearization="samples"``) finishes with sigma points.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import Counter
 from typing import NamedTuple
@@ -314,30 +315,10 @@ def importance_check(
     return khat, np.asarray(draws, np.float64), smoothed
 
 
-def _vouched(answer, matched, full, family, num_draws: int, seed: int):
-    """``answer`` ``(loc, precision, k̂)`` with the moment-matched answers ``matched``
-    ``(loc, precision, moved)`` (:func:`~iai_prob.moment_matching.moment_matched`) taken
-    where each moved one's own ``k̂`` (``num_draws`` draws, the next seed) is at most 0.7,
-    as the PyTorch guide does; NumPy arrays."""
-    loc, precision, khat = answer
-    moved_loc, moved_precision, moved = matched
-    if not moved.any():
-        return answer
-    dtype = loc.dtype
-    again, _, _ = importance_check(
-        jnp.asarray(moved_loc, dtype),
-        jnp.asarray(moved_precision, dtype),
-        full,
-        family,
-        num_draws,
-        seed + 1,
-    )
-    keep, khat = vouched(moved, khat, again)
-    return (
-        np.where(keep[:, None], moved_loc, loc),
-        np.where(keep[:, None, None], moved_precision, precision),
-        khat,
-    )
+def _khat_of(loc, precision, *, full, family, num_draws: int, seed: int, dtype) -> np.ndarray:
+    """:func:`importance_check`'s ``k̂`` of NumPy ``(loc, precision)`` taken in ``dtype``."""
+    loc, precision = jnp.asarray(loc, dtype), jnp.asarray(precision, dtype)
+    return importance_check(loc, precision, full, family, num_draws, seed)[0]
 
 
 def _cast(data: TaskData, dtype) -> TaskData:
@@ -416,9 +397,15 @@ def finish(
             band = in_notice_band(khat, np.asarray(phase.converged))
             if matches and band.any():  # the VI optimum usable but not close
                 matched = moment_matched(loc, precision, draws, log_weights, band)
-                loc, precision, khat = _vouched(
-                    (loc, precision, khat), matched, evaluated, family, convergence.khat_draws, seed
+                khat_of = functools.partial(  # the moved answers' own k̂, the next seed
+                    _khat_of,
+                    full=evaluated,
+                    family=family,
+                    num_draws=convergence.khat_draws,
+                    seed=seed + 1,
+                    dtype=loc.dtype,
                 )
+                loc, precision, khat = vouched((loc, precision, khat), matched, khat_of)
             parts.append(
                 Phase(
                     loc,
