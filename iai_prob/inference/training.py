@@ -154,7 +154,7 @@ def _tasks_with_non_finite_gradients(states: list) -> torch.Tensor | None:
     return bad
 
 
-def _backward(guide, trainable, batch, budget, generator, result, tries: int = 3):
+def _backward(guide, trainable, batch, budget, generator, result, tries: int = 8):
     """``(loss, batch, task, state, finite)``: the step's loss, back-propagated into
     ``trainable``, on ``batch`` less the tasks left out, ``finite`` when the loss and the
     gradient are.
@@ -162,9 +162,11 @@ def _backward(guide, trainable, batch, budget, generator, result, tries: int = 3
     A task whose loss or whose gradient is not finite (its simulated data overflow the
     likelihood, or its gradient, at the ELBO's draws: a Poisson rate past float range
     under a wide prior) is left out and counted in ``result.dropped_tasks``, and the step
-    retaken on the others (up to ``tries`` times), rather than voided for all: masking it
-    out of the loss would still send ``0 · inf = NaN`` through the shared weights'
-    gradients.
+    retaken on the others, rather than voided for all: masking it out of the loss would
+    still send ``0 · inf = NaN`` through the shared weights' gradients. A retake draws new
+    noise, so it can find more such tasks; every retake leaves out at least one, and up to
+    ``tries`` attempts are made (one raw-count run needed four; with three, two of its
+    three steps were skipped on one CPU and none on another).
     """
     for attempt in range(tries):
         step = _step_loss(guide, batch, budget, generator)
