@@ -113,6 +113,10 @@ def guide_config(
     check_linearization(linearization)
     if not isinstance(standardize, bool):
         raise ValueError(f"standardize must be True or False, got {standardize!r}")
+    if encoder_options is not None and not isinstance(encoder_options, dict):
+        raise ValueError(
+            f"encoder_options must be a dict of the encoder's arguments, got {encoder_options!r}"
+        )
     return {
         "family": family,
         "encoder": encoder,

@@ -19,6 +19,13 @@ with the same model and settings (a folder holding another run is refused, namin
 differs; ``--overwrite`` starts again), and the guide kept is the one that scores best
 on the held-out validation tasks; the same ``--seed`` gives the same guide, bit for bit.
 The guide is ``OUT/guide.json`` and ``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
+
+``--nproc N`` trains data-parallel on N processes of this machine (``torchrun
+--standalone`` under the hood): every process draws its own share of each step's
+``--tasks-per-step`` tasks and its own noise, the gradients are averaged, and the first
+process writes ``--out`` (:mod:`iai_prob.inference.data_parallel`). On several machines,
+launch the same command under ``torchrun`` yourself (``docs/reliability.md``, "Several
+machines"): it joins the process group torchrun describes.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ EXAMPLES = """examples:
   iai train my_models.py:model --x-dim 3 --steps 300 --out runs/mine
   iai train my_models:model --covariates my_models:covariates --out runs/mine
   iai train my_models:model --data schools.csv --x x0:x7 --y y --group school --out runs/real
+  iai train linear_regression --nproc 2 --tasks-per-step 64 --out runs/lr
 """
 
 
@@ -90,6 +98,10 @@ def add_parser(commands) -> None:
     guide.add_argument(
         "--encoder", default="set_transformer", help="dataset encoder: set_transformer, deep_sets"
     )
+    guide.add_argument(
+        "--encoder-options",
+        help="encoder arguments as JSON, e.g. '{\"hidden_dim\": 32}' (default: the encoder's own)",
+    )
     guide.add_argument("--batch-size", type=int, default=64, help="rows per refinement step")
     budget = parser.add_argument_group("budget")
     budget.add_argument(
@@ -111,6 +123,18 @@ def add_parser(commands) -> None:
     )
     budget.add_argument("--seed", type=int, default=0, help="seeds the training run")
     budget.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    processes = parser.add_argument_group("processes")
+    processes.add_argument(
+        "--nproc",
+        type=int,
+        help="train on this many processes of this machine (default: one; under torchrun, "
+        "the world size torchrun gives)",
+    )
+    processes.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda (several processes: one GPU each, LOCAL_RANK, over nccl)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -200,6 +224,8 @@ def _check_budget(args) -> None:
 
     for option in ("steps", "tasks_per_step", "checkpoint_every", "batch_size"):
         check_positive_int("--" + option.replace("_", "-"), getattr(args, option))
+    if args.nproc is not None:
+        check_positive_int("--nproc", args.nproc)
     check_non_negative_int("--seed", args.seed)
     if args.x_dim is not None:
         check_positive_int("--x-dim", args.x_dim)
@@ -211,25 +237,30 @@ def _check_budget(args) -> None:
         )
 
 
-def _without_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object's ``pairs`` as a dict; a key given twice is refused (``json`` would
-    keep the last value silently)."""
-    keys = [key for key, _ in pairs]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
-    if twice:
-        raise ValueError(
-            f"--config names {', '.join(map(repr, twice))} more than once; give each option once"
-        )
-    return dict(pairs)
+def _json_object(option: str, text: str | None):
+    """The JSON value given to ``option`` (``{}`` when not given), or one line naming the
+    problem; a key given twice is refused (``json`` would keep the last value silently)."""
+
+    def without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        keys = [key for key, _ in pairs]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ValueError(
+                f"{option} names {', '.join(map(repr, twice))} more than once; give each "
+                "option once"
+            )
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=without_duplicates) if text else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option} is not valid JSON ({error}): {text!r}") from None
 
 
 def _family(name: str, config: str | None):
     from iai_prob.models import FAMILIES
 
-    try:
-        options = json.loads(config, object_pairs_hook=_without_duplicates) if config else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--config is not valid JSON ({error}): {config!r}") from None
+    options = _json_object("--config", config)
     try:
         return FAMILIES[name].from_config(options)
     except ValueError as error:
@@ -250,6 +281,7 @@ def _validation_summary(history) -> str:
 
 def run(args) -> int:
     """Train, checkpointing ``OUT/last`` and ``OUT/guide`` with the command in its card."""
+    from iai_prob.distributed.train import launch, local_device, processes, under_torchrun
     from iai_prob.inference import IterativeAmortizedGuide, fit
     from iai_prob.models import FAMILIES
     from iai_prob.training_folder import RunMismatchError
@@ -270,32 +302,50 @@ def run(args) -> int:
         )
     objective = args.objective or ("reverse_kl" if args.data else "mixed")
     guide = IterativeAmortizedGuide(
-        model, family=args.posterior, encoder=args.encoder, batch_size=args.batch_size
+        model,
+        family=args.posterior,
+        encoder=args.encoder,
+        encoder_options=_json_object("--encoder-options", args.encoder_options),
+        batch_size=args.batch_size,
     )
-    try:
-        result = fit(
-            guide,
-            tasks,
-            steps=args.steps,
-            tasks_per_step=args.tasks_per_step,
-            num_points=(args.min_points, args.max_points),
-            objective=objective,
-            learning_rate=args.learning_rate,
-            checkpoint_dir=args.out,
-            checkpoint_every=args.checkpoint_every,
-            resume=not args.overwrite,
-            seed=args.seed,
-            progress=not args.no_progress,
-            guide_card=card,
-        )
-    except RunMismatchError as error:
-        raise ValueError(
-            f"--out {args.out} {error.description}; pass --overwrite to start again"
-        ) from None
+    if args.nproc not in (None, 1) and not under_torchrun():
+        if args.tasks_per_step % args.nproc:
+            raise ValueError(
+                f"--tasks-per-step {args.tasks_per_step} must be divisible by --nproc "
+                f"{args.nproc} so that every process draws the same number of tasks"
+            )
+        return launch(args.nproc, args.argv)  # the options are checked: now N processes
+    device = local_device(args.device)
+    with processes(device, args.nproc) as parallel:
+        try:
+            result = fit(
+                guide,
+                tasks,
+                steps=args.steps,
+                tasks_per_step=args.tasks_per_step,
+                num_points=(args.min_points, args.max_points),
+                objective=objective,
+                learning_rate=args.learning_rate,
+                device=device,
+                checkpoint_dir=args.out,
+                checkpoint_every=args.checkpoint_every,
+                resume=not args.overwrite,
+                seed=args.seed,
+                progress=not args.no_progress,
+                parallel=parallel,
+                guide_card=card,
+            )
+        except RunMismatchError as error:
+            raise ValueError(
+                f"--out {args.out} {error.description}; pass --overwrite to start again"
+            ) from None
+        if not parallel.is_writer:
+            return 0
     # a checkpoint never makes iai import code: a user's model is named again on loading
     model_option = f" --model {args.model}" if ":" in args.model else ""
+    processes_used = f" on {parallel.world_size} processes" if parallel.world_size > 1 else ""
     print(
-        f"trained {result.steps} steps in {result.seconds:.1f} s (final loss "
+        f"trained {result.steps} steps{processes_used} in {result.seconds:.1f} s (final loss "
         f"{result.losses[-1]:.4g}){_validation_summary(result.validation)}; guide in "
         f"{args.out}/guide.json\n"
         f"next: iai infer {args.out} DATA.csv{model_option} --x COLS --y COL [--group COL] "

@@ -1,14 +1,18 @@
 """Data-parallel meta-training over ``torch.distributed`` processes (launched by ``torchrun``).
 
-Each of the ``W`` processes draws the *same* global batch of ``G`` tasks (every step's
-tasks are seeded by ``(seed, step)``, so no broadcast is needed), keeps its own
-contiguous slice of ``G / W`` tasks, and computes the mean loss over that slice.
-Averaging the gradients over processes then gives exactly the gradient of the mean
-loss over the global batch,
+Each of the ``W`` processes draws its *own* ``G / W`` tasks of a step's global batch of
+``G``, with its own Monte Carlo noise, from generators seeded by ``(seed, step, rank,
+W)`` (:func:`~iai_prob.inference.training.fit`; the step's ``N`` is common, drawn from
+``(seed, step)``, so the processes stay in step), and computes the mean loss over them.
+Averaging the gradients over processes then gives the gradient of the mean loss over
+the ``G`` tasks,
 
-    ∇ (1/G) Σ_t ℓ_t = (1/W) Σ_r ∇ (1/(G/W)) Σ_{t ∈ slice r} ℓ_t,
+    ∇ (1/G) Σ_t ℓ_t = (1/W) Σ_r ∇ (1/(G/W)) Σ_{t ∈ tasks of r} ℓ_t,
 
-which is what DistributedDataParallel computes. The guide's refinement is a loop of
+which is what DistributedDataParallel computes. A run on ``W`` processes is therefore a
+run of the same distribution as one process with the same ``G`` (the same expected
+update; not the same draws) and is reproducible for a given ``(seed, W)``; with
+``W = 1`` the draws are those of a run without ``torchrun``. The guide's refinement is a loop of
 ``init``/``step`` calls, not one ``forward``, so the gradients are all-reduced here in
 one flattened bucket after ``backward`` rather than by DDP's forward hooks. The
 decision to skip a step with a non-finite loss or gradient is taken jointly, so the
@@ -23,8 +27,6 @@ import os
 
 import torch
 import torch.distributed as torch_dist
-
-from iai_prob.inference.sources import TaskBatch
 
 __all__ = ["SINGLE_PROCESS", "DataParallel", "init_from_environment"]
 
@@ -48,26 +50,14 @@ class DataParallel:
         return self.rank == 0
 
     def local_tasks(self, tasks_per_step: int) -> int:
-        """Check that the global batch splits evenly; return ``G``."""
+        """How many of a step's ``G = tasks_per_step`` tasks this process draws: ``G / W``
+        (a ``G`` that does not split evenly is refused)."""
         if tasks_per_step % self.world_size:
             raise ValueError(
                 f"tasks_per_step={tasks_per_step} must be divisible by the number of processes "
                 f"({self.world_size}) so that every process gets the same number of tasks"
             )
-        return tasks_per_step
-
-    def shard(self, batch: TaskBatch) -> TaskBatch:
-        """This process's contiguous slice of a global batch (tasks on dim 0)."""
-        if self.world_size == 1:
-            return batch
-
-        def take(value):
-            size = value.shape[0] // self.world_size
-            return value[self.rank * size : (self.rank + 1) * size]
-
-        args = tuple(take(a) if torch.is_tensor(a) else a for a in batch.args)
-        theta = None if batch.theta is None else {k: take(v) for k, v in batch.theta.items()}
-        return TaskBatch(args, theta)
+        return tasks_per_step // self.world_size
 
     def all_finite(self, finite: bool) -> bool:
         """``True`` when ``finite`` holds on every process."""

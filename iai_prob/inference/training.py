@@ -198,13 +198,21 @@ def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
     return float(kl.median())
 
 
-def _step_seeds(seed: int, step: int) -> tuple[int, int]:
-    """Seeds of step ``step`` (``-1``: building the guide): ``(tasks, global)``.
+def _step_seeds(seed: int, step: int, parallel: DataParallel = SINGLE_PROCESS) -> tuple[int, int]:
+    """Seeds of step ``step`` (``-1``: building the guide) on ``parallel``'s process:
+    ``(tasks, global)``.
 
-    ``tasks`` seeds the explicit generator (the formula of earlier versions, so their runs
-    keep their numbers); ``global`` seeds torch's global generators, from a hash so that
-    the two streams never coincide (a CPU generator uses only a seed's low 32 bits).
+    One process: ``tasks`` seeds the explicit generator (the formula of earlier versions,
+    so their runs keep their numbers); ``global`` seeds torch's global generators, from a
+    hash so that the two streams never coincide (a CPU generator uses only a seed's low 32
+    bits). Rank ``r`` of ``W > 1`` processes: both from a hash of ``(seed, step, r, W)``,
+    so every process draws its own tasks and noise, and a run is reproduced by the same
+    seed on the same number of processes.
     """
+    if parallel.world_size > 1:
+        key = f"iai_prob.fit:{seed}:{step}:rank {parallel.rank} of {parallel.world_size}"
+        digest = hashlib.sha256(key.encode()).digest()
+        return int.from_bytes(digest[8:16], "little"), int.from_bytes(digest[:8], "little")
     digest = hashlib.sha256(f"iai_prob.fit:{seed}:{step}".encode()).digest()
     return (seed * 1_000_003 + step) % 2**64, int.from_bytes(digest[:8], "little")
 
@@ -371,12 +379,17 @@ def fit(
         best = None
         if folder is not None and resume:
             best = resume_training(folder, trainable, optimizer, result, device, identity)
+        resumed = result.steps > 0
+        if resumed and result.world_size != parallel.world_size and parallel.is_writer:
+            warnings.warn(_world_size_changed(result, parallel.world_size), UserWarning, 2)
+        result.world_size = parallel.world_size
         budget = {
             "steps": steps,
             **settings,
             "learning_rate": identity["learning_rate"],
             "max_skipped": max_skipped,
             "early_stopping": early_stopping,
+            "world_size": parallel.world_size,
         }
         validation = None
         if validation_tasks:
@@ -448,12 +461,26 @@ def _train_loop(
             best = _snapshot(trainable)
         bar.set_postfix({"val": f"{history.latest:.4g}"})
     stop = history.should_stop(patience)
+    low, high = budget["num_points"]
     while result.steps < steps and not stop:
         task_seed, global_seed = _step_seeds(seed, result.steps)
         generator.manual_seed(task_seed)
+        size = int(torch.randint(low, high + 1, (), generator=generator))
+        if parallel.world_size > 1:  # the step's N is common; the tasks and noise are the rank's
+            task_seed, global_seed = _step_seeds(seed, result.steps, parallel)
+            generator.manual_seed(task_seed)
         with _global_rng(global_seed, device):
             loss_value, kl = _train_step(
-                guide, trainable, source, optimizer, result, budget, generator, device, parallel
+                guide,
+                trainable,
+                source,
+                optimizer,
+                result,
+                budget,
+                size,
+                generator,
+                device,
+                parallel,
             )
         result.steps += 1
         result.losses.append(loss_value)
@@ -499,6 +526,16 @@ def _train_loop(
         history.final = (result.steps, validate())  # a resumed run that had no steps left
     if best is not None and not history.final_is_best():
         trainable.load_state_dict(best)
+
+
+def _world_size_changed(result: FitResult, world_size: int) -> str:
+    """The one line of a run resumed on another number of processes: what changes."""
+    return (
+        f"fit: resuming a run trained on {result.world_size} process(es) up to step "
+        f"{result.steps} on {world_size}: every process draws its own tasks and noise, so "
+        f"the steps from here are not those of an uninterrupted {result.world_size}-process "
+        "run (the same distribution of tasks and the same expected update, other draws)"
+    )
 
 
 def _validator(guide, trainable, validation, budget, device):
@@ -557,12 +594,14 @@ def _build_on_a_valid_draw(guide, source, num_points, generator, device, tries: 
                 raise
 
 
-def _train_step(guide, trainable, source, optimizer, result, budget, generator, device, parallel):
-    """One optimizer step (skipped when not finite); returns the loss and the exact KL
-    (every 10 steps and at the last, where the family has an exact posterior)."""
-    low, high = budget["num_points"]
-    size = int(torch.randint(low, high + 1, (), generator=generator))
-    batch = parallel.shard(source.sample(budget["tasks_per_step"], size, generator)).to(device)
+def _train_step(
+    guide, trainable, source, optimizer, result, budget, size, generator, device, parallel
+):
+    """One optimizer step on this process's tasks of ``size`` points (skipped when not
+    finite anywhere); returns the loss (the mean over processes) and the exact KL (every
+    10 steps and at the last, where the family has an exact posterior)."""
+    local = parallel.local_tasks(budget["tasks_per_step"])
+    batch = source.sample(local, size, generator).to(device)
     optimizer.zero_grad()
     try:
         loss, batch, task, state, finite = _backward(

@@ -46,8 +46,9 @@ _BEST_PREFIX = "best."
 class FitResult:
     """What :func:`fit` did: per-step losses, the KL trace where exact, the time, the
     skipped steps, the tasks left out of a step for a non-finite loss, the validation
-    history (untrained, scheduled, best and final scores) and whether early stopping ended
-    the run."""
+    history (untrained, scheduled, best and final scores), whether early stopping ended
+    the run, and the number of processes that took its last step (``torchrun``'s world
+    size; 1 without it)."""
 
     losses: list[float] = field(default_factory=list)
     kls: list[tuple[int, float]] = field(default_factory=list)
@@ -57,6 +58,7 @@ class FitResult:
     dropped_tasks: int = 0
     validation: ValidationHistory = field(default_factory=ValidationHistory)
     stopped_early: bool = False
+    world_size: int = 1
 
 
 def run_identity(guide, source, optimizer, settings: dict) -> dict:
@@ -101,6 +103,7 @@ def save_training(
         "seconds": result.seconds,
         "skipped": result.skipped,
         "dropped_tasks": result.dropped_tasks,
+        "world_size": result.world_size,
         "validation": result.validation.to_card(),
         "optimizer_param_groups": optimizer_state["param_groups"],
         "optimizer_scalars": scalars,
@@ -153,5 +156,6 @@ def resume_training(
     result.kls = [tuple(kl) for kl in card["kls"]]
     result.skipped = card["skipped"]
     result.dropped_tasks = card.get("dropped_tasks", 0)  # absent in earlier versions
+    result.world_size = card.get("world_size", 1)  # earlier versions trained on one process
     result.validation = ValidationHistory.from_card(card.get("validation"))
     return best or None

@@ -1,5 +1,7 @@
-"""Data-parallel meta-training: ``torchrun`` with 2 CPU processes on gloo gives the
-weights of one process trained on the same global batch."""
+"""Data-parallel meta-training: every process draws its own share of a step's tasks and
+its own noise (the step's N is common), a run is reproduced by its seed on the same
+number of processes, its cards record that number, and ``iai train --nproc`` runs any
+model ``iai train`` takes on torchrun's processes."""
 
 from __future__ import annotations
 
@@ -7,82 +9,208 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as torch_dist
 
-from iai_prob.distributed.train import main
+from iai_prob.cli import main
+from iai_prob.inference import IterativeAmortizedGuide, fit
 from iai_prob.inference.checkpoint import read_checkpoint
-from iai_prob.inference.data_parallel import DataParallel
-from iai_prob.inference.sources import TaskBatch
+from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
+from iai_prob.inference.sources import DatasetCollection, FamilyTasks
+from iai_prob.models import LinearRegression
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = [
-    "linear_regression",
-    "--config",
-    '{"dim": 2}',
-    "--encoder",
-    "deep_sets",
-    "--encoder-options",
-    '{"embed_dim": 16, "hidden_dim": 32}',
-    "--steps",
-    "4",
-    "--min-points",
-    "8",
-    "--max-points",
-    "16",
-    "--batch-size",
-    "8",
-    "--objective",
-    "forward_kl",  # no Monte Carlo noise: the comparison is exact up to summation order
-]
+SEED = 3
+OPTIONS = {
+    "tasks_per_step": 8,
+    "num_points": (8, 16),
+    "objective": "reverse_kl",
+    "progress": False,
+    "validation_tasks": 0,
+    "seed": SEED,
+}
 
 
-def _weights(directory):
-    """The weights and optimizer state after the last step (the folder's ``guide`` is the
-    best by validation, which after 4 steps can be the untrained one in every run)."""
-    tensors, _ = read_checkpoint(directory / "last")
-    return {k: v for k, v in tensors.items() if not k.startswith("best.")}
+class RecordedTasks(FamilyTasks):
+    """A family's tasks, remembering every draw: ``(num_tasks, num_points, x)``."""
+
+    def __init__(self, family):
+        super().__init__(family)
+        self.draws = []
+
+    def sample(self, num_tasks, num_points, generator):
+        batch = super().sample(num_tasks, num_points, generator)
+        self.draws.append((num_tasks, num_points, batch.args[0]))
+        return batch
+
+
+@pytest.fixture
+def group_of_one():
+    """A gloo process group of this process alone: a ``DataParallel(rank, W)`` view then
+    draws as rank ``rank`` of ``W`` does (its all-reduces see one member)."""
+    torch_dist.init_process_group("gloo", store=torch_dist.HashStore(), rank=0, world_size=1)
+    yield
+    torch_dist.destroy_process_group()
+
+
+def _guide():
+    return IterativeAmortizedGuide(
+        LinearRegression(dim=2), encoder="deep_sets", encoder_options={"hidden_dim": 16}
+    )
+
+
+def _fit(source, parallel, steps=2):
+    return fit(_guide(), source, steps=steps, parallel=parallel, **OPTIONS)
+
+
+def test_every_rank_draws_only_its_own_tasks_at_the_common_n(group_of_one):
+    family = LinearRegression(dim=2)
+    ranks = [RecordedTasks(family) for _ in range(2)]
+    for rank, source in enumerate(ranks):
+        _fit(source, DataParallel(rank, 2))
+    single = RecordedTasks(family)
+    _fit(single, SINGLE_PROCESS)
+    for step in (1, 2):  # draw 0 builds the guide (validation_tasks=0: no other draws)
+        (t0, n0, x0), (t1, n1, x1) = (source.draws[step] for source in ranks)
+        assert t0 == t1 == 4 and n0 == n1  # half of the 8 tasks each, the same N
+        assert not torch.equal(x0, x1)  # other tasks
+    # one process draws as it always has: N, then the 8 tasks, from (seed, step)
+    generator = torch.Generator().manual_seed(SEED * 1_000_003 + 0)
+    size = int(torch.randint(8, 17, (), generator=generator))
+    _, x, _ = family.sample(8, size, generator=generator)
+    assert single.draws[1][:2] == (8, size) and torch.equal(single.draws[1][2], x)
+
+
+def test_every_rank_draws_its_own_noise_and_repeats_it(group_of_one):
+    """One dataset of 8 rows, N = 8: every task is that dataset, so the ranks' losses
+    differ only by their Monte Carlo noise (and the order of the rows)."""
+    x, y = LinearRegression(dim=2).sample(1, 8, generator=torch.Generator().manual_seed(1))[1:]
+    data = DatasetCollection([(x[0], y[0])])
+    options = {**OPTIONS, "num_points": (8, 8)}
+
+    def losses(rank):
+        parallel = DataParallel(rank, 2)
+        return fit(_guide(), data, steps=3, parallel=parallel, **options).losses
+
+    rank_0, rank_1 = losses(0), losses(1)
+    assert losses(0) == rank_0  # the same seed and rank: the same run, bit for bit
+    assert all(abs(a - b) > 1e-3 * abs(a) for a, b in zip(rank_0, rank_1, strict=True))
+
+
+RECORDING_MODEL = textwrap.dedent(
+    """
+    import json
+    import os
+
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+
+    def model(x, y=None):
+        with pyro.plate("tasks", x.shape[0], dim=-2):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+            with pyro.plate("data", x.shape[-2], dim=-1):
+                return pyro.sample("y", dist.Normal((x * w).sum(-1), 0.5), obs=y)
+
+
+    def covariates(num_tasks, num_points, generator):
+        x = torch.randn(num_tasks, num_points, 2, generator=generator)
+        with open(os.environ["RECORD"], "a") as record:
+            draw = [os.environ.get("RANK", "none"), num_tasks, num_points, float(x.sum())]
+            record.write(json.dumps(draw) + "\\n")
+        return (x,)
+    """
+)
+
+
+def _iai_train(tmp_path, out, *options):
+    """``iai train`` of the recording model in a fresh process (as a user runs it)."""
+    record = tmp_path / f"{out}.jsonl"
+    environment = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "RECORD": str(record)}
+    environment["OMP_NUM_THREADS"] = "1"
+    argv = ["train", "recording:model", "--covariates", "recording:covariates"]
+    argv += ["--steps", "3", "--tasks-per-step", "8", "--min-points", "8", "--max-points", "16"]
+    argv += ["--encoder", "deep_sets", "--objective", "reverse_kl", "--no-progress"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "iai_prob.cli", *argv, "--out", str(tmp_path / out), *options],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    draws = [json.loads(line) for line in record.read_text().splitlines()]
+    return completed, draws
+
+
+def _last_weights(folder):
+    tensors, card = read_checkpoint(folder / "last")
+    return {k: v for k, v in tensors.items() if not k.startswith("best.")}, card
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    script = ["-m", "iai_prob.distributed.train", *ARGS, "--tasks-per-step", "8"]
-    completed = subprocess.run(
-        [*launcher, "2", *script, "--out", str(tmp_path / "ddp")],
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
-    assert b"on 2 process(es)" in completed.stdout
+def test_iai_train_on_two_processes_is_reproducible_and_records_them(tmp_path):
+    (tmp_path / "recording.py").write_text(RECORDING_MODEL)
+    first, draws = _iai_train(tmp_path, "a", "--nproc", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "trained 3 steps on 2 processes" in first.stdout
+    steps = [d for d in draws if d[1] == 4]  # the build's draw is one task
+    assert sorted(d[0] for d in steps) == ["0"] * 3 + ["1"] * 3  # each rank its 4 tasks
+    by_rank = {rank: [d for d in steps if d[0] == rank] for rank in ("0", "1")}
+    for step_0, step_1 in zip(by_rank["0"], by_rank["1"], strict=True):
+        assert step_0[2] == step_1[2] and step_0[3] != step_1[3]  # the same N, other tasks
 
-    main([*ARGS, "--tasks-per-step", "8", "--out", str(tmp_path / "single")])
-    main([*ARGS, "--tasks-per-step", "4", "--out", str(tmp_path / "half")])
-    ddp, single, half = (_weights(tmp_path / n) for n in ("ddp", "single", "half"))
-    assert set(ddp) == set(single)
-    for name, value in single.items():
-        torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    # one process's own 4 tasks alone would have trained to other weights
-    assert max(float((half[k] - single[k]).abs().max()) for k in single) > 1e-4
-    losses = [
-        json.loads((tmp_path / n / "last.json").read_text())["losses"] for n in ("ddp", "single")
-    ]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    again, _ = _iai_train(tmp_path, "b", "--nproc", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    (weights_a, card), (weights_b, _) = _last_weights(tmp_path / "a"), _last_weights(tmp_path / "b")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    guide_card = json.loads((tmp_path / "a" / "guide.json").read_text())
+    assert card["world_size"] == 2 and guide_card["budget"]["world_size"] == 2
+    assert "--nproc 2" in guide_card["command"]
+
+    resumed, _ = _iai_train(tmp_path, "a", "--steps", "4")  # on one process now
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming a run trained on 2 process(es) up to step 3 on 1" in resumed.stderr
+    assert _last_weights(tmp_path / "a")[1]["world_size"] == 1
 
 
-def test_shards_partition_the_global_batch():
-    x, theta = torch.arange(24.0).reshape(6, 4), {"w": torch.arange(6.0)}
-    shards = [DataParallel(rank, 3).shard(TaskBatch((x, 7), theta)) for rank in range(3)]
-    torch.testing.assert_close(torch.cat([s.args[0] for s in shards]), x)
-    torch.testing.assert_close(torch.cat([s.theta["w"] for s in shards]), theta["w"])
-    assert all(s.args[1] == 7 for s in shards)  # non-tensor arguments pass through
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--nproc", "3"], "--tasks-per-step 8 must be divisible by --nproc 3"),
+        (["--nproc", "0"], "--nproc must be a positive integer"),
+        (["--encoder-options", "[16]"], "encoder_options must be a dict"),
+        (["--encoder-options", '{"a": 1, "a": 2}'], "--encoder-options names 'a' more than once"),
+    ],
+)
+def test_bad_process_options_are_one_line_before_any_process_starts(
+    tmp_path, capsys, options, message
+):
+    argv = ["train", "linear_regression", "--tasks-per-step", "8", "--out", str(tmp_path / "o")]
+    assert main([*argv, *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_nproc_under_torchrun_must_be_its_world_size(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    argv = ["train", "linear_regression", "--nproc", "2", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--nproc 2 but torchrun started 4 process(es)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("rank", "world_size", "tasks"), [(2, 2, 8), (-1, 2, 8), (0, 3, 8)])
 def test_bad_process_layouts_are_named(rank, world_size, tasks):
     with pytest.raises(ValueError, match=r"rank|divisible"):
         DataParallel(rank, world_size).local_tasks(tasks)
+
+
+def test_each_process_draws_its_share_of_the_global_batch():
+    assert [DataParallel(rank, 4).local_tasks(32) for rank in range(4)] == [8] * 4
+    assert SINGLE_PROCESS.local_tasks(32) == 32
