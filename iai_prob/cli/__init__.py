@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run ``iai`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m iai_prob.cli -- train ...`: the rest is iai's
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     args.argv = argv
     try:

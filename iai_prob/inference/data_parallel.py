@@ -36,13 +36,16 @@ class DataParallel:
 
     :param int rank: this process's index.
     :param int world_size: number of processes ``W``.
+    :param device: where the collectives' own small tensors live: the process's GPU under
+        ``nccl`` (which reduces CUDA tensors only), the CPU (default) under ``gloo``.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
+    def __init__(self, rank: int = 0, world_size: int = 1, device=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
         self.rank = rank
         self.world_size = world_size
+        self.device = torch.device(device if device is not None else "cpu")
 
     @property
     def is_writer(self) -> bool:
@@ -63,9 +66,22 @@ class DataParallel:
         """``True`` when ``finite`` holds on every process."""
         if self.world_size == 1:
             return finite
-        flag = torch.tensor([0.0 if finite else 1.0])
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
         return bool(flag.item() == 0.0)
+
+    def check_same(self, value: int, what: str) -> None:
+        """Raise ``ValueError`` naming ``what`` unless every process holds the same
+        integer ``value`` (e.g. the step a run resumes from)."""
+        if self.world_size == 1:
+            return
+        bounds = torch.tensor([value, -value], dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(bounds, op=torch_dist.ReduceOp.MAX)
+        high, low = int(bounds[0].item()), -int(bounds[1].item())
+        if high != low:
+            raise ValueError(
+                f"the {self.world_size} processes disagree on {what}: from {low} to {high}"
+            )
 
     def average_gradients(self, parameters) -> None:
         """Replace every gradient by its mean over processes (one flattened all-reduce)."""
@@ -99,7 +115,7 @@ class DataParallel:
         """The mean of a float over processes (for logged losses)."""
         if self.world_size == 1:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch_dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
@@ -116,7 +132,8 @@ def init_from_environment(device=None) -> DataParallel:
     """
     if "WORLD_SIZE" not in os.environ:
         return SINGLE_PROCESS
+    cuda = device is not None and torch.device(device).type == "cuda"
     if not torch_dist.is_initialized():
-        cuda = device is not None and torch.device(device).type == "cuda"
         torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DataParallel(torch_dist.get_rank(), torch_dist.get_world_size())
+    collectives = device if cuda and torch_dist.get_backend() == "nccl" else None
+    return DataParallel(torch_dist.get_rank(), torch_dist.get_world_size(), collectives)

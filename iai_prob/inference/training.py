@@ -379,6 +379,12 @@ def fit(
         best = None
         if folder is not None and resume:
             best = resume_training(folder, trainable, optimizer, result, device, identity)
+        parallel.check_same(
+            result.steps,
+            "the step to resume from (every process must see the same checkpoint_dir; on "
+            "several machines, a shared filesystem)",
+        )
+        parallel.broadcast_parameters(trainable)  # rank 0's weights everywhere, as DDP
         resumed = result.steps > 0
         if resumed and result.world_size != parallel.world_size and parallel.is_writer:
             warnings.warn(_world_size_changed(result, parallel.world_size), UserWarning, 2)

@@ -4,6 +4,16 @@ group alone."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +23,7 @@ from iai_prob.distributed.batch_inference import run_batch_inference, summarize_
 from iai_prob.inference import IterativeAmortizedGuide
 from iai_prob.models import LinearRegression
 
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = (5, 9, 9, 14)  # group sizes cycle through these: buckets of equal N
 
 
@@ -262,3 +273,75 @@ def test_a_folder_of_other_files_is_refused_before_anything_runs(family, checkpo
     assert replacement.folder != out and replacement.folder.exists()
     replacement.abandon()
     assert not replacement.folder.exists() and (out / "notes.txt").read_text() == "mine"
+
+
+@contextmanager
+def _scheduler_and_workers(num_workers: int):
+    """The documented cluster recipe on this machine: ``dask scheduler`` and ``dask
+    worker`` started as processes of their own (as on the machines of a cluster), meeting
+    over the loopback interface; yields a client of the scheduler and the workers'
+    processes."""
+    distributed = pytest.importorskip("distributed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    quiet = {"env": environment, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    dask = [sys.executable, "-m", "dask"]
+    scheduler = subprocess.Popen(
+        [*dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        **quiet,
+    )
+    workers = [
+        subprocess.Popen(
+            [*dask, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+            **quiet,
+        )
+        for _ in range(num_workers)
+    ]
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(num_workers, timeout=120)
+            yield client, workers
+    finally:
+        for process in [*workers, scheduler]:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_workers_started_apart_give_the_groups_and_a_killed_one_loses_nothing(
+    family, checkpoint, tmp_path
+):
+    """Issue 23.6 and 23.7: the scheduler-plus-workers recipe of docs/reliability.md, and
+    a worker killed by pid mid-run (SIGKILL, no nanny to restart it): Dask recomputes
+    what it held on the other worker, and every group's summary is the guide on that
+    group alone."""
+    frame = _groups(family, 96, seed=300)
+    _write_parts(frame, tmp_path / "in", 12)
+    options = {"checkpoint": checkpoint, "group": "group"}
+    guide = IterativeAmortizedGuide.load(checkpoint, family)
+    with _scheduler_and_workers(2) as (client, workers):
+        running = concurrent.futures.ThreadPoolExecutor(1).submit(
+            run_batch_inference, tmp_path / "in", tmp_path / "out", client=client, **options
+        )
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out").glob("part.*.parquet")) and not running.done():
+            assert time.monotonic() < deadline, "no partition was written in 2 minutes"
+            time.sleep(0.01)
+        written_before_the_kill = len(list((tmp_path / "out").glob("part.*.parquet")))
+        workers[0].send_signal(signal.SIGKILL)
+        result = running.result(timeout=300)
+    assert 1 <= written_before_the_kill < 12  # killed mid-run
+    assert (result.num_groups, result.num_rows) == (96, len(frame))
+    summary = pd.read_parquet(tmp_path / "out").sort_values("group").reset_index(drop=True)
+    assert summary["group"].tolist() == sorted(frame["group"].unique())
+    for index in (0, 41, 95):
+        rows = frame[frame["group"] == summary.loc[index, "group"]]
+        np.testing.assert_allclose(
+            summary.iloc[index, 2:].to_numpy(dtype=np.float32),
+            _expected_row(guide, rows),
+            rtol=1e-4,
+            atol=1e-5,
+        )

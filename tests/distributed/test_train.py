@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -214,3 +215,55 @@ def test_bad_process_layouts_are_named(rank, world_size, tasks):
 def test_each_process_draws_its_share_of_the_global_batch():
     assert [DataParallel(rank, 4).local_tasks(32) for rank in range(4)] == [8] * 4
     assert SINGLE_PROCESS.local_tasks(32) == 32
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_nodes(tmp_path, steps: int) -> list[subprocess.CompletedProcess]:
+    """The documented multi-node line run as two "nodes" on this machine: two torchrun
+    launchers of one process each, meeting at a rendezvous on the loopback interface, each
+    with an --out of its own (no shared filesystem)."""
+    port = _free_port()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launchers = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+        command += ["--node-rank", str(node), "--nproc-per-node", "1"]
+        command += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+        command += ["-m", "iai_prob.cli", "--", "train", "linear_regression", "--config"]
+        command += ['{"dim": 2}', "--encoder", "deep_sets", "--steps", str(steps)]
+        command += ["--tasks-per-step", "8", "--min-points", "8", "--max-points", "16"]
+        command += ["--no-progress", "--out", str(tmp_path / f"node{node}")]
+        launchers.append(
+            subprocess.Popen(
+                command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    finished = []
+    for launcher in launchers:
+        stdout, stderr = launcher.communicate(timeout=300)
+        finished.append(
+            subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
+        )
+    return finished
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_run_and_a_resume_they_cannot_share_is_refused(tmp_path):
+    node_0, node_1 = _two_nodes(tmp_path, steps=3)
+    assert node_0.returncode == 0 and node_1.returncode == 0, node_0.stderr[-3000:]
+    assert "trained 3 steps on 2 processes" in node_0.stdout and node_1.stdout == ""
+    assert json.loads((tmp_path / "node0" / "last.json").read_text())["world_size"] == 2
+    assert not (tmp_path / "node1").exists()  # rank 0 writes; node 1 holds nothing
+
+    # node 1 cannot see node 0's checkpoint: both refuse in one line instead of diverging
+    resumed = _two_nodes(tmp_path, steps=5)
+    for launcher in resumed:
+        assert launcher.returncode != 0
+        assert "disagree on the step to resume from" in launcher.stderr
+        assert "from 0 to 3" in launcher.stderr
+    assert json.loads((tmp_path / "node0" / "last.json").read_text())["step"] == 3
