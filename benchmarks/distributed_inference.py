@@ -1,6 +1,7 @@
-"""Throughput of distributed batch inference (Dask, local cluster) with 1, 2, … workers.
+"""Throughput of distributed batch inference (Dask, local cluster) with 1, 2, … workers,
+against one process, and of data-parallel training on 1 and 2 torchrun processes.
 
-    python benchmarks/distributed_inference.py            # 20,000 groups, 1 and 2 workers
+    python benchmarks/distributed_inference.py            # 100,000 groups, 1 and 2 workers
     python benchmarks/distributed_inference.py --groups 1000000 --workers 1,2,4,8
 
 Writes ``--groups`` linear-regression datasets (``d = 8``, ``N`` uniform on
@@ -13,13 +14,27 @@ cores: ``W`` workers on ``W`` free cores give about ``W`` times one worker's wal
 throughput when it stays constant). Each cluster
 first has every worker import torch and load the guide, so the timed run measures
 steady-state throughput; the start-up time is printed apart. A sample of groups is
-checked against the exact posterior (median minus exact mean, in posterior sds).
+checked against the exact posterior (median minus exact mean, in posterior sds), and
+each worker's peak resident memory is read from the worker itself.
+
+In the same run: the one-process grouped ``iai infer`` on the same groups (one Parquet
+file holding them all, ``OMP_NUM_THREADS=1``): its wall time end to end (reading,
+posteriors, 100 draws per group into the netCDF file) and the groups per second of its
+posterior phase, as it prints them; and meta-training steps per second of ``iai train
+linear_regression --nproc W`` for ``W`` = 1 and 2 (32 tasks per step in all; the time of
+``--train-steps`` steps minus that of 5, from the cards' in-run seconds, so start-up and
+the validations cancel). The free cores at the start (CPUs minus the 1-minute load
+average) are printed with the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +97,44 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _peak_memory_mb() -> float:
+    """Peak resident memory of the calling (worker) process, MB (Linux: ``ru_maxrss`` KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one_process_iai_infer(source: Path, scratch: Path) -> tuple[float, float]:
+    """``(wall seconds, posterior-phase groups / s)`` of the grouped ``iai infer`` in one
+    single-threaded process on the partitions gathered into one Parquet file."""
+    whole = scratch / "all.parquet"
+    pd.concat([pd.read_parquet(p) for p in sorted(source.glob("*.parquet"))]).to_parquet(whole)
+    command = [sys.executable, "-m", "iai_prob.cli", "infer", "linear_regression", str(whole)]
+    command += ["--x", "x0:x7", "--y", "y", "--group", "group", "--out", str(scratch / "o.nc")]
+    command += ["--num-samples", "100", "--show", "0", "--no-progress"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    rate = re.search(r"\(([\d,]+) groups/s", done.stderr)
+    return wall, float(rate.group(1).replace(",", "")) if rate else float("nan")
+
+
+def _training_steps_per_second(nproc: int, steps: int, scratch: Path) -> float:
+    """Meta-training steps / s of ``iai train linear_regression --nproc nproc``: the
+    in-run seconds of ``steps`` steps minus those of 5, over ``steps − 5``."""
+    seconds = {}
+    for count in (5, steps):
+        out = scratch / f"train-{nproc}-{count}"
+        command = [sys.executable, "-m", "iai_prob.cli", "train", "linear_regression"]
+        command += ["--steps", str(count), "--tasks-per-step", "32", "--nproc", str(nproc)]
+        command += ["--no-progress", "--out", str(out)]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, env=environment, capture_output=True, check=True)
+        seconds[count] = json.loads((out / "last.json").read_text())["seconds"]
+    return (steps - 5) / (seconds[steps] - seconds[5])
+
+
 def _warm_worker(checkpoint: str) -> None:
     """Import torch and load the guide in a worker (what its first partition would do)."""
     from iai_prob.distributed.batch_inference import _cached_guide
@@ -91,12 +144,17 @@ def _warm_worker(checkpoint: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=20_000)
+    parser.add_argument("--groups", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--min-points", type=int, default=16)
     parser.add_argument("--max-points", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="2,000 groups in 4 partitions")
+    parser.add_argument(
+        "--train-steps", type=int, default=25, help="training steps timed per process count"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 groups in 4 partitions, 8 training steps"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     return parser
 
@@ -108,10 +166,11 @@ def main(argv=None) -> int:
 
     options = _parser().parse_args(argv)
     if options.quick:
-        options.groups, options.partitions = 2_000, 4
+        options.groups, options.partitions, options.train_steps = 2_000, 4, 8
     workers = [int(w) for w in options.workers.split(",")]
     checkpoint = str(resources.files("iai_prob.pretrained") / "linear_regression")
     scratch = Path(tempfile.mkdtemp(prefix="iai_distributed_"))
+    free = (os.cpu_count() or 1) - os.getloadavg()[0]
     try:
         started = time.perf_counter()
         family, rows = write_groups(
@@ -128,11 +187,12 @@ def main(argv=None) -> int:
         lines = [
             f"Distributed batch inference, shipped linear_regression guide (d = 8), "
             f"{options.groups:,} groups of {options.min_points}–{options.max_points} points, "
-            f"{options.partitions} partitions; LocalCluster, 1 thread per worker process.",
+            f"{options.partitions} partitions; LocalCluster, 1 thread per worker process; "
+            f"{os.cpu_count()} CPUs, {free:.1f} free at the start (CPUs − load average).",
             "",
             "| workers | start-up s | seconds | groups / s | speed-up | worker CPU s "
-            "| groups / CPU s | max error (sd) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| groups / CPU s | peak memory / worker | max error (sd) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         baseline = None
         for count in workers:
@@ -151,15 +211,33 @@ def main(argv=None) -> int:
                     scratch / "in", scratch / f"out-{count}", checkpoint=checkpoint, client=client
                 )
                 cpu = sum(client.run(_cpu_seconds).values()) - cpu_before
+                memory = max(client.run(_peak_memory_mb).values())
             assert result.num_groups == options.groups and result.workers == count
             error = _check_sample(family, scratch / "in", scratch / f"out-{count}")
             baseline = baseline or result.groups_per_second
             lines.append(
                 f"| {count} | {startup:.1f} | {result.seconds:.1f} | "
                 f"{result.groups_per_second:,.0f} | {result.groups_per_second / baseline:.2f} | "
-                f"{cpu:.1f} | {result.num_groups / cpu:,.0f} | {error:.3f} |"
+                f"{cpu:.1f} | {result.num_groups / cpu:,.0f} | {memory:,.0f} MB | {error:.3f} |"
             )
             print(lines[-1], flush=True)
+        wall, rate = _one_process_iai_infer(scratch / "in", scratch)
+        lines += [
+            "",
+            f"One process, `iai infer --group` on the same {options.groups:,} groups in one "
+            f"Parquet file: {wall:.1f} s end to end ({options.groups / wall:,.0f} groups / s "
+            f"with reading and 100 draws per group written), posterior phase {rate:,.0f} "
+            "groups / s.",
+            "",
+            "| torchrun processes | training steps / s (32 tasks per step in all) | speed-up |",
+            "|---:|---:|---:|",
+        ]
+        print(lines[-5], flush=True)
+        rates = [_training_steps_per_second(n, options.train_steps, scratch) for n in (1, 2)]
+        for nproc, steps_per_second in zip((1, 2), rates, strict=True):
+            lines.append(
+                f"| {nproc} | {steps_per_second:.2f} | {steps_per_second / rates[0]:.2f} |"
+            )
         table = "\n".join(lines)
         print("\n" + table)
         if options.out is not None:
