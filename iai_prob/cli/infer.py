@@ -79,6 +79,13 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior draws")
     parser.add_argument(
+        "--dask",
+        metavar="local:N|ADDRESS",
+        help="with --group: compute the posteriors and draws on a Dask cluster, local:N "
+        "single-threaded worker processes or a scheduler's address (tcp://host:8786); the "
+        "same file and summary as one process (default: one process)",
+    )
+    parser.add_argument(
         "--max-steps",
         type=int,
         help="cap on each dataset's full-data convergence steps (default: the guide's "
@@ -222,6 +229,14 @@ def check_options(args) -> None:
     check_non_negative_int("--show", args.show)
     if args.max_steps is not None:
         check_non_negative_int("--max-steps", args.max_steps)
+    if args.dask is not None and args.group is None:
+        raise ValueError("--dask runs the grouped path: give --group COL (one dataset per group)")
+    if args.dask is not None and args.dask.startswith("local:"):
+        count = args.dask.partition(":")[2]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(
+                f"--dask local:N needs a positive number of workers, got {args.dask!r}"
+            )
 
 
 def warn_if_misfit(guide, result, first, columns, table, args) -> None:
@@ -246,6 +261,43 @@ def warn_if_misfit(guide, result, first, columns, table, args) -> None:
         print(f"iai {args.command}: warning: {warning}", file=sys.stderr)
 
 
+def _on_dask(guide, table, columns, args):
+    """``(result, idata, what was timed)`` of the grouped path on ``--dask``'s cluster
+    (:mod:`iai_prob.distributed.grouped_inference`): the rows read and split here, the
+    batches computed by the workers."""
+    import time
+    from pathlib import Path
+
+    from iai_prob.cli.loading import absolute_spec, resolve_checkpoint
+    from iai_prob.distributed.grouped_inference import infer_groups_on_dask, start_client
+    from iai_prob.io import read_groups
+
+    started = time.perf_counter()
+    data = read_groups(table, columns, args.group)
+    read_seconds = time.perf_counter() - started
+    path, name = resolve_checkpoint(args.checkpoint)
+    options = {
+        "checkpoint": name if path is None else str(Path(path).resolve()),
+        "model": None if args.model is None else absolute_spec(args.model),
+        "max_steps": args.max_steps,
+    }
+    with start_client(args.dask) as client:
+        gathered = infer_groups_on_dask(
+            guide,
+            data,
+            client,
+            guide_options=options,
+            max_tasks=args.max_tasks,
+            passes=args.passes,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    result = gathered.result._replace(read_seconds=read_seconds)
+    where = f"posteriors and draws on {gathered.workers} Dask worker(s) in"
+    return result, gathered.idata, where
+
+
 def run(args) -> int:
     """Infer, write ``--out``, print the summary."""
     from dataclasses import replace
@@ -267,7 +319,11 @@ def run(args) -> int:
     first = check_data(guide, table, columns, args)
 
     progress = not args.no_progress
-    if args.group is not None:
+    idata = None
+    if args.group is not None and args.dask is not None:
+        with explained_observation_errors(guide, table, columns):
+            result, idata, where = _on_dask(guide, table, columns, args)
+    elif args.group is not None:
         with explained_observation_errors(guide, table, columns):
             result = grouped_posteriors(
                 guide,
@@ -278,9 +334,11 @@ def run(args) -> int:
                 passes=args.passes,
                 progress=progress,
             )
+        where = "posteriors in"
+    if args.group is not None:
         print(
             f"{len(result.keys)} groups of {result.sizes.min()} to {result.sizes.max()} rows "
-            f"from {table.path.name}: read in {result.read_seconds:.2f} s, posteriors in "
+            f"from {table.path.name}: read in {result.read_seconds:.2f} s, {where} "
             f"{result.seconds:.2f} s ({result.groups_per_second:.0f} groups/s"
             f"{', batched as tasks' if result.batched else ', one call per group'})",
             file=sys.stderr,
@@ -300,9 +358,15 @@ def run(args) -> int:
             file=sys.stderr,
         )
     warn_if_misfit(guide, result, first, columns, table, args)
-    idata = inference_data(
-        guide, result, table=table, columns=columns, num_samples=args.num_samples, seed=args.seed
-    )
+    if idata is None:
+        idata = inference_data(
+            guide,
+            result,
+            table=table,
+            columns=columns,
+            num_samples=args.num_samples,
+            seed=args.seed,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     idata.to_netcdf(args.out)
     statuses, count = status_table(result, show=args.show)

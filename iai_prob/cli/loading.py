@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 __all__ = [
+    "absolute_spec",
     "add_data_arguments",
     "check_data_arguments",
     "import_object",
@@ -106,6 +107,16 @@ def _import_failure(option: str, module_name: str, error: BaseException) -> Valu
         f"{option}: importing {module_name!r} raised {type(error).__name__}"
         f"{': ' + message if message else ''} ({where}); fix the module's top-level code"
     )
+
+
+def absolute_spec(spec: str) -> str:
+    """``module:function`` as given, ``path/to/file.py:function`` with the path made
+    absolute: it names the same file from another working directory (a checkpoint's card,
+    a Dask worker)."""
+    module, _, name = spec.partition(":")
+    if module.endswith(".py") or "/" in module:
+        module = str(Path(module).resolve())
+    return f"{module}:{name}"
 
 
 def import_object(spec: str, *, option: str = "model"):

@@ -208,16 +208,6 @@ def _user_tasks(args):
     return model, PriorPredictiveTasks(model, covariates)
 
 
-def _entrypoint(spec: str) -> str:
-    """``spec`` with a file path made absolute, so the checkpoint loads from anywhere."""
-    from pathlib import Path
-
-    module, _, name = spec.partition(":")
-    if module.endswith(".py") or "/" in module:
-        module = str(Path(module).resolve())
-    return f"{module}:{name}"
-
-
 def _check_budget(args) -> None:
     """One line for the first bad budget or guide option, before any work starts."""
     from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
@@ -281,6 +271,7 @@ def _validation_summary(history) -> str:
 
 def run(args) -> int:
     """Train, checkpointing ``OUT/last`` and ``OUT/guide`` with the command in its card."""
+    from iai_prob.cli.loading import absolute_spec
     from iai_prob.distributed.train import launch, local_device, processes, under_torchrun
     from iai_prob.inference import IterativeAmortizedGuide, fit
     from iai_prob.models import FAMILIES
@@ -291,7 +282,7 @@ def run(args) -> int:
     if ":" in args.model:
         _check_sources(args, family=False)
         model, tasks = _user_tasks(args)
-        card["entrypoint"] = _entrypoint(args.model)
+        card["entrypoint"] = absolute_spec(args.model)
     elif args.model in FAMILIES:
         _check_sources(args, family=True)
         model = tasks = _family(args.model, args.config)

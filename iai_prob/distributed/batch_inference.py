@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+
+from iai_prob.posterior_status import (
+    PosteriorNotice,
+    PosteriorStatus,
+    PosteriorWarning,
+    warn_if_unreliable,
+)
 
 __all__ = ["BatchInferenceResult", "run_batch_inference", "summarize_groups"]
 
@@ -120,7 +128,7 @@ def summarize_groups(
 
 def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device):
     """:func:`summarize_groups` once its columns are checked (under the process lock)."""
-    from iai_prob.io.grouped import GroupedData, padded_batches, size_batches
+    from iai_prob.io.grouped import GroupedData, posteriors_of_groups
 
     guide = _cached_guide(str(checkpoint), str(device))
     dtype = torch.get_default_dtype()
@@ -128,24 +136,27 @@ def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tas
     data = GroupedData.of_rows(
         labels,
         codes,
-        torch.as_tensor(frame[list(x_columns)].to_numpy(), dtype=dtype),
-        torch.as_tensor(frame[y_column].to_numpy(), dtype=dtype),
+        torch.tensor(frame[list(x_columns)].to_numpy(), dtype=dtype).to(device),
+        torch.tensor(frame[y_column].to_numpy(), dtype=dtype).to(device),
     )
-    layout = guide.prepare(data.x[:1].to(device), data.y[:1].to(device)).layout
-    rows = [None] * len(labels)
-    for chunk, padded in size_batches(data.sizes, max_tasks, padded_batches(guide)):
-        x, y = (part.to(device) for part in data.stack(chunk, padded))
-        if padded is None:
-            values = guide.quantiles(list(quantiles), x, y)
-        else:
-            sizes = torch.as_tensor(data.sizes[chunk], device=device)
-            posterior = guide.padded_posterior(x, y, sizes=sizes)
-            values = guide.quantiles_of(posterior, layout, list(quantiles))
-        for position, row in zip(chunk, _flatten(values, layout, len(chunk)), strict=True):
-            rows[position] = row
-    summary = pd.DataFrame(np.stack(rows), columns=_columns_for(layout, quantiles))
+    with warnings.catch_warnings():  # the summary's columns say it, per group
+        warnings.simplefilter("ignore", PosteriorWarning)
+        warnings.simplefilter("ignore", PosteriorNotice)
+        result = posteriors_of_groups(guide, data, max_tasks=max_tasks)
+    rows = []
+    for start in range(0, len(labels), max_tasks):
+        part = slice(start, start + max_tasks)
+        posterior = torch.distributions.MultivariateNormal(
+            result.posterior.loc[part], scale_tril=result.posterior.scale_tril[part]
+        )
+        values = guide.quantiles_of(posterior, result.layout, list(quantiles))
+        rows.append(_flatten(values, result.layout, len(posterior.loc)))
+    summary = pd.DataFrame(np.concatenate(rows), columns=_columns_for(result.layout, quantiles))
     summary.insert(0, "num_points", data.sizes.astype(np.int64))
     summary.insert(0, group, labels)
+    if result.status is not None:
+        for name, values in zip(PosteriorStatus._fields, result.status, strict=True):
+            summary[name] = values
     return summary
 
 
@@ -163,6 +174,7 @@ def run_batch_inference(
     shuffle: bool = False,
     device: str = "cpu",
     overwrite: bool = False,
+    blocksize: str | int = "64MB",
 ) -> BatchInferenceResult:
     """Summarize every group of the table ``source`` (Parquet or CSV) into Parquet
     ``destination``.
@@ -173,9 +185,11 @@ def run_batch_inference(
     starts the run, this same run's folder resumes it without recomputing the
     partitions it holds, and anything else is refused unless ``overwrite``.
 
-    :param source: a Parquet file, folder or glob (one Dask partition per file), or CSV (a
-        ``.csv`` file or glob, or a folder of them; read in blocks of 64 MB, so a group
-        can straddle two blocks: then pass ``shuffle=True``).
+    :param source: a Parquet file, folder or glob, or CSV (a ``.csv`` file or glob, or a
+        folder of them), read in partitions of about ``blocksize``: a Parquet file by its
+        row groups (a small file is one partition; a large one is never read whole by one
+        worker), a CSV file in blocks of bytes. A group that straddles two partitions is
+        refused before anything is written: then pass ``shuffle=True``.
     :param destination: output folder (one Parquet file per input partition, and the
         run's manifest).
     :param checkpoint: the guide's checkpoint (path stem; the card names the task family).
@@ -185,6 +199,7 @@ def run_batch_inference(
     :param str device: where each worker runs the guide (``"cuda"`` for GPU workers).
     :param bool overwrite: replace an output folder that holds another run (built beside
         it and swapped in when complete).
+    :param blocksize: the size of a partition read (bytes, or text such as ``"64MB"``).
     :raises ValueError: a group in two partitions (``shuffle=False``), or missing columns.
     :raises FileExistsError: ``destination`` holds something else and ``overwrite`` is off.
     :returns: a :class:`BatchInferenceResult` (groups, rows, wall time, workers).
@@ -193,7 +208,7 @@ def run_batch_inference(
 
     from iai_prob.distributed.output_folder import OutputFolder, run_identity, write_partition
 
-    frame = _read_table(source)
+    frame = _read_table(source, blocksize)
     if group not in frame.columns or y_column not in frame.columns:
         raise ValueError(
             f"the table needs columns {group!r} and {y_column!r}; it has {list(frame.columns)}"
@@ -214,7 +229,8 @@ def run_batch_inference(
         "max_tasks": max_tasks,
         "device": device,
     }
-    identity = run_identity(source, checkpoint, {**options, "shuffle": shuffle}, len(parts))
+    settings = {**options, "shuffle": shuffle, "blocksize": blocksize}
+    identity = run_identity(source, checkpoint, settings, len(parts))
     output = OutputFolder(destination, identity, overwrite=overwrite)
     started = time.perf_counter()
     finished = set(output.finished())
@@ -232,23 +248,25 @@ def run_batch_inference(
     counts += [_counts(output.path(index)) for index in sorted(finished)]
     output.complete()
     seconds = time.perf_counter() - started
+    _warn_if_unreliable(output.path, len(parts), group, checkpoint)
     workers = len(client.scheduler_info()["workers"])
     return BatchInferenceResult(
         sum(c[0] for c in counts), sum(c[1] for c in counts), seconds, workers, len(finished)
     )
 
 
-def _read_table(source):
-    """``source`` as a Dask frame: CSV (a ``.csv`` file or glob, or a folder of them) in
-    blocks of 64 MB, else Parquet (a file, folder or glob; one partition per file)."""
+def _read_table(source, blocksize):
+    """``source`` as a Dask frame in partitions of about ``blocksize``: CSV (a ``.csv``
+    file or glob, or a folder of them) in blocks of bytes, Parquet (a file, folder or
+    glob) by row groups, several small ones of a file together, never across files."""
     import dask.dataframe as dd
 
     text = str(source)
     if Path(text).is_dir() and any(Path(text).glob("*.csv")):
         text = str(Path(text) / "*.csv")
     if text.endswith(".csv"):
-        return dd.read_csv(text, blocksize="64MB")
-    return dd.read_parquet(source)
+        return dd.read_csv(text, blocksize=blocksize)
+    return dd.read_parquet(source, split_row_groups="adaptive", blocksize=blocksize)
 
 
 def _check_grouping(parts, group: str, source, client) -> None:
@@ -271,6 +289,20 @@ def _check_grouping(parts, group: str, source, client) -> None:
 def _groups_of(frame: pd.DataFrame, group: str) -> np.ndarray:
     """The distinct groups of one partition."""
     return pd.unique(frame[group])
+
+
+def _warn_if_unreliable(path_of, num_parts: int, group: str, checkpoint) -> None:
+    """The warnings ``iai infer --group`` gives, naming the groups of the written summaries
+    that did not converge or whose ``k̂`` is high (read back from their status columns)."""
+    columns = [group, *PosteriorStatus._fields]
+    try:
+        frame = pd.concat([pd.read_parquet(path_of(i), columns=columns) for i in range(num_parts)])
+    except (KeyError, ValueError):  # no status columns: the guide's convergence phase is off
+        return
+    status = PosteriorStatus(*(frame[name].to_numpy() for name in PosteriorStatus._fields))
+    guide = _cached_guide(str(checkpoint), "cpu")
+    names = frame[group].astype(str).to_numpy()
+    warn_if_unreliable(status, max_steps=guide.convergence.max_steps, batched=True, names=names)
 
 
 def _counts(path) -> tuple[int, int]:

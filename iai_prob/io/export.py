@@ -32,10 +32,14 @@ from iai_prob.io.grouped import GroupedPosterior, size_batches
 from iai_prob.io.streaming import StreamedPosterior
 from iai_prob.io.tables import Table
 
-__all__ = ["GROUP_DIM", "inference_data", "status_table", "summary_table"]
+__all__ = ["DRAW_BATCH", "GROUP_DIM", "inference_data", "status_table", "summary_table"]
 
 GROUP_DIM = "group"
 """Name of the InferenceData dimension that indexes the groups of a grouped file."""
+
+DRAW_BATCH = 256
+"""Groups whose draws are taken in one call (:func:`~iai_prob.io.grouped.size_batches`
+of this many; the draws are seeded per call)."""
 
 
 def _fixed(distribution):
@@ -47,7 +51,7 @@ def _fixed(distribution):
     return posterior
 
 
-def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int, max_tasks: int = 256):
+def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int):
     import arviz as az
     import xarray as xr
 
@@ -55,7 +59,7 @@ def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int, ma
 
     data = result.data
     order, parts = [], {"posterior": [], "sample_stats": []}
-    for members, rows in size_batches(data.sizes, max_tasks, result.padded):
+    for members, rows in size_batches(data.sizes, DRAW_BATCH, result.padded):
         posterior = torch.distributions.MultivariateNormal(
             result.posterior.loc[members], scale_tril=result.posterior.scale_tril[members]
         )

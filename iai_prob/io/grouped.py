@@ -67,8 +67,10 @@ __all__ = [
     "grouped_posteriors",
     "padded_batches",
     "padded_size",
+    "posteriors_of_groups",
     "read_groups",
     "size_batches",
+    "task_batches",
 ]
 
 PADDING_GROWTH = 1.25
@@ -115,6 +117,14 @@ class GroupedData(NamedTuple):
         """``(x, y)`` of group ``index``."""
         rows = slice(int(self.starts[index]), int(self.starts[index] + self.sizes[index]))
         return self.x[rows], self.y[rows]
+
+    def select(self, indices: np.ndarray) -> GroupedData:
+        """The groups ``indices`` alone, in that order (their rows copied)."""
+        rows = [np.arange(self.starts[i], self.starts[i] + self.sizes[i]) for i in indices]
+        order = torch.as_tensor(np.concatenate(rows) if rows else np.zeros(0, dtype=int))
+        sizes = self.sizes[indices]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(self.starts.dtype)
+        return GroupedData(self.keys[indices], self.x[order], self.y[order], starts, sizes)
 
     def stack(self, indices: np.ndarray, size: int | None = None):
         """``(x, y)`` of groups ``indices`` stacked as ``(T, N, …)``: of equal sizes ``N``,
@@ -253,6 +263,20 @@ def size_batches(sizes: np.ndarray, max_tasks: int, padded: bool):
             yield members[start : start + max_tasks], int(key) if padded else None
 
 
+def task_batches(
+    guide, data: GroupedData, *, max_tasks: int = 256, passes: int | None = None
+) -> tuple[list[np.ndarray], bool, bool]:
+    """``(batches, batched, padded)``: the groups' indices in the batches the guide takes
+    them in (:func:`size_batches`, or one group each for a model without a tasks plate),
+    whether they go through the tasks plate, and whether unequal sizes share padded
+    batches."""
+    batched = _supports_task_batch(guide, *data.stack(np.array([0, 0])))
+    padded = batched and padded_batches(guide, passes)
+    if not batched:
+        return [np.array([index]) for index in range(len(data.keys))], False, False
+    return [chunk for chunk, _ in size_batches(data.sizes, max_tasks, padded)], True, padded
+
+
 def _batched_answers(guide, data: GroupedData, max_tasks: int, passes: int | None, padded):
     """Yield ``(indices, posterior)`` for the batches of :func:`size_batches`: padded for
     the default answer; of one size with ``passes`` (learned mini-batch steps share one
@@ -292,13 +316,30 @@ def grouped_posteriors(
     started = time.perf_counter()
     data = read_groups(table, columns, group)
     read_seconds = time.perf_counter() - started
+    result = posteriors_of_groups(
+        guide, data, max_tasks=max_tasks, passes=passes, progress=progress
+    )
+    return result._replace(read_seconds=read_seconds)
+
+
+def posteriors_of_groups(
+    guide,
+    data: GroupedData,
+    *,
+    max_tasks: int = 256,
+    passes: int | None = None,
+    progress: bool = False,
+) -> GroupedPosterior:
+    """``q(θ | D_g)`` for every group of rows already split (:class:`GroupedData`; as
+    :func:`grouped_posteriors`, which reads them from a table first, and as each
+    partition of a Dask run, :mod:`iai_prob.distributed.batch_inference`). Groups that
+    did not converge or whose ``k̂ > 0.7`` are named, by key, in one warning."""
     started = time.perf_counter()
     layout = guide.prepare(*data.group(0)).layout
     locs = [None] * len(data.keys)
     trils = [None] * len(data.keys)
     statuses = [None] * len(data.keys)
-    batched = _supports_task_batch(guide, *data.stack(np.array([0, 0])))
-    padded = batched and padded_batches(guide, passes)
+    _, batched, padded = task_batches(guide, data, max_tasks=max_tasks, passes=passes)
     bar = tqdm(total=len(data.keys), disable=not progress, desc="groups", unit="group")
     with warnings.catch_warnings():
         # a call's warning would name its tasks by position; one warning below names keys
@@ -336,7 +377,7 @@ def grouped_posteriors(
         data.sizes,
         posterior,
         layout,
-        read_seconds,
+        0.0,
         seconds,
         batched,
         data,

@@ -22,6 +22,7 @@ import torch
 from iai_prob.distributed.batch_inference import run_batch_inference, summarize_groups
 from iai_prob.inference import IterativeAmortizedGuide
 from iai_prob.models import LinearRegression
+from iai_prob.posterior_status import PosteriorWarning
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = (5, 9, 9, 14)  # group sizes cycle through these: buckets of equal N
@@ -62,10 +63,16 @@ def _groups(family, num_groups, seed=0):
     return pd.concat(frames, ignore_index=True)
 
 
-def _expected_row(guide, frame):
+QUANTILE_COLUMNS = [f"w[{i}]_q{q}" for i in range(2) for q in ("05", "50", "95")]
+
+
+def _tensors(frame):
     x = torch.tensor(frame[["x0", "x1"]].to_numpy(), dtype=torch.float32)
-    y = torch.tensor(frame["y"].to_numpy(), dtype=torch.float32)
-    values = guide.quantiles([0.05, 0.5, 0.95], x, y)["w"]  # (3, 2)
+    return x, torch.tensor(frame["y"].to_numpy(), dtype=torch.float32)
+
+
+def _expected_row(guide, frame):
+    values = guide.quantiles([0.05, 0.5, 0.95], *_tensors(frame))["w"]  # (3, 2)
     return values.T.reshape(-1).numpy()  # w[0]_q05, w[0]_q50, w[0]_q95, w[1]_…
 
 
@@ -79,20 +86,22 @@ def test_each_summary_row_is_the_guide_on_that_group_alone(family, checkpoint):
         y_column="y",
         max_tasks=2,  # several chunks per bucket
     )
-    assert list(summary.columns) == ["group", "num_points"] + [
-        f"w[{i}]_q{q}" for i in range(2) for q in ("05", "50", "95")
-    ]
+    status = ["converged", "passes", "full_steps", "residual", "khat"]
+    assert list(summary.columns) == ["group", "num_points", *QUANTILE_COLUMNS, *status]
     assert list(summary["group"]) == sorted(frame["group"].unique())
     guide = IterativeAmortizedGuide.load(checkpoint, family)
     for _, row in summary.iterrows():
         rows = frame[frame["group"] == row["group"]]
         assert row["num_points"] == len(rows)
         np.testing.assert_allclose(
-            row.iloc[2:].to_numpy(dtype=np.float32),
+            row[QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
             _expected_row(guide, rows),
             rtol=1e-4,
             atol=1e-5,
         )
+        alone = guide.posterior(*_tensors(rows)).status
+        assert (row["converged"], row["passes"]) == (alone.converged, alone.passes)
+        assert row["khat"] == pytest.approx(float(alone.khat), abs=1e-4)
 
 
 def test_missing_columns_are_named(family, checkpoint):
@@ -121,6 +130,21 @@ def test_partitioned_parquet_on_a_two_worker_cluster(family, checkpoint, tmp_pat
             source, tmp_path / "out", checkpoint=checkpoint, client=client, group="group"
         )
         assert result.workers == 2
+        # the client names the groups the written statuses flag (here edited into a
+        # finished run, which the rerun resumes without recomputing)
+        first = tmp_path / "out" / "part.00000.parquet"
+        edited = pd.read_parquet(first)
+        assert edited["converged"].all() and (edited["khat"] <= 0.7).all()
+        edited.loc[0, "converged"], edited.loc[1, "khat"] = False, 0.93
+        edited.to_parquet(first, index=False)
+        with pytest.warns(PosteriorWarning) as caught:
+            again = run_batch_inference(
+                source, tmp_path / "out", checkpoint=checkpoint, client=client, group="group"
+            )
+        assert again.resumed_partitions == 4
+        messages = [str(w.message) for w in caught if w.category is PosteriorWarning]
+        assert any(edited.loc[0, "group"] in m and "did not converge" in m for m in messages)
+        assert any(edited.loc[1, "group"] in m and "k̂ up to 0.93" in m for m in messages)
         # groups split across files are detected
         frame.iloc[::2].to_parquet(tmp_path / "split-a.parquet")
         frame.iloc[1::2].to_parquet(tmp_path / "split-b.parquet")
@@ -151,7 +175,7 @@ def test_partitioned_parquet_on_a_two_worker_cluster(family, checkpoint, tmp_pat
     for index in (0, 17, 39):
         rows = frame[frame["group"] == summary.loc[index, "group"]]
         np.testing.assert_allclose(
-            summary.iloc[index, 2:].to_numpy(dtype=np.float32),
+            summary.loc[index, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
             _expected_row(guide, rows),
             rtol=1e-4,
             atol=1e-5,
@@ -340,8 +364,41 @@ def test_workers_started_apart_give_the_groups_and_a_killed_one_loses_nothing(
     for index in (0, 41, 95):
         rows = frame[frame["group"] == summary.loc[index, "group"]]
         np.testing.assert_allclose(
-            summary.iloc[index, 2:].to_numpy(dtype=np.float32),
+            summary.loc[index, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
             _expected_row(guide, rows),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_one_large_parquet_file_is_read_by_its_row_groups(family, checkpoint, tmp_path):
+    """Issue 23.4: a Parquet file past ``blocksize`` is split into partitions by its row
+    groups (it was one partition, read whole by one worker, at any size)."""
+    distributed = pytest.importorskip("distributed")
+    frame = _groups(family, 48, seed=500)  # sizes cycle 5, 9, 9, 14: 4 groups are 37 rows
+    frame.to_parquet(tmp_path / "one.parquet", row_group_size=37 * 3)  # 4 row groups
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        result = run_batch_inference(
+            tmp_path / "one.parquet",
+            tmp_path / "out",
+            checkpoint=checkpoint,
+            client=client,
+            group="group",
+            blocksize=4096,
+        )
+    assert (result.num_groups, result.num_rows) == (48, len(frame))
+    assert len(list((tmp_path / "out").glob("part.*.parquet"))) == 4
+    summary = pd.read_parquet(tmp_path / "out").set_index("group")
+    guide = IterativeAmortizedGuide.load(checkpoint, family)
+    for key in ("g0000", "g0023", "g0047"):
+        np.testing.assert_allclose(
+            summary.loc[key, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
+            _expected_row(guide, frame[frame["group"] == key]),
             rtol=1e-4,
             atol=1e-5,
         )
