@@ -27,6 +27,7 @@ other groups it is batched with.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import warnings
@@ -45,7 +46,12 @@ from iai_prob.posterior_status import (
     warn_if_unreliable,
 )
 
-__all__ = ["BatchInferenceResult", "run_batch_inference", "summarize_groups"]
+__all__ = [
+    "BatchInferenceResult",
+    "run_batch_inference",
+    "summarize_and_draw",
+    "summarize_groups",
+]
 
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -116,18 +122,55 @@ def summarize_groups(
     :param str checkpoint: the guide's checkpoint (path stem), for a task family.
     :param int max_tasks: at most this many groups per batched guide call.
     """
+    return summarize_and_draw(
+        frame,
+        checkpoint=checkpoint,
+        group=group,
+        x_columns=x_columns,
+        y_column=y_column,
+        quantiles=quantiles,
+        max_tasks=max_tasks,
+        device=device,
+        threads=threads,
+    )[0]
+
+
+def summarize_and_draw(
+    frame: pd.DataFrame,
+    *,
+    checkpoint: str,
+    group: str,
+    x_columns: Sequence[str],
+    y_column: str,
+    quantiles: Sequence[float] = QUANTILES,
+    max_tasks: int = 256,
+    device: str = "cpu",
+    threads: int = 1,
+    num_samples: int = 0,
+    seed: int = 0,
+):
+    """``(summary, idata)``: :func:`summarize_groups`'s rows and, with ``num_samples``,
+    the groups' ArviZ InferenceData as ``iai infer --group`` writes it (``num_samples``
+    draws per group seeded by ``seed``, a ``group`` dimension whose coordinates are the
+    groups, ``sample_stats`` with each group's status; ``None`` without draws)."""
     missing = [c for c in (group, *x_columns, y_column) if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} not found; the table has {list(frame.columns)}")
     torch.set_num_threads(threads)
     with _PYRO_LOCK:
-        return _summarize(
+        guide, summary, result = _summarize(
             frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device
         )
+        if not num_samples:
+            return summary, None
+        from iai_prob.io.export import inference_data
+
+        return summary, inference_data(guide, result, num_samples=num_samples, seed=seed)
 
 
 def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tasks, device):
-    """:func:`summarize_groups` once its columns are checked (under the process lock)."""
+    """``(guide, summary, grouped posterior)`` of :func:`summarize_and_draw` once its
+    columns are checked (under the process lock)."""
     from iai_prob.io.grouped import GroupedData, posteriors_of_groups
 
     guide = _cached_guide(str(checkpoint), str(device))
@@ -157,7 +200,7 @@ def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tas
     if result.status is not None:
         for name, values in zip(PosteriorStatus._fields, result.status, strict=True):
             summary[name] = values
-    return summary
+    return guide, summary, result
 
 
 def run_batch_inference(
@@ -175,6 +218,8 @@ def run_batch_inference(
     device: str = "cpu",
     overwrite: bool = False,
     blocksize: str | int = "64MB",
+    num_samples: int = 0,
+    seed: int = 0,
 ) -> BatchInferenceResult:
     """Summarize every group of the table ``source`` (Parquet or CSV) into Parquet
     ``destination``.
@@ -200,13 +245,18 @@ def run_batch_inference(
     :param bool overwrite: replace an output folder that holds another run (built beside
         it and swapped in when complete).
     :param blocksize: the size of a partition read (bytes, or text such as ``"64MB"``).
+    :param int num_samples: also write each partition's posterior draws, this many per
+        group, as an ArviZ InferenceData netCDF file beside its summaries
+        (``part.00000.nc`` …, :func:`summarize_and_draw`; ``az.from_netcdf`` reads one,
+        ``xarray.open_mfdataset(..., concat_dim="group", combine="nested")`` them all).
+    :param int seed: seeds the draws.
     :raises ValueError: a group in two partitions (``shuffle=False``), or missing columns.
     :raises FileExistsError: ``destination`` holds something else and ``overwrite`` is off.
     :returns: a :class:`BatchInferenceResult` (groups, rows, wall time, workers).
     """
     import dask
 
-    from iai_prob.distributed.output_folder import OutputFolder, run_identity, write_partition
+    from iai_prob.distributed.output_folder import OutputFolder, run_identity
 
     frame = _read_table(source, blocksize)
     if group not in frame.columns or y_column not in frame.columns:
@@ -228,15 +278,17 @@ def run_batch_inference(
         "quantiles": tuple(quantiles),
         "max_tasks": max_tasks,
         "device": device,
+        "num_samples": num_samples,
+        "seed": seed,
     }
     settings = {**options, "shuffle": shuffle, "blocksize": blocksize}
     identity = run_identity(source, checkpoint, settings, len(parts))
     output = OutputFolder(destination, identity, overwrite=overwrite)
     started = time.perf_counter()
     finished = set(output.finished())
-    summarize = dask.delayed(functools.partial(summarize_groups, **options))
+    summarize = dask.delayed(functools.partial(summarize_and_draw, **options))
     writes = [
-        dask.delayed(write_partition)(summarize(part), str(output.path(index)))
+        dask.delayed(_write_summary_and_draws)(summarize(part), str(output.path(index)))
         for index, part in enumerate(parts)
         if index not in finished
     ]
@@ -289,6 +341,20 @@ def _check_grouping(parts, group: str, source, client) -> None:
 def _groups_of(frame: pd.DataFrame, group: str) -> np.ndarray:
     """The distinct groups of one partition."""
     return pd.unique(frame[group])
+
+
+def _write_summary_and_draws(summary_and_draws, path: str) -> tuple[int, int]:
+    """Write a partition's draws (if any) to ``path`` with ``.nc``, then its summaries to
+    ``path`` (last, whole: a partition counts as done once its summaries exist)."""
+    from iai_prob.distributed.output_folder import write_partition
+
+    summary, idata = summary_and_draws
+    if idata is not None:
+        target = Path(path).with_suffix(".nc")
+        temporary = target.with_name(target.name + ".tmp")
+        idata.to_netcdf(str(temporary))
+        os.replace(temporary, target)
+    return write_partition(summary, path)
 
 
 def _warn_if_unreliable(path_of, num_parts: int, group: str, checkpoint) -> None:

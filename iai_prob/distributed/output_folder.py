@@ -37,8 +37,15 @@ _FORMAT = "iai_prob.batch_inference"
 
 
 def part_name(index: int) -> str:
-    """The file name of partition ``index``'s summaries."""
+    """The file name of partition ``index``'s summaries (its draws, when asked for, are
+    the same name with ``.nc``, written before it)."""
     return f"part.{index:05d}.parquet"
+
+
+def _partition_files(index: int) -> set[str]:
+    """Every file partition ``index`` may have: its summaries and its draws."""
+    name = part_name(index)
+    return {name, name.removesuffix(".parquet") + ".nc"}
 
 
 def _sha256(path: Path) -> str:
@@ -137,7 +144,7 @@ class OutputFolder:
         except (OSError, ValueError):
             return None
         recorded.pop("complete", None)
-        ours = {MANIFEST, *(part_name(i) for i in range(self.identity["partitions"]))}
+        ours = {MANIFEST}.union(*(_partition_files(i) for i in range(self.identity["partitions"])))
         ours |= {name + ".tmp" for name in ours}  # an interrupted write's leftovers
         if recorded != self.identity or any(entry.name not in ours for entry in entries):
             return None

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
@@ -383,16 +384,24 @@ def test_one_large_parquet_file_is_read_by_its_row_groups(family, checkpoint, tm
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
+        options = {"checkpoint": checkpoint, "client": client, "group": "group"}
         result = run_batch_inference(
-            tmp_path / "one.parquet",
-            tmp_path / "out",
-            checkpoint=checkpoint,
-            client=client,
-            group="group",
-            blocksize=4096,
+            tmp_path / "one.parquet", tmp_path / "out", blocksize=4096, **options
         )
+        # with draws: an InferenceData file per partition, and the same run resumes
+        draws = {"blocksize": 4096, "num_samples": 20, **options}
+        run_batch_inference(tmp_path / "one.parquet", tmp_path / "draws", **draws)
+        again = run_batch_inference(tmp_path / "one.parquet", tmp_path / "draws", **draws)
+    assert again.resumed_partitions == 4
     assert (result.num_groups, result.num_rows) == (48, len(frame))
     assert len(list((tmp_path / "out").glob("part.*.parquet"))) == 4
+    for part in sorted((tmp_path / "draws").glob("part.*.parquet")):
+        rows = pd.read_parquet(part)
+        idata = az.from_netcdf(part.with_suffix(".nc"))
+        assert list(idata.posterior["group"].values) == list(rows["group"])
+        assert idata.posterior["w"].shape == (1, 20, len(rows), 2)
+        np.testing.assert_array_equal(idata.sample_stats["converged"], rows["converged"])
+        np.testing.assert_allclose(idata.sample_stats["khat"], rows["khat"])
     summary = pd.read_parquet(tmp_path / "out").set_index("group")
     guide = IterativeAmortizedGuide.load(checkpoint, family)
     for key in ("g0000", "g0023", "g0047"):
