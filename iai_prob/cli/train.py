@@ -20,8 +20,8 @@ differs; ``--overwrite`` starts again), and the guide kept is the one that score
 on the held-out validation tasks; the same ``--seed`` gives the same guide, bit for bit.
 The guide is ``OUT/guide.json`` and ``OUT/guide.safetensors``, ready for ``iai infer OUT ...``.
 
-``--nproc N`` trains data-parallel on N processes of this machine (``torchrun
---standalone`` under the hood): every process draws its own share of each step's
+``--nproc N`` trains data-parallel on N processes of this machine (torchrun's, with
+``--standalone``): every process draws its own share of each step's
 ``--tasks-per-step`` tasks and its own noise, the gradients are averaged, and the first
 process writes ``--out`` (:mod:`iai_prob.inference.data_parallel`). On several machines,
 launch the same command under ``torchrun`` yourself (``docs/reliability.md``, "Several

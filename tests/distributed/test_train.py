@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -123,62 +125,41 @@ RECORDING_MODEL = textwrap.dedent(
         x = torch.randn(num_tasks, num_points, 2, generator=generator)
         with open(os.environ["RECORD"], "a") as record:
             draw = [os.environ.get("RANK", "none"), num_tasks, num_points, float(x.sum())]
+            draw.append(os.getpid())
             record.write(json.dumps(draw) + "\\n")
         return (x,)
     """
 )
 
 
-def _iai_train(tmp_path, out, *options):
-    """``iai train`` of the recording model in a fresh process (as a user runs it)."""
-    record = tmp_path / f"{out}.jsonl"
-    environment = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "RECORD": str(record)}
-    environment["OMP_NUM_THREADS"] = "1"
+def _iai_train_command(tmp_path, out, *options):
+    """``iai train`` of the recording model (3 steps unless ``options`` say otherwise) and
+    its environment: a fresh process, as a user runs it."""
+    environment = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "OMP_NUM_THREADS": "1"}
+    environment["RECORD"] = str(tmp_path / f"{out}.jsonl")
     argv = ["train", "recording:model", "--covariates", "recording:covariates"]
     argv += ["--steps", "3", "--tasks-per-step", "8", "--min-points", "8", "--max-points", "16"]
     argv += ["--encoder", "deep_sets", "--objective", "reverse_kl", "--no-progress"]
+    command = [sys.executable, "-m", "iai_prob.cli", *argv, "--out", str(tmp_path / out)]
+    return [*command, *options], environment
+
+
+def _draws(tmp_path, out):
+    return [json.loads(line) for line in (tmp_path / f"{out}.jsonl").read_text().splitlines()]
+
+
+def _iai_train(tmp_path, out, *options):
+    """Run :func:`_iai_train_command` to its end; its result and its recorded draws."""
+    command, environment = _iai_train_command(tmp_path, out, *options)
     completed = subprocess.run(
-        [sys.executable, "-m", "iai_prob.cli", *argv, "--out", str(tmp_path / out), *options],
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    draws = [json.loads(line) for line in record.read_text().splitlines()]
-    return completed, draws
+    return completed, _draws(tmp_path, out)
 
 
 def _last_weights(folder):
     tensors, card = read_checkpoint(folder / "last")
     return {k: v for k, v in tensors.items() if not k.startswith("best.")}, card
-
-
-@pytest.mark.slow
-def test_iai_train_on_two_processes_is_reproducible_and_records_them(tmp_path):
-    (tmp_path / "recording.py").write_text(RECORDING_MODEL)
-    first, draws = _iai_train(tmp_path, "a", "--nproc", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "trained 3 steps on 2 processes" in first.stdout
-    steps = [d for d in draws if d[1] == 4]  # the build's draw is one task
-    assert sorted(d[0] for d in steps) == ["0"] * 3 + ["1"] * 3  # each rank its 4 tasks
-    by_rank = {rank: [d for d in steps if d[0] == rank] for rank in ("0", "1")}
-    for step_0, step_1 in zip(by_rank["0"], by_rank["1"], strict=True):
-        assert step_0[2] == step_1[2] and step_0[3] != step_1[3]  # the same N, other tasks
-
-    again, _ = _iai_train(tmp_path, "b", "--nproc", "2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    (weights_a, card), (weights_b, _) = _last_weights(tmp_path / "a"), _last_weights(tmp_path / "b")
-    assert weights_a.keys() == weights_b.keys()
-    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    guide_card = json.loads((tmp_path / "a" / "guide.json").read_text())
-    assert card["world_size"] == 2 and guide_card["budget"]["world_size"] == 2
-    assert "--nproc 2" in guide_card["command"]
-
-    resumed, _ = _iai_train(tmp_path, "a", "--steps", "4")  # on one process now
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming a run trained on 2 process(es) up to step 3 on 1" in resumed.stderr
-    assert _last_weights(tmp_path / "a")[1]["world_size"] == 1
 
 
 @pytest.mark.parametrize(
@@ -267,3 +248,55 @@ def test_two_nodes_train_as_one_run_and_a_resume_they_cannot_share_is_refused(tm
         assert "disagree on the step to resume from" in launcher.stderr
         assert "from 0 to 3" in launcher.stderr
     assert json.loads((tmp_path / "node0" / "last.json").read_text())["step"] == 3
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_their_run_through_a_killed_rank_and_record_it(tmp_path):
+    """Issue 23.3, 23.5 and 23.7 through ``iai train --nproc 2`` on a ``module:function``
+    model whose covariates record every draw: each process simulates only its 4 tasks a
+    step; rank 1 killed by pid (SIGKILL) after the step-3 checkpoint ends the run, and the
+    same command run again resumes and ends with the weights of a run never killed, bit
+    for bit; the cards say 2 processes, and resuming on one says what changes."""
+    (tmp_path / "recording.py").write_text(RECORDING_MODEL)
+    options = ["--steps", "12", "--checkpoint-every", "3", "--nproc", "2"]
+    reference, draws = _iai_train(tmp_path, "reference", *options)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "trained 12 steps on 2 processes" in reference.stdout
+    steps = [d for d in draws if d[1] == 4]  # the build's draw is one task
+    assert sorted(d[0] for d in steps) == ["0"] * 12 + ["1"] * 12  # each rank its 4 tasks
+    by_rank = {rank: [d for d in steps if d[0] == rank] for rank in ("0", "1")}
+    for step_0, step_1 in zip(by_rank["0"], by_rank["1"], strict=True):
+        assert step_0[2] == step_1[2] and step_0[3] != step_1[3]  # the same N, other tasks
+
+    command, environment = _iai_train_command(tmp_path, "killed", *options)
+    launcher = subprocess.Popen(
+        command,
+        env=environment,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = tmp_path / "killed" / "last.json"
+    deadline = time.monotonic() + 120
+    while not (state.exists() and json.loads(state.read_text())["step"] >= 3):
+        assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint came"
+        time.sleep(0.005)
+    rank_1 = next(d[4] for d in _draws(tmp_path, "killed") if d[0] == "1")
+    os.kill(rank_1, signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    killed_at = json.loads(state.read_text())["step"]
+    assert 3 <= killed_at < 12  # killed mid-run
+
+    resumed, _ = _iai_train(tmp_path, "killed", *options)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (expected, card), (got, _) = (_last_weights(tmp_path / n) for n in ("reference", "killed"))
+    assert card["step"] == 12 and expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    guide_card = json.loads((tmp_path / "reference" / "guide.json").read_text())
+    assert card["world_size"] == 2 and guide_card["budget"]["world_size"] == 2
+    assert "--nproc 2" in guide_card["command"]
+
+    one = _iai_train(tmp_path, "reference", "--steps", "13", "--checkpoint-every", "3")[0]
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "resuming a run trained on 2 process(es) up to step 12 on 1" in one.stderr
+    assert _last_weights(tmp_path / "reference")[1]["world_size"] == 1
