@@ -104,35 +104,11 @@ def _flatten(values: dict[str, torch.Tensor], layout, num_tasks: int) -> np.ndar
     return torch.cat(parts, dim=-1).cpu().numpy()
 
 
-def summarize_groups(
-    frame: pd.DataFrame,
-    *,
-    checkpoint: str,
-    group: str,
-    x_columns: Sequence[str],
-    y_column: str,
-    quantiles: Sequence[float] = QUANTILES,
-    max_tasks: int = 256,
-    device: str = "cpu",
-    threads: int = 1,
-) -> pd.DataFrame:
-    """One row per group of ``frame``: ``group``, ``num_points`` and posterior quantiles.
-
-    :param frame: rows ``(group, *x_columns, y_column)``, each group complete.
-    :param str checkpoint: the guide's checkpoint (path stem), for a task family.
-    :param int max_tasks: at most this many groups per batched guide call.
-    """
-    return summarize_and_draw(
-        frame,
-        checkpoint=checkpoint,
-        group=group,
-        x_columns=x_columns,
-        y_column=y_column,
-        quantiles=quantiles,
-        max_tasks=max_tasks,
-        device=device,
-        threads=threads,
-    )[0]
+def summarize_groups(frame: pd.DataFrame, **options) -> pd.DataFrame:
+    """One row per group of ``frame``: ``group``, ``num_points``, the posterior quantiles
+    and the group's convergence status (:func:`summarize_and_draw`'s summary; ``options``
+    as there, without draws)."""
+    return summarize_and_draw(frame, **options)[0]
 
 
 def summarize_and_draw(
@@ -149,10 +125,17 @@ def summarize_and_draw(
     num_samples: int = 0,
     seed: int = 0,
 ):
-    """``(summary, idata)``: :func:`summarize_groups`'s rows and, with ``num_samples``,
-    the groups' ArviZ InferenceData as ``iai infer --group`` writes it (``num_samples``
-    draws per group seeded by ``seed``, a ``group`` dimension whose coordinates are the
-    groups, ``sample_stats`` with each group's status; ``None`` without draws)."""
+    """``(summary, idata)``: one row per group of ``frame`` (``group``, ``num_points``,
+    posterior quantiles, then the status of :class:`~iai_prob.posterior_status.PosteriorStatus`)
+    and, with ``num_samples``, the groups' ArviZ InferenceData as ``iai infer --group``
+    writes it (``num_samples`` draws per group seeded by ``seed``, a ``group`` dimension
+    whose coordinates are the groups, ``sample_stats`` with each group's status; ``None``
+    without draws).
+
+    :param frame: rows ``(group, *x_columns, y_column)``, each group complete.
+    :param str checkpoint: the guide's checkpoint (path stem), for a task family.
+    :param int max_tasks: at most this many groups per batched guide call.
+    """
     missing = [c for c in (group, *x_columns, y_column) if c not in frame.columns]
     if missing:
         raise ValueError(f"columns {missing} not found; the table has {list(frame.columns)}")

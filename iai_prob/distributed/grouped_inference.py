@@ -162,18 +162,17 @@ def infer_groups_on_dask(
         parts = [answer[3][name].drop_vars(GROUP_DIM) for answer in flat]
         combined = xr.concat(parts, dim=GROUP_DIM).isel({GROUP_DIM: position})
         groups[name] = combined.assign_coords({GROUP_DIM: data.keys})
-    seconds = time.perf_counter() - started
     result = GroupedPosterior(
-        data.keys,
-        data.sizes,
-        torch.distributions.MultivariateNormal(locs, scale_tril=trils),
-        guide.prepare(*data.group(0)).layout,
-        0.0,
-        seconds,
-        batched,
-        data,
-        status,
-        padded,
+        keys=data.keys,
+        sizes=data.sizes,
+        posterior=torch.distributions.MultivariateNormal(locs, scale_tril=trils),
+        layout=guide.prepare(*data.group(0)).layout,
+        read_seconds=0.0,
+        seconds=time.perf_counter() - started,
+        batched=batched,
+        data=data,
+        status=status,
+        padded=padded,
     )
     return DaskGroupedPosterior(result, az.InferenceData(**groups), workers)
 

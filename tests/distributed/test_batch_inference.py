@@ -72,6 +72,19 @@ def _tensors(frame):
     return x, torch.tensor(frame["y"].to_numpy(), dtype=torch.float32)
 
 
+def _assert_rows_are_the_guide_alone(summary, frame, guide, indices):
+    """Rows ``indices`` of ``summary`` (ordered, indexed from 0) hold the quantiles the
+    guide gives each group alone."""
+    for index in indices:
+        rows = frame[frame["group"] == summary.loc[index, "group"]]
+        np.testing.assert_allclose(
+            summary.loc[index, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
+            _expected_row(guide, rows),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
 def _expected_row(guide, frame):
     values = guide.quantiles([0.05, 0.5, 0.95], *_tensors(frame))["w"]  # (3, 2)
     return values.T.reshape(-1).numpy()  # w[0]_q05, w[0]_q50, w[0]_q95, w[1]_…
@@ -173,14 +186,7 @@ def test_partitioned_parquet_on_a_two_worker_cluster(family, checkpoint, tmp_pat
     # mini-batch is refined in a (seeded) order of its rows: same groups and sizes
     pd.testing.assert_frame_equal(summary.iloc[:, :2], again.iloc[:, :2], check_dtype=False)
     guide = IterativeAmortizedGuide.load(checkpoint, family)
-    for index in (0, 17, 39):
-        rows = frame[frame["group"] == summary.loc[index, "group"]]
-        np.testing.assert_allclose(
-            summary.loc[index, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
-            _expected_row(guide, rows),
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    _assert_rows_are_the_guide_alone(summary, frame, guide, (0, 17, 39))
 
 
 def _write_parts(frame, folder, num_parts):
@@ -362,14 +368,7 @@ def test_workers_started_apart_give_the_groups_and_a_killed_one_loses_nothing(
     assert (result.num_groups, result.num_rows) == (96, len(frame))
     summary = pd.read_parquet(tmp_path / "out").sort_values("group").reset_index(drop=True)
     assert summary["group"].tolist() == sorted(frame["group"].unique())
-    for index in (0, 41, 95):
-        rows = frame[frame["group"] == summary.loc[index, "group"]]
-        np.testing.assert_allclose(
-            summary.loc[index, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
-            _expected_row(guide, rows),
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    _assert_rows_are_the_guide_alone(summary, frame, guide, (0, 41, 95))
 
 
 def test_one_large_parquet_file_is_read_by_its_row_groups(family, checkpoint, tmp_path):
@@ -402,12 +401,6 @@ def test_one_large_parquet_file_is_read_by_its_row_groups(family, checkpoint, tm
         assert idata.posterior["w"].shape == (1, 20, len(rows), 2)
         np.testing.assert_array_equal(idata.sample_stats["converged"], rows["converged"])
         np.testing.assert_allclose(idata.sample_stats["khat"], rows["khat"])
-    summary = pd.read_parquet(tmp_path / "out").set_index("group")
+    summary = pd.read_parquet(tmp_path / "out").sort_values("group").reset_index(drop=True)
     guide = IterativeAmortizedGuide.load(checkpoint, family)
-    for key in ("g0000", "g0023", "g0047"):
-        np.testing.assert_allclose(
-            summary.loc[key, QUANTILE_COLUMNS].to_numpy(dtype=np.float32),
-            _expected_row(guide, frame[frame["group"] == key]),
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    _assert_rows_are_the_guide_alone(summary, frame, guide, (0, 23, 47))
