@@ -213,6 +213,23 @@ def _trained_only(optimizer: optax.GradientTransformation, arrays):
     return optax.masked(optimizer, learned)
 
 
+def _check_every_process_resumes_at(step: int) -> None:
+    """Of several JAX processes (``jax.distributed.initialize``), refuse in one line a
+    resume that they do not all start from the same step (a ``checkpoint_dir`` that one
+    machine sees and another does not): their replicated parameters would differ."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    steps = np.asarray(multihost_utils.process_allgather(np.asarray(step, np.int64)))
+    if steps.min() != steps.max():
+        raise ValueError(
+            f"the {jax.process_count()} JAX processes disagree on the step to resume from "
+            "(every process must see the same checkpoint_dir; on several machines, a shared "
+            f"filesystem): from {int(steps.min())} to {int(steps.max())}"
+        )
+
+
 def _masked_data(guide, x, y, size, capacity):
     """The prepared data of ``capacity`` simulated points of which the first ``size``
     (traced) count: the others are masked out."""
@@ -339,8 +356,9 @@ def fit(
     if guide.config["num_steps"] is not None:
         raise ValueError("fit trains guides with num_steps=None (passes over the data)")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    writer = jax.process_index() == 0  # of several JAX processes, the first writes
     with ExitStack() as held:
-        if folder is not None:
+        if folder is not None and writer:
             make_folder(folder)
             held.enter_context(lock_folder(folder))
         mesh = task_mesh(devices, tasks_per_step)
@@ -379,6 +397,7 @@ def fit(
         best = None
         if last is not None:
             arrays, opt_state, best = _load_training(last, arrays, opt_state, result, identity)
+        _check_every_process_resumes_at(result.steps)
         arrays, opt_state, best = mesh.replicate((arrays, opt_state, best))
         budget = {"steps": steps, **settings, "backend": "jax", "early_stopping": early_stopping}
         max_steps = max_passes * math.ceil(high / batch_size)
@@ -478,7 +497,7 @@ def fit(
             bar.set_postfix(postfix)
             bar.update(1)
             result.seconds = time.perf_counter() - started
-            if folder is not None and (result.steps % checkpoint_every == 0 or at_end):
+            if folder is not None and writer and (result.steps % checkpoint_every == 0 or at_end):
                 _save_training(folder / "last", arrays, opt_state, result, budget, identity, best)
                 keep_last = best is None or (at_end and history.final_is_best())
                 saved = history.final if at_end else None
