@@ -300,3 +300,43 @@ def test_two_processes_reproduce_their_run_through_a_killed_rank_and_record_it(t
     assert one.returncode == 0, one.stderr[-3000:]
     assert "resuming a run trained on 2 process(es) up to step 12 on 1" in one.stderr
     assert _last_weights(tmp_path / "reference")[1]["world_size"] == 1
+
+
+def _update(parallel, seed: int) -> torch.Tensor:
+    """The weights' change of one reverse-KL step of SGD at learning rate 1 from the same
+    initial weights (minus the gradient this process applies), flattened."""
+    torch.manual_seed(0)
+    guide = _guide()
+    x, y = LinearRegression(dim=2).sample(1, 8, generator=torch.Generator().manual_seed(0))[1:]
+    guide._setup_prototype(x[0], y[0])
+    before = torch.cat([p.detach().reshape(-1) for p in guide.refiner.parameters()])
+    sgd = torch.optim.SGD(guide.refiner.parameters(), lr=1.0)
+    options = {**OPTIONS, "seed": seed, "clip_norm": 1e12}
+    fit(guide, LinearRegression(dim=2), steps=1, parallel=parallel, optimizer=sgd, **options)
+    return torch.cat([p.detach().reshape(-1) for p in guide.refiner.parameters()]) - before
+
+
+@pytest.mark.slow
+def test_two_processes_estimate_the_one_process_update(group_of_one):
+    """Issue 23.7, reverse KL on 2 processes against 1 by their statistics: over 48 seeds,
+    the update of a step on 2 processes (4 tasks each, their own noise; rank 0's and rank
+    1's halves summed, as the all-reduce does) and on one process (8 tasks) have the same
+    mean and spread (median absolute deviation: the updates are heavy-tailed) along a
+    fixed direction."""
+    direction = None
+    two, one = [], []
+    for seed in range(48):
+        halves = _update(DataParallel(0, 2), seed) + _update(DataParallel(1, 2), seed)
+        whole = _update(SINGLE_PROCESS, seed)
+        if direction is None:
+            direction = torch.randn(whole.shape, generator=torch.Generator().manual_seed(0))
+        two.append(float(halves @ direction))
+        one.append(float(whole @ direction))
+    two, one = torch.tensor(two), torch.tensor(one)
+    error = (two.var() / len(two) + one.var() / len(one)).sqrt()
+    assert abs(two.mean() - one.mean()) < 3 * error
+
+    def spread(values):
+        return (values - values.median()).abs().median()
+
+    assert 0.5 < float(spread(two) / spread(one)) < 2.0
