@@ -343,11 +343,12 @@ def _write_summary_and_draws(summary_and_draws, path: str) -> tuple[int, int]:
 def _warn_if_unreliable(path_of, num_parts: int, group: str, checkpoint) -> None:
     """The warnings ``iai infer --group`` gives, naming the groups of the written summaries
     that did not converge or whose ``k̂`` is high (read back from their status columns)."""
+    import pyarrow.parquet as pq
+
     columns = [group, *PosteriorStatus._fields]
-    try:
-        frame = pd.concat([pd.read_parquet(path_of(i), columns=columns) for i in range(num_parts)])
-    except (KeyError, ValueError):  # no status columns: the guide's convergence phase is off
-        return
+    if not set(columns) <= set(pq.read_schema(path_of(0)).names):
+        return  # no status columns: the guide's convergence phase is off
+    frame = pd.concat([pd.read_parquet(path_of(i), columns=columns) for i in range(num_parts)])
     status = PosteriorStatus(*(frame[name].to_numpy() for name in PosteriorStatus._fields))
     guide = _cached_guide(str(checkpoint), "cpu")
     names = frame[group].astype(str).to_numpy()

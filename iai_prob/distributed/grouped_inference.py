@@ -30,7 +30,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["DaskGroupedPosterior", "infer_batches", "infer_groups_on_dask", "start_client"]
+__all__ = [
+    "SCHEDULER_TIMEOUT",
+    "DaskGroupedPosterior",
+    "infer_batches",
+    "infer_groups_on_dask",
+    "start_client",
+]
+
+SCHEDULER_TIMEOUT = 30
+"""Seconds ``--dask ADDRESS`` waits for the scheduler to answer."""
 
 
 class DaskGroupedPosterior(NamedTuple):
@@ -185,7 +194,14 @@ def start_client(spec: str) -> Iterator:
     from distributed import Client, LocalCluster
 
     if not spec.startswith("local:"):
-        with Client(spec, timeout=60) as client:
+        try:
+            client = Client(spec, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            raise ValueError(
+                f"--dask: no Dask scheduler answered at {spec!r} within {SCHEDULER_TIMEOUT} s "
+                f"({type(error).__name__}); start one (dask scheduler) or use local:N"
+            ) from None
+        with client:
             yield client
         return
     with (

@@ -30,6 +30,9 @@ generator once would make a step's draws depend on every earlier draw. The weigh
 a guide that ``fit`` builds (one not yet called on data) are drawn the same way from
 ``seed``. Same seed, same machine, same thread count: the losses and weights are
 identical bit for bit (on CUDA, only under ``torch.use_deterministic_algorithms``).
+On ``W > 1`` processes (``parallel``) the step's ``N`` still comes from ``(seed, step)``,
+and each process draws its own tasks and noise from ``(seed, step, rank, W)``
+(:mod:`.data_parallel`): the same seed on the same number of processes gives the same run.
 
 Checkpoints (safetensors + JSON, :mod:`.checkpoint`) hold the guide, the optimizer
 state and the step; ``resume=True`` continues from the last one, and because every

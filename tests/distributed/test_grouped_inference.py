@@ -3,6 +3,8 @@ the file and the summary are the one-process run's."""
 
 from __future__ import annotations
 
+import socket
+
 import arviz as az
 import numpy as np
 import pytest
@@ -52,3 +54,21 @@ def test_bad_dask_options_are_one_line(
     argv = ["infer", "linear_regression", str(tmp_path / "d.csv"), "--x", "x0:x7", "--y", "y"]
     assert main([*argv, "--out", str(tmp_path / "o.nc"), "--no-progress", *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(
+    tmp_path, capsys, monkeypatch, make_grouped_frame, shipped_guide
+):
+    from iai_prob.distributed import grouped_inference
+
+    monkeypatch.setattr(grouped_inference, "SCHEDULER_TIMEOUT", 1)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make_grouped_frame(shipped_guide.family, [5, 6]).to_csv(tmp_path / "d.csv", index=False)
+    argv = ["infer", "linear_regression", str(tmp_path / "d.csv"), "--x", "x0:x7", "--y", "y"]
+    argv += ["--group", "unit", "--dask", f"tcp://127.0.0.1:{port}", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.nc")]) == 2
+    assert f"--dask: no Dask scheduler answered at 'tcp://127.0.0.1:{port}'" in (
+        capsys.readouterr().err
+    )
