@@ -298,6 +298,35 @@ def _on_dask(guide, table, columns, args):
     return result, gathered.idata, where
 
 
+def _grouped(guide, table, columns, args):
+    """``(result, idata)`` of ``--group``: in this process (``idata`` is ``None``, exported
+    afterwards) or on ``--dask``'s cluster; prints the line of groups and timings."""
+    from iai_prob.io import grouped_posteriors
+
+    with explained_observation_errors(guide, table, columns):
+        if args.dask is not None:
+            result, idata, where = _on_dask(guide, table, columns, args)
+        else:
+            result = grouped_posteriors(
+                guide,
+                table,
+                columns,
+                group=args.group,
+                max_tasks=args.max_tasks,
+                passes=args.passes,
+                progress=not args.no_progress,
+            )
+            idata, where = None, "posteriors in"
+    print(
+        f"{len(result.keys)} groups of {result.sizes.min()} to {result.sizes.max()} rows "
+        f"from {table.path.name}: read in {result.read_seconds:.2f} s, {where} "
+        f"{result.seconds:.2f} s ({result.groups_per_second:.0f} groups/s"
+        f"{', batched as tasks' if result.batched else ', one call per group'})",
+        file=sys.stderr,
+    )
+    return result, idata
+
+
 def run(args) -> int:
     """Infer, write ``--out``, print the summary."""
     from dataclasses import replace
@@ -305,7 +334,7 @@ def run(args) -> int:
 
     from iai_prob.cli.loading import load_checkpoint
     from iai_prob.inference import Convergence
-    from iai_prob.io import Columns, Table, grouped_posteriors, observation_dtype, stream_posterior
+    from iai_prob.io import Columns, Table, observation_dtype, stream_posterior
     from iai_prob.io.export import inference_data, status_table, summary_table
 
     check_output_file(args.out, (".nc",), "a netCDF file")
@@ -319,30 +348,9 @@ def run(args) -> int:
     first = check_data(guide, table, columns, args)
 
     progress = not args.no_progress
-    idata = None
-    if args.group is not None and args.dask is not None:
-        with explained_observation_errors(guide, table, columns):
-            result, idata, where = _on_dask(guide, table, columns, args)
-    elif args.group is not None:
-        with explained_observation_errors(guide, table, columns):
-            result = grouped_posteriors(
-                guide,
-                table,
-                columns,
-                group=args.group,
-                max_tasks=args.max_tasks,
-                passes=args.passes,
-                progress=progress,
-            )
-        where = "posteriors in"
+    idata = None  # the grouped path on Dask brings its InferenceData; the others export below
     if args.group is not None:
-        print(
-            f"{len(result.keys)} groups of {result.sizes.min()} to {result.sizes.max()} rows "
-            f"from {table.path.name}: read in {result.read_seconds:.2f} s, {where} "
-            f"{result.seconds:.2f} s ({result.groups_per_second:.0f} groups/s"
-            f"{', batched as tasks' if result.batched else ', one call per group'})",
-            file=sys.stderr,
-        )
+        result, idata = _grouped(guide, table, columns, args)
     else:
         with explained_observation_errors(guide, table, columns):
             result = stream_posterior(
