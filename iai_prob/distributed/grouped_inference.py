@@ -123,12 +123,10 @@ def infer_groups_on_dask(
     :param dict guide_options: how a worker loads the same guide (``checkpoint``,
         ``model``, ``max_steps``, as :func:`iai_prob.cli.loading.load_checkpoint`).
     """
-    import arviz as az
-    import xarray as xr
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    from iai_prob.io.export import DRAW_BATCH, GROUP_DIM
+    from iai_prob.io.export import DRAW_BATCH, GATHERED_GROUPS, gather_groups
     from iai_prob.io.grouped import GroupedPosterior, size_batches, task_batches
     from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 
@@ -166,11 +164,10 @@ def infer_groups_on_dask(
         warn_if_unreliable(
             status, max_steps=guide.convergence.max_steps, batched=True, names=data.keys
         )
-    groups = {}
-    for name in ("posterior", "sample_stats"):
-        parts = [answer[3][name].drop_vars(GROUP_DIM) for answer in flat]
-        combined = xr.concat(parts, dim=GROUP_DIM).isel({GROUP_DIM: position})
-        groups[name] = combined.assign_coords({GROUP_DIM: data.keys})
+    parts = zip(batches, (answer[3] for answer in flat), strict=True)
+    idata = gather_groups(
+        ((members, {g: part[g] for g in GATHERED_GROUPS}) for members, part in parts), data.keys
+    )
     result = GroupedPosterior(
         keys=data.keys,
         sizes=data.sizes,
@@ -183,7 +180,7 @@ def infer_groups_on_dask(
         status=status,
         padded=padded,
     )
-    return DaskGroupedPosterior(result, az.InferenceData(**groups), workers)
+    return DaskGroupedPosterior(result, idata, workers)
 
 
 @contextmanager
