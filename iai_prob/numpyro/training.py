@@ -31,6 +31,11 @@ travel with the training state, the folder's guide is the best one, ``fit`` retu
 best (the end-of-call ones if they score at least as well), ``early_stopping=patience``
 stops after that many validations without a new best, and a final guide that scores
 worse than the untrained one gives a one-line ``UserWarning``.
+
+Several JAX processes (``jax.distributed.initialize``, a mesh of ``devices`` across them)
+run the same steps on the same global batch; process 0 alone writes ``checkpoint_dir``
+and shows the progress bar, and a resume that the processes do not all see is refused
+in one line.
 """
 
 from __future__ import annotations
@@ -457,7 +462,8 @@ def fit(
             )
             result.validation.num_tasks = validation.num_tasks
         history = result.validation
-        bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit (jax)")
+        shown = progress and writer  # one bar for several processes
+        bar = tqdm(total=steps, initial=result.steps, disable=not shown, desc="fit (jax)")
         started = time.perf_counter() - result.seconds
         if validation is not None and result.steps == 0 and not history.scores:
             if history.record(0, validation.score(arrays)):
