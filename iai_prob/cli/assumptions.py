@@ -347,11 +347,10 @@ def grouped_sd_pvalues(guide, result, *, seed: int = 0) -> dict[str, np.ndarray]
     :class:`~iai_prob.io.grouped.GroupedPosterior` (at most :data:`PPC_MAX_ROWS` rows of
     each), in the batches its posteriors were computed in
     (:func:`~iai_prob.io.grouped.size_batches`: padded together, or of one size)."""
-    import torch
 
     from iai_prob.io.grouped import size_batches
 
-    data, posterior = result.data, result.posterior
+    data = result.data
     used = np.minimum(data.sizes, PPC_MAX_ROWS)
     pvalues: dict[str, np.ndarray] = {}
     for members, rows in size_batches(used, len(used), result.padded):
@@ -360,9 +359,7 @@ def grouped_sd_pvalues(guide, result, *, seed: int = 0) -> dict[str, np.ndarray]
         for start in range(0, len(members), per_call):
             chunk = members[start : start + per_call]
             x, y = data.stack(chunk, rows)  # a group past PPC_MAX_ROWS is cut below
-            part = torch.distributions.MultivariateNormal(
-                posterior.loc[chunk], scale_tril=posterior.scale_tril[chunk]
-            )
+            part = result.of(chunk)
             sizes = None if rows is None else used[chunk]
             found = sd_pvalues(guide, part, x[:, :width], y[:, :width], seed=seed, sizes=sizes)
             for site, values in found.items():

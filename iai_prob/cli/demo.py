@@ -93,9 +93,7 @@ def _grouped_part(guide) -> None:
     kls, covered, total = [], 0, 0
     for index, key in enumerate(result.keys):
         exact = guide.family.exact_posterior(*data.group(index))
-        q = torch.distributions.MultivariateNormal(
-            result.posterior.loc[index], scale_tril=result.posterior.scale_tril[index]
-        )
+        q = result.of(index)
         kls.append(float(torch.distributions.kl_divergence(q, exact)))
         sd = q.variance.sqrt()
         low, high = q.mean - 1.6449 * sd, q.mean + 1.6449 * sd

@@ -30,7 +30,6 @@ import functools
 import os
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -40,9 +39,7 @@ import pandas as pd
 import torch
 
 from iai_prob.posterior_status import (
-    PosteriorNotice,
     PosteriorStatus,
-    PosteriorWarning,
     warn_if_unreliable,
 )
 
@@ -165,16 +162,11 @@ def _summarize(frame, checkpoint, group, x_columns, y_column, quantiles, max_tas
         torch.tensor(frame[list(x_columns)].to_numpy(), dtype=dtype).to(device),
         torch.tensor(frame[y_column].to_numpy(), dtype=dtype).to(device),
     )
-    with warnings.catch_warnings():  # the summary's columns say it, per group
-        warnings.simplefilter("ignore", PosteriorWarning)
-        warnings.simplefilter("ignore", PosteriorNotice)
-        result = posteriors_of_groups(guide, data, max_tasks=max_tasks)
+    # the summary's status columns say it, and the client warns naming the groups
+    result = posteriors_of_groups(guide, data, max_tasks=max_tasks, warn=False)
     rows = []
     for start in range(0, len(labels), max_tasks):
-        part = slice(start, start + max_tasks)
-        posterior = torch.distributions.MultivariateNormal(
-            result.posterior.loc[part], scale_tril=result.posterior.scale_tril[part]
-        )
+        posterior = result.of(slice(start, start + max_tasks))
         values = guide.quantiles_of(posterior, result.layout, list(quantiles))
         rows.append(_flatten(values, result.layout, len(posterior.loc)))
     summary = pd.DataFrame(np.concatenate(rows), columns=_columns_for(result.layout, quantiles))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -78,17 +77,15 @@ def infer_batches(
     the one-process path computes them. Returns ``[(locs, scale_trils, status, idata)]``."""
     from iai_prob.io.export import inference_data
     from iai_prob.io.grouped import posteriors_of_groups
-    from iai_prob.posterior_status import PosteriorNotice, PosteriorWarning
 
     torch.set_num_threads(1)
     guide = _guide(**guide_options)
     answers = []
     for members in batches:
         batch = data.select(members)
-        with warnings.catch_warnings():  # the client names the groups, by key, once
-            warnings.simplefilter("ignore", PosteriorWarning)
-            warnings.simplefilter("ignore", PosteriorNotice)
-            result = posteriors_of_groups(guide, batch, max_tasks=max_tasks, passes=passes)
+        result = posteriors_of_groups(  # the client names the groups, by key, once
+            guide, batch, max_tasks=max_tasks, passes=passes, warn=False
+        )
         idata = inference_data(guide, result, num_samples=num_samples, seed=seed)
         posterior = result.posterior
         answers.append((posterior.loc, posterior.scale_tril, result.status, idata))
@@ -140,10 +137,8 @@ def infer_groups_on_dask(
     futures = []
     for unit in units:
         members = np.concatenate([batches[b] for b in unit])
-        local, start = [], 0
-        for b in unit:
-            local.append(np.arange(start, start + len(batches[b])))
-            start += len(batches[b])
+        ends = np.cumsum([len(batches[b]) for b in unit])[:-1]
+        local = np.split(np.arange(len(members)), ends)  # each batch within the unit's rows
         futures.append(client.submit(infer_batches, data.select(members), local, **options))
     answers = [None] * len(units)
     index_of = {future.key: position for position, future in enumerate(futures)}

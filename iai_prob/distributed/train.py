@@ -58,7 +58,8 @@ def launch(nproc: int, argv: list[str]) -> int:
 @contextmanager
 def processes(device: torch.device, nproc: int | None = None) -> Iterator[DataParallel]:
     """The process group of this process (one process outside torchrun) for the block,
-    destroyed afterwards; ``device`` becomes GPU ``LOCAL_RANK`` for ``cuda``.
+    destroyed afterwards: ``nccl`` for a CUDA ``device`` (:func:`local_device`), else
+    ``gloo``.
 
     :raises ValueError: ``nproc`` is given and is not torchrun's world size.
     """

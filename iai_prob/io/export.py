@@ -67,9 +67,7 @@ def _grouped(guide, result: GroupedPosterior, *, num_samples: int, seed: int):
 
     def batches():
         for members, rows in size_batches(data.sizes, DRAW_BATCH, result.padded):
-            posterior = torch.distributions.MultivariateNormal(
-                result.posterior.loc[members], scale_tril=result.posterior.scale_tril[members]
-            )
+            posterior = result.of(members)
             task = guide.prepare(*data.stack(members, rows))
             if rows is not None:
                 task = task._replace(data=task.data.padded(torch.as_tensor(data.sizes[members])))

@@ -168,6 +168,13 @@ class GroupedPosterior(NamedTuple):
     status: PosteriorStatus | None = None
     padded: bool = False
 
+    def of(self, groups) -> torch.distributions.MultivariateNormal:
+        """The posteriors of the groups ``groups`` (indices or a slice), batch ``(len,)``."""
+        posterior = self.posterior
+        return torch.distributions.MultivariateNormal(
+            posterior.loc[groups], scale_tril=posterior.scale_tril[groups]
+        )
+
     @property
     def groups_per_second(self) -> float:
         """Groups per second of inference (reading excluded)."""
@@ -329,11 +336,13 @@ def posteriors_of_groups(
     max_tasks: int = 256,
     passes: int | None = None,
     progress: bool = False,
+    warn: bool = True,
 ) -> GroupedPosterior:
     """``q(θ | D_g)`` for every group of rows already split (:class:`GroupedData`; as
     :func:`grouped_posteriors`, which reads them from a table first, and as each
     partition of a Dask run, :mod:`iai_prob.distributed.batch_inference`). Groups that
-    did not converge or whose ``k̂ > 0.7`` are named, by key, in one warning."""
+    did not converge or whose ``k̂ > 0.7`` are named, by key, in one warning
+    (``warn=False``: none, the caller reports the statuses itself)."""
     started = time.perf_counter()
     layout = guide.prepare(*data.group(0)).layout
     locs = [None] * len(data.keys)
@@ -368,9 +377,10 @@ def posteriors_of_groups(
     status = None
     if all(item is not None for item in statuses):
         status = PosteriorStatus.stack(statuses)
-        warn_if_unreliable(
-            status, max_steps=guide.convergence.max_steps, batched=True, names=data.keys
-        )
+        if warn:
+            warn_if_unreliable(
+                status, max_steps=guide.convergence.max_steps, batched=True, names=data.keys
+            )
     seconds = time.perf_counter() - started
     return GroupedPosterior(
         data.keys,
