@@ -10,7 +10,8 @@ module is what the two share, in plain Python (neither torch nor JAX):
 * :func:`validation_sizes`: how the tasks spread over ``num_points``;
 * :func:`validation_score`: the score, the median of the tasks' losses;
 * :class:`ValidationHistory`: the scheduled scores, the best step, the early-stopping
-  rule and the warning when training made the guide worse than it started.
+  rule and the warning when training made the guide worse than it started;
+* :class:`ValidationSchedule`: when a training loop scores its guide, and what it keeps.
 
 Only the scheduled validations (step 0 and the multiples of ``validate_every``) choose
 the best guide and count towards early stopping; the score at the end of a call
@@ -24,9 +25,17 @@ not depend on where a call ended. (Early stopping on held-out loss: Prechelt 199
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["ValidationHistory", "validation_score", "validation_sizes"]
+__all__ = [
+    "StepValidation",
+    "ValidationHistory",
+    "ValidationSchedule",
+    "validation_score",
+    "validation_sizes",
+]
 
 
 def validation_score(task_losses) -> float:
@@ -113,6 +122,16 @@ class ValidationHistory:
             return True
         return self.final[0] == self.best_step or self.final[1] <= self.best
 
+    def weights_to_save(self, at_end: bool, has_best: bool) -> tuple[bool, tuple | None]:
+        """Which weights a checkpoint's guide holds: ``(keep_last, scored)``, ``keep_last``
+        ``False`` for the best scheduled ones, ``scored`` their ``(step, score)``
+        (``None``: not scored). Before the end of a call the last weights are saved only
+        when no best is held; at the end, when they score at least as well."""
+        keep_last = not has_best or (at_end and self.final_is_best())
+        if not keep_last:
+            return False, (self.best_step, self.best)
+        return True, self.final if at_end else None
+
     def worse_than_untrained(self, backend: str = "fit") -> str | None:
         """One line when the trained weights end worse than the untrained ones, else ``None``."""
         untrained = self.untrained
@@ -167,3 +186,76 @@ class ValidationHistory:
             final=(int(final[0]), float(final[1])) if final else None,
             num_tasks=int(card.get("num_tasks", 0)),
         )
+
+
+class StepValidation(NamedTuple):
+    """What :meth:`ValidationSchedule.after_step` found: whether the weights are the best so
+    far (keep them), whether the call ends here (its last step, or early stopping), and
+    whether a new score is there to show."""
+
+    new_best: bool
+    at_end: bool
+    scored: bool
+
+
+class ValidationSchedule:
+    """When a training loop scores its guide, and what it keeps (both backends' ``fit``).
+
+    The guide is scored on the validation tasks before the first step of a fresh run,
+    after every ``every`` steps (the scheduled scores, which choose the best weights and
+    count towards early stopping after ``patience`` of them without a new best), and at
+    the end of each call (:attr:`ValidationHistory.final`). Without validation tasks
+    (``score=None``) nothing is scored and a call ends after its last step.
+
+    :param history: the run's :class:`ValidationHistory` (resumed runs bring theirs).
+    :param score: scores the current weights on the validation tasks, or ``None``.
+    :param every: steps between scheduled scores (``validate_every``).
+    :param patience: scheduled scores without a new best before stopping, or ``None``.
+    """
+
+    def __init__(
+        self,
+        history: ValidationHistory,
+        score: Callable[[], float] | None,
+        *,
+        every: int,
+        patience: int | None,
+    ):
+        self.history = history
+        self.score = score
+        self.every = every
+        self.patience = patience
+        self.stop = history.should_stop(patience)
+
+    def begin(self, step: int) -> bool:
+        """Score the untrained guide at the start of a fresh run (``step == 0`` and nothing
+        recorded yet); ``True`` when that made it the best (keep its weights)."""
+        if self.score is None or step != 0 or self.history.scores:
+            return False
+        new_best = self.history.record(0, self.score())
+        self.stop = self.history.should_stop(self.patience)
+        return new_best
+
+    def after_step(self, step: int, steps: int) -> StepValidation:
+        """Score the weights after training step ``step`` of ``steps`` if it is scheduled
+        or ends the call (then also :attr:`ValidationHistory.final`), and update
+        :attr:`stop`."""
+        history = self.history
+        scheduled = self.score is not None and step % self.every == 0
+        new_best = False
+        if scheduled:
+            new_best = history.record(step, self.score())
+            self.stop = history.should_stop(self.patience)
+        at_end = step == steps or self.stop
+        if self.score is not None and at_end:
+            history.final = (step, history.scores[-1][1] if scheduled else self.score())
+        return StepValidation(new_best, at_end, self.score is not None and (scheduled or at_end))
+
+    def end(self, step: int, has_best: bool) -> bool:
+        """Close a call that ended at ``step``: score the weights if no step of it did (a
+        resumed run with nothing left to train); ``True`` when the best weights, held
+        (``has_best``), must replace the last ones."""
+        history = self.history
+        if self.score is not None and (history.final is None or history.final[0] != step):
+            history.final = (step, self.score())
+        return has_best and not history.final_is_best()

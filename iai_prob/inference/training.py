@@ -75,7 +75,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options
+from iai_prob.fit_options import check_fit_options, run_settings
 from iai_prob.inference.checkpoint import learnable_model
 from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.evaluation import ValidationTasks, refinement_steps
@@ -90,7 +90,7 @@ from iai_prob.inference.training_state import (
     save_training,
 )
 from iai_prob.training_folder import lock_folder, make_folder
-from iai_prob.validation_history import validation_sizes
+from iai_prob.validation_history import ValidationSchedule, validation_sizes
 
 __all__ = ["fit"]
 
@@ -327,22 +327,8 @@ def fit(
         keeping the best weights already protects the result without cutting it short.
     :returns: a :class:`FitResult`.
     """
-    low, high = check_fit_options(
-        steps=steps,
-        tasks_per_step=tasks_per_step,
-        num_points=num_points,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-        max_passes=max_passes,
-        num_samples=num_samples,
-        max_skipped=max_skipped,
-        learning_rate=learning_rate,
-        clip_norm=clip_norm,
-        objective=objective,
-        validation_tasks=validation_tasks,
-        validate_every=validate_every,
-        early_stopping=early_stopping,
-    )
+    arguments = dict(locals())  # fit's arguments by name, before anything else is bound
+    low, high = check_fit_options(arguments)
     if hasattr(guide, "training_loss") and objective != "reverse_kl":
         raise ValueError(
             "an ImplicitPredictor is trained on its own predictive negative log-likelihood; "
@@ -365,18 +351,7 @@ def fit(
                 _build_on_a_valid_draw(guide, source, max(low, 2), generator, device)
         trainable = _trainable(guide).to(device)
         optimizer = optimizer or torch.optim.Adam(trainable.parameters(), lr=learning_rate)
-        settings = {
-            "seed": seed,
-            "objective": objective,
-            "tasks_per_step": tasks_per_step,
-            "num_points": [low, high],
-            "greedy": greedy,
-            "max_passes": max_passes,
-            "num_samples": num_samples,
-            "clip_norm": clip_norm,
-            "validation_tasks": validation_tasks,
-            "validate_every": validate_every,
-        }
+        settings = run_settings(arguments)
         identity = run_identity(guide, source, optimizer, settings)
         result = FitResult()
         best = None
@@ -461,17 +436,20 @@ def _train_loop(
     or ``None``, ``best`` the best weights of a resumed run): each step runs in
     :func:`_global_rng` seeded by ``(seed, step)``, each validation in its own seed."""
     steps, seed = budget["steps"], budget["seed"]
-    history, patience = result.validation, budget["early_stopping"]
+    history = result.validation
     bar = tqdm(total=steps, initial=result.steps, disable=not progress, desc="fit")
     started = time.perf_counter() - result.seconds
-    validate = _validator(guide, trainable, validation, budget, device)
-    if validation is not None and result.steps == 0 and not history.scores:
-        if history.record(0, validate()):
-            best = _snapshot(trainable)
+    schedule = ValidationSchedule(
+        history,
+        _validator(guide, trainable, validation, budget, device),
+        every=budget["validate_every"],
+        patience=budget["early_stopping"],
+    )
+    if schedule.begin(result.steps):
+        best = _snapshot(trainable)
         bar.set_postfix({"val": f"{history.latest:.4g}"})
-    stop = history.should_stop(patience)
     low, high = budget["num_points"]
-    while result.steps < steps and not stop:
+    while result.steps < steps and not schedule.stop:
         task_seed, global_seed = _step_seeds(seed, result.steps)
         generator.manual_seed(task_seed)
         size = int(torch.randint(low, high + 1, (), generator=generator))
@@ -497,16 +475,10 @@ def _train_loop(
         if kl is not None:
             result.kls.append((result.steps, kl))
             postfix["kl"] = f"{kl:.3g}"
-        scheduled = validation is not None and result.steps % budget["validate_every"] == 0
-        if scheduled:
-            if history.record(result.steps, validate()):
-                best = _snapshot(trainable)
-            stop = history.should_stop(patience)
-        at_end = result.steps == steps or stop
-        if validation is not None and at_end:
-            score = history.scores[-1][1] if scheduled else validate()
-            history.final = (result.steps, score)
-        if validation is not None and (scheduled or at_end):
+        validated = schedule.after_step(result.steps, steps)
+        if validated.new_best:
+            best = _snapshot(trainable)
+        if validated.scored:
             postfix["val"] = f"{history.latest:.4g}"
         bar.set_postfix(postfix)
         bar.update(1)
@@ -514,13 +486,10 @@ def _train_loop(
         if (
             folder is not None
             and parallel.is_writer
-            and (result.steps % checkpoint_every == 0 or at_end)
+            and (result.steps % checkpoint_every == 0 or validated.at_end)
         ):
             save_training(folder / "last", trainable, optimizer, result, budget, identity, best)
-            keep_last = best is None or (at_end and history.final_is_best())
-            saved = history.final if at_end else None
-            if not keep_last:
-                saved = (history.best_step, history.best)
+            keep_last, saved = history.weights_to_save(validated.at_end, best is not None)
             with _weights(trainable, None if keep_last else best):
                 guide.save(
                     folder / "guide",
@@ -530,10 +499,8 @@ def _train_loop(
                     **guide_card,
                 )
     bar.close()
-    result.stopped_early = stop
-    if validation is not None and (history.final is None or history.final[0] != result.steps):
-        history.final = (result.steps, validate())  # a resumed run that had no steps left
-    if best is not None and not history.final_is_best():
+    result.stopped_early = schedule.stop
+    if schedule.end(result.steps, best is not None):
         trainable.load_state_dict(best)
 
 
@@ -549,7 +516,9 @@ def _world_size_changed(result: FitResult, world_size: int) -> str:
 
 def _validator(guide, trainable, validation, budget, device):
     """``validate() -> score`` of the current weights on ``validation`` (eval mode, its own
-    seed: the training draws are untouched)."""
+    seed: the training draws are untouched); ``None`` without validation tasks."""
+    if validation is None:
+        return None
 
     def validate() -> float:
         seed = _validation_seed(budget["seed"])

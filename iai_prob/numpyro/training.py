@@ -55,7 +55,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from iai_prob.fit_options import check_fit_options
+from iai_prob.fit_options import check_fit_options, run_settings
 from iai_prob.guide_card import model_identity
 from iai_prob.numpyro.checkpoint import read_checkpoint, save_guide, write_checkpoint
 from iai_prob.numpyro.objectives import kl_to_exact, task_losses
@@ -73,7 +73,12 @@ from iai_prob.training_folder import (
     model_run_identity,
     saved_identity,
 )
-from iai_prob.validation_history import ValidationHistory, validation_score, validation_sizes
+from iai_prob.validation_history import (
+    ValidationHistory,
+    ValidationSchedule,
+    validation_score,
+    validation_sizes,
+)
 
 __all__ = ["FitResult", "fit"]
 
@@ -330,25 +335,11 @@ def fit(
     ``validate_every`` and ``early_stopping`` as in PyTorch (module docstring). Returns a
     :class:`FitResult` whose ``params`` are the best by validation.
     """
+    arguments = dict(locals())  # fit's arguments by name, before anything else is bound
     from iai_prob.models.base import TaskFamily
     from iai_prob.numpyro.sources import PriorPredictiveTasks
 
-    low, high = check_fit_options(
-        steps=steps,
-        tasks_per_step=tasks_per_step,
-        num_points=num_points,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-        max_passes=max_passes,
-        num_samples=num_samples,
-        max_skipped=max_skipped,
-        learning_rate=learning_rate,
-        clip_norm=clip_norm,
-        objective=objective,
-        validation_tasks=validation_tasks,
-        validate_every=validate_every,
-        early_stopping=early_stopping,
-    )
+    low, high = check_fit_options(arguments)
     if isinstance(tasks, TaskFamily):
         tasks = tasks.on("numpyro")
     if not isinstance(tasks, TaskFamily | PriorPredictiveTasks):
@@ -385,17 +376,8 @@ def fit(
         opt_state = optimizer.init(arrays)
         result = FitResult()
         settings = {
-            "seed": seed,
-            "objective": objective,
-            "tasks_per_step": tasks_per_step,
-            "num_points": [low, high],
-            "greedy": greedy,
-            "max_passes": max_passes,
-            "num_samples": num_samples,
-            "clip_norm": clip_norm,
+            **run_settings(arguments),
             "learning_rate": None if custom_optimizer else learning_rate,
-            "validation_tasks": validation_tasks,
-            "validate_every": validate_every,
         }
         identity = _run_identity(guide, tasks, custom_optimizer, settings)
         last = find_training_state(folder) if folder is not None and resume else None
@@ -465,12 +447,16 @@ def fit(
         shown = progress and writer  # one bar for several processes
         bar = tqdm(total=steps, initial=result.steps, disable=not shown, desc="fit (jax)")
         started = time.perf_counter() - result.seconds
-        if validation is not None and result.steps == 0 and not history.scores:
-            if history.record(0, validation.score(arrays)):
-                best = arrays
+        schedule = ValidationSchedule(
+            history,
+            None if validation is None else lambda: validation.score(arrays),  # the current
+            every=validate_every,
+            patience=early_stopping,
+        )
+        if schedule.begin(result.steps):
+            best = arrays
             bar.set_postfix({"val": f"{history.latest:.4g}"})
-        stop = history.should_stop(early_stopping)
-        while result.steps < steps and not stop:
+        while result.steps < steps and not schedule.stop:
             key = jax.random.fold_in(root, result.steps)
             step_started = time.perf_counter()
             arrays, opt_state, loss, kl = train_step(arrays, opt_state, key)
@@ -489,26 +475,18 @@ def fit(
             if exact and (result.steps % 10 == 0 or result.steps == steps):
                 result.kls.append((result.steps, float(kl)))
                 postfix["kl"] = f"{float(kl):.3g}"
-            scheduled = validation is not None and result.steps % validate_every == 0
-            if scheduled:
-                if history.record(result.steps, validation.score(arrays)):
-                    best = arrays
-                stop = history.should_stop(early_stopping)
-            at_end = result.steps == steps or stop
-            if validation is not None and at_end:
-                score = history.scores[-1][1] if scheduled else validation.score(arrays)
-                history.final = (result.steps, score)
-            if validation is not None and (scheduled or at_end):
+            validated = schedule.after_step(result.steps, steps)
+            if validated.new_best:
+                best = arrays
+            if validated.scored:
                 postfix["val"] = f"{history.latest:.4g}"
             bar.set_postfix(postfix)
             bar.update(1)
             result.seconds = time.perf_counter() - started
-            if folder is not None and writer and (result.steps % checkpoint_every == 0 or at_end):
+            checkpoint = result.steps % checkpoint_every == 0 or validated.at_end
+            if folder is not None and writer and checkpoint:
                 _save_training(folder / "last", arrays, opt_state, result, budget, identity, best)
-                keep_last = best is None or (at_end and history.final_is_best())
-                saved = history.final if at_end else None
-                if not keep_last:
-                    saved = (history.best_step, history.best)
+                keep_last, saved = history.weights_to_save(validated.at_end, best is not None)
                 save_guide(
                     guide,
                     {guide.param_name: arrays if keep_last else best},
@@ -518,10 +496,8 @@ def fit(
                     **history.guide_card_field(saved),
                 )
         bar.close()
-        result.stopped_early = stop
-        if validation is not None and (history.final is None or history.final[0] != result.steps):
-            history.final = (result.steps, validation.score(arrays))  # nothing left to train
-        if best is not None and not history.final_is_best():
+        result.stopped_early = schedule.stop
+        if schedule.end(result.steps, best is not None):
             arrays = best
         result.params = {guide.param_name: arrays}
     message = history.worse_than_untrained("fit (jax)")
