@@ -26,6 +26,7 @@ __all__ = [
     "FullRankStructure",
     "LowRankStructure",
     "family_class",
+    "family_options",
 ]
 
 LOG_PRECISION_RANGE = (-13.8, 18.4)
@@ -101,6 +102,12 @@ class FullRankStructure(FamilyStructure):
 
 FAMILY_NAMES = tuple(cls.name for cls in (DiagonalStructure, LowRankStructure, FullRankStructure))
 """The family names a guide's ``family=`` option takes."""
+
+
+def family_options(config: dict) -> dict:
+    """The keyword arguments a guide's ``config`` builds its family with (``rank`` for
+    ``"low_rank"``)."""
+    return {"rank": config["rank"]} if config["family"] == "low_rank" else {}
 
 
 def family_class(families: dict[str, type], name: str) -> type:

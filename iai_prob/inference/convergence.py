@@ -57,6 +57,7 @@ from iai_prob.inference.signals import (
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import smooth_finite_columns
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "CviStep",
@@ -319,14 +320,15 @@ def converge(
     full: FullData,
     family: GaussianFamily,
     convergence: Convergence,
-    *,
-    min_precision: float = 1e-3,
-    linearization: str = "sigma_points",
+    options: RefinerOptions | None = None,
 ):
-    """Run the convergence phase from ``state`` (see module docstring).
+    """Run the convergence phase from ``state`` (see module docstring), with the refiner's
+    precision floor and linearization (``options``; the defaults when ``None``).
 
     :returns: ``(state, converged (T,), steps (T,), residual (T,))``.
     """
+    options = options or RefinerOptions()
+    min_precision, linearization = options.min_precision, options.linearization
     state, base = _best_start(state, full, family, min_precision)
     num_tasks = state.loc.shape[0]
     converged = torch.zeros(num_tasks, dtype=torch.bool, device=state.loc.device)
@@ -334,13 +336,13 @@ def converge(
     step_size = torch.ones(num_tasks, dtype=state.loc.dtype, device=state.loc.device)
     previous = torch.full_like(step_size, torch.inf)
     backtracks = MAX_BACKTRACKS if _at_once(full, *state.loc.shape) else 0
-    options = (family, min_precision, linearization, backtracks)
+    step_options = (family, min_precision, linearization, backtracks)
     for step in range(convergence.max_steps + 1):
         tensors = (state.loc, state.precision, step_size, previous, base)
         if linearization == "samples":  # random draws and double differentiation: eager
-            result = cvi_step(full, *tensors, *options)
+            result = cvi_step(full, *tensors, *step_options)
         else:  # one compiled kernel per step once compiled
-            result = full.solve(cvi_step, tensors, options)
+            result = full.solve(cvi_step, tensors, step_options)
         residual = result.residual
         converged = converged | (residual < convergence.tolerance)
         if bool(converged.all()) or step == convergence.max_steps:

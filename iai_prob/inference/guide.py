@@ -44,7 +44,7 @@ from pyro.infer.autoguide import AutoGuide
 from iai_prob.checks import check_positive_int, check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
-from iai_prob.guide_options import check_convergence, guide_config
+from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
 from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, importance_check
@@ -54,7 +54,6 @@ from iai_prob.inference.memo import LastDataset
 from iai_prob.inference.objectives import elbo
 from iai_prob.inference.posteriors import get_posterior_family
 from iai_prob.inference.refinement import (
-    SIGNALS,
     RefinementInfo,
     RefinementState,
     Refiner,
@@ -72,6 +71,7 @@ from iai_prob.inference.validation import (
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.models.base import TaskFamily
 from iai_prob.moment_matching import moment_matched, vouched
+from iai_prob.posterior_families import family_options
 from iai_prob.posterior_status import (
     PosteriorStatus,
     PosteriorWarning,
@@ -79,6 +79,7 @@ from iai_prob.posterior_status import (
     warn_if_unreliable,
 )
 from iai_prob.prior_standardization import PRIOR_DRAWS, PRIOR_SEED, prior_location_scale
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "IterativeAmortizedGuide",
@@ -294,7 +295,7 @@ class IterativeAmortizedGuide(AutoGuide):
         if self.refiner is None:
             refiner = self.build(task.layout.latent_dim, task.data.features.shape[-1])
             self.layout_signature = task.layout.signature()
-            if refiner.standardize:
+            if refiner.options.standardize:
                 priors = site_priors(self.prototype_trace, task.layout, PRIOR_DRAWS, PRIOR_SEED)
                 refiner.set_prior(*prior_location_scale(task.layout, priors))
 
@@ -302,22 +303,8 @@ class IterativeAmortizedGuide(AutoGuide):
         """Create the learned pieces for a ``latent_dim``-dim latent and ``feature_dim``
         per-datum features."""
         config = self.config
-        options = {"rank": config["rank"]} if config["family"] == "low_rank" else {}
-        self.refiner = Refiner(
-            latent_dim,
-            feature_dim,
-            get_posterior_family(config["family"], latent_dim, **options),
-            encoder=config["encoder"],
-            encoder_options=config["encoder_options"],
-            signals=tuple(config["signals"]),
-            linearization=config["linearization"],
-            num_particles=config["num_particles"],
-            context_size=config["context_size"],
-            update=config.get("update", "natural_gradient"),
-            inner_lr=config.get("inner_lr", 0.1),
-            max_relinearizations=config.get("max_relinearizations", 2),
-            standardize=config.get("standardize", False),
-        )
+        family = get_posterior_family(config["family"], latent_dim, **family_options(config))
+        self.refiner = Refiner(latent_dim, feature_dim, family, RefinerOptions.of_config(config))
         return self.refiner
 
     @property
@@ -385,9 +372,9 @@ class IterativeAmortizedGuide(AutoGuide):
         points in a padded batch: the subset it gets alone)."""
         refiner = self._require_refiner()
         if data.mask is not None:
-            return refiner.init(self._padded_context(data, refiner.context_size))
-        if data.num_points > refiner.context_size:
-            data = data.subset(self._context_index(data.num_points, refiner.context_size))
+            return refiner.init(self._padded_context(data, refiner.options.context_size))
+        if data.num_points > refiner.options.context_size:
+            data = data.subset(self._context_index(data.num_points, refiner.options.context_size))
         return refiner.init(data)
 
     def _context_index(self, num_points: int, context_size: int) -> torch.Tensor:
@@ -507,8 +494,7 @@ class IterativeAmortizedGuide(AutoGuide):
             full,
             refiner.family,
             rule,
-            min_precision=refiner.min_precision,
-            linearization=refiner.linearization,
+            refiner.options,
         )
         evaluated = full if dtype == answer_dtype else full.to_dtype(answer_dtype)
 

@@ -19,13 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from iai_prob.guide_options import (
-    GRADIENT_RULES,
-    SIGNALS,
-    UPDATE_RULES,
-    check_linearization,
-    check_signals,
-)
+from iai_prob.guide_options import GRADIENT_RULES
 from iai_prob.inference.compiled_forward import compiled_forward
 from iai_prob.inference.damping import damped_combine
 from iai_prob.inference.encoders import get_encoder
@@ -43,6 +37,7 @@ from iai_prob.inference.signals import (
 )
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "RefinementError",
@@ -143,21 +138,11 @@ class Refiner(nn.Module):
     :param int latent_dim: ``D``.
     :param int feature_dim: per-datum feature size ``F``.
     :param GaussianFamily family: structure of the Gaussian state.
-    :param str encoder: ``"set_transformer"`` or ``"deep_sets"``.
-    :param tuple signals: subset of ``("data", "grad")`` fed to each step.
-    :param str linearization: how ``E_q`` is taken for the gradient signal.
-    :param int num_particles: draws for ``linearization="samples"``.
-    :param int context_size: at most this many points go into the one-shot encoder.
-    :param int max_relinearizations: a step whose proposal moved the state by more than
-        0.5 nats (KL) recomputes the gradient signal at the proposal and retakes the step
-        from the same state, up to this many times; the target then comes from near where
-        the step lands (a proximal step), which matters for non-conjugate models started
-        far from the posterior and costs nothing for conjugate ones, whose targets do not
-        depend on the linearization point.
-    :param bool standardize: read the initial state in prior units and the features
-        through ``asinh`` (:mod:`iai_prob.prior_standardization`); the prior's location
-        and scale are the buffers ``prior_loc`` and ``prior_scale``, set by
-        :meth:`set_prior` when the guide is built and saved with the weights.
+    :param RefinerOptions options: the encoder, signals, linearization and the rest
+        (:class:`~iai_prob.refiner_options.RefinerOptions`; its defaults when ``None``).
+        With ``options.standardize`` the prior's location and scale are the buffers
+        ``prior_loc`` and ``prior_scale``, set by :meth:`set_prior` when the guide is
+        built and saved with the weights.
     """
 
     def __init__(
@@ -165,54 +150,37 @@ class Refiner(nn.Module):
         latent_dim: int,
         feature_dim: int,
         family: GaussianFamily,
-        *,
-        encoder: str = "set_transformer",
-        encoder_options: dict | None = None,
-        signals: tuple[str, ...] = SIGNALS,
-        linearization: str = "sigma_points",
-        num_particles: int = 8,
-        context_size: int = 256,
-        min_precision: float = 1e-3,
-        max_relinearizations: int = 2,
-        update: str = "natural_gradient",
-        inner_lr: float = 0.1,
-        standardize: bool = False,
+        options: RefinerOptions | None = None,
     ):
         super().__init__()
-        if update not in UPDATE_RULES:
-            raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
-        signals = check_signals(signals)
-        check_linearization(linearization)
+        options = options or RefinerOptions()
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family
-        self.signals = signals
-        self.linearization = linearization
-        self.num_particles = num_particles
-        self.context_size = context_size
-        self.min_precision = min_precision
-        self.max_relinearizations = max_relinearizations
-        self.update_rule = update
-        self.standardize = standardize
-        if standardize:
+        self.options = options
+        if options.standardize:
             self.register_buffer("prior_loc", torch.zeros(latent_dim))
             self.register_buffer("prior_scale", torch.ones(latent_dim))
-        if update in GRADIENT_RULES:
-            self.gradient_update = GradientStepUpdate(family, update, inner_lr=inner_lr)
+        if options.update in GRADIENT_RULES:
+            self.gradient_update = GradientStepUpdate(
+                family, options.update, inner_lr=options.inner_lr
+            )
             return
-        self.encoder = get_encoder(encoder, feature_dim, **(encoder_options or {}))
+        self.encoder = get_encoder(options.encoder, feature_dim, **options.encoder_options)
         embed_dim = self.encoder.embed_dim
         self.init_head = nn.Linear(embed_dim, family.num_raw())
         nn.init.zeros_(self.init_head.weight)
         nn.init.zeros_(self.init_head.bias)
-        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in signals else 0)
+        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in options.signals else 0)
         self.update = NaturalGradientUpdate(context_dim)
-        self.site_target = None if "grad" in signals else LearnedSiteTarget(embed_dim, family)
+        self.site_target = (
+            None if "grad" in options.signals else LearnedSiteTarget(embed_dim, family)
+        )
 
     def set_prior(self, loc, scale) -> None:
         """Set the prior's location ``m`` and scale ``s`` (``(D,)`` arrays) that a
         standardized refiner reads its initial state in."""
-        if not self.standardize:
+        if not self.options.standardize:
             raise RuntimeError("set_prior is for a refiner built with standardize=True")
         self.prior_loc.copy_(torch.as_tensor(loc))
         self.prior_scale.copy_(torch.as_tensor(scale))
@@ -220,7 +188,7 @@ class Refiner(nn.Module):
     def _embed(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
         """The set encoder on ``features`` (through ``asinh`` when standardized); ``mask``
         ``(T, n)`` marks a padded batch's valid points."""
-        if self.standardize:
+        if self.options.standardize:
             features = torch.asinh(features)
         if mask is None:
             return compiled_forward(self.encoder, features, total_points)
@@ -228,7 +196,7 @@ class Refiner(nn.Module):
 
     def _in_prior_units(self, loc: torch.Tensor, precision: torch.Tensor) -> RefinementState:
         """``(m + s ⊙ μ, S⁻¹ Λ S⁻¹)`` when standardized, else ``(μ, Λ)``, checked."""
-        if self.standardize:
+        if self.options.standardize:
             scale = self.prior_scale.to(loc.dtype)
             loc = self.prior_loc.to(loc.dtype) + scale * loc
             precision = precision / (scale[:, None] * scale[None, :])
@@ -238,9 +206,9 @@ class Refiner(nn.Module):
     def init(self, data: TaskData) -> RefinementState:
         """``λ_0`` from the first ``context_size`` points (and the count ``N``; per task
         and with its valid points alone in a padded batch)."""
-        if self.update_rule in GRADIENT_RULES:
+        if self.options.update in GRADIENT_RULES:
             return self._in_prior_units(*self.gradient_update.init(data.features.shape[0]))
-        context = slice(None, self.context_size)
+        context = slice(None, self.options.context_size)
         mask = None if data.mask is None else data.mask[:, context]
         embedding = self._embed(data.features[:, context], data.dataset_sizes, mask)
         return self._in_prior_units(*self.family.from_raw(self.init_head(embedding)))
@@ -248,33 +216,40 @@ class Refiner(nn.Module):
     def _mean_target(self, state: RefinementState, batch: TaskData, log_joint):
         """The CVI target linearized at the mean alone (a Newton step), the fallback."""
         signal = curvature_signal(log_joint, state.loc, state.precision, batch, "mean")
-        return natural_gradient_target(signal, state.loc, self.family, self.min_precision)
+        return natural_gradient_target(signal, state.loc, self.family, self.options.min_precision)
 
     @flushing_denormals
     def step(
         self, state: RefinementState, batch: TaskData, log_joint
     ) -> tuple[RefinementState, RefinementInfo]:
         """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
-        if self.update_rule in GRADIENT_RULES:
+        if self.options.update in GRADIENT_RULES:
             return self._gradient_step(state, batch, log_joint)
         embedding = None
-        if "data" in self.signals:
+        if "data" in self.options.signals:
             embedding = self._embed(batch.features, batch.num_points)
-        if "grad" not in self.signals:
+        if "grad" not in self.options.signals:
             target = self.site_target(embedding, batch.likelihood_scale)
             new_state, step_size = self._advance(state, batch, log_joint, [target], embedding)
             return new_state, RefinementInfo(step_size, torch.full_like(step_size, torch.nan))
         point, base, result, done = state, None, None, None
-        for sweep in range(self.max_relinearizations + 1):
+        for sweep in range(self.options.max_relinearizations + 1):
             signal = curvature_signal(
-                log_joint, point.loc, point.precision, batch, self.linearization, self.num_particles
+                log_joint,
+                point.loc,
+                point.precision,
+                batch,
+                self.options.linearization,
+                self.options.num_particles,
             )
-            targets = [natural_gradient_target(signal, point.loc, self.family, self.min_precision)]
-            if self.linearization != "mean":
+            targets = [
+                natural_gradient_target(signal, point.loc, self.family, self.options.min_precision)
+            ]
+            if self.options.linearization != "mean":
                 targets.append(lambda point=point: self._mean_target(point, batch, log_joint))
             if sweep == 0:
                 batch_log_joint = signal.log_joint
-                if self.linearization == "sigma_points":
+                if self.options.linearization == "sigma_points":
                     entropy = gaussian_entropy(state.precision)
                     base = torch.nan_to_num(signal.log_joint + entropy.detach(), nan=-torch.inf)
             new_state, step_size = self._advance(state, batch, log_joint, targets, embedding, base)
@@ -289,7 +264,7 @@ class Refiner(nn.Module):
                 )
             moved_less = _moved_less(new_state, point)
             done = moved_less if done is None else done | moved_less
-            if sweep == self.max_relinearizations or bool(done.all()):
+            if sweep == self.options.max_relinearizations or bool(done.all()):
                 break
             point = new_state.detach()
         return result[0], RefinementInfo(result[1], batch_log_joint)
@@ -297,7 +272,12 @@ class Refiner(nn.Module):
     def _gradient_step(self, state, batch, log_joint):
         """A MAML / Meta-SGD step: ``ψ + α ⊙ ∇ψ ELBO_B / N`` (:mod:`.gradient_updates`)."""
         signal = curvature_signal(
-            log_joint, state.loc, state.precision, batch, self.linearization, self.num_particles
+            log_joint,
+            state.loc,
+            state.precision,
+            batch,
+            self.options.linearization,
+            self.options.num_particles,
         )
         loc, precision, step_size = self.gradient_update(
             state.loc, state.precision, signal, batch.total_points

@@ -56,6 +56,7 @@ from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.pareto_smoothing import smooth_finite_columns
 from iai_prob.posterior_status import in_notice_band
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]
 
@@ -248,13 +249,13 @@ def converge(
     full: FullData,
     family: GaussianFamily,
     convergence: Convergence,
-    *,
-    min_precision: float = 1e-3,
-    linearization: str = "sigma_points",
+    options: RefinerOptions | None = None,
 ) -> Phase:
     """Run the convergence phase from ``(loc, precision)`` ``(T, D)``, ``(T, D, D)`` over
-    ``full`` (see module docstring); ``k̂`` is left ``None``."""
-    scheme = "mean" if linearization == "mean" else "sigma_points"
+    ``full`` (see module docstring), with the refiner's precision floor and linearization
+    (``options``; the defaults when ``None``); ``k̂`` is left ``None``."""
+    options = options or RefinerOptions()
+    scheme = "mean" if options.linearization == "mean" else "sigma_points"
     return _converge(
         loc,
         precision,
@@ -262,7 +263,7 @@ def converge(
         family,
         jnp.asarray(convergence.max_steps),
         jnp.asarray(convergence.tolerance, loc.dtype),
-        min_precision,
+        options.min_precision,
         scheme,
     )
 
@@ -356,9 +357,8 @@ def finish(
     log_joint: LogJoint,
     family: GaussianFamily,
     convergence: Convergence,
+    options: RefinerOptions | None = None,
     *,
-    min_precision: float = 1e-3,
-    linearization: str = "sigma_points",
     seed: int = 0,
 ) -> tuple[RefinementState, Phase]:
     """The convergence phase and ``k̂`` for every task of ``data`` from the learned
@@ -386,8 +386,7 @@ def finish(
                 full,
                 family,
                 convergence,
-                min_precision=min_precision,
-                linearization=linearization,
+                options,
             )
             evaluated = FullData(_cast(full.data, dtype), full.index, full.mask, log_joint)
             khat, draws, log_weights = importance_check(

@@ -47,7 +47,7 @@ import numpyro.distributions as dist
 from iai_prob.checks import check_probabilities
 from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
-from iai_prob.guide_options import check_convergence, guide_config
+from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
@@ -55,7 +55,6 @@ from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import get_posterior_family
 from iai_prob.numpyro.refinement import (
-    SIGNALS,
     RefinementState,
     Refiner,
     Schedule,
@@ -73,8 +72,10 @@ from iai_prob.numpyro.task_data import (
     trace_model,
 )
 from iai_prob.numpyro.xla_guard import serial_task_limit
+from iai_prob.posterior_families import family_options
 from iai_prob.posterior_status import PosteriorStatus, warn_if_unreliable
 from iai_prob.prior_standardization import PRIOR_DRAWS, PRIOR_SEED, prior_location_scale
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "IMPLEMENTED_UPDATES",
@@ -276,19 +277,11 @@ class IterativeAmortizedGuide:
     def build(self, latent_dim: int, feature_dim: int) -> Refiner:
         """A freshly initialized refiner (seeded by ``seed``) for these dimensions."""
         config = self.config
-        options = {"rank": config["rank"]} if config["family"] == "low_rank" else {}
         refiner = Refiner(
             latent_dim,
             feature_dim,
-            get_posterior_family(config["family"], latent_dim, **options),
-            encoder=config["encoder"],
-            encoder_options=config["encoder_options"],
-            signals=tuple(config["signals"]),
-            linearization=config["linearization"],
-            num_particles=config["num_particles"],
-            context_size=config["context_size"],
-            max_relinearizations=config["max_relinearizations"],
-            standardize=config.get("standardize", False),
+            get_posterior_family(config["family"], latent_dim, **family_options(config)),
+            RefinerOptions.of_config(config),
             prior=self._prior,
             key=jax.random.PRNGKey(config["seed"]),
         )
@@ -529,8 +522,7 @@ class IterativeAmortizedGuide:
             task.log_joint,
             refiner.family,
             rule,
-            min_precision=refiner.min_precision,
-            linearization=refiner.linearization,
+            refiner.options,
             seed=self.config["seed"] + 3,
         )
         batch_size = options.get("batch_size") or self.config["batch_size"]

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iai_prob.guide_options import SIGNALS, check_linearization, check_signals
 from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.encoders import Linear, get_encoder
 from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
@@ -36,6 +35,7 @@ from iai_prob.numpyro.signals import (
 )
 from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
+from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "RefinementError",
@@ -123,11 +123,11 @@ def minibatch_schedule(num_points: int, batch_size: int, num_steps: int, key) ->
 class Refiner(eqx.Module):
     """Learned pieces of the refinement: set encoder, initial head, update rule.
 
-    Arguments as :class:`iai_prob.inference.refinement.Refiner`, plus ``key`` for the
-    initialization and ``prior``, the prior's location and scale ``(m, s)`` of a
-    standardized refiner (the arrays ``prior_loc`` and ``prior_scale``, ``None`` when not
-    standardized; held out of training by ``stop_gradient``; PyTorch's buffers of the
-    same names).
+    Arguments as :class:`iai_prob.inference.refinement.Refiner` (``options.update`` must
+    be ``"natural_gradient"``), plus ``key`` for the initialization and ``prior``, the
+    prior's location and scale ``(m, s)`` of a standardized refiner (the arrays
+    ``prior_loc`` and ``prior_scale``, ``None`` when not standardized; held out of
+    training by ``stop_gradient``; PyTorch's buffers of the same names).
     """
 
     encoder: eqx.Module
@@ -139,55 +139,45 @@ class Refiner(eqx.Module):
     latent_dim: int = eqx.field(static=True)
     feature_dim: int = eqx.field(static=True)
     family: GaussianFamily = eqx.field(static=True)
-    signals: tuple = eqx.field(static=True)
-    linearization: str = eqx.field(static=True)
-    num_particles: int = eqx.field(static=True)
-    context_size: int = eqx.field(static=True)
-    min_precision: float = eqx.field(static=True)
-    max_relinearizations: int = eqx.field(static=True)
+    options: RefinerOptions = eqx.field(static=True)
 
     def __init__(
         self,
         latent_dim: int,
         feature_dim: int,
         family: GaussianFamily,
+        options: RefinerOptions | None = None,
         *,
-        encoder: str = "set_transformer",
-        encoder_options: dict | None = None,
-        signals: tuple[str, ...] = SIGNALS,
-        linearization: str = "sigma_points",
-        num_particles: int = 8,
-        context_size: int = 256,
-        min_precision: float = 1e-3,
-        max_relinearizations: int = 2,
-        standardize: bool = False,
         prior=None,
         key,
     ):
-        signals = check_signals(signals)
-        check_linearization(linearization)
+        options = options or RefinerOptions()
+        if options.update != "natural_gradient":
+            raise ValueError(
+                f"update={options.update!r} is implemented in the PyTorch refiner only; the "
+                "JAX refiner implements update='natural_gradient'"
+            )
         encoder_key, head_key, update_key, site_key = jax.random.split(key, 4)
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family
-        self.signals = signals
-        self.linearization = linearization
-        self.num_particles = num_particles
-        self.context_size = context_size
-        self.min_precision = min_precision
-        self.max_relinearizations = max_relinearizations
+        self.options = options
         self.prior_loc = self.prior_scale = None
-        if standardize:
+        if options.standardize:
             loc, scale = (jnp.zeros(latent_dim), jnp.ones(latent_dim)) if prior is None else prior
             self.prior_loc = jnp.asarray(loc, dtype=float)
             self.prior_scale = jnp.asarray(scale, dtype=float)
-        self.encoder = get_encoder(encoder, feature_dim, key=encoder_key, **(encoder_options or {}))
+        self.encoder = get_encoder(
+            options.encoder, feature_dim, key=encoder_key, **options.encoder_options
+        )
         embed_dim = self.encoder.embed_dim
         self.init_head = Linear(embed_dim, family.num_raw(), key=head_key, zero=True)
-        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in signals else 0)
+        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in options.signals else 0)
         self.update = NaturalGradientUpdate(context_dim, key=update_key)
         self.site_target = (
-            None if "grad" in signals else LearnedSiteTarget(embed_dim, self.family, key=site_key)
+            None
+            if "grad" in options.signals
+            else LearnedSiteTarget(embed_dim, self.family, key=site_key)
         )
 
 
@@ -277,18 +267,20 @@ def _linearized_targets(refiner, point, batch, log_joint, key):
         point.loc,
         point.precision,
         batch,
-        refiner.linearization,
-        refiner.num_particles,
+        refiner.options.linearization,
+        refiner.options.num_particles,
         key,
     )
-    target = natural_gradient_target(signal, point.loc, refiner.family, refiner.min_precision)
+    target = natural_gradient_target(
+        signal, point.loc, refiner.family, refiner.options.min_precision
+    )
     targets = [target]
-    if refiner.linearization != "mean":
+    if refiner.options.linearization != "mean":
 
         def mean_target():
             mean_signal = curvature_signal(log_joint, point.loc, point.precision, batch, "mean")
             return natural_gradient_target(
-                mean_signal, point.loc, refiner.family, refiner.min_precision
+                mean_signal, point.loc, refiner.family, refiner.options.min_precision
             )
 
         targets.append(mean_target)
@@ -300,13 +292,13 @@ def step(
 ) -> tuple[RefinementState, RefinementInfo]:
     """``λ_{k+1}`` from ``λ_k`` and the mini-batch ``batch`` (see module docstring)."""
     embedding = None
-    if "data" in refiner.signals:
+    if "data" in refiner.options.signals:
         embedding = _embed(refiner, batch, batch.num_points)
-    if "grad" not in refiner.signals:
+    if "grad" not in refiner.options.signals:
         target = refiner.site_target(refiner.family, embedding, batch.likelihood_scale)
         new_state, used = _advance(refiner, state, batch, log_joint, [target], embedding, None)
         return new_state, RefinementInfo(used, jnp.full_like(used, jnp.nan))
-    sweeps = refiner.max_relinearizations + 1
+    sweeps = refiner.options.max_relinearizations + 1
     keys = None if key is None else jax.random.split(key, sweeps)
     # E_q f_B at the state's sigma points (= the first sweep's signal value): the
     # reference L_B of the damping and the step's diagnostic
@@ -314,7 +306,7 @@ def step(
         log_joint, state.loc, state.precision, batch
     ) - gaussian_entropy(jax.lax.stop_gradient(state.precision))
     base = None
-    if refiner.linearization == "sigma_points":
+    if refiner.options.linearization == "sigma_points":
         entropy = gaussian_entropy(jax.lax.stop_gradient(state.precision))
         base = jnp.nan_to_num(batch_log_joint + entropy, nan=-jnp.inf)
     else:
@@ -323,8 +315,8 @@ def step(
             state.loc,
             state.precision,
             batch,
-            refiner.linearization,
-            refiner.num_particles,
+            refiner.options.linearization,
+            refiner.options.num_particles,
             None if keys is None else keys[0],
         )
         batch_log_joint = signal.log_joint

@@ -140,7 +140,7 @@ def _make_loss(guide, log_joint, *, objective, greedy, num_samples, batch_size, 
         index, mask, valid_step = _padded_schedule(
             schedule_key, num_points, capacity, batch_size, passes, max_steps
         )
-        context = data.subset(jnp.arange(min(capacity, refiner.context_size)))
+        context = data.subset(jnp.arange(min(capacity, refiner.options.context_size)))
         state = init(refiner, context)
 
         def per_step_loss(state, k):  # (T,)

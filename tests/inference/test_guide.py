@@ -452,7 +452,7 @@ def test_conjugate_posterior_needs_no_relinearization(
     guide.save(tmp_path / "direct")
     loaded = IterativeAmortizedGuide.load(tmp_path / "direct", linreg)
     assert loaded.config["max_relinearizations"] == 0
-    assert loaded.refiner.max_relinearizations == 0
+    assert loaded.refiner.options.max_relinearizations == 0
 
 
 # ------------------------------------------------------------------ threads

@@ -96,7 +96,7 @@ def test_shipped_checkpoints_keep_the_start_they_were_trained_from():
     name = pretrained.available()[0]
     guide = pretrained.load(name)
     assert guide.config["standardize"] is False
-    assert not guide.refiner.standardize
+    assert not guide.refiner.options.standardize
     assert "prior_loc" not in guide.refiner.state_dict()
 
 

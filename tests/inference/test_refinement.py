@@ -15,6 +15,7 @@ from iai_prob.inference.refinement import (
     check_state,
     minibatch_schedule,
 )
+from iai_prob.refiner_options import RefinerOptions
 
 ENCODER_OPTIONS = {"embed_dim": 8, "hidden_dim": 16}
 
@@ -77,14 +78,8 @@ def test_state_detach():
 
 
 def _refiner(**options):
-    return Refiner(
-        2,
-        3,
-        FullRankGaussian(2),
-        encoder="deep_sets",
-        encoder_options=ENCODER_OPTIONS,
-        **options,
-    )
+    options = RefinerOptions(encoder="deep_sets", encoder_options=ENCODER_OPTIONS, **options)
+    return Refiner(2, 3, FullRankGaussian(2), options)
 
 
 def test_untrained_pass_averages_the_exact_minibatch_targets(linreg, simulate, read_task):
@@ -152,8 +147,7 @@ def test_wide_states_of_a_mixture_stay_valid(precision, make_family, simulate, r
         layout.latent_dim,
         data.features.shape[-1],
         FullRankGaussian(layout.latent_dim),
-        encoder="deep_sets",
-        encoder_options=ENCODER_OPTIONS,
+        RefinerOptions(encoder="deep_sets", encoder_options=ENCODER_OPTIONS),
     )
     eye = torch.eye(layout.latent_dim)
     state = RefinementState(torch.zeros(3, layout.latent_dim), precision * eye.repeat(3, 1, 1))

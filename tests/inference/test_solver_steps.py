@@ -176,7 +176,7 @@ def test_the_phase_is_the_same_with_candidates_at_once_or_one_at_a_time(monkeypa
     answers = []
     for size in (convergence.AT_ONCE_SIZE, 0):  # every candidate at once, then not
         monkeypatch.setattr(convergence, "AT_ONCE_SIZE", size)
-        answers.append(converge(start, full, FAMILY, Convergence(), min_precision=1e-3))
+        answers.append(converge(start, full, FAMILY, Convergence()))
     (state, converged, steps, _), (state_1, converged_1, steps_1, _) = answers
     assert bool(converged.all()) and bool(converged_1.all())
     assert steps.tolist() == steps_1.tolist()

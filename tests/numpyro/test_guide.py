@@ -99,7 +99,7 @@ def test_bad_input_names_the_problem(shipped):
     with pytest.raises(ValueError, match="max_relinearizations"):
         IterativeAmortizedGuide(guide.model, max_relinearizations=-1)
     direct = IterativeAmortizedGuide(guide.model, max_relinearizations=0)
-    assert direct.build(2, 3).max_relinearizations == 0
+    assert direct.build(2, 3).options.max_relinearizations == 0
 
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
