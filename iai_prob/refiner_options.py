@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 from iai_prob.checks import check_non_negative_int, check_positive, check_positive_int
 from iai_prob.guide_options import SIGNALS, UPDATE_RULES, check_linearization, check_signals
 
-__all__ = ["RefinerOptions"]
+__all__ = ["STEP_FEATURES", "RefinerOptions"]
+
+STEP_FEATURES = 5
+"""The scale-free features of one step a learned update sees: the step count, ``N`` and
+the batch size on a log scale, the target's distance from the state and their log-volume
+ratio (``step_context`` of each backend's ``updates``)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,13 @@ class RefinerOptions:
         check_positive_int("context_size", self.context_size)
         check_positive("min_precision", self.min_precision)
         check_non_negative_int("max_relinearizations", self.max_relinearizations)
+
+    def step_context_dim(self, embed_dim: int) -> int:
+        """The width of what a learned step sees: the step's :data:`STEP_FEATURES`
+        scale-free features, then the mini-batch's embedding (``embed_dim`` wide) when
+        ``"data"`` is a signal; part of the checkpoint format (the update network's
+        input)."""
+        return STEP_FEATURES + (embed_dim if "data" in self.signals else 0)
 
     @classmethod
     def of_config(cls, config: dict) -> RefinerOptions:

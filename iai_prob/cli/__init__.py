@@ -22,6 +22,7 @@ import sys
 
 from iai_prob.cli import bench, demo, diagnose, infer, pretrained, train
 from iai_prob.cli.helptext import HelpFormatter
+from iai_prob.refinement_state import RefinementError
 
 __all__ = ["COMMANDS", "main"]
 
@@ -33,13 +34,6 @@ _NON_FINITE_HINT = (
     "rescale the columns to moderate values (e.g. divide each by its standard deviation) "
     "or remove the extreme rows, and run again"
 )
-
-
-def _is_refinement_error(error: RuntimeError) -> bool:
-    """Whether ``error`` is a ``RefinementError`` (a posterior state that stopped being
-    finite), checked without importing torch for commands that never used it."""
-    refinement = sys.modules.get("iai_prob.inference.refinement")
-    return refinement is not None and isinstance(error, refinement.RefinementError)
 
 
 def _error(args, message: str) -> int:
@@ -72,9 +66,7 @@ def main(argv=None) -> int:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:
         return _error(args, " ".join(str(error).split()) or type(error).__name__)
-    except RuntimeError as error:
-        if not _is_refinement_error(error):
-            raise
+    except RefinementError as error:  # either backend's
         step = "" if error.step is None else f" at refinement step {error.step}"
         return _error(
             args,

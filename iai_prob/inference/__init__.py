@@ -7,11 +7,11 @@ from iai_prob.inference.guide import IterativeAmortizedGuide
 from iai_prob.inference.implicit import ImplicitPredictor
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian
 from iai_prob.inference.predictive import Predictive
-from iai_prob.inference.refinement import RefinementError, RefinementInfo, RefinementState
 from iai_prob.inference.sources import DatasetCollection, FamilyTasks, PriorPredictiveTasks
 from iai_prob.inference.training import fit
 from iai_prob.inference.training_state import FitResult
 from iai_prob.posterior_status import PosteriorNotice, PosteriorStatus, PosteriorWarning
+from iai_prob.refinement_state import RefinementError, RefinementInfo, RefinementState
 
 __all__ = [
     "CheckpointError",

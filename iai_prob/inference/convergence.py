@@ -47,7 +47,7 @@ from iai_prob.convergence_settings import Convergence
 from iai_prob.inference.damping import Backtracked, backtracked_combine, unscented_batch_elbo
 from iai_prob.inference.laplace import laplace_point
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, gaussian_kl
-from iai_prob.inference.refinement import RefinementState, check_state
+from iai_prob.inference.refinement import check_state
 from iai_prob.inference.signals import (
     curvature_signal,
     difference_spread,
@@ -57,6 +57,7 @@ from iai_prob.inference.signals import (
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import smooth_finite_columns
+from iai_prob.refinement_state import RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [

@@ -9,8 +9,8 @@ import math
 import torch
 
 from iai_prob.inference.objectives import elbo, kl_to_exact, task_losses
-from iai_prob.inference.refinement import RefinementError
 from iai_prob.models.base import TaskFamily
+from iai_prob.refinement_state import RefinementError
 from iai_prob.validation_history import validation_score
 
 __all__ = [

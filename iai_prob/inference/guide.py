@@ -57,6 +57,7 @@ from iai_prob.inference.refinement import (
     RefinementInfo,
     RefinementState,
     Refiner,
+    detached,
     minibatch_schedule,
 )
 from iai_prob.inference.sites import discover_layout, site_priors
@@ -426,7 +427,7 @@ class IterativeAmortizedGuide(AutoGuide):
         yield state, None
         for index in schedule:
             if greedy:
-                state = state.detach()
+                state = detached(state)
             state, info = refiner.step(state, task.data.subset(index), task.log_joint)
             yield state, info
 

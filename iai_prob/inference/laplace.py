@@ -30,8 +30,8 @@ from typing import NamedTuple
 import torch
 
 from iai_prob.inference.posteriors import GaussianFamily
-from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.signals import difference_spread, sigma_point_target
+from iai_prob.refinement_state import RefinementState
 
 __all__ = ["NewtonStep", "laplace_point", "newton_step", "step_lengths"]
 

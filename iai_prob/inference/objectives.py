@@ -16,9 +16,9 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from iai_prob.fit_options import OBJECTIVES  # the names, defined once for both backends
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril
-from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.task_data import TaskData
 from iai_prob.latent_layout import LatentLayout
+from iai_prob.refinement_state import RefinementState
 
 __all__ = [
     "OBJECTIVES",

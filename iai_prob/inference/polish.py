@@ -11,7 +11,7 @@ from tqdm.auto import trange
 
 from iai_prob.inference.objectives import elbo
 from iai_prob.inference.posteriors import GaussianFamily, covariance_tril, get_posterior_family
-from iai_prob.inference.refinement import RefinementState
+from iai_prob.refinement_state import RefinementState
 
 __all__ = ["polish"]
 

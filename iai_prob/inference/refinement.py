@@ -14,7 +14,6 @@ or not positive definite is reported with :class:`RefinementError`, never return
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,55 +30,22 @@ from iai_prob.inference.posteriors import (
     gaussian_kl,
     reversed_precision,
 )
-from iai_prob.inference.signals import (
-    curvature_signal,
-    natural_gradient_target,
-)
+from iai_prob.inference.signals import curvature_signal, natural_gradient_target
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
+from iai_prob.refinement_state import RefinementError, RefinementInfo, RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
-    "RefinementError",
-    "RefinementInfo",
-    "RefinementState",
     "Refiner",
+    "detached",
     "minibatch_schedule",
 ]
 
-_CONTEXT_FEATURES = 5
 
-
-class RefinementState(NamedTuple):
-    """Gaussian state per task: ``loc`` ``(T, D)``, ``precision`` ``(T, D, D)``, the number
-    of steps taken and of data points consumed."""
-
-    loc: torch.Tensor
-    precision: torch.Tensor
-    step: int = 0
-    points_seen: int = 0
-
-    def detach(self) -> RefinementState:
-        return self._replace(loc=self.loc.detach(), precision=self.precision.detach())
-
-
-class RefinementInfo(NamedTuple):
-    """Diagnostics of one step: the step size used ``ρ_k`` ``(T,)`` (0 where the safeguard
-    rejected every proposal) and ``E_q f_B`` ``(T,)`` at the state before the step."""
-
-    step_size: torch.Tensor
-    batch_log_joint: torch.Tensor
-
-
-class RefinementError(RuntimeError):
-    """A refinement state stopped being finite or positive definite.
-
-    :ivar step: the refinement step whose state failed (``None`` if not said).
-    """
-
-    def __init__(self, message: str, *, step: int | None = None):
-        super().__init__(message)
-        self.step = step
+def detached(state: RefinementState) -> RefinementState:
+    """``state`` with its ``loc`` and ``precision`` detached from the autograd graph."""
+    return state._replace(loc=state.loc.detach(), precision=state.precision.detach())
 
 
 def minibatch_schedule(
@@ -171,7 +137,7 @@ class Refiner(nn.Module):
         self.init_head = nn.Linear(embed_dim, family.num_raw())
         nn.init.zeros_(self.init_head.weight)
         nn.init.zeros_(self.init_head.bias)
-        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in options.signals else 0)
+        context_dim = options.step_context_dim(embed_dim)
         self.update = NaturalGradientUpdate(context_dim)
         self.site_target = (
             None if "grad" in options.signals else LearnedSiteTarget(embed_dim, family)
@@ -266,7 +232,7 @@ class Refiner(nn.Module):
             done = moved_less if done is None else done | moved_less
             if sweep == self.options.max_relinearizations or bool(done.all()):
                 break
-            point = new_state.detach()
+            point = detached(new_state)
         return result[0], RefinementInfo(result[1], batch_log_joint)
 
     def _gradient_step(self, state, batch, log_joint):

@@ -16,9 +16,9 @@ from iai_prob.convergence_settings import Convergence  # noqa: E402
 from iai_prob.numpyro.encoders import DeepSets, SetTransformer  # noqa: E402
 from iai_prob.numpyro.guide import IterativeAmortizedGuide  # noqa: E402
 from iai_prob.numpyro.posteriors import DiagonalGaussian, FullRankGaussian, LowRankGaussian  # noqa: E402
-from iai_prob.numpyro.refinement import RefinementError, RefinementInfo, RefinementState  # noqa: E402
 from iai_prob.numpyro.training import FitResult, fit  # noqa: E402
 from iai_prob.posterior_status import PosteriorNotice, PosteriorStatus, PosteriorWarning  # noqa: E402
+from iai_prob.refinement_state import RefinementError, RefinementInfo, RefinementState  # noqa: E402
 
 __all__ = [
     "CheckpointError",

@@ -49,13 +49,14 @@ from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.laplace import laplace_point
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_kl
-from iai_prob.numpyro.refinement import RefinementState, check_state
+from iai_prob.numpyro.refinement import check_state
 from iai_prob.numpyro.signals import curvature_signal, natural_gradient_target
 from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.pareto_smoothing import smooth_finite_columns
 from iai_prob.posterior_status import in_notice_band
+from iai_prob.refinement_state import RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
 __all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]

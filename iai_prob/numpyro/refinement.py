@@ -29,18 +29,13 @@ import numpy as np
 from iai_prob.numpyro.damping import damped_combine, unscented_batch_elbo
 from iai_prob.numpyro.encoders import Linear, get_encoder
 from iai_prob.numpyro.posteriors import GaussianFamily, gaussian_entropy, gaussian_kl
-from iai_prob.numpyro.signals import (
-    curvature_signal,
-    natural_gradient_target,
-)
+from iai_prob.numpyro.signals import curvature_signal, natural_gradient_target
 from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import LearnedSiteTarget, NaturalGradientUpdate, step_context
+from iai_prob.refinement_state import RefinementError, RefinementInfo, RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
-    "RefinementError",
-    "RefinementInfo",
-    "RefinementState",
     "Refiner",
     "Schedule",
     "check_state",
@@ -50,35 +45,12 @@ __all__ = [
     "step",
 ]
 
-_CONTEXT_FEATURES = 5
-
-
-class RefinementState(NamedTuple):
-    """Gaussian state per task: ``loc`` ``(T, D)``, ``precision`` ``(T, D, D)``, the number
-    of steps taken and of data points consumed."""
-
-    loc: jax.Array
-    precision: jax.Array
-    step: jax.Array
-    points_seen: jax.Array
-
-
-class RefinementInfo(NamedTuple):
-    """Diagnostics of one step: ``ρ_k`` used ``(T,)`` and ``E_q f_B`` before the step."""
-
-    step_size: jax.Array
-    batch_log_joint: jax.Array
-
 
 class Schedule(NamedTuple):
     """``K`` mini-batches as padded indices ``(K, B_max)`` and validity ``(K, B_max)``."""
 
     index: jax.Array
     mask: jax.Array
-
-
-class RefinementError(RuntimeError):
-    """A refinement state stopped being finite or positive definite."""
 
 
 def _split_sizes(num_points: int, num_batches: int) -> list[int]:
@@ -172,7 +144,7 @@ class Refiner(eqx.Module):
         )
         embed_dim = self.encoder.embed_dim
         self.init_head = Linear(embed_dim, family.num_raw(), key=head_key, zero=True)
-        context_dim = _CONTEXT_FEATURES + (embed_dim if "data" in options.signals else 0)
+        context_dim = options.step_context_dim(embed_dim)
         self.update = NaturalGradientUpdate(context_dim, key=update_key)
         self.site_target = (
             None

@@ -27,10 +27,10 @@ from iai_prob.inference import guide as guide_module
 from iai_prob.inference.convergence import FullData, gaussian_log_density
 from iai_prob.inference.objectives import kl_to_exact
 from iai_prob.inference.posteriors import covariance_tril
-from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.signals import sigma_point_target
 from iai_prob.models import get_family
 from iai_prob.moment_matching import moment_matched
+from iai_prob.refinement_state import RefinementState
 
 
 def _raw_units_data(family, num_tasks, num_points, seed=0):

@@ -8,7 +8,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from iai_prob.inference.objectives import elbo, forward_kl, kl_to_exact, reverse_kl
 from iai_prob.inference.posteriors import DiagonalGaussian, FullRankGaussian
-from iai_prob.inference.refinement import RefinementState
+from iai_prob.refinement_state import RefinementState
 
 
 def _state(loc, covariance):

@@ -12,9 +12,9 @@ from iai_prob.inference.convergence import FullData, converge
 from iai_prob.inference.damping import backtracked_combine, damped_combine, unscented_batch_elbo
 from iai_prob.inference.laplace import laplace_point, newton_step
 from iai_prob.inference.posteriors import GaussianFamily
-from iai_prob.inference.refinement import RefinementState
 from iai_prob.inference.signals import sigma_point_target
 from iai_prob.models import get_family
+from iai_prob.refinement_state import RefinementState
 
 FAMILY = GaussianFamily("full_rank")
 
