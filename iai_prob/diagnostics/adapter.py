@@ -29,7 +29,6 @@ for the report and the NUTS comparison.
 
 from __future__ import annotations
 
-import inspect
 import sys
 
 import pyro
@@ -39,11 +38,10 @@ from pyro.poutine.util import site_is_subsample
 
 from iai_prob.diagnostics.posterior_source import (
     NamedArray,
+    PosteriorAdapter,
     PosteriorDraws,
+    check_num_draws,
     checked_distribution,
-    event_dims,
-    named_constants,
-    tasks_plate_name,
 )
 from iai_prob.inference.guide import IterativeAmortizedGuide, PreparedTask, prepare_task
 from iai_prob.models.base import TaskFamily
@@ -77,7 +75,7 @@ def log_joint_per_draw(
     )
 
 
-class ApproximatePosterior:
+class ApproximatePosterior(PosteriorAdapter):
     """``q(z | D)`` for a Pyro model's global latents, with the model to check it against.
 
     :param distribution: a torch distribution over the joint unconstrained latents with
@@ -123,23 +121,15 @@ class ApproximatePosterior:
     @torch.no_grad()
     def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws:
         """``num_samples`` seeded draws per task with their log densities."""
-        if int(num_samples) != num_samples or num_samples < 2:
-            raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
+        num_samples = check_num_draws(num_samples)
         z = self.sample_latent(num_samples, seed=seed)
         values = {site.name: value for site, value, _ in self.layout.unpack(z)}
         return PosteriorDraws(
             z, values, self.distribution.log_prob(z), log_joint_per_draw(self.task, z)
         )
 
-    def site_dims(self) -> dict[str, tuple[str, ...]]:
-        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
-        lead = (self._tasks_name(),) if self.batched else ()
-        return {
-            site.name: lead + event_dims(site.name, site.event_shape) for site in self.layout.sites
-        }
-
-    def _tasks_name(self) -> str:
-        return tasks_plate_name(self._trace.nodes.values(), self.layout)
+    def _trace_sites(self):
+        return self._trace.nodes.values()
 
     # ---------------------------------------------------- model evaluations
     def _conditioned(self, z: torch.Tensor, *, resample_observed: bool):
@@ -182,7 +172,7 @@ class ApproximatePosterior:
             tuple(p for p in range(1, batch_dims) if p not in keep and value.shape[p] == 1)
         )
         event_shape = tuple(value.shape[value.dim() - event_dim :])
-        return NamedArray(value, (*dims, *event_dims(name, event_shape)))
+        return self._with_dims(name, value, dims, event_shape)
 
     @torch.no_grad()
     def pointwise_log_likelihood(self, z: torch.Tensor) -> dict[str, NamedArray]:
@@ -239,23 +229,13 @@ class ApproximatePosterior:
             result[name] = NamedArray(named.value[0], named.dims)
         return result
 
-    def constant(self) -> dict[str, NamedArray]:
-        """The model's tensor arguments other than the observations, named by parameter.
+    def _user_arguments(self) -> tuple[tuple, dict]:
+        return self.task.data.args, self.task.data.kwargs
 
-        The axes that index tasks and data points are named after the tasks and data plates.
-        """
-        data = self.task.data
-        try:
-            names = list(inspect.signature(self.model).parameters)
-        except (TypeError, ValueError):
-            names = []
-        observed = {id(site["value"]) for _, site in self._observed_sites(self._trace)}
-        lead = [self._tasks_name()] if self.batched else []
-        lead.append(self.task.log_joint.data_plate)
-        sizes = (*([self.layout.num_tasks] if self.batched else []), data.num_points)
-        return named_constants(
-            names, data.args, data.kwargs, observed, lead, sizes, is_array=torch.is_tensor
-        )
+    def _observed_ids(self) -> set[int]:
+        return {id(site["value"]) for _, site in self._observed_sites(self._trace)}
+
+    _is_array = staticmethod(torch.is_tensor)
 
 
 def is_numpyro(posterior, model=None, args=()) -> bool:

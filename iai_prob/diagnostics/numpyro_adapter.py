@@ -27,8 +27,6 @@ so :mod:`iai_prob.diagnostics` only imports it when such a posterior is passed.
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,11 +36,10 @@ from numpyro.infer.util import log_density
 
 from iai_prob.diagnostics.posterior_source import (
     NamedArray,
+    PosteriorAdapter,
     PosteriorDraws,
+    check_num_draws,
     checked_distribution,
-    event_dims,
-    named_constants,
-    tasks_plate_name,
 )
 from iai_prob.models.base import TaskFamily
 from iai_prob.numpyro.guide import IterativeAmortizedGuide
@@ -73,7 +70,7 @@ def simulate(family: TaskFamily, num_tasks: int, num_points: int, *, seed: int =
     return family.on("numpyro").sample(jax.random.PRNGKey(seed), num_tasks, num_points)
 
 
-class NumPyroPosterior:
+class NumPyroPosterior(PosteriorAdapter):
     """``q(z | D)`` for a NumPyro model's global latents, with the model to check it against.
 
     :param distribution: a NumPyro distribution over the joint unconstrained latents with
@@ -106,8 +103,8 @@ class NumPyroPosterior:
     def num_points(self) -> int:
         return int(self.task.data.size)
 
-    def _tasks_name(self) -> str:
-        return tasks_plate_name(self._trace.values(), self.layout)
+    def _trace_sites(self):
+        return self._trace.values()
 
     # ---------------------------------------------------------------- draws
     def sample_latent(self, num_samples: int, *, seed: int = 0) -> np.ndarray:
@@ -121,8 +118,7 @@ class NumPyroPosterior:
 
     def draw(self, num_samples: int, *, seed: int = 0) -> PosteriorDraws:
         """``num_samples`` seeded draws per task with their log densities."""
-        if int(num_samples) != num_samples or num_samples < 2:
-            raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
+        num_samples = check_num_draws(num_samples)
         z = jnp.asarray(self.sample_latent(num_samples, seed=seed))
         values = {site.name: np.asarray(value) for site, value, _ in self.layout.unpack(z)}
         return PosteriorDraws(
@@ -131,13 +127,6 @@ class NumPyroPosterior:
             np.asarray(self.distribution.log_prob(z)),
             np.asarray(self.log_joint(z)),
         )
-
-    def site_dims(self) -> dict[str, tuple[str, ...]]:
-        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
-        lead = (self._tasks_name(),) if self.batched else ()
-        return {
-            site.name: lead + event_dims(site.name, site.event_shape) for site in self.layout.sites
-        }
 
     # ---------------------------------------------------- model evaluations
     def _per_task(self, fn, z, *extra):
@@ -179,7 +168,7 @@ class NumPyroPosterior:
         num_batch = len(site["fn"].batch_shape)
         batch = [frames.get(i - num_batch, f"{name}_batch_{i}") for i in range(num_batch)]
         event_shape = tuple(np.shape(value))[np.ndim(value) - event_dim :] if event_dim else ()
-        return NamedArray(np.asarray(value), (*batch, *event_dims(name, event_shape)))
+        return self._with_dims(name, np.asarray(value), batch, event_shape)
 
     def _sampled(self, name: str, value, event_dim: int) -> NamedArray:
         """``(S, T, …)`` per-task values named, the task axis kept only for a batch."""
@@ -231,26 +220,19 @@ class NumPyroPosterior:
             result[name] = self._named(name, value, len(fn.event_shape), self._trace)
         return result
 
-    def constant(self) -> dict[str, NamedArray]:
-        """The model's array arguments other than the observations, named by parameter."""
-        observed = {
+    def _user_arguments(self) -> tuple[tuple, dict]:
+        return self._args, self._kwargs
+
+    def _observed_ids(self) -> set[int]:
+        return {
             id(site["value"])
             for site in self._trace.values()
             if site["type"] == "sample" and site["is_observed"]
         }
-        try:
-            names = list(inspect.signature(self.model).parameters)
-        except (TypeError, ValueError):
-            names = []
-        lead = ([self._tasks_name()] if self.batched else []) + [self.task.log_joint.data_plate]
-        sizes = ([self.num_tasks] if self.batched else []) + [self.num_points]
-        return named_constants(
-            names, self._args, self._kwargs, observed, lead, sizes, is_array=_is_array
-        )
 
-
-def _is_array(value) -> bool:
-    return isinstance(value, jax.Array | np.ndarray) and np.issubdtype(value.dtype, np.number)
+    @staticmethod
+    def _is_array(value) -> bool:
+        return isinstance(value, jax.Array | np.ndarray) and np.issubdtype(value.dtype, np.number)
 
 
 def _numpyro_model(model):

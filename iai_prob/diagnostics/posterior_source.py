@@ -6,18 +6,22 @@
 :func:`~iai_prob.diagnostics.adapter.approximate_posterior` picks one, and the
 diagnostics read posteriors through it alone; the two adapters share this module, not
 each other. The arrays are the backend's (``torch.Tensor`` or JAX arrays, convertible
-with ``numpy.asarray``), sample-first: ``(S, T, …)``. The helpers below are shared by
-both adapters; none imports a framework.
+with ``numpy.asarray``), sample-first: ``(S, T, …)``. :class:`PosteriorAdapter` (the
+methods that read no array) and the helpers below are shared by both adapters; none
+imports a framework.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple, Protocol
 
 __all__ = [
     "NamedArray",
+    "PosteriorAdapter",
     "PosteriorDraws",
     "PosteriorSource",
+    "check_num_draws",
     "checked_distribution",
     "event_dims",
     "named_constants",
@@ -90,6 +94,73 @@ class PosteriorSource(Protocol):
     def observed(self) -> dict[str, NamedArray]: ...
 
     def constant(self) -> dict[str, NamedArray]: ...
+
+
+class PosteriorAdapter:
+    """What both adapters implement alike: the dims of the sites' values, the name of the
+    tasks' plate and the model's constant data. A subclass has the attributes and
+    properties of :class:`PosteriorSource` and four hooks: ``_trace_sites()`` (the site
+    dicts of its model's trace on the user's data), ``_user_arguments()`` (that data's
+    ``(args, kwargs)``), ``_observed_ids()`` (the ``id`` of every observed value in it)
+    and ``_is_array(value)`` (an array of its backend)."""
+
+    layout: object
+    task: object
+    model: object
+    batched: bool
+    num_tasks: int
+    num_points: int
+
+    def _trace_sites(self):
+        raise NotImplementedError
+
+    def _user_arguments(self) -> tuple[tuple, dict]:
+        raise NotImplementedError
+
+    def _observed_ids(self) -> set[int]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _is_array(value) -> bool:
+        raise NotImplementedError
+
+    def constant(self) -> dict[str, NamedArray]:
+        """The model's array arguments other than the observations, named by parameter.
+
+        The axes that index tasks and data points are named after the tasks and data plates.
+        """
+        try:
+            names = list(inspect.signature(self.model).parameters)
+        except (TypeError, ValueError):
+            names = []
+        lead = ([self._tasks_name()] if self.batched else []) + [self.task.log_joint.data_plate]
+        sizes = ([self.num_tasks] if self.batched else []) + [self.num_points]
+        args, kwargs = self._user_arguments()
+        observed = self._observed_ids()
+        return named_constants(names, args, kwargs, observed, lead, sizes, is_array=self._is_array)
+
+    def site_dims(self) -> dict[str, tuple[str, ...]]:
+        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
+        lead = (self._tasks_name(),) if self.batched else ()
+        return {
+            site.name: lead + event_dims(site.name, site.event_shape) for site in self.layout.sites
+        }
+
+    def _tasks_name(self) -> str:
+        return tasks_plate_name(self._trace_sites(), self.layout)
+
+    @staticmethod
+    def _with_dims(name: str, value, batch_dims, event_shape: tuple[int, ...]) -> NamedArray:
+        """Site ``name``'s ``value`` named: ``batch_dims``, then one ``name_dim_i`` per
+        event dim."""
+        return NamedArray(value, (*batch_dims, *event_dims(name, event_shape)))
+
+
+def check_num_draws(num_samples) -> int:
+    """``num_samples`` as an int, refused with one line unless an integer ``≥ 2``."""
+    if int(num_samples) != num_samples or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
+    return int(num_samples)
 
 
 def event_dims(name: str, shape: tuple[int, ...], start: int = 0) -> tuple[str, ...]:
