@@ -10,7 +10,28 @@ import math
 
 import numpy as np
 
-__all__ = ["check_non_negative_int", "check_positive", "check_positive_int", "check_probabilities"]
+__all__ = [
+    "check_loc_scale_tril",
+    "check_non_negative_int",
+    "check_positive",
+    "check_positive_int",
+    "check_probabilities",
+]
+
+
+def check_loc_scale_tril(loc_shape: tuple[int, ...], scale_tril_shape: tuple[int, ...]) -> int:
+    """The dimension ``d`` of a location of shape ``(..., d)`` and a lower Cholesky factor
+    of shape ``(..., d, d)``, or a ``ValueError`` giving the shapes."""
+    loc_shape, scale_tril_shape = tuple(loc_shape), tuple(scale_tril_shape)
+    if len(loc_shape) < 1 or len(scale_tril_shape) < 2:
+        raise ValueError(
+            f"loc must have shape (..., d) and scale_tril (..., d, d); "
+            f"got {loc_shape} and {scale_tril_shape}"
+        )
+    dim = loc_shape[-1]
+    if scale_tril_shape[-2:] != (dim, dim):
+        raise ValueError(f"scale_tril must have shape (..., {dim}, {dim}), got {scale_tril_shape}")
+    return dim
 
 
 def check_positive(name: str, value: float) -> float:

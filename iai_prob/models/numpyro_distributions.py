@@ -30,6 +30,8 @@ from jax.scipy.special import gammaln
 from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes, validate_sample
 
+from iai_prob.checks import check_loc_scale_tril
+
 __all__ = ["BernoulliLogits", "NormalInverseGamma", "real_vector_positive_last"]
 
 
@@ -81,16 +83,7 @@ class NormalInverseGamma(dist.Distribution):
 
     def __init__(self, loc, scale_tril, concentration, rate, *, validate_args=None):
         loc, scale_tril = jnp.asarray(loc), jnp.asarray(scale_tril)
-        if loc.ndim < 1 or scale_tril.ndim < 2:
-            raise ValueError(
-                f"loc must have shape (..., d) and scale_tril (..., d, d); "
-                f"got {loc.shape} and {scale_tril.shape}"
-            )
-        dim = loc.shape[-1]
-        if scale_tril.shape[-2:] != (dim, dim):
-            raise ValueError(
-                f"scale_tril must have shape (..., {dim}, {dim}), got {scale_tril.shape}"
-            )
+        dim = check_loc_scale_tril(loc.shape, scale_tril.shape)
         concentration, rate = promote_shapes(jnp.asarray(concentration), jnp.asarray(rate))
         batch_shape = jnp.broadcast_shapes(
             loc.shape[:-1], scale_tril.shape[:-2], concentration.shape, rate.shape

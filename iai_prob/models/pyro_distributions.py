@@ -16,6 +16,8 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from iai_prob.checks import check_loc_scale_tril
+
 __all__ = ["NormalInverseGamma", "real_vector_positive_last"]
 
 
@@ -53,16 +55,7 @@ class NormalInverseGamma(dist.TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale_tril, concentration, rate, validate_args=None):
-        if loc.dim() < 1 or scale_tril.dim() < 2:
-            raise ValueError(
-                f"loc must have shape (..., d) and scale_tril (..., d, d); "
-                f"got {tuple(loc.shape)} and {tuple(scale_tril.shape)}"
-            )
-        dim = loc.shape[-1]
-        if scale_tril.shape[-2:] != (dim, dim):
-            raise ValueError(
-                f"scale_tril must have shape (..., {dim}, {dim}), got {tuple(scale_tril.shape)}"
-            )
+        dim = check_loc_scale_tril(loc.shape, scale_tril.shape)
         concentration, rate = broadcast_all(concentration, rate)
         batch_shape = torch.broadcast_shapes(
             loc.shape[:-1], scale_tril.shape[:-2], concentration.shape

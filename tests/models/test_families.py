@@ -427,3 +427,26 @@ def test_config_round_trip_and_registry_name(family):
     assert rebuilt.config() == config
     assert type(family).__module__ == f"iai_prob.models.{family.name}"
     assert repr(family).startswith(f"{type(family).__name__}(")
+
+
+@pytest.mark.parametrize(
+    ("loc_shape", "scale_tril_shape", "pattern"),
+    [
+        ((), (2, 2), r"loc must have shape \(\.\.\., d\) and scale_tril"),
+        ((3,), (3,), r"loc must have shape \(\.\.\., d\) and scale_tril"),
+        ((3,), (2, 2), r"scale_tril must have shape \(\.\.\., 3, 3\), got \(2, 2\)"),
+    ],
+)
+def test_normal_inverse_gamma_of_both_backends_refuses_mismatched_shapes(
+    loc_shape, scale_tril_shape, pattern
+):
+    import numpy as np
+
+    from iai_prob.models.numpyro_distributions import NormalInverseGamma as JaxNormalInverseGamma
+
+    for distribution, array in (
+        (NormalInverseGamma, torch.zeros),
+        (JaxNormalInverseGamma, np.zeros),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            distribution(array(loc_shape), array(scale_tril_shape), 2.0, 1.0)
