@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from iai_prob.checks import check_non_negative_int
 from iai_prob.convergence_settings import Convergence
+from iai_prob.encoder_sizes import encoder_sizes
 
 __all__ = [
     "GRADIENT_RULES",
@@ -91,15 +92,14 @@ def guide_config(
     inner_lr: float,
     max_relinearizations: int,
     standardize: bool,
-    encoders: Iterable[str],
     check_family: Callable[[str], object],
     updates: tuple[str, ...] = UPDATE_RULES,
 ) -> dict:
     """The guide's ``config`` (what its checkpoint card records) from its keyword
-    arguments, each checked: ``encoders`` are the backend's encoder names,
-    ``check_family(name)`` refuses an unknown posterior family, ``updates`` are the update
-    rules the backend implements (a rule of :data:`UPDATE_RULES` outside them is refused
-    by name)."""
+    arguments, each checked (the encoder and its ``encoder_options`` by
+    :func:`~iai_prob.encoder_sizes.encoder_sizes`): ``check_family(name)`` refuses an
+    unknown posterior family, ``updates`` are the update rules the backend implements (a
+    rule of :data:`UPDATE_RULES` outside them is refused by name)."""
     if num_steps is not None and (int(num_steps) != num_steps or num_steps < 0):
         raise ValueError(f"num_steps must be None or a non-negative integer, got {num_steps!r}")
     if int(batch_size) != batch_size or batch_size < 1:
@@ -107,8 +107,6 @@ def guide_config(
     check_non_negative_int("max_relinearizations", max_relinearizations)
     signals = check_signals(signals)
     check_family(family)
-    if encoder not in encoders:
-        raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(encoders)}")
     _check_update(update, updates)
     check_linearization(linearization)
     if not isinstance(standardize, bool):
@@ -117,6 +115,7 @@ def guide_config(
         raise ValueError(
             f"encoder_options must be a dict of the encoder's arguments, got {encoder_options!r}"
         )
+    encoder_sizes(encoder, encoder_options or {})
     return {
         "family": family,
         "encoder": encoder,

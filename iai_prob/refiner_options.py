@@ -31,8 +31,10 @@ ratio (``step_context`` of each backend's ``updates``)."""
 class RefinerOptions:
     """The options of a refiner (both backends), checked when made.
 
-    :ivar encoder: the set encoder's name (each backend's ``ENCODERS``).
-    :ivar encoder_options: the encoder's keyword arguments (its sizes).
+    :ivar encoder: the set encoder's name, a key of
+        :data:`~iai_prob.encoder_sizes.ENCODER_SIZES`.
+    :ivar encoder_options: the encoder's sizes
+        (:func:`~iai_prob.encoder_sizes.encoder_sizes`).
     :ivar signals: what a step sees, a non-empty subset of ``("data", "grad")``.
     :ivar linearization: where ``E_q`` of the log-likelihood's gradient and curvature is
         taken: ``"sigma_points"``, ``"mean"`` or ``"samples"``.

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from iai_prob.encoder_sizes import encoder_sizes
 from iai_prob.models.pyro_networks import mlp
 
 __all__ = ["ENCODERS", "DeepSets", "SetTransformer", "get_encoder"]
@@ -39,13 +40,16 @@ def _padding(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class DeepSets(nn.Module):
-    """``e = ρ([mean_n φ(h_n), log N / log 1024])``."""
+    """``e = ρ([mean_n φ(h_n), log N / log 1024])``; ``sizes`` as
+    :class:`~iai_prob.encoder_sizes.DeepSetsSizes` (its defaults for those not given)."""
 
-    def __init__(self, feature_dim: int, embed_dim: int = 32, hidden_dim: int = 64):
+    def __init__(self, feature_dim: int, **sizes):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.phi = mlp([feature_dim, hidden_dim, hidden_dim, hidden_dim])
-        self.rho = mlp([hidden_dim + 1, hidden_dim, embed_dim])
+        sizes = encoder_sizes("deep_sets", sizes)
+        hidden = sizes.hidden_dim
+        self.embed_dim = sizes.embed_dim
+        self.phi = mlp([feature_dim, hidden, hidden, hidden])
+        self.rho = mlp([hidden + 1, hidden, sizes.embed_dim])
 
     def forward(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
         hidden = self.phi(features)
@@ -90,27 +94,23 @@ class _InducedSetAttentionBlock(nn.Module):
 
 
 class SetTransformer(nn.Module):
-    """Set Transformer encoder: embed → ISAB × ``num_blocks`` → PMA(1 seed) → MLP."""
+    """Set Transformer encoder: embed → ISAB × ``num_blocks`` → PMA(1 seed) → MLP;
+    ``sizes`` as :class:`~iai_prob.encoder_sizes.SetTransformerSizes` (its defaults for
+    those not given)."""
 
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_heads: int = 4,
-        num_inducing: int = 8,
-        num_blocks: int = 2,
-    ):
+    def __init__(self, feature_dim: int, **sizes):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.embed = nn.Linear(feature_dim, hidden_dim)
+        sizes = encoder_sizes("set_transformer", sizes)
+        hidden, heads = sizes.hidden_dim, sizes.num_heads
+        self.embed_dim = sizes.embed_dim
+        self.embed = nn.Linear(feature_dim, hidden)
         self.blocks = nn.ModuleList(
-            _InducedSetAttentionBlock(hidden_dim, num_heads, num_inducing)
-            for _ in range(num_blocks)
+            _InducedSetAttentionBlock(hidden, heads, sizes.num_inducing)
+            for _ in range(sizes.num_blocks)
         )
-        self.seed = nn.Parameter(torch.randn(1, 1, hidden_dim) / math.sqrt(hidden_dim))
-        self.pool = _MultiheadAttentionBlock(hidden_dim, num_heads)
-        self.output = mlp([hidden_dim + 1, hidden_dim, embed_dim])
+        self.seed = nn.Parameter(torch.randn(1, 1, hidden) / math.sqrt(hidden))
+        self.pool = _MultiheadAttentionBlock(hidden, heads)
+        self.output = mlp([hidden + 1, hidden, sizes.embed_dim])
 
     def forward(self, features: torch.Tensor, total_points, mask=None) -> torch.Tensor:
         hidden = self.embed(features)
@@ -125,8 +125,9 @@ ENCODERS = {"deep_sets": DeepSets, "set_transformer": SetTransformer}
 """Set encoders by name (the guide's ``encoder=`` option)."""
 
 
-def get_encoder(name: str, feature_dim: int, **options) -> nn.Module:
-    """Build the set encoder ``name`` for ``feature_dim``-dimensional per-datum features."""
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODERS)}")
-    return ENCODERS[name](feature_dim, **options)
+def get_encoder(name: str, feature_dim: int, **sizes) -> nn.Module:
+    """Build the set encoder ``name`` for ``feature_dim``-dimensional per-datum features
+    (an unknown name or size is refused in one line,
+    :func:`~iai_prob.encoder_sizes.encoder_sizes`)."""
+    encoder_sizes(name, sizes)
+    return ENCODERS[name](feature_dim, **sizes)

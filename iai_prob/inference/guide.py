@@ -48,7 +48,6 @@ from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
 from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, importance_check
-from iai_prob.inference.encoders import ENCODERS
 from iai_prob.inference.log_joint import LogJoint
 from iai_prob.inference.memo import LastDataset
 from iai_prob.inference.objectives import elbo
@@ -270,7 +269,6 @@ class IterativeAmortizedGuide(AutoGuide):
             inner_lr=inner_lr,
             max_relinearizations=max_relinearizations,
             standardize=standardize,
-            encoders=ENCODERS,
             check_family=lambda name: get_posterior_family(name, 1),
         )
         super().__init__(model)

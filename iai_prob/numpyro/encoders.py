@@ -23,6 +23,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from iai_prob.encoder_sizes import encoder_sizes
+
 __all__ = [
     "ENCODERS",
     "MLP",
@@ -180,17 +182,20 @@ def _count_feature(features, total_points):
 
 
 class DeepSets(eqx.Module):
-    """``e = ρ([mean_n φ(h_n), log N / log 1024])``."""
+    """``e = ρ([mean_n φ(h_n), log N / log 1024])``; ``sizes`` as
+    :class:`~iai_prob.encoder_sizes.DeepSetsSizes` (its defaults for those not given)."""
 
     phi: MLP
     rho: MLP
     embed_dim: int = eqx.field(static=True)
 
-    def __init__(self, feature_dim: int, embed_dim: int = 32, hidden_dim: int = 64, *, key):
+    def __init__(self, feature_dim: int, *, key, **sizes):
+        sizes = encoder_sizes("deep_sets", sizes)
+        hidden = sizes.hidden_dim
         phi_key, rho_key = jax.random.split(key)
-        self.embed_dim = embed_dim
-        self.phi = MLP([feature_dim, hidden_dim, hidden_dim, hidden_dim], key=phi_key)
-        self.rho = MLP([hidden_dim + 1, hidden_dim, embed_dim], key=rho_key)
+        self.embed_dim = sizes.embed_dim
+        self.phi = MLP([feature_dim, hidden, hidden, hidden], key=phi_key)
+        self.rho = MLP([hidden + 1, hidden, sizes.embed_dim], key=rho_key)
 
     def __call__(self, features, total_points, mask=None):
         hidden = self.phi(features)
@@ -203,7 +208,9 @@ class DeepSets(eqx.Module):
 
 
 class SetTransformer(eqx.Module):
-    """Set Transformer encoder: embed → ISAB × ``num_blocks`` → PMA(1 seed) → MLP."""
+    """Set Transformer encoder: embed → ISAB × ``num_blocks`` → PMA(1 seed) → MLP;
+    ``sizes`` as :class:`~iai_prob.encoder_sizes.SetTransformerSizes` (its defaults for
+    those not given)."""
 
     embed: Linear
     blocks: tuple[_InducedSetAttentionBlock, ...]
@@ -212,26 +219,18 @@ class SetTransformer(eqx.Module):
     output: MLP
     embed_dim: int = eqx.field(static=True)
 
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_heads: int = 4,
-        num_inducing: int = 8,
-        num_blocks: int = 2,
-        *,
-        key,
-    ):
-        keys = jax.random.split(key, num_blocks + 4)
-        self.embed_dim = embed_dim
-        self.embed = Linear(feature_dim, hidden_dim, key=keys[0])
+    def __init__(self, feature_dim: int, *, key, **sizes):
+        sizes = encoder_sizes("set_transformer", sizes)
+        hidden, heads = sizes.hidden_dim, sizes.num_heads
+        keys = jax.random.split(key, sizes.num_blocks + 4)
+        self.embed_dim = sizes.embed_dim
+        self.embed = Linear(feature_dim, hidden, key=keys[0])
         self.blocks = tuple(
-            _InducedSetAttentionBlock(hidden_dim, num_heads, num_inducing, key=k) for k in keys[4:]
+            _InducedSetAttentionBlock(hidden, heads, sizes.num_inducing, key=k) for k in keys[4:]
         )
-        self.seed = jax.random.normal(keys[1], (1, 1, hidden_dim)) / math.sqrt(hidden_dim)
-        self.pool = _MultiheadAttentionBlock(hidden_dim, num_heads, key=keys[2])
-        self.output = MLP([hidden_dim + 1, hidden_dim, embed_dim], key=keys[3])
+        self.seed = jax.random.normal(keys[1], (1, 1, hidden)) / math.sqrt(hidden)
+        self.pool = _MultiheadAttentionBlock(hidden, heads, key=keys[2])
+        self.output = MLP([hidden + 1, hidden, sizes.embed_dim], key=keys[3])
 
     def __call__(self, features, total_points, mask=None):
         hidden = self.embed(features)
@@ -246,8 +245,9 @@ ENCODERS = {"deep_sets": DeepSets, "set_transformer": SetTransformer}
 """Set encoders by name (the guide's ``encoder=`` option)."""
 
 
-def get_encoder(name: str, feature_dim: int, *, key, **options) -> eqx.Module:
-    """Build the set encoder ``name`` for ``feature_dim``-dimensional per-datum features."""
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODERS)}")
-    return ENCODERS[name](feature_dim, key=key, **options)
+def get_encoder(name: str, feature_dim: int, *, key, **sizes) -> eqx.Module:
+    """Build the set encoder ``name`` for ``feature_dim``-dimensional per-datum features
+    (an unknown name or size is refused in one line,
+    :func:`~iai_prob.encoder_sizes.encoder_sizes`)."""
+    encoder_sizes(name, sizes)
+    return ENCODERS[name](feature_dim, key=key, **sizes)

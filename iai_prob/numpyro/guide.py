@@ -51,7 +51,6 @@ from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
-from iai_prob.numpyro.encoders import ENCODERS
 from iai_prob.numpyro.log_joint import LogJoint
 from iai_prob.numpyro.posteriors import get_posterior_family
 from iai_prob.numpyro.refinement import (
@@ -250,7 +249,6 @@ class IterativeAmortizedGuide:
             inner_lr=inner_lr,
             max_relinearizations=max_relinearizations,
             standardize=standardize,
-            encoders=ENCODERS,
             check_family=lambda name: get_posterior_family(name, 1),
             updates=IMPLEMENTED_UPDATES,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from iai_prob.inference import IterativeAmortizedGuide
 from iai_prob.inference.encoders import DeepSets, SetTransformer, get_encoder
 from iai_prob.models.pyro_networks import mlp
 
@@ -69,3 +70,23 @@ def test_mlp_layers():
     assert [(layer.in_features, layer.out_features) for layer in linear] == [(3, 5), (5, 7), (7, 2)]
     assert isinstance(net[-1], torch.nn.Linear)  # no activation after the last layer
     assert net(torch.randn(6, 3)).shape == (6, 2)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "options", "pattern"),
+    [
+        ("set_transformer", {"width": 8}, r"\['width'\] are not options of the 'set_transformer'"),
+        ("deep_sets", {"num_heads": 2}, r"\['num_heads'\] are not options of the 'deep_sets'"),
+        ("set_transformer", {"hidden_dim": 30}, "hidden_dim=30 must be a multiple of num_heads=4"),
+        ("deep_sets", {"embed_dim": 0}, r"encoder_options\['embed_dim'\] must be a positive"),
+        ("bogus", {}, "unknown encoder 'bogus'"),
+    ],
+)
+def test_guides_of_both_backends_refuse_bad_encoder_options_when_made(encoder, options, pattern):
+    """An encoder option that no encoder takes, or a size no encoder can have, is one line
+    naming it when the guide is made, not a TypeError when it first sees data."""
+    from iai_prob.numpyro import IterativeAmortizedGuide as NumPyroGuide
+
+    for guide in (IterativeAmortizedGuide, NumPyroGuide):
+        with pytest.raises(ValueError, match=pattern):
+            guide(lambda: None, encoder=encoder, encoder_options=options)
