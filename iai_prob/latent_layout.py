@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from iai_prob.models.backend import get_backend
 
-__all__ = ["GlobalSite", "LatentLayout", "global_site", "transform_kind"]
+__all__ = ["GlobalSite", "LatentLayout", "global_site", "layout_difference", "transform_kind"]
 
 
 @dataclass(frozen=True)
@@ -228,3 +228,21 @@ class LatentLayout:
             batch = unconstrained.shape[:batch_ndim]
             parts.append(unconstrained.reshape(*batch, site.numel))
         return get_backend(self.sites[0].backend).concatenate(parts, axis=-1)
+
+
+def layout_difference(expected: list, found: list) -> str:
+    """Say how two latent-layout signatures (``[[name, shape], …]``) differ."""
+    expected_sites, found_sites = dict(map(tuple, expected)), dict(map(tuple, found))
+    parts = []
+    missing = [name for name in expected_sites if name not in found_sites]
+    unexpected = [name for name in found_sites if name not in expected_sites]
+    if missing:
+        parts.append(f"missing site(s) {missing}")
+    if unexpected:
+        parts.append(f"unexpected site(s) {unexpected}")
+    for name, shape in expected_sites.items():
+        if name in found_sites and list(found_sites[name]) != list(shape):
+            parts.append(f"site {name!r} has shape {list(found_sites[name])}, expected {shape}")
+    if not parts and list(expected_sites) != list(found_sites):
+        parts.append(f"sites in order {list(found_sites)}, expected {list(expected_sites)}")
+    return "; ".join(parts)

@@ -42,9 +42,8 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 
 from iai_prob.checks import check_positive_int, check_probabilities
-from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
-from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
+from iai_prob.guide_options import GuideOptions
 from iai_prob.inference.checkpoint import family_of_checkpoint, restore_guide, save_guide
 from iai_prob.inference.compiled_log_joint import compiling_now
 from iai_prob.inference.convergence import FullData, converge, importance_check
@@ -65,7 +64,6 @@ from iai_prob.inference.validation import (
     check_log_prob,
     check_plate_shapes,
     explained_failures,
-    layout_difference,
     trace_model,
 )
 from iai_prob.latent_layout import LatentLayout
@@ -176,7 +174,7 @@ def prepare_task(
     return PreparedTask(layout, data, LogJoint(model, layout, data_plate, _uses_enumeration(trace)))
 
 
-class IterativeAmortizedGuide(AutoGuide):
+class IterativeAmortizedGuide(GuideOptions, AutoGuide):
     """Amortized guide ``q_φ(θ | D)`` refined over mini-batches of ``D``.
 
     :param model: a Pyro model whose global latents lie outside the data plate, or a
@@ -221,64 +219,13 @@ class IterativeAmortizedGuide(AutoGuide):
         Not part of the checkpoint: set ``guide.convergence`` after loading.
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        family: str = "full_rank",
-        encoder: str = "set_transformer",
-        num_steps: int | None = None,
-        batch_size: int = 64,
-        signals: tuple[str, ...] = SIGNALS,
-        data_plate: str = "data",
-        tasks_plate: str = "tasks",
-        linearization: str = "sigma_points",
-        num_particles: int = 8,
-        context_size: int = 256,
-        rank: int = 2,
-        encoder_options: dict | None = None,
-        featurize: Callable | None = None,
-        seed: int = 0,
-        update: str = "natural_gradient",
-        inner_lr: float = 0.1,
-        max_relinearizations: int = 2,
-        standardize: bool = True,
-        convergence: Convergence | None = DEFAULT_CONVERGENCE,
-    ):
+    def _attach_model(self, model) -> None:
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
+        AutoGuide.__init__(self, model.model if isinstance(model, TaskFamily) else model)
         # kept in a tuple: a family that is an nn.Module (explicit regime) must not become a
         # submodule of the guide (its decoder is the model's, trained and saved as such)
         self._task_family = (task_family if isinstance(task_family, TaskFamily) else None,)
-        if isinstance(model, TaskFamily):
-            model = model.model
-        config = guide_config(
-            family=family,
-            encoder=encoder,
-            num_steps=num_steps,
-            batch_size=batch_size,
-            signals=signals,
-            data_plate=data_plate,
-            tasks_plate=tasks_plate,
-            linearization=linearization,
-            num_particles=num_particles,
-            context_size=context_size,
-            rank=rank,
-            encoder_options=encoder_options,
-            seed=seed,
-            update=update,
-            inner_lr=inner_lr,
-            max_relinearizations=max_relinearizations,
-            standardize=standardize,
-            check_family=lambda name: get_posterior_family(name, 1),
-        )
-        super().__init__(model)
-        self.config = config
-        self.convergence = check_convergence(convergence)
-        self.last_status: PosteriorStatus | None = None
-        self.featurize = featurize
         self.refiner: Refiner | None = None
-        self.layout_signature: list | None = None
-        self.card: dict = {}
         self._last_dataset = LastDataset()  # Predictive's S draws refine once
 
     @property
@@ -321,31 +268,12 @@ class IterativeAmortizedGuide(AutoGuide):
     @_serialized
     def prepare(self, *args, **kwargs) -> PreparedTask:
         """Trace the model on ``*args, **kwargs`` and read its latent layout and data."""
-        config = self.config
         if self.refiner is not None:  # the data go where the guide's weights are
             args, kwargs = _to_device((args, kwargs), self._device())
-        layout, data, log_joint = prepare_task(
-            self.model,
-            args,
-            kwargs,
-            data_plate=config["data_plate"],
-            tasks_plate=config["tasks_plate"],
-            featurize=self.featurize,
-        )
-        if self.layout_signature is not None and layout.signature() != self.layout_signature:
-            raise ValueError(
-                f"the model's global latents {layout.signature()} differ from those the guide was "
-                f"built for {self.layout_signature} "
-                f"({layout_difference(self.layout_signature, layout.signature())}); "
-                "was the guide trained for another model, or were sites renamed?"
-            )
+        layout, data, log_joint = prepare_task(self.model, args, kwargs, **self._reading())
+        built_for = None if self.refiner is None else self.refiner.feature_dim
+        self._check_dataset(layout, data.features.shape[-1], built_for)
         if self.refiner is not None:
-            expected = self.refiner.feature_dim
-            if data.features.shape[-1] != expected:
-                raise ValueError(
-                    f"the data give {data.features.shape[-1]} features per point but the guide "
-                    f"was built for {expected}; check the covariates' dimension"
-                )
             data.features = data.features.to(self._device())
         return PreparedTask(layout, data, log_joint)
 

@@ -41,7 +41,6 @@ __all__ = [
     "check_plate_shapes",
     "describe_arguments",
     "explained_failures",
-    "layout_difference",
     "trace_model",
 ]
 
@@ -273,21 +272,3 @@ def check_log_prob(trace, model, args: tuple, kwargs: dict) -> None:
     name, rather than inside a refinement step."""
     with explained_failures(model, args, kwargs), pyro.validation_enabled(False):
         trace.compute_log_prob()
-
-
-def layout_difference(expected: list, found: list) -> str:
-    """Say how two latent-layout signatures (``[[name, shape], …]``) differ."""
-    expected_sites, found_sites = dict(map(tuple, expected)), dict(map(tuple, found))
-    parts = []
-    missing = [name for name in expected_sites if name not in found_sites]
-    unexpected = [name for name in found_sites if name not in expected_sites]
-    if missing:
-        parts.append(f"missing site(s) {missing}")
-    if unexpected:
-        parts.append(f"unexpected site(s) {unexpected}")
-    for name, shape in expected_sites.items():
-        if name in found_sites and list(found_sites[name]) != list(shape):
-            parts.append(f"site {name!r} has shape {list(found_sites[name])}, expected {shape}")
-    if not parts and list(expected_sites) != list(found_sites):
-        parts.append(f"sites in order {list(found_sites)}, expected {list(expected_sites)}")
-    return "; ".join(parts)

@@ -24,8 +24,9 @@ Converged by default: every answer with concrete params (:meth:`posterior`,
 ``guide.last_status``); under ``SVI``'s gradient the guide draws from the learned
 ``λ_K``. :meth:`run` and :meth:`refinement_trace` are the learned trajectory.
 
-Iterative Amortized Inference: Mittal, Mahajan, Lajoie, Pezeshki (2025),
-arXiv:2510.11471; Marino, Yue, Mandt (ICML 2018).
+The method is the PyTorch guide's (Mittal, Mahajan, Lajoie, Pezeshki 2025,
+arXiv:2510.11471, after Marino, Yue, Mandt, ICML 2018); the options, their checks and
+the checkpoint card are written once for both (:class:`~iai_prob.guide_options.GuideOptions`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import contextlib
 import functools
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -45,9 +45,8 @@ import numpyro
 import numpyro.distributions as dist
 
 from iai_prob.checks import check_probabilities
-from iai_prob.convergence_settings import DEFAULT_CONVERGENCE, Convergence
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
-from iai_prob.guide_options import SIGNALS, check_convergence, guide_config
+from iai_prob.guide_options import GuideOptions
 from iai_prob.latent_layout import LatentLayout
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
@@ -168,7 +167,7 @@ def _uses_enumeration(trace) -> bool:
     )
 
 
-class IterativeAmortizedGuide:
+class IterativeAmortizedGuide(GuideOptions):
     """Amortized guide ``q_φ(θ | D)`` refined over mini-batches of ``D`` (NumPyro).
 
     :param model: a NumPyro model whose global latents lie outside the data plate, or a
@@ -199,31 +198,13 @@ class IterativeAmortizedGuide:
         always give the learned trajectory.
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        family: str = "full_rank",
-        encoder: str = "set_transformer",
-        num_steps: int | None = None,
-        batch_size: int = 64,
-        signals: tuple[str, ...] = SIGNALS,
-        data_plate: str = "data",
-        tasks_plate: str = "tasks",
-        linearization: str = "sigma_points",
-        num_particles: int = 8,
-        context_size: int = 256,
-        rank: int = 2,
-        encoder_options: dict | None = None,
-        featurize: Callable | None = None,
-        seed: int = 0,
-        update: str = "natural_gradient",
-        inner_lr: float = 0.1,
-        max_relinearizations: int = 2,
-        standardize: bool = True,
-        prefix: str = "iai",
-        convergence: Convergence | None = DEFAULT_CONVERGENCE,
-    ):
+    implemented_updates = IMPLEMENTED_UPDATES
+
+    def __init__(self, model, *, prefix: str = "iai", **options):
+        self.prefix = prefix
+        super().__init__(model, **options)
+
+    def _attach_model(self, model) -> None:
         from iai_prob.models.base import TaskFamily
 
         task_family = model if isinstance(model, TaskFamily) else getattr(model, "__self__", None)
@@ -231,35 +212,8 @@ class IterativeAmortizedGuide:
         if isinstance(task_family, TaskFamily):  # the family itself or its model method
             self.family = task_family.on("numpyro")
             model = self.family.model
-        self.config = guide_config(
-            family=family,
-            encoder=encoder,
-            num_steps=num_steps,
-            batch_size=batch_size,
-            signals=signals,
-            data_plate=data_plate,
-            tasks_plate=tasks_plate,
-            linearization=linearization,
-            num_particles=num_particles,
-            context_size=context_size,
-            rank=rank,
-            encoder_options=encoder_options,
-            seed=seed,
-            update=update,
-            inner_lr=inner_lr,
-            max_relinearizations=max_relinearizations,
-            standardize=standardize,
-            check_family=lambda name: get_posterior_family(name, 1),
-            updates=IMPLEMENTED_UPDATES,
-        )
         self.model = model
-        self.prefix = prefix
-        self.convergence = check_convergence(convergence)
-        self.last_status: PosteriorStatus | None = None
-        self.featurize = featurize
         self.dims: tuple[int, int] | None = None  # (latent_dim, feature_dim) once built
-        self.layout_signature: list | None = None
-        self.card: dict = {}
         self._static = None  # the refiner's non-array part (structure, config)
         self._prior = None  # (m, s) of a standardized guide, read off its first dataset
         # call signature -> (layout, log joint), or None where the model must run eagerly;
@@ -350,30 +304,15 @@ class IterativeAmortizedGuide:
             else:
                 check_finite_features(data.features)
                 return PreparedTask(layout, data, log_joint)
-        data, trace, tasks = read_task_data(
-            self.model,
-            args,
-            kwargs,
-            data_plate=config["data_plate"],
-            tasks_plate=config["tasks_plate"],
-            featurize=self.featurize,
-        )
+        data, trace, tasks = read_task_data(self.model, args, kwargs, **self._reading())
         if tasks is not None:  # the layout is read off one task's trace
             task_args, task_kwargs = data.task(0)
             trace = trace_model(self.model, task_args, task_kwargs)
         layout = discover_layout(
             trace, data_plate=config["data_plate"], tasks_plate=config["tasks_plate"], tasks=tasks
         )
-        if self.layout_signature is not None and layout.signature() != self.layout_signature:
-            raise ValueError(
-                f"the model's global latents {layout.signature()} differ from those the guide was "
-                f"built for {self.layout_signature}; was the guide trained for another model?"
-            )
-        if self.dims is not None and data.features.shape[-1] != self.dims[1]:
-            raise ValueError(
-                f"the data give {data.features.shape[-1]} features per point but the guide "
-                f"was built for {self.dims[1]}; check the covariates' dimension"
-            )
+        built_for = None if self.dims is None else self.dims[1]
+        self._check_dataset(layout, data.features.shape[-1], built_for)
         log_joint = LogJoint(self.model, layout, config["data_plate"], _uses_enumeration(trace))
         if key is not None and key not in self._prepared:
             self._prepared[key] = (layout, log_joint)

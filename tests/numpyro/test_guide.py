@@ -202,3 +202,21 @@ def test_an_untrained_guide_starts_at_the_prior():
     )
     plain_state = plain.final_state(plain.init_params(x, y), plain.prepare(x, y))
     np.testing.assert_allclose(np.asarray(plain_state.loc), np.zeros((1, 2)))
+
+
+def _any_dim_regression(x, y=None):
+    w = numpyro.sample(
+        "w", numpyro.distributions.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1)
+    )
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", numpyro.distributions.Normal((x * w).sum(-1), 0.5), obs=y)
+
+
+def test_data_of_another_layout_is_refused_saying_how_it_differs():
+    """As the PyTorch guide (one check for both): the message names the site whose shape
+    changed, not only the two signatures."""
+    guide = IterativeAmortizedGuide(_any_dim_regression, num_steps=0, convergence=None)
+    guide.init_params(jnp.ones((8, 2)), jnp.ones(8))
+    assert guide.layout_signature == [["w", [2]]]
+    with pytest.raises(ValueError, match=r"site 'w' has shape \[3\], expected \[2\]"):
+        guide.prepare(jnp.ones((8, 3)), jnp.ones(8))
