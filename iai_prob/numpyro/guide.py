@@ -189,13 +189,15 @@ class IterativeAmortizedGuide(GuideOptions):
     ``"meta_sgd"`` (the optimization-based baselines of
     :mod:`iai_prob.inference.gradient_updates`) raise a ``ValueError`` saying so.
 
-    :param convergence: the convergence phase that finishes every default answer
-        (:class:`~iai_prob.convergence_settings.Convergence`, :mod:`.convergence`:
-        safeguarded full-data steps to the fixed point, its cap and tolerance, the PSIS
-        ``k̂`` draws); ``None`` returns the learned refinement's ``λ_K`` as is (one-shot
-        speed, no guarantee, no status). Not part of the checkpoint: set
-        ``guide.convergence`` after loading. :meth:`run` and :meth:`refinement_trace`
-        always give the learned trajectory.
+    ``convergence`` is the convergence phase that finishes every default answer
+    (:class:`~iai_prob.convergence_settings.Convergence`, :mod:`.convergence`: safeguarded
+    full-data steps to the fixed point, its cap and tolerance, the PSIS ``k̂`` draws);
+    ``None`` returns the learned refinement's ``λ_K`` as is (one-shot speed, no guarantee,
+    no status). Not part of the checkpoint: set ``guide.convergence`` after loading.
+    :meth:`run` and :meth:`refinement_trace` always give the learned trajectory.
+
+    :param options: the keyword options above, as
+        :class:`~iai_prob.guide_options.GuideOptions` takes them.
     """
 
     implemented_updates = IMPLEMENTED_UPDATES
