@@ -24,12 +24,32 @@ Batches of tasks: when the model wraps its globals in a ``"tasks"`` plate at dim
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from iai_prob.models.backend import get_backend
 
-__all__ = ["GlobalSite", "LatentLayout", "global_site", "layout_difference", "transform_kind"]
+__all__ = [
+    "GlobalSite",
+    "GroupPlate",
+    "LatentLayout",
+    "global_site",
+    "group_plates",
+    "layout_difference",
+    "plate_shape",
+    "transform_kind",
+]
+
+
+class GroupPlate(NamedTuple):
+    """A plate a global site lies in, other than the data and tasks plates: its name, its
+    size and its (negative) dim."""
+
+    name: str
+    size: int
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,13 @@ class GlobalSite:
     ``kind`` names the bijection's classes (e.g. ``IndependentTransform/ExpTransform``) so
     that equal layouts compare (and hash) equal across traces; ``support`` and
     ``backend`` do not take part in comparisons.
+
+    A site inside group plates (plates other than the data and tasks plates: one value per
+    group, as the group effects of a hierarchical model) holds ``plates``, its
+    :class:`GroupPlate` records, and ``event_shape`` starts with :attr:`plate_shape`, one
+    task's batch shape from those plates (a group plate's size at its dim, 1 elsewhere):
+    the joint latent holds every group's value, and :meth:`LatentLayout.unpack` puts them
+    back at the plates' dims for the model (``model_shapes=True``).
     """
 
     name: str
@@ -48,6 +75,12 @@ class GlobalSite:
     kind: str
     support: object = field(compare=False, hash=False)
     backend: str = field(default="pyro", compare=False, hash=False)
+    plates: tuple[GroupPlate, ...] = ()
+
+    @property
+    def plate_shape(self) -> tuple[int, ...]:
+        """One task's batch shape from the site's group plates (``()`` outside any)."""
+        return plate_shape(self.plates)
 
     @property
     def numel(self) -> int:
@@ -77,14 +110,25 @@ class GlobalSite:
 
 
 def global_site(
-    name: str, fn, plates, *, data_plate: str, tasks_plate: str, backend: str
+    name: str,
+    fn,
+    frames,
+    *,
+    data_plate: str,
+    tasks_plate: str,
+    backend: str,
+    tasks_dim: int | None = None,
 ) -> GlobalSite:
     """The :class:`GlobalSite` of the global latent ``name`` drawn from ``fn`` inside the
-    plates named ``plates``, as each backend's ``discover_layout`` reads it from a trace.
+    plate ``frames`` (each with ``name``, ``size``, ``dim``), as each backend's
+    ``discover_layout`` reads it from a trace; a plate other than ``tasks_plate`` is a
+    group plate (:attr:`GlobalSite.plates`).
 
+    :param tasks_dim: the tasks plate's dim, when the model runs under it: it must lie
+        left of every group plate (a task's groups are its own).
     :raises ValueError: naming the site, if its support declares no bijection, is
-        discrete, has no bijection to ℝⁿ, or the site lies in a plate other than
-        ``tasks_plate``.
+        discrete, has no bijection to ℝⁿ, or a group plate is subsampled or lies right of
+        the tasks plate.
     """
     ppl = get_backend(backend)
     try:
@@ -99,13 +143,11 @@ def global_site(
             f"global latent site {name!r} is discrete ({fn.support}); IterativeAmortizedGuide "
             "infers continuous globals only. Enumerate or marginalize it in the model."
         )
-    other = [plate for plate in plates if plate != tasks_plate]
-    if other:
-        raise ValueError(
-            f"global latent site {name!r} lies in plate(s) {other}; only the data plate "
-            f"{data_plate!r} and the tasks plate {tasks_plate!r} are supported. Declare the "
-            "site's dimensions with .expand(...).to_event(...) instead."
-        )
+    plates = tuple(
+        _group_plate(name, frame, tasks_dim, tasks_plate)
+        for frame in sorted(frames, key=lambda frame: frame.dim)
+        if frame.name != tasks_plate
+    )
     try:
         transform = ppl.biject_to(fn.support)
     except NotImplementedError as error:
@@ -114,15 +156,59 @@ def global_site(
             "unconstrained space"
         ) from error
     event_shape = tuple(fn.event_shape)
+    unconstrained = tuple(transform.inverse_shape(event_shape))
+    groups = plate_shape(plates)
     return GlobalSite(
         name,
-        event_shape,
-        tuple(transform.inverse_shape(event_shape)),
-        len(event_shape),
+        groups + event_shape,
+        groups + unconstrained,
+        len(groups) + len(event_shape),
         transform_kind(transform, ppl.IndependentTransform),
         fn.support,
         backend,
+        plates,
     )
+
+
+@contextlib.contextmanager
+def group_plates(plate, site: GlobalSite):
+    """The site's group plates entered with the backend's ``plate`` (``pyro.plate`` or
+    ``numpyro.plate``), outermost first: a guide draws a grouped site where the model
+    does."""
+    with contextlib.ExitStack() as stack:
+        for group in site.plates:
+            stack.enter_context(plate(group.name, group.size, dim=group.dim))
+        yield
+
+
+def plate_shape(plates) -> tuple[int, ...]:
+    """One task's batch shape from group ``plates``: each plate's size at its dim, 1 at the
+    dims between (``()`` for none)."""
+    if not plates:
+        return ()
+    shape = [1] * max(-plate.dim for plate in plates)
+    for plate in plates:
+        shape[plate.dim] = plate.size
+    return tuple(shape)
+
+
+def _group_plate(site: str, frame, tasks_dim: int | None, tasks_plate: str) -> GroupPlate:
+    """The :class:`GroupPlate` of ``frame``, refused if subsampled or right of the tasks
+    plate."""
+    size = getattr(frame, "full_size", None) or frame.size
+    if frame.size != size:
+        raise ValueError(
+            f"global latent site {site!r} lies in plate {frame.name!r}, subsampled to "
+            f"{frame.size} of {size}; the guide infers every group's value: do not subsample "
+            "a plate of latents"
+        )
+    if tasks_dim is not None and frame.dim <= tasks_dim:
+        raise ValueError(
+            f"global latent site {site!r} lies in plate {frame.name!r} at dim {frame.dim}, "
+            f"left of the tasks plate {tasks_plate!r} at dim {tasks_dim}; put the tasks plate "
+            "outermost (a more negative dim) so that each task's groups are its own"
+        )
+    return GroupPlate(frame.name, int(size), int(frame.dim))
 
 
 def transform_kind(transform, independent: type) -> str:
@@ -191,11 +277,18 @@ class LatentLayout:
         return joint.reshape(joint.shape[0], *(1,) * pad, *joint.shape[1:])
 
     # -------------------------------------------------------- pack / unpack
-    def unpack(self, z):
+    def unpack(self, z, *, model_shapes: bool = False):
         """Yield ``(site, constrained value, log |det ∂T/∂z|)`` for a joint latent ``z``.
 
         ``z`` has shape ``(*lead, D)``; values have shape ``(*lead, *event_shape)``
         and log-Jacobians shape ``(*lead,)``.
+
+        ``model_shapes=True`` gives the values as the model draws them, for ``z`` whose
+        ``lead`` dims are the model's batch dims (:meth:`to_joint`,
+        :meth:`particles_to_model`, or one task's ``(D,)``): a site in group plates has
+        its groups at the plates' dims (``(*lead ⊙ plate_shape, *fn.event_shape)``) and
+        its log-Jacobian per group, of the value's batch shape (a site outside group
+        plates is as without it).
         """
         if z.shape[-1] != self.latent_dim:
             raise ValueError(
@@ -212,9 +305,14 @@ class LatentLayout:
             transform = site.transform
             value = transform(unconstrained)
             log_jacobian = transform.log_abs_det_jacobian(unconstrained, value)
-            extra = getattr(log_jacobian, "ndim", 0) - len(lead)
+            kept = len(lead) + (len(site.plate_shape) if model_shapes else 0)
+            extra = getattr(log_jacobian, "ndim", 0) - kept
             if extra > 0:
                 log_jacobian = log_jacobian.sum(tuple(range(-extra, 0)))
+            if model_shapes and site.plates:
+                batch = _with_groups(lead, site.plate_shape)
+                value = value.reshape(batch + site.event_shape[len(site.plate_shape) :])
+                log_jacobian = log_jacobian.reshape(batch)
             yield site, value, log_jacobian
 
     def pack(self, values: dict, batch_ndim: int):
@@ -228,6 +326,17 @@ class LatentLayout:
             batch = unconstrained.shape[:batch_ndim]
             parts.append(unconstrained.reshape(*batch, site.numel))
         return get_backend(self.sites[0].backend).concatenate(parts, axis=-1)
+
+
+def _with_groups(lead: tuple[int, ...], plate_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The model's batch shape of a grouped site: ``lead`` (the model's batch dims, 1 at
+    every group plate's dim) with each plate's size at its dim. The groups follow the
+    lead's dims in memory (the tasks plate lies left of every group plate), so a value
+    ``(*lead, *plate_shape, …)`` reshapes to it."""
+    width = len(plate_shape)
+    lead = (1,) * max(0, width - len(lead)) + tuple(lead)
+    head, tail = lead[: len(lead) - width], lead[len(lead) - width :]
+    return head + tuple(max(size, groups) for size, groups in zip(tail, plate_shape, strict=True))
 
 
 def layout_difference(expected: list, found: list) -> str:

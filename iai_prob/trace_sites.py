@@ -97,8 +97,9 @@ def discover_layout(
         one task of a batch; ``None`` reads it from the sites' own plates.
     :param params: the trace's parameter sites, named when no latent is found.
     :raises ValueError: if the data plate is absent, a global site is discrete, lies in a
-        plate other than ``tasks_plate``, or has a support with no bijection to ℝⁿ, or a
-        local latent would not be inferred (:func:`check_local_latents`).
+        subsampled group plate or one right of the tasks plate, or has a support with no
+        bijection to ℝⁿ, or a local latent would not be inferred
+        (:func:`check_local_latents`).
     """
     frames = plate_frames(sites)
     if data_plate not in frames:
@@ -108,14 +109,18 @@ def discover_layout(
             "data_plate=..."
         )
     check_local_latents(sites, data_plate, f"{backend}.sample")
+    if tasks is None:
+        frame = frames.get(tasks_plate)
+        tasks = (None, None) if frame is None else (frame.size, frame.dim)
     layout_sites = tuple(
         global_site(
             site.name,
             site.fn,
-            [frame.name for frame in site.frames],
+            site.frames,
             data_plate=data_plate,
             tasks_plate=tasks_plate,
             backend=backend,
+            tasks_dim=tasks[1],
         )
         for site in sites
         if site.latent and not site.in_plate(data_plate)
@@ -131,9 +136,6 @@ def discover_layout(
             f"the model has no latent site outside the data plate {data_plate!r}; "
             f"there is nothing for an amortized guide to infer{hint}"
         )
-    if tasks is None:
-        frame = frames.get(tasks_plate)
-        tasks = (None, None) if frame is None else (frame.size, frame.dim)
     return LatentLayout(
         sites=layout_sites,
         num_tasks=tasks[0],

@@ -134,7 +134,8 @@ class ApproximatePosterior(PosteriorAdapter):
     # ---------------------------------------------------- model evaluations
     def _conditioned(self, z: torch.Tensor, *, resample_observed: bool):
         model_z = self.layout.particles_to_model(z, self._particle_dim)
-        values = {site.name: value for site, value, _ in self.layout.unpack(model_z)}
+        unpacked = self.layout.unpack(model_z, model_shapes=True)
+        values = {site.name: value for site, value, _ in unpacked}
         model = poutine.uncondition(self.model) if resample_observed else self.model
         model = poutine.condition(model, data=values)
         num, dim = z.shape[0], self._particle_dim

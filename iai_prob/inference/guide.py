@@ -66,7 +66,7 @@ from iai_prob.inference.validation import (
     explained_failures,
     trace_model,
 )
-from iai_prob.latent_layout import LatentLayout
+from iai_prob.latent_layout import LatentLayout, group_plates
 from iai_prob.models.base import TaskFamily
 from iai_prob.moment_matching import moment_matched, vouched
 from iai_prob.posterior_families import family_options
@@ -509,11 +509,17 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
             latent = pyro.sample(
                 f"_{self._pyro_name}_latent", posterior, infer={"is_auxiliary": True}
             )
-            for site, value, log_jacobian in layout.unpack(latent):
+            for site, value, log_jacobian in layout.unpack(latent, model_shapes=True):
                 log_density = 0.0 if poutine.get_mask() is False else -log_jacobian
-                result[site.name] = pyro.sample(
-                    site.name, dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
-                )
+                with group_plates(pyro.plate, site):
+                    result[site.name] = pyro.sample(
+                        site.name,
+                        dist.Delta(
+                            value,
+                            log_density=log_density,
+                            event_dim=site.event_dim - len(site.plate_shape),
+                        ),
+                    )
         return result
 
     # ------------------------------------------------------------- user API

@@ -232,7 +232,8 @@ class LogJoint:
 
     def _values(self, z: torch.Tensor, particle_dim: int) -> dict[str, torch.Tensor]:
         model_z = self.layout.particles_to_model(z, particle_dim)
-        return {site.name: value for site, value, _ in self.layout.unpack(model_z)}
+        unpacked = self.layout.unpack(model_z, model_shapes=True)
+        return {site.name: value for site, value, _ in unpacked}
 
     def _log_jacobian(self, z: torch.Tensor) -> torch.Tensor:
         return sum(log_jacobian for _, _, log_jacobian in self.layout.unpack(z))

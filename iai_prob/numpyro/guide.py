@@ -47,7 +47,7 @@ import numpyro.distributions as dist
 from iai_prob.checks import check_probabilities
 from iai_prob.guide_card import build_from_card, read_guide_checkpoint
 from iai_prob.guide_options import GuideOptions
-from iai_prob.latent_layout import LatentLayout
+from iai_prob.latent_layout import LatentLayout, group_plates
 from iai_prob.numpyro.checkpoint import restore_guide, save_guide
 from iai_prob.numpyro.convergence import finish
 from iai_prob.numpyro.log_joint import LogJoint
@@ -516,11 +516,16 @@ class IterativeAmortizedGuide(GuideOptions):
             latent = numpyro.sample(
                 f"_{self.prefix}_latent", posterior, infer={"is_auxiliary": True}
             )
-            for site, value, log_jacobian in layout.unpack(latent):
-                result[site.name] = numpyro.sample(
-                    site.name,
-                    dist.Delta(value, log_density=-log_jacobian, event_dim=site.event_dim),
-                )
+            for site, value, log_jacobian in layout.unpack(latent, model_shapes=True):
+                with group_plates(numpyro.plate, site):
+                    result[site.name] = numpyro.sample(
+                        site.name,
+                        dist.Delta(
+                            value,
+                            log_density=-log_jacobian,
+                            event_dim=site.event_dim - len(site.plate_shape),
+                        ),
+                    )
         return result
 
     # ------------------------------------------------------------- user API
