@@ -26,6 +26,13 @@ class RefinementState(NamedTuple):
     step: Any = 0
     points_seen: Any = 0
 
+    def detach(self) -> RefinementState:
+        """The state with ``loc`` and ``precision`` cut from PyTorch's autograd graph (a
+        JAX state holds no graph and is returned as it is)."""
+        if not hasattr(self.loc, "detach"):
+            return self
+        return self._replace(loc=self.loc.detach(), precision=self.precision.detach())
+
 
 class RefinementInfo(NamedTuple):
     """Diagnostics of one step: the step size used ``ρ_k`` ``(T,)`` (0 where the safeguard

@@ -140,11 +140,16 @@ class PosteriorAdapter:
         return named_constants(names, args, kwargs, observed, lead, sizes, is_array=self._is_array)
 
     def site_dims(self) -> dict[str, tuple[str, ...]]:
-        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``."""
+        """Dims of each global site's value after the sample dim: ``(tasks?, name_dim_i…)``,
+        a group plate's dim named after the plate."""
         lead = (self._tasks_name(),) if self.batched else ()
-        return {
-            site.name: lead + event_dims(site.name, site.event_shape) for site in self.layout.sites
-        }
+        dims = {}
+        for site in self.layout.sites:
+            names = list(event_dims(site.name, site.event_shape))
+            for plate in site.plates:
+                names[len(site.plate_shape) + plate.dim] = plate.name
+            dims[site.name] = lead + tuple(names)
+        return dims
 
     def _tasks_name(self) -> str:
         return tasks_plate_name(self._trace_sites(), self.layout)

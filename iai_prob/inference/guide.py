@@ -55,7 +55,6 @@ from iai_prob.inference.refinement import (
     RefinementInfo,
     RefinementState,
     Refiner,
-    detached,
     minibatch_schedule,
 )
 from iai_prob.inference.sites import discover_layout, site_priors
@@ -353,7 +352,7 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
         yield state, None
         for index in schedule:
             if greedy:
-                state = detached(state)
+                state = state.detach()
             state, info = refiner.step(state, task.data.subset(index), task.log_joint)
             yield state, info
 

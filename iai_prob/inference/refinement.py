@@ -38,14 +38,8 @@ from iai_prob.refiner_options import RefinerOptions
 
 __all__ = [
     "Refiner",
-    "detached",
     "minibatch_schedule",
 ]
-
-
-def detached(state: RefinementState) -> RefinementState:
-    """``state`` with its ``loc`` and ``precision`` detached from the autograd graph."""
-    return state._replace(loc=state.loc.detach(), precision=state.precision.detach())
 
 
 def minibatch_schedule(
@@ -232,7 +226,7 @@ class Refiner(nn.Module):
             done = moved_less if done is None else done | moved_less
             if sweep == self.options.max_relinearizations or bool(done.all()):
                 break
-            point = detached(new_state)
+            point = new_state.detach()
         return result[0], RefinementInfo(result[1], batch_log_joint)
 
     def _gradient_step(self, state, batch, log_joint):

@@ -81,7 +81,6 @@ from iai_prob.inference.data_parallel import SINGLE_PROCESS, DataParallel
 from iai_prob.inference.evaluation import ValidationTasks, refinement_steps
 from iai_prob.inference.numerics import flush_denormals
 from iai_prob.inference.objectives import kl_to_exact, task_losses
-from iai_prob.inference.refinement import detached
 from iai_prob.inference.sources import TaskBatch, as_task_source
 from iai_prob.inference.training_state import (
     FitResult,
@@ -198,9 +197,7 @@ def _exact_kl(guide, batch: TaskBatch, task, state) -> float | None:
     with torch.no_grad():
         exact = family.exact_posterior(*batch.args)
         order = tuple(site.name for site in family.latent_sites)
-        kl = kl_to_exact(
-            detached(state), guide.refiner.family, task.layout, exact, site_order=order
-        )
+        kl = kl_to_exact(state.detach(), guide.refiner.family, task.layout, exact, site_order=order)
     return float(kl.median())
 
 

@@ -147,8 +147,8 @@ def _regression_with(site):
     return model
 
 
-def _in_other_plate():
-    with pyro.plate("groups", 3):
+def _in_subsampled_plate():
+    with pyro.plate("groups", 3, subsample_size=2):
         return pyro.sample("mu", dist.Normal(0.0, 1.0))
 
 
@@ -191,7 +191,11 @@ MODEL_ROWS = {
         {"data_plate": "observations"},
         ["no plate named 'observations'", "found plates ['data']"],
     ),
-    "global-latent-in-another-plate": (_regression_with(_in_other_plate), {}, ["'mu'", "groups"]),
+    "global-latent-in-a-subsampled-plate": (
+        _regression_with(_in_subsampled_plate),
+        {},
+        ["'mu'", "'groups'", "subsampled to 2 of 3", "do not subsample"],
+    ),
     "no-global-latent": (_regression_with(lambda: torch.tensor(1.0)), {}, ["no latent site"]),
     "only-a-pyro-param": (_param_only, {}, ["pyro.param site(s) ['w']", "prior with pyro.sample"]),
     "continuous-local-latent": (

@@ -135,3 +135,13 @@ def test_a_group_plate_outside_the_tasks_plate_is_refused_by_name():
     guide = IterativeAmortizedGuide(groups_outside)
     with pytest.raises(ValueError, match="put the tasks plate outermost"):
         guide.prepare(INDEX, simulated_y(2).float())
+
+
+def test_the_inference_data_names_the_group_dim_after_its_plate():
+    from iai_prob.diagnostics import to_inference_data
+
+    y = simulated_y(1, seed=4)[0].float()
+    guide = IterativeAmortizedGuide(hierarchical)
+    idata = to_inference_data(guide, None, INDEX, y, num_samples=50)
+    assert idata.posterior["a"].dims == ("chain", "draw", "groups")
+    assert idata.posterior["a"].shape == (1, 50, GROUPS)

@@ -13,7 +13,6 @@ from iai_prob.inference.refinement import (
     RefinementState,
     Refiner,
     check_state,
-    detached,
     minibatch_schedule,
 )
 from iai_prob.refiner_options import RefinerOptions
@@ -73,9 +72,9 @@ def test_check_state_names_the_bad_task(problem):
 
 def test_state_detach():
     state = RefinementState(torch.zeros(1, 2, requires_grad=True), torch.eye(2)[None], 3, 40)
-    detached_state = detached(state)
-    assert not detached_state.loc.requires_grad
-    assert (detached_state.step, detached_state.points_seen) == (3, 40)
+    detached = state.detach()
+    assert not detached.loc.requires_grad
+    assert (detached.step, detached.points_seen) == (3, 40)
 
 
 def _refiner(**options):

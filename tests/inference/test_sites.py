@@ -96,8 +96,8 @@ def _no_data_plate(x, y=None):
         pyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
 
 
-def _global_in_other_plate(x, y=None):
-    with pyro.plate("groups", 3):
+def _global_in_subsampled_plate(x, y=None):
+    with pyro.plate("groups", 3, subsample_size=2):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
     with pyro.plate("data", len(x)):
         pyro.sample("y", dist.Normal(mu.sum() * x, 1.0), obs=y)
@@ -120,11 +120,17 @@ def _local_latent(x, y=None):
     [
         (_discrete_global, ["'k'", "discrete"]),
         (_no_data_plate, ["no plate named 'data'", "obs"]),
-        (_global_in_other_plate, ["'mu'", "groups"]),
+        (_global_in_subsampled_plate, ["'mu'", "'groups'", "subsampled to 2 of 3"]),
         (_no_global, ["no latent site"]),
         (_local_latent, ["local latent site 'u'", "continuous"]),
     ],
-    ids=["discrete-global", "missing-data-plate", "global-in-other-plate", "no-global", "local"],
+    ids=[
+        "discrete-global",
+        "missing-data-plate",
+        "global-in-subsampled-plate",
+        "no-global",
+        "local",
+    ],
 )
 def test_refused_models_name_the_problem(model, patterns):
     x = torch.randn(5)
