@@ -249,7 +249,7 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
         per-datum features."""
         config = self.config
         family = get_posterior_family(config["family"], latent_dim, **family_options(config))
-        self.refiner = Refiner(latent_dim, feature_dim, family, RefinerOptions.of_config(config))
+        self.refiner = Refiner(family, feature_dim, RefinerOptions.of_config(config))
         return self.refiner
 
     @property

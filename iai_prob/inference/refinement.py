@@ -95,9 +95,9 @@ def check_state(state: RefinementState) -> RefinementState:
 class Refiner(nn.Module):
     """Learned pieces of the refinement: set encoder, initial head, update rule.
 
-    :param int latent_dim: ``D``.
+    :param GaussianFamily family: structure of the Gaussian state over ``z ∈ ℝ^D``
+        (``D = family.latent_dim``).
     :param int feature_dim: per-datum feature size ``F``.
-    :param GaussianFamily family: structure of the Gaussian state.
     :param RefinerOptions options: the encoder, signals, linearization and the rest
         (:class:`~iai_prob.refiner_options.RefinerOptions`; its defaults when ``None``).
         With ``options.standardize`` the prior's location and scale are the buffers
@@ -106,14 +106,11 @@ class Refiner(nn.Module):
     """
 
     def __init__(
-        self,
-        latent_dim: int,
-        feature_dim: int,
-        family: GaussianFamily,
-        options: RefinerOptions | None = None,
+        self, family: GaussianFamily, feature_dim: int, options: RefinerOptions | None = None
     ):
         super().__init__()
         options = options or RefinerOptions()
+        latent_dim = family.latent_dim
         self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family

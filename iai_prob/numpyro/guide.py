@@ -232,9 +232,8 @@ class IterativeAmortizedGuide(GuideOptions):
         """A freshly initialized refiner (seeded by ``seed``) for these dimensions."""
         config = self.config
         refiner = Refiner(
-            latent_dim,
-            feature_dim,
             get_posterior_family(config["family"], latent_dim, **family_options(config)),
+            feature_dim,
             RefinerOptions.of_config(config),
             prior=self._prior,
             key=jax.random.PRNGKey(config["seed"]),

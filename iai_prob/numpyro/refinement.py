@@ -115,14 +115,14 @@ class Refiner(eqx.Module):
 
     def __init__(
         self,
-        latent_dim: int,
-        feature_dim: int,
         family: GaussianFamily,
+        feature_dim: int,
         options: RefinerOptions | None = None,
         *,
         prior=None,
         key,
     ):
+        latent_dim = family.latent_dim
         options = options or RefinerOptions()
         if options.update != "natural_gradient":
             raise ValueError(

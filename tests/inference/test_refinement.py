@@ -79,7 +79,7 @@ def test_state_detach():
 
 def _refiner(**options):
     options = RefinerOptions(encoder="deep_sets", encoder_options=ENCODER_OPTIONS, **options)
-    return Refiner(2, 3, FullRankGaussian(2), options)
+    return Refiner(FullRankGaussian(2), 3, options)
 
 
 def test_untrained_pass_averages_the_exact_minibatch_targets(linreg, simulate, read_task):
@@ -144,9 +144,8 @@ def test_wide_states_of_a_mixture_stay_valid(precision, make_family, simulate, r
     _, x, y = simulate(family, 3, 12)
     layout, data, log_joint = read_task(family.model, x, y)
     refiner = Refiner(
-        layout.latent_dim,
-        data.features.shape[-1],
         FullRankGaussian(layout.latent_dim),
+        data.features.shape[-1],
         RefinerOptions(encoder="deep_sets", encoder_options=ENCODER_OPTIONS),
     )
     eye = torch.eye(layout.latent_dim)
