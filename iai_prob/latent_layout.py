@@ -114,7 +114,6 @@ def global_site(
     fn,
     frames,
     *,
-    data_plate: str,
     tasks_plate: str,
     backend: str,
     tasks_dim: int | None = None,

@@ -117,7 +117,6 @@ def discover_layout(
             site.name,
             site.fn,
             site.frames,
-            data_plate=data_plate,
             tasks_plate=tasks_plate,
             backend=backend,
             tasks_dim=tasks[1],
