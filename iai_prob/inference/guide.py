@@ -55,6 +55,7 @@ from iai_prob.inference.refinement import (
     RefinementInfo,
     RefinementState,
     Refiner,
+    check_state,
     minibatch_schedule,
 )
 from iai_prob.inference.sites import discover_layout, site_priors
@@ -399,9 +400,13 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
 
     def _converged(self, state, full: FullData, steps_per_pass: int, batched: bool, names=None):
         """The convergence phase from the learned ``state`` over ``full``, its status and
-        warnings (see :meth:`solve`)."""
+        warnings (see :meth:`solve`). The answer, in the guide's dtype, must still be a
+        Gaussian (as NumPyro's ``finish`` checks): a precision positive definite in the
+        phase's float64 but not once cast (its scales span more than float32 resolves, as
+        when a hierarchical model's group scale collapses towards zero) is a
+        :class:`RefinementError` naming the task, not an error of the distribution."""
         try:
-            return self._converged_in(
+            answer = self._converged_in(
                 self._phase_dtype(state), state, full, steps_per_pass, batched, names
             )
         except (RuntimeError, ValueError):
@@ -410,7 +415,11 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
             # a model with float32 parameters of its own (a learned decoder's nn.Linear)
             # cannot run on float64 latents: run the phase in the guide's dtype
             full = full.to_dtype(state.loc.dtype)
-            return self._converged_in(state.loc.dtype, state, full, steps_per_pass, batched, names)
+            answer = self._converged_in(
+                state.loc.dtype, state, full, steps_per_pass, batched, names
+            )
+        state, status = answer
+        return check_state(state), status
 
     def _converged_in(self, dtype, state, full, steps_per_pass, batched, names):
         rule, refiner = self.convergence, self._require_refiner()

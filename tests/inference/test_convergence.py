@@ -30,7 +30,7 @@ from iai_prob.inference.posteriors import covariance_tril
 from iai_prob.inference.signals import sigma_point_target
 from iai_prob.models import get_family
 from iai_prob.moment_matching import moment_matched
-from iai_prob.refinement_state import RefinementState
+from iai_prob.refinement_state import RefinementError, RefinementState
 
 
 def _raw_units_data(family, num_tasks, num_points, seed=0):
@@ -284,3 +284,27 @@ def test_a_stream_is_converged_pass_by_pass_and_a_one_shot_iterator_says_it_is_n
     with pytest.warns(PosteriorWarning, match="cannot read again"):
         unchecked = guide.refine(iter(batches), num_points=60)
     assert unchecked.status is None
+
+
+def test_an_answer_that_is_no_gaussian_in_the_guides_dtype_is_refused_by_name(monkeypatch):
+    """The phase runs in float64; an answer whose precision is positive definite there but
+    not once cast to the guide's float32 (scales spanning more than float32 resolves, as
+    a hierarchical model's group scale collapsing towards zero) is a RefinementError
+    naming the task, as NumPyro's ``finish`` refuses it, not a torch ValueError at the
+    distribution."""
+    family = get_family("linear_regression", dim=2, noise_scale=0.5)
+    guide = IterativeAmortizedGuide(family)
+    _, x, y = family.sample(2, 16, generator=torch.Generator().manual_seed(0))
+    guide.posterior(x[0], y[0])
+    real_converge = guide_module.converge
+    # eigenvalues 2 and 2e-8 in float64; float32 rounds the off-diagonal to 1: singular
+    nearly_singular = torch.tensor([[1.0, 1 - 2e-8], [1 - 2e-8, 1.0]], dtype=torch.float64)
+
+    def ill_conditioned(state, *args, **kwargs):
+        state, converged, steps, residual = real_converge(state, *args, **kwargs)
+        precision = nearly_singular.expand_as(state.precision)
+        return state._replace(precision=precision), converged, steps, residual
+
+    monkeypatch.setattr(guide_module, "converge", ill_conditioned)
+    with pytest.raises(RefinementError, match=r"task\(s\) \[0\].*not positive definite"):
+        guide.posterior(x[1], y[1])
