@@ -128,7 +128,7 @@ HEADERS = (
     "guide C2ST",
     "NUTS floor C2ST",
     "Laplace C2ST",
-    "max |mean diff| / sd",
+    "max mean diff / sd",
     "sd ratio",
     "k̂",
     "converged",
