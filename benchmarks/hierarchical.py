@@ -33,11 +33,13 @@ import time
 import warnings
 
 import numpy as np
-import pyro
-import pyro.distributions as dist
+import pyro as torch_pyro
 import torch
 from common import Report, base_parser, limit_threads, markdown_table
+from pyroapi import distributions as dist
+from pyroapi import pyro
 from real_models.laplace import LaplaceBaseline
+from real_models.models import numpyro_model
 
 from iai_prob.diagnostics.compare import c2st_accuracy, flatten_draws
 from iai_prob.diagnostics.nuts import NutsReference
@@ -49,6 +51,8 @@ SCHOOLS, STUDENTS = 40, 5
 
 
 def grunfeld_random_intercepts(x, firm, y=None):
+    """Gross investment on firm value and capital stock, an intercept per firm (pyro-api:
+    the same code runs under Pyro and, through :func:`numpyro_model`, NumPyro)."""
     mu = pyro.sample("mu", dist.Normal(0.0, 100.0))
     tau = pyro.sample("tau", dist.HalfNormal(100.0))
     b = pyro.sample("b", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
@@ -56,25 +60,12 @@ def grunfeld_random_intercepts(x, firm, y=None):
     with pyro.plate("firms", 11):
         a = pyro.sample("a", dist.Normal(mu, tau))
     with pyro.plate("data", x.shape[-2]):
-        mean = a[..., firm] + (x * b.unsqueeze(-2)).sum(-1)
+        mean = a[..., firm] + (x * b[..., None, :]).sum(-1)
         pyro.sample("y", dist.Normal(mean, sigma), obs=y)
 
 
-def numpyro_grunfeld(x, firm, y=None):
-    import numpyro
-    import numpyro.distributions as nd
-
-    mu = numpyro.sample("mu", nd.Normal(0.0, 100.0))
-    tau = numpyro.sample("tau", nd.HalfNormal(100.0))
-    b = numpyro.sample("b", nd.Normal(0.0, 10.0).expand([2]).to_event(1))
-    sigma = numpyro.sample("sigma", nd.HalfNormal(100.0))
-    with numpyro.plate("firms", 11):
-        a = numpyro.sample("a", nd.Normal(mu, tau))
-    with numpyro.plate("data", x.shape[-2]):
-        numpyro.sample("y", nd.Normal(a[..., firm] + x @ b, sigma), obs=y)
-
-
 def test_scores(school, y=None):
+    """Test scores of students, a mean per school."""
     mu = pyro.sample("mu", dist.Normal(500.0, 100.0))
     tau = pyro.sample("tau", dist.HalfNormal(50.0))
     sigma = pyro.sample("sigma", dist.HalfNormal(100.0))
@@ -82,19 +73,6 @@ def test_scores(school, y=None):
         a = pyro.sample("a", dist.Normal(mu, tau))
     with pyro.plate("data", school.shape[-1]):
         pyro.sample("y", dist.Normal(a[..., school], sigma), obs=y)
-
-
-def numpyro_test_scores(school, y=None):
-    import numpyro
-    import numpyro.distributions as nd
-
-    mu = numpyro.sample("mu", nd.Normal(500.0, 100.0))
-    tau = numpyro.sample("tau", nd.HalfNormal(50.0))
-    sigma = numpyro.sample("sigma", nd.HalfNormal(100.0))
-    with numpyro.plate("schools", SCHOOLS):
-        a = numpyro.sample("a", nd.Normal(mu, tau))
-    with numpyro.plate("data", school.shape[-1]):
-        numpyro.sample("y", nd.Normal(a[..., school], sigma), obs=y)
 
 
 def grunfeld_data(seed: int) -> tuple[np.ndarray, ...]:
@@ -118,8 +96,8 @@ def test_scores_data(seed: int) -> tuple[np.ndarray, ...]:
 
 
 MODELS = {
-    "grunfeld_random_intercepts": (grunfeld_random_intercepts, numpyro_grunfeld, grunfeld_data),
-    "test_scores_5_rows": (test_scores, numpyro_test_scores, test_scores_data),
+    "grunfeld_random_intercepts": (grunfeld_random_intercepts, grunfeld_data),
+    "test_scores_5_rows": (test_scores, test_scores_data),
 }
 HEADERS = (
     "model",
@@ -144,7 +122,8 @@ def _torch(array: np.ndarray) -> torch.Tensor:
 
 def run_seed(name: str, seed: int, num_draws: int) -> dict:
     """One dataset of model ``name`` at ``seed``: the guide, NUTS twice and Laplace."""
-    model, twin, load = MODELS[name]
+    model, load = MODELS[name]
+    twin = numpyro_model(model)
     data = load(seed)
     torch.manual_seed(seed)  # the untrained guide's initial weights
     guide = IterativeAmortizedGuide(model, seed=seed)
@@ -162,7 +141,7 @@ def run_seed(name: str, seed: int, num_draws: int) -> dict:
         except (ValueError, RefinementError) as error:  # reported in the table, not hidden
             return {"error": f"{type(error).__name__}: {str(error)[:60]}"}
     status = guide.last_status
-    pyro.set_rng_seed(seed)
+    torch_pyro.set_rng_seed(seed)
     latent = posterior.sample((num_draws,))
     sites = [site.name for site in guide.prepare(*args).layout.sites]
     values = dict(_constrained(guide, args, latent))

@@ -10,12 +10,12 @@ draws must sit in the model's plates (``Predictive``, ``SVI``) with the right lo
 from __future__ import annotations
 
 import numpy as np
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
+from pyro import poutine, set_rng_seed
 from pyro.infer import Predictive, Trace_ELBO
+from pyroapi import distributions as dist
+from pyroapi import pyro
 
 from iai_prob.inference import IterativeAmortizedGuide
 from iai_prob.inference.posteriors import gaussian_kl
@@ -25,6 +25,7 @@ INDEX = torch.arange(GROUPS).repeat_interleave(ROWS)
 
 
 def hierarchical(group, y=None):
+    """The model, in pyro-api: ``tests/numpyro/test_group_plates.py`` runs it under NumPyro."""
     mu = pyro.sample("mu", dist.Normal(0.0, PRIOR))
     with pyro.plate("groups", GROUPS):
         a = pyro.sample("a", dist.Normal(mu, TAU))
@@ -114,7 +115,7 @@ def test_a_constrained_group_site_carries_each_groups_jacobian():
     y = simulated_y(1, seed=3)[0].float()
     guide = IterativeAmortizedGuide(hierarchical_scales)
     guide.posterior(INDEX, y)
-    pyro.set_rng_seed(0)
+    set_rng_seed(0)
     trace = poutine.trace(guide).get_trace(INDEX, y)
     trace.compute_log_prob()
     latent = trace.nodes[f"_{guide._pyro_name}_latent"]["value"]

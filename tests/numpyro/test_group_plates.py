@@ -8,41 +8,31 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
 from numpyro.infer import Predictive
+from pyroapi import pyro_backend
 
 from iai_prob.numpyro import IterativeAmortizedGuide
 from iai_prob.numpyro.posteriors import gaussian_kl
-from tests.inference.test_group_plates import (
-    GROUPS,
-    INDEX,
-    PRIOR,
-    SIGMA,
-    TAU,
-    exact_posterior,
-    simulated_y,
-)
+from tests.inference import test_group_plates as group_plates
+from tests.inference.test_group_plates import GROUPS, INDEX, exact_posterior, simulated_y
 
 GROUP = jnp.asarray(INDEX.numpy())
 
 
-def hierarchical(group, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR))
-    with numpyro.plate("groups", GROUPS):
-        a = numpyro.sample("a", dist.Normal(mu, TAU))
-    with numpyro.plate("data", group.shape[-1]):
-        numpyro.sample("y", dist.Normal(a[..., group], SIGMA), obs=y)
+def _under_numpyro(model):
+    """``model`` (written with pyro-api) run by NumPyro."""
+
+    def run(*args, **kwargs):
+        with pyro_backend("numpy"):
+            return model(*args, **kwargs)
+
+    return run
 
 
-def hierarchical_scales(group, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR))
-    with numpyro.plate("groups", GROUPS):
-        scale = numpyro.sample("scale", dist.HalfNormal(3.0))
-    with numpyro.plate("data", group.shape[-1]):
-        numpyro.sample("y", dist.Normal(mu, scale[..., group]), obs=y)
+hierarchical = _under_numpyro(group_plates.hierarchical)
+hierarchical_scales = _under_numpyro(group_plates.hierarchical_scales)
 
 
 def test_the_default_reaches_the_exact_posterior_of_group_effects():
