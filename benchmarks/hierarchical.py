@@ -143,8 +143,9 @@ def run_seed(name: str, seed: int, num_draws: int) -> dict:
     status = guide.last_status
     torch_pyro.set_rng_seed(seed)
     latent = posterior.sample((num_draws,))
-    sites = [site.name for site in guide.prepare(*args).layout.sites]
-    values = dict(_constrained(guide, args, latent))
+    layout = guide.prepare(*args).layout
+    sites = layout.site_names
+    values = {site.name: value.numpy() for site, value, _ in layout.unpack(latent)}
     reference = NutsReference(twin, 500, num_draws)
     chains = [reference.run(seed * 2 + k, *data) for k in range(2)]
     (first, first_seconds, _), (second, _, _) = chains
@@ -172,12 +173,6 @@ def run_seed(name: str, seed: int, num_draws: int) -> dict:
         "laplace_seconds": solved.seconds,
         "nuts_seconds": first_seconds,
     }
-
-
-def _constrained(guide, args, latent):
-    layout = guide.prepare(*args).layout
-    for site, value, _ in layout.unpack(latent):
-        yield site.name, value.numpy()
 
 
 def _mean_range(values) -> str:

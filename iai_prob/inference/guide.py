@@ -406,7 +406,7 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
         when a hierarchical model's group scale collapses towards zero) is a
         :class:`RefinementError` naming the task, not an error of the distribution."""
         try:
-            answer = self._converged_in(
+            state, status = self._converged_in(
                 self._phase_dtype(state), state, full, steps_per_pass, batched, names
             )
         except (RuntimeError, ValueError):
@@ -415,10 +415,9 @@ class IterativeAmortizedGuide(GuideOptions, AutoGuide):
             # a model with float32 parameters of its own (a learned decoder's nn.Linear)
             # cannot run on float64 latents: run the phase in the guide's dtype
             full = full.to_dtype(state.loc.dtype)
-            answer = self._converged_in(
+            state, status = self._converged_in(
                 state.loc.dtype, state, full, steps_per_pass, batched, names
             )
-        state, status = answer
         return check_state(state), status
 
     def _converged_in(self, dtype, state, full, steps_per_pass, batched, names):

@@ -111,7 +111,6 @@ class Refiner(nn.Module):
         super().__init__()
         options = options or RefinerOptions()
         latent_dim = family.latent_dim
-        self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family
         self.options = options
@@ -133,6 +132,11 @@ class Refiner(nn.Module):
         self.site_target = (
             None if "grad" in options.signals else LearnedSiteTarget(embed_dim, family)
         )
+
+    @property
+    def latent_dim(self) -> int:
+        """``D``, the family's."""
+        return self.family.latent_dim
 
     def set_prior(self, loc, scale) -> None:
         """Set the prior's location ``m`` and scale ``s`` (``(D,)`` arrays) that a

@@ -108,10 +108,14 @@ class Refiner(eqx.Module):
     site_target: LearnedSiteTarget | None
     prior_loc: jax.Array | None
     prior_scale: jax.Array | None
-    latent_dim: int = eqx.field(static=True)
     feature_dim: int = eqx.field(static=True)
     family: GaussianFamily = eqx.field(static=True)
     options: RefinerOptions = eqx.field(static=True)
+
+    @property
+    def latent_dim(self) -> int:
+        """``D``, the family's."""
+        return self.family.latent_dim
 
     def __init__(
         self,
@@ -122,7 +126,6 @@ class Refiner(eqx.Module):
         prior=None,
         key,
     ):
-        latent_dim = family.latent_dim
         options = options or RefinerOptions()
         if options.update != "natural_gradient":
             raise ValueError(
@@ -130,13 +133,13 @@ class Refiner(eqx.Module):
                 "JAX refiner implements update='natural_gradient'"
             )
         encoder_key, head_key, update_key, site_key = jax.random.split(key, 4)
-        self.latent_dim = latent_dim
         self.feature_dim = feature_dim
         self.family = family
         self.options = options
         self.prior_loc = self.prior_scale = None
         if options.standardize:
-            loc, scale = (jnp.zeros(latent_dim), jnp.ones(latent_dim)) if prior is None else prior
+            dim = family.latent_dim
+            loc, scale = (jnp.zeros(dim), jnp.ones(dim)) if prior is None else prior
             self.prior_loc = jnp.asarray(loc, dtype=float)
             self.prior_scale = jnp.asarray(scale, dtype=float)
         self.encoder = get_encoder(
