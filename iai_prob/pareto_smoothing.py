@@ -4,9 +4,9 @@
 importance weights of each column (Vehtari, Simpson, Gelman, Yao, Gabry 2024) and
 returns the smoothed, self-normalized log weights and the shape ``k̂`` per column: every
 column at once in NumPy, equal to ArviZ's ``psislw`` (which fits one column at a time in
-Python), with ArviZ itself for the columns the vectorized fit cannot take. The inference code (a posterior's own quality report) and
-:mod:`iai_prob.diagnostics.psis` (the user-facing diagnostics) both use it, so neither
-imports the other.
+Python), with ArviZ itself for the columns the vectorized fit cannot take. The inference
+code (a posterior's own quality report) and :mod:`iai_prob.diagnostics.psis` (the
+user-facing diagnostics) both use it, so neither imports the other.
 """
 
 from __future__ import annotations

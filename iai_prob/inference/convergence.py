@@ -68,6 +68,7 @@ __all__ = [
     "cvi_step",
     "gaussian_log_density",
     "importance_check",
+    "task_seeds",
 ]
 
 
@@ -367,11 +368,35 @@ def converge(
 
 def gaussian_log_density(noise: torch.Tensor, tril: torch.Tensor) -> torch.Tensor:
     """``log q(μ + L ε_s)`` ``(S, T)`` of ``q = N(μ, L Lᵀ)`` from the standard draws ``ε``
-    ``(S, D)`` and the factors ``L`` ``(T, D, D)``, without solving for ``ε`` again:
+    (``(S, T, D)``: each task's own; ``(S, D)``: the same for every task) and the factors
+    ``L`` ``(T, D, D)``, without solving for ``ε`` again:
     ``−½ ‖ε_s‖² − Σ_i log L_ii − (D/2) log 2π``."""
     log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    norm = noise.pow(2).sum(-1, keepdim=True)
+    norm = noise.pow(2).sum(-1)
+    if noise.dim() == 2:
+        norm = norm[:, None]
     return -0.5 * norm - log_det - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
+
+
+def task_seeds(full: FullData, seed: int) -> list[int]:
+    """One seed per task, from ``seed`` and the task's own data: an exact integer
+    fingerprint of its features (their float32 bit patterns, weighted by feature and
+    summed over its valid points of the first chunk, padding left out).
+
+    The sum of integers is exact in any order, so a task gets the same seed alone and
+    padded in a batch; two datasets get independent draws. With one set of draws for
+    every dataset, the ``k̂`` of every dataset shared that set's error: on the eleven
+    Grunfeld firms of the real-model suite, nine firms whose ``k̂`` from independent sets
+    of 1,000 draws has a median of 0.43 (0.08 to 0.62 over 20 sets) all reported
+    0.23 ± 0.01, and a firm whose median is 0.77 reported 0.55."""
+    _, chunk = next(iter(full.weighted()))
+    features = chunk.features.detach().to(torch.float32).contiguous()
+    bits = features.view(torch.int32).long()  # (T, n, F)
+    if chunk.mask is not None:
+        bits = bits * chunk.mask[..., None].long()
+    weights = torch.arange(1, bits.shape[-1] + 1, device=bits.device)
+    fingerprints = (bits * weights).sum((1, 2)).tolist()
+    return [hash((seed, fingerprint)) % (1 << 63) for fingerprint in fingerprints]
 
 
 class ImportanceCheck(NamedTuple):
@@ -394,20 +419,30 @@ def importance_check(
 ) -> ImportanceCheck:
     """PSIS ``k̂`` ``(T,)`` of ``q = N(loc, precision⁻¹)`` (``(T, D)``, ``(T, D, D)``) against
     the full data, with its draws and smoothed weights: ``log w_s = f_D(z_s) − log q(z_s)``
-    for ``num_draws`` draws ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; the same ``ε_s`` for every
-    task, from a generator seeded with ``seed``, so a task's ``k̂`` is the one it gets
-    alone, in any batch; ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
+    for ``num_draws`` draws ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; each task's ``ε_s`` from a
+    generator seeded by ``seed`` and its own data (:func:`task_seeds`), so a task's ``k̂``
+    is the one it gets alone, in any batch, and two datasets' checks do not share their
+    error; ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
     evaluated in groups of draws so that a group touches at most ``max_elements`` data
     points. ``log_p_dtype`` (with ``full`` in that dtype) evaluates ``f_D`` at the draws in
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
     evaluations, while the draws and ``log q`` keep the phase's float64 (an
     ill-conditioned precision needs it)."""
-    generator = torch.Generator(device=loc.device).manual_seed(seed)
-    noise = torch.randn(  # the same draws for every task: its k̂ does not depend on its batch
-        num_draws, loc.shape[-1], dtype=loc.dtype, device=loc.device, generator=generator
+    noise = torch.stack(  # each task's own draws: its k̂ does not depend on its batch
+        [
+            torch.randn(
+                num_draws,
+                loc.shape[-1],
+                dtype=loc.dtype,
+                device=loc.device,
+                generator=torch.Generator(device=loc.device).manual_seed(task_seed),
+            )
+            for task_seed in task_seeds(full, seed)
+        ],
+        dim=1,
     )
     tril = covariance_tril(precision)
-    draws = loc + torch.einsum("tij,sj->sti", tril, noise)
+    draws = loc + torch.einsum("tij,stj->sti", tril, noise)
     log_q = gaussian_log_density(noise, tril)
     per_group = max(1, max_elements // max(1, full.num_points * draws.shape[1]))
     evaluated = draws if log_p_dtype is None else draws.to(log_p_dtype)

@@ -59,7 +59,15 @@ from iai_prob.posterior_status import in_notice_band
 from iai_prob.refinement_state import RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
-__all__ = ["TRACE_COUNTS", "FullData", "Phase", "converge", "finish", "importance_check"]
+__all__ = [
+    "TRACE_COUNTS",
+    "FullData",
+    "Phase",
+    "converge",
+    "finish",
+    "importance_check",
+    "task_keys",
+]
 
 TRACE_COUNTS: Counter = Counter()
 """How many times the compiled phase was traced, by name (a test checks the reuse)."""
@@ -269,6 +277,23 @@ def converge(
     )
 
 
+def task_keys(data: TaskData, key: jax.Array) -> jax.Array:
+    """One key per task ``(T, …)``, ``key`` folded with an exact integer fingerprint of
+    the task's own data: its features' float32 bit patterns, weighted by feature and
+    summed (modulo 2³²) over its valid points, padding left out. A task gets the same
+    key alone and padded in a batch; two datasets get independent draws, so their
+    ``k̂`` do not share one set of draws' error (see
+    :func:`iai_prob.inference.convergence.task_seeds`)."""
+    features = data.features.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(features, jnp.uint32)  # (T, N, F)
+    valid = jnp.broadcast_to(data.mask, bits.shape[:2])
+    if data.task_mask is not None:
+        valid = valid & data.task_mask
+    weights = jnp.arange(1, bits.shape[-1] + 1, dtype=jnp.uint32)
+    fingerprints = jnp.where(valid[..., None], bits * weights, 0).sum((1, 2), dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, fingerprints)
+
+
 @eqx.filter_jit
 def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: int):
     """The draws ``z_s`` ``(S, T, D)`` and ``f_D(z_s) − log q(z_s)`` ``(S, T)`` for
@@ -277,11 +302,11 @@ def _log_weights(loc, precision, full, family, key, num_draws: int, per_group: i
     TRACE_COUNTS["khat"] += 1
     posterior = family.distribution(loc, precision)
 
-    # each task's own draws from the same key: its k̂ is the one it gets alone, in any batch
-    def own_draws(task_loc, task_precision):
-        return family.distribution(task_loc, task_precision).sample(key, (num_draws,))
+    # each task's own draws from its own data: its k̂ is the one it gets alone, in any batch
+    def own_draws(task_loc, task_precision, task_key):
+        return family.distribution(task_loc, task_precision).sample(task_key, (num_draws,))
 
-    draws = jax.vmap(own_draws, out_axes=1)(loc, precision)
+    draws = jax.vmap(own_draws, out_axes=1)(loc, precision, task_keys(full.data, key))
     log_q = posterior.log_prob(draws)
     num_groups = math.ceil(num_draws / per_group)
     padded = jnp.concatenate(

@@ -23,9 +23,10 @@ from iai_prob.convergence_settings import Convergence
 from iai_prob.models import get_family
 from iai_prob.numpyro import IterativeAmortizedGuide, pretrained
 from iai_prob.numpyro import convergence as numpyro_convergence
-from iai_prob.numpyro.convergence import TRACE_COUNTS, FullData
+from iai_prob.numpyro.convergence import TRACE_COUNTS, FullData, task_keys
 from iai_prob.numpyro.laplace import _log_joint
 from iai_prob.numpyro.posteriors import gaussian_kl
+from iai_prob.numpyro.task_data import TaskData
 from iai_prob.posterior_status import PosteriorWarning
 
 SMALL = {"encoder": "deep_sets", "encoder_options": {"embed_dim": 8, "hidden_dim": 16}}
@@ -246,3 +247,20 @@ def test_no_step_is_taken_to_an_invalid_candidate_from_a_state_whose_elbo_is_min
     )
     assert (np.asarray(used) == 0).all()
     np.testing.assert_allclose(new_precision, precision)
+
+
+def _task_data(features, task_mask=None):
+    size = features.shape[1]
+    return TaskData((), {}, features, jnp.ones(size, bool), jnp.asarray(size), (), True, task_mask)
+
+
+def test_each_task_draws_its_own_khat_draws_from_its_data():
+    """The k̂ check's keys come from each task's own data: the same for a task alone
+    and padded in a batch (its padding left out), different for another dataset."""
+    features = jax.random.normal(jax.random.PRNGKey(3), (3, 50, 2))
+    key = jax.random.PRNGKey(0)
+    task_mask = jnp.broadcast_to(jnp.arange(50) < 40, (3, 50))
+    padded = task_keys(_task_data(features, task_mask), key)
+    alone = [task_keys(_task_data(features[t : t + 1, :40]), key)[0] for t in range(3)]
+    np.testing.assert_array_equal(np.asarray(padded), np.stack([np.asarray(a) for a in alone]))
+    assert len({tuple(np.asarray(k).ravel()) for k in padded}) == 3
