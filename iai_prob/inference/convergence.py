@@ -57,6 +57,7 @@ from iai_prob.inference.signals import (
 from iai_prob.inference.task_data import TaskData
 from iai_prob.inference.updates import combine_natural
 from iai_prob.pareto_smoothing import smooth_finite_columns
+from iai_prob.posterior_status import KHAT_DRAW_SETS
 from iai_prob.refinement_state import RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
@@ -381,14 +382,15 @@ def gaussian_log_density(noise: torch.Tensor, tril: torch.Tensor) -> torch.Tenso
 def task_seeds(full: FullData, seed: int) -> list[int]:
     """One seed per task, from ``seed`` and the task's own data: an exact integer
     fingerprint of its features (their float32 bit patterns, weighted by feature and
-    summed over its valid points of the first chunk, padding left out).
+    summed over its valid points of the first chunk, padding left out), taken modulo
+    :data:`~iai_prob.posterior_status.KHAT_DRAW_SETS`.
 
     The sum of integers is exact in any order, so a task gets the same seed alone and
-    padded in a batch; two datasets get independent draws. With one set of draws for
-    every dataset, the ``k̂`` of every dataset shared that set's error: on the eleven
-    Grunfeld firms of the real-model suite, nine firms whose ``k̂`` from independent sets
-    of 1,000 draws has a median of 0.43 (0.08 to 0.62 over 20 sets) all reported
-    0.23 ± 0.01, and a firm whose median is 0.77 reported 0.55."""
+    padded in a batch, and two datasets share one only by chance (1 in 256). With one
+    set of draws for every dataset, the ``k̂`` of every dataset shared that set's error:
+    on the eleven Grunfeld firms of the real-model suite, nine firms whose ``k̂`` from
+    independent sets of 1,000 draws has a median of 0.43 (0.08 to 0.62 over 20 sets) all
+    reported 0.23 ± 0.01, and a firm whose median is 0.77 reported 0.55."""
     _, chunk = next(iter(full.weighted()))
     features = chunk.features.detach().to(torch.float32).contiguous()
     bits = features.view(torch.int32).long()  # (T, n, F)
@@ -396,7 +398,23 @@ def task_seeds(full: FullData, seed: int) -> list[int]:
         bits = bits * chunk.mask[..., None].long()
     weights = torch.arange(1, bits.shape[-1] + 1, device=bits.device)
     fingerprints = (bits * weights).sum((1, 2)).tolist()
-    return [hash((seed, fingerprint)) % (1 << 63) for fingerprint in fingerprints]
+    return [hash((seed, fingerprint % KHAT_DRAW_SETS)) % (1 << 63) for fingerprint in fingerprints]
+
+
+def _task_noise(seeds: list[int], num_draws: int, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws ``(S, T, D)``, task ``t``'s from a generator seeded with
+    ``seeds[t]`` (each distinct seed drawn once), in ``like``'s dtype and device."""
+    sets = {
+        task_seed: torch.randn(
+            num_draws,
+            like.shape[-1],
+            dtype=like.dtype,
+            device=like.device,
+            generator=torch.Generator(device=like.device).manual_seed(task_seed),
+        )
+        for task_seed in set(seeds)
+    }
+    return torch.stack([sets[task_seed] for task_seed in seeds], dim=1)
 
 
 class ImportanceCheck(NamedTuple):
@@ -428,19 +446,8 @@ def importance_check(
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
     evaluations, while the draws and ``log q`` keep the phase's float64 (an
     ill-conditioned precision needs it)."""
-    noise = torch.stack(  # each task's own draws: its k̂ does not depend on its batch
-        [
-            torch.randn(
-                num_draws,
-                loc.shape[-1],
-                dtype=loc.dtype,
-                device=loc.device,
-                generator=torch.Generator(device=loc.device).manual_seed(task_seed),
-            )
-            for task_seed in task_seeds(full, seed)
-        ],
-        dim=1,
-    )
+    # each task's draws from its own data: its k̂ does not depend on its batch
+    noise = _task_noise(task_seeds(full, seed), num_draws, loc)
     tril = covariance_tril(precision)
     draws = loc + torch.einsum("tij,stj->sti", tril, noise)
     log_q = gaussian_log_density(noise, tril)

@@ -55,7 +55,7 @@ from iai_prob.numpyro.task_data import TaskData
 from iai_prob.numpyro.updates import combine_natural
 from iai_prob.numpyro.xla_guard import serial_task_limit
 from iai_prob.pareto_smoothing import smooth_finite_columns
-from iai_prob.posterior_status import in_notice_band
+from iai_prob.posterior_status import KHAT_DRAW_SETS, in_notice_band
 from iai_prob.refinement_state import RefinementState
 from iai_prob.refiner_options import RefinerOptions
 
@@ -279,11 +279,11 @@ def converge(
 
 def task_keys(data: TaskData, key: jax.Array) -> jax.Array:
     """One key per task ``(T, …)``, ``key`` folded with an exact integer fingerprint of
-    the task's own data: its features' float32 bit patterns, weighted by feature and
-    summed (modulo 2³²) over its valid points, padding left out. A task gets the same
-    key alone and padded in a batch; two datasets get independent draws, so their
-    ``k̂`` do not share one set of draws' error (see
-    :func:`iai_prob.inference.convergence.task_seeds`)."""
+    the task's own data (its features' float32 bit patterns, weighted by feature and
+    summed modulo 2³² over its valid points, padding left out) modulo
+    :data:`~iai_prob.posterior_status.KHAT_DRAW_SETS`. A task gets the same key alone and
+    padded in a batch; two datasets share one only by chance, so their ``k̂`` do not
+    share one set of draws' error (see :func:`iai_prob.inference.convergence.task_seeds`)."""
     features = data.features.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(features, jnp.uint32)  # (T, N, F)
     valid = jnp.broadcast_to(data.mask, bits.shape[:2])
@@ -291,6 +291,7 @@ def task_keys(data: TaskData, key: jax.Array) -> jax.Array:
         valid = valid & data.task_mask
     weights = jnp.arange(1, bits.shape[-1] + 1, dtype=jnp.uint32)
     fingerprints = jnp.where(valid[..., None], bits * weights, 0).sum((1, 2), dtype=jnp.uint32)
+    fingerprints = fingerprints % KHAT_DRAW_SETS
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, fingerprints)
 
 
