@@ -439,8 +439,8 @@ def importance_check(
     the full data, with its draws and smoothed weights: ``log w_s = f_D(z_s) − log q(z_s)``
     for ``num_draws`` draws ``z_s = μ + L ε_s`` (``L Lᵀ = Λ⁻¹``; each task's ``ε_s`` from a
     generator seeded by ``seed`` and its own data (:func:`task_seeds`), so a task's ``k̂``
-    is the one it gets alone, in any batch, and two datasets' checks do not share their
-    error; ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
+    is the one it gets alone, in any batch, and two datasets' checks share their error
+    only by chance; ``log q`` from ``ε_s`` by :func:`gaussian_log_density`),
     evaluated in groups of draws so that a group touches at most ``max_elements`` data
     points. ``log_p_dtype`` (with ``full`` in that dtype) evaluates ``f_D`` at the draws in
     another dtype than ``loc``'s: float32 halves the cost of the thousand full-data
