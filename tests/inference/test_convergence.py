@@ -225,15 +225,18 @@ def test_predictive_draws_solve_once_and_warn_once():
     assert any("k̂" in message for message in messages)
 
 
-def test_the_khat_draws_log_density_is_the_gaussians_own():
-    """``log q`` of ``μ + L ε`` from ``ε`` and ``L`` alone equals the distribution's."""
+@pytest.mark.parametrize("noise_shape", [(6, 4), (6, 3, 4)], ids=["shared", "per task"])
+def test_the_khat_draws_log_density_is_the_gaussians_own(noise_shape):
+    """``log q`` of ``μ + L ε`` from ``ε`` and ``L`` alone equals the distribution's, for
+    draws shared by every task ``(S, D)`` and each task's own ``(S, T, D)``."""
     generator = torch.Generator().manual_seed(7)
     factor = torch.randn(3, 4, 4, dtype=torch.float64, generator=generator)
     precision = factor @ factor.mT + 0.5 * torch.eye(4, dtype=torch.float64)
     loc = torch.randn(3, 4, dtype=torch.float64, generator=generator)
-    noise = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    noise = torch.randn(*noise_shape, dtype=torch.float64, generator=generator)
     tril = covariance_tril(precision)
-    draws = loc + torch.einsum("tij,sj->sti", tril, noise)
+    per_task = noise if noise.dim() == 3 else noise[:, None].expand(-1, 3, -1)
+    draws = loc + torch.einsum("tij,stj->sti", tril, per_task)
     expected = MultivariateNormal(loc, precision_matrix=precision).log_prob(draws)
     torch.testing.assert_close(gaussian_log_density(noise, tril), expected)
 
@@ -326,15 +329,3 @@ def test_each_task_draws_its_own_khat_draws_from_its_data():
     assert seeds == [task_seeds(full, 0)[0] for full in alone]
     assert len(set(seeds)) == 3
     assert task_seeds(padded, 1) != seeds
-
-
-def test_the_khat_draws_log_density_takes_each_tasks_own_draws():
-    generator = torch.Generator().manual_seed(8)
-    factor = torch.randn(3, 4, 4, dtype=torch.float64, generator=generator)
-    precision = factor @ factor.mT + 0.5 * torch.eye(4, dtype=torch.float64)
-    loc = torch.randn(3, 4, dtype=torch.float64, generator=generator)
-    noise = torch.randn(6, 3, 4, dtype=torch.float64, generator=generator)
-    tril = covariance_tril(precision)
-    draws = loc + torch.einsum("tij,stj->sti", tril, noise)
-    expected = MultivariateNormal(loc, precision_matrix=precision).log_prob(draws)
-    torch.testing.assert_close(gaussian_log_density(noise, tril), expected)
